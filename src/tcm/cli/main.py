@@ -1,0 +1,424 @@
+"""``tcm`` console script: train, evaluate, calibrate, embed, report, demo.
+
+Convention everywhere: L2-normalised embeddings, cosine similarity, a pair is accepted when
+``similarity >= threshold``. Exit codes: 0 ok, 1 training diverged (NaN loss), 2 bad input
+(message on stderr), 130 interrupted by Ctrl-C (checkpoint saved).
+
+Example:
+    >>> from tcm.cli.main import main
+    >>> main(["--version"])  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+import tcm
+from tcm.train.checkpoint import atomic_write
+
+__all__ = ["build_parser", "main"]
+
+EXIT_OK, EXIT_DIVERGED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
+DEMO_KEYS = ("recall_at_1", "map_at_r", "opis", "epsilon_opis_0.05", "epsilon_opis_0.1")
+
+
+def _out(text: str) -> None:
+    print(text, flush=True)
+
+
+def _write_json(path: str | Path, obj: Any) -> Path:
+    data = json.dumps(obj, indent=2, default=_json_default).encode()
+    return atomic_write(path, lambda fh: fh.write(data))
+
+
+def _json_default(o: Any) -> Any:
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(f"not JSON-serialisable: {type(o).__name__}")
+
+
+# ----------------------------------------------------------------------------- sources
+
+
+def _load_array_file(path: Path) -> tuple[np.ndarray, np.ndarray, list[str] | None]:
+    if path.suffix == ".safetensors":
+        from safetensors import safe_open
+        from safetensors.numpy import load_file
+
+        arrays = load_file(str(path))
+        with safe_open(str(path), framework="np") as fh:
+            meta = fh.metadata() or {}
+        names = json.loads(meta["class_names"]) if "class_names" in meta else None
+    else:
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                arrays = {k: z[k] for k in z.files}
+        except (OSError, ValueError) as exc:
+            raise ValueError(f"cannot read embeddings file {path}: {exc}") from exc
+        names = [str(s) for s in arrays["class_names"].tolist()] if "class_names" in arrays else None
+    for key in ("embeddings", "labels"):
+        if key not in arrays:
+            raise ValueError(f"{path} has no array {key!r} (found: {sorted(arrays)})")
+    return np.asarray(arrays["embeddings"]), np.asarray(arrays["labels"]), names or None
+
+
+def _embed_checkpoint(
+    path: Path, data: str | None, split: str, root: str | None, batch_size: int, device: str
+) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    import torch
+
+    from tcm import data as tdata
+    from tcm.train.evaluation import embed_dataset
+    from tcm.train.loop import load_model
+
+    dev = device if device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    model, ckpt = load_model(path, dev)
+    cfg = ckpt.get("config", {}).get("data", {})
+    name = data or cfg.get("name")
+    if not name:
+        raise ValueError(f"pass --data: checkpoint {path} does not name its dataset")
+    options = cfg.get("options", {}) if name == cfg.get("name") else {}
+    ds = tdata.load(name, split=split, root=root, image_size=model.spec.image_size, **options)
+    emb, lab = embed_dataset(model, ds, batch_size=batch_size, device=dev, progress=True)
+    return emb, lab, list(ds.class_names)
+
+
+def _load_source(args: argparse.Namespace, source: str) -> tuple[np.ndarray, np.ndarray, list[str] | None]:
+    path = Path(source)
+    if path.is_dir():
+        path = path / "embeddings.npz"
+    if not path.exists():
+        raise ValueError(f"file not found: {source}")
+    if path.suffix in (".npz", ".safetensors"):
+        return _load_array_file(path)
+    return _embed_checkpoint(
+        path, args.data, args.split, args.root, args.batch_size, args.device
+    )
+
+
+def _add_source_args(p: argparse.ArgumentParser, *, data_help: str) -> None:
+    p.add_argument("--data", metavar="NAME", help=data_help)
+    p.add_argument("--root", help="dataset root directory (default: the dataset's own default)")
+    p.add_argument("--split", default="test", help="dataset split to embed (default: test)")
+    p.add_argument("--batch-size", type=int, default=256, help="embedding batch size")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+
+
+# ----------------------------------------------------------------------------- commands
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from tcm.train.config import load_config
+    from tcm.train.evaluation import metric_table
+    from tcm.train.loop import train
+
+    cfg = load_config(args.config, args.overrides)
+    result = train(cfg, resume=args.resume)
+    if result.interrupted:
+        _out(f"interrupted; resume with: tcm train --config {args.config} --resume")
+        return EXIT_INTERRUPTED
+    if result.best_metrics:
+        _out(metric_table({"best": result.best_metrics, "last": result.last_metrics or {}}, DEMO_KEYS))
+    _out(f"checkpoints: {result.best_checkpoint} (best), {result.last_checkpoint} (last)")
+    return EXIT_OK
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from tcm.train.evaluation import DEFAULT_TAR_FARS, compute_metrics, metric_table
+
+    emb, lab, _ = _load_source(args, args.source)
+    metrics = compute_metrics(
+        emb, lab, far_range=tuple(args.far_range), tar_fars=DEFAULT_TAR_FARS
+    )
+    shown = {k: v for k, v in metrics.items() if not k.startswith("threshold_at_far")}
+    _out(metric_table({Path(args.source).name: shown}))
+    if args.json:
+        _write_json(args.json, {"source": args.source, "num_samples": int(len(lab)), "metrics": metrics})
+        _out(f"wrote {args.json}")
+    return EXIT_OK
+
+
+def _calibrate(emb: np.ndarray, lab: np.ndarray, args: argparse.Namespace) -> dict[str, Any]:
+    from tcm.metrics import operating_point, threshold_at_far, threshold_consistency
+
+    if args.max_utility:
+        lo, hi = args.search_range
+        tc = threshold_consistency(emb, lab, far_range=(lo, hi), num_thresholds=args.num_thresholds)
+        mean_u = np.asarray(tc.utility).mean(axis=0)
+        k = int(np.argmax(mean_u))
+        threshold = float(np.asarray(tc.thresholds)[k])
+        mode = {"mode": "max_mean_utility", "mean_utility": float(mean_u[k]), "search_far_range": [lo, hi]}
+    else:
+        threshold = float(threshold_at_far(emb, lab, far=args.far))
+        mode = {"mode": "target_far", "target_far": args.far}
+    op = operating_point(emb, lab, threshold)
+    target = args.far if not args.max_utility else float(op.global_far)
+    far = np.asarray(op.far, dtype=float)
+    frr = np.asarray(op.frr, dtype=float)
+    classes = [str(c) for c in np.asarray(op.classes).tolist()]
+    return {
+        "threshold": threshold,
+        **mode,
+        "global_far": float(op.global_far),
+        "global_tar": float(op.global_tar),
+        "num_classes": len(classes),
+        "far_spread": _spread(far),
+        "frr_spread": _spread(frr),
+        "classes_far_above_2x_target": int(np.sum(far > 2 * target)),
+        "reference_far": target,
+        "per_class": {"classes": classes, "far": far.tolist(), "frr": frr.tolist(),
+                      "size": np.asarray(op.class_sizes).tolist()},
+    }  # fmt: skip
+
+
+def _spread(x: np.ndarray) -> dict[str, float]:
+    if x.size == 0:
+        return {k: math.nan for k in ("min", "p50", "p95", "max", "mean", "std")}
+    return {
+        "min": float(x.min()),
+        "p50": float(np.quantile(x, 0.5)),
+        "p95": float(np.quantile(x, 0.95)),
+        "max": float(x.max()),
+        "mean": float(x.mean()),
+        "std": float(x.std()),
+    }
+
+
+def _cmd_calibrate(args: argparse.Namespace) -> int:
+    if args.far is None and not args.max_utility:
+        raise ValueError("choose a target: --far F (e.g. 1e-3) or --max-utility")
+    if args.far is not None and not (0 < args.far < 1):
+        raise ValueError(f"--far must lie in (0, 1); got {args.far}")
+    emb, lab, names = _load_source(args, args.source)
+    res = _calibrate(emb, lab, args)
+    pc = res["per_class"]
+    if names is not None:
+        pc["names"] = [names[int(c)] if c.lstrip("-").isdigit() and int(c) < len(names) else c for c in pc["classes"]]
+    else:
+        pc["names"] = pc["classes"]
+    _out(f"threshold (cosine similarity, accept if >=): {res['threshold']:.6f}")
+    _out(f"global FAR {res['global_far']:.3e}   global TAR {res['global_tar']:.4f}   classes {res['num_classes']}")
+    for what in ("far", "frr"):
+        s = res[f"{what}_spread"]
+        _out(f"per-class {what.upper()}: min {s['min']:.3e}  median {s['p50']:.3e}  p95 {s['p95']:.3e}  "
+             f"max {s['max']:.3e}  std {s['std']:.3e}")  # fmt: skip
+    _out(f"classes with FAR > 2x target ({2 * res['reference_far']:.3e}): {res['classes_far_above_2x_target']}")
+    far = np.asarray(pc["far"])
+    order = np.argsort(-far, kind="stable")[: args.top]
+    _out(f"\nworst {len(order)} classes by FAR:")
+    _out(f"{'class':<24} {'size':>6} {'FAR':>10} {'FRR':>8}")
+    for i in order.tolist():
+        _out(f"{pc['names'][i][:24]:<24} {pc['size'][i]:>6} {pc['far'][i]:>10.3e} {pc['frr'][i]:>8.4f}")
+    res["worst_classes"] = [
+        {"class": pc["names"][i], "far": pc["far"][i], "frr": pc["frr"][i]} for i in order.tolist()
+    ]
+    if args.json:
+        _write_json(args.json, res)
+        _out(f"wrote {args.json}")
+    return EXIT_OK
+
+
+def _cmd_embed(args: argparse.Namespace) -> int:
+    from tcm.train.loop import save_embeddings
+
+    path = Path(args.checkpoint)
+    if not path.is_file():
+        raise ValueError(f"checkpoint not found: {path}")
+    emb, lab, names = _embed_checkpoint(path, args.data, args.split, args.root, args.batch_size, args.device)
+    out = save_embeddings(args.out, emb, lab, names)
+    _out(f"wrote {out}: {emb.shape[0]} embeddings of dim {emb.shape[1]}, {len(names)} classes")
+    return EXIT_OK
+
+
+def _report_metrics(m: dict[str, float]) -> dict[str, float]:
+    keys = {"recall_at_1": "R@1", "map_at_r": "MAP@R", "opis": "OPIS",
+            "epsilon_opis_0.05": "eps-OPIS@5%", "epsilon_opis_0.1": "eps-OPIS@10%"}  # fmt: skip
+    return {v: float(m[k]) for k, v in keys.items() if k in m}
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from tcm.report import ReportRun, write_report
+    from tcm.train.evaluation import compute_metrics
+
+    runs = []
+    seen: dict[str, int] = {}
+    for src in args.sources:
+        emb, lab, _ = _load_source(args, src)
+        p = Path(src)
+        name = p.name if p.is_dir() else p.stem
+        seen[name] = seen.get(name, 0) + 1
+        if seen[name] > 1:
+            name = f"{name} ({seen[name]})"
+        metrics = compute_metrics(emb, lab)
+        runs.append(ReportRun(name, emb, lab, metrics=_report_metrics(metrics)))
+    index = write_report(args.out, runs, threshold=args.threshold)
+    _out(f"report: {index}")
+    return EXIT_OK
+
+
+def demo_configs(out_dir: str | Path, overrides: Sequence[str] = ()) -> list[tuple[str, Any]]:
+    """The two demo configs: ``(name, TrainingConfig)`` for base loss and base loss + TCM."""
+    from tcm.train.config import load_config
+
+    base_dir = Path(out_dir)
+    runs = []
+    for name, tcm_on in (("base", False), ("base+tcm", True)):
+        cfg = load_config(None, [*DEMO_OVERRIDES, *overrides, f"loss.tcm.enabled={tcm_on}",
+                                 f"output_dir={base_dir / name.replace('+', '_')}"])  # fmt: skip
+        runs.append((name, cfg))
+    return runs
+
+
+#: The demo recipe (mirrored in configs/demo.yaml; a test checks they agree).
+DEMO_OVERRIDES: tuple[str, ...] = (
+    "seed=0",
+    "data.name=glyphs",
+    "data.image_size=32",
+    "data.batch_size=64",
+    "data.m_per_class=4",
+    "model.backbone=small_cnn",
+    "model.embedding_dim=64",
+    "loss.name=multi_similarity",
+    "optim.name=adamw",
+    "optim.lr=0.002",
+    "optim.warmup_steps=20",
+    "optim.schedule=cosine",
+    "train.epochs=4",
+    "train.eval_every=2",
+    "train.device=cpu",
+)
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from tcm.train.evaluation import metric_table
+    from tcm.train.loop import train
+
+    t0 = time.monotonic()
+    results: dict[str, dict[str, float]] = {}
+    report_runs = []
+    for name, cfg in demo_configs(args.out, args.overrides):
+        _out(f"[demo] training '{name}' ({cfg.loss.name}{' + TCM' if cfg.loss.tcm.enabled else ''}, "
+             f"{cfg.model.backbone}, {cfg.train.epochs} epochs) -> {cfg.output_dir}")  # fmt: skip
+        res = train(cfg)
+        if res.interrupted:
+            return EXIT_INTERRUPTED
+        results[name] = res.best_metrics or {}
+        _out(f"[demo] '{name}' done after {time.monotonic() - t0:.0f} s")
+        report_runs.append((name, Path(cfg.output_dir) / "embeddings.npz"))
+    _out("\nunseen test classes (glyphs), best checkpoint of each run:")
+    _out(metric_table(results, DEMO_KEYS))
+    _write_json(Path(args.out) / "comparison.json", results)
+    report_path: Path | None = None
+    if not args.no_report:
+        try:
+            from tcm.report import ReportRun, write_report
+        except ImportError as exc:  # pragma: no cover - report module missing
+            _out(f"[demo] report skipped: {exc}")
+        else:
+            runs = []
+            for name, npz in report_runs:
+                emb, lab, _ = _load_array_file(npz)
+                runs.append(ReportRun(name, emb, lab, metrics=_report_metrics(results[name])))
+            report_path = write_report(Path(args.out) / "report", runs)
+    if report_path is not None:
+        _out(f"\nreport: {report_path}")
+    _out(f"[demo] total {time.monotonic() - t0:.0f} s")
+    return EXIT_OK
+
+
+# ----------------------------------------------------------------------------- parser
+
+
+def _floats2(s: str) -> float:
+    return float(s)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argparse parser of the ``tcm`` command (subcommands: see docs/cli.md)."""
+    p = argparse.ArgumentParser(
+        prog="tcm",
+        description="Threshold-consistent deep metric learning: train, evaluate, calibrate, "
+        "embed, report. Embeddings are L2-normalised; similarity = cosine; accept if >= threshold.",
+    )
+    p.add_argument("--version", action="version", version=f"tcm {tcm.__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    t = sub.add_parser("train", help="train a model from a YAML config")
+    t.add_argument("--config", help="YAML config (see configs/); default: built-in defaults")
+    t.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides, e.g. optim.lr=1e-4")
+    t.add_argument("--resume", action="store_true", help="continue from OUTPUT_DIR/last.pt")
+    t.set_defaults(func=_cmd_train)
+
+    e = sub.add_parser("evaluate", help="Recall@k, MAP@R, R-precision, OPIS, eps-OPIS, TAR@FAR")
+    e.add_argument("source", metavar="CHECKPOINT|EMBEDDINGS.npz|RUN_DIR")
+    _add_source_args(e, data_help="dataset to embed (checkpoints; default: the training dataset)")
+    e.add_argument("--far-range", nargs=2, type=float, default=[1e-2, 1e-1], metavar=("LO", "HI"),
+                   help="OPIS calibration range of global FAR (default 1e-2 1e-1)")  # fmt: skip
+    e.add_argument("--json", metavar="OUT.json", help="also write the metrics as JSON")
+    e.set_defaults(func=_cmd_evaluate)
+
+    c = sub.add_parser("calibrate", help="choose one threshold; per-class FAR/FRR at it")
+    c.add_argument("source", metavar="CHECKPOINT|EMBEDDINGS.npz|RUN_DIR")
+    _add_source_args(c, data_help="dataset to embed (checkpoints; default: the training dataset)")
+    g = c.add_mutually_exclusive_group()
+    g.add_argument("--far", type=float, help="target global FAR, e.g. 1e-3")
+    g.add_argument("--max-utility", action="store_true", help="maximise the mean per-class utility")
+    c.add_argument("--search-range", nargs=2, type=float, default=[1e-4, 0.5], metavar=("LO", "HI"),
+                   help="global-FAR range searched by --max-utility (default 1e-4 0.5)")  # fmt: skip
+    c.add_argument("--num-thresholds", type=int, default=201, help="grid size for --max-utility")
+    c.add_argument("--top", type=int, default=10, help="number of worst classes to list")
+    c.add_argument("--json", metavar="OUT.json", help="also write the result as JSON")
+    c.set_defaults(func=_cmd_calibrate)
+
+    m = sub.add_parser("embed", help="write embeddings + labels (+ class names) of a dataset")
+    m.add_argument("checkpoint", metavar="CHECKPOINT")
+    _add_source_args(m, data_help="dataset to embed (default: the training dataset)")
+    m.add_argument("--out", required=True, help="output .npz or .safetensors")
+    m.set_defaults(func=_cmd_embed)
+
+    r = sub.add_parser("report", help="HTML report over one or more runs")
+    r.add_argument("sources", nargs="+", metavar="RUN_DIR|EMBEDDINGS.npz|CHECKPOINT")
+    _add_source_args(r, data_help="dataset to embed for checkpoint sources")
+    r.add_argument("--out", required=True, help="output directory")
+    r.add_argument("--threshold", type=float, help="deployment threshold (default: per run at FAR 1e-3)")
+    r.set_defaults(func=_cmd_report)
+
+    d = sub.add_parser("demo", help="glyphs: base loss vs base loss + TCM, table + report")
+    d.add_argument("--out", default="runs/demo", help="output directory (default runs/demo)")
+    d.add_argument("overrides", nargs="*", metavar="key=value", help="overrides for both runs")
+    d.add_argument("--no-report", action="store_true", help="skip the HTML report")
+    d.set_defaults(func=_cmd_demo)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``tcm`` console script; returns the exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    from tcm.train.loop import TrainingDivergedError
+
+    try:
+        code: int = args.func(args)
+    except TrainingDivergedError as exc:
+        print(f"tcm {args.command}: error: {exc}", file=sys.stderr)
+        return EXIT_DIVERGED
+    except ValueError as exc:
+        print(f"tcm {args.command}: error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print(f"tcm {args.command}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    return code

@@ -1,0 +1,191 @@
+"""Threshold-Consistent Margin (TCM) regulariser (Zhang et al., ICLR 2024).
+
+Definition (``docs/definitions.md`` §4), with cosine *similarities* ``s`` in [-1, 1]::
+
+    L_TCM = λ+ · Σ_{s∈S+, s<=m+} (m+ - s) / #{s∈S+ : s<=m+}
+          + λ- · Σ_{s∈S-, s>=m-} (s - m-) / #{s∈S- : s>=m-}
+
+each term being 0 when it has no violating pair. ``S+`` / ``S-`` are the positive (same label) and
+negative (different label) pair similarities of the batch, or of batch x reference set.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+import torch
+from torch import nn
+
+from tcm.losses._common import (
+    check_embeddings,
+    check_finite_param,
+    cosine_similarity_matrix,
+    label_codes,
+)
+
+__all__ = ["TCMLoss", "tcm_loss_from_similarities"]
+
+_SAMPLER_HINT = (
+    "use a class-balanced sampler (e.g. tcm.data.ClassBalancedBatchSampler with m_per_class >= 2)"
+)
+
+
+def tcm_loss_from_similarities(
+    sims: torch.Tensor,
+    pos_mask: torch.Tensor,
+    neg_mask: torch.Tensor,
+    lambda_pos: float = 1.0,
+    lambda_neg: float = 1.0,
+    margin_pos: float = 0.9,
+    margin_neg: float = 0.5,
+) -> torch.Tensor:
+    """TCM from a similarity matrix and boolean pair masks (all of the same shape ``(N, R)``).
+
+    ``sims`` are cosine similarities; ``pos_mask`` / ``neg_mask`` select the positive / negative
+    pairs. Returns a 0-d tensor (dtype of ``sims``); an empty term contributes exactly 0.
+    """
+    pos_viol = pos_mask & (sims <= margin_pos)
+    neg_viol = neg_mask & (sims >= margin_neg)
+    zero = sims.new_zeros(())
+    pos_sum = torch.where(pos_viol, margin_pos - sims, zero).sum()
+    neg_sum = torch.where(neg_viol, sims - margin_neg, zero).sum()
+    # clamp(min=1): an empty term has a zero numerator, so it contributes 0 (no data-dependent
+    # branch, no host sync, works the same on CUDA).
+    pos_cnt = pos_viol.sum().clamp(min=1).to(sims.dtype)
+    neg_cnt = neg_viol.sum().clamp(min=1).to(sims.dtype)
+    return lambda_pos * (pos_sum / pos_cnt) + lambda_neg * (neg_sum / neg_cnt)
+
+
+class TCMLoss(nn.Module):
+    """Threshold-Consistent Margin loss on L2-normalised embeddings (cosine similarity).
+
+    Formula (``s`` = cosine similarity of a pair, ``S+``/``S-`` = positive/negative pairs)::
+
+        L = λ+ · mean{ m+ - s : s∈S+, s <= m+ }  +  λ- · mean{ s - m- : s∈S-, s >= m- }
+
+    where the mean of an empty set is 0. Positive pairs whose similarity is at most ``m+`` are
+    pulled up to ``m+``; negative pairs whose similarity is at least ``m-`` are pushed below
+    ``m-``. Pairs already beyond their margin contribute nothing.
+
+    Pairs:
+        * without ``ref_emb``: all ordered pairs ``(i, j)``, ``i != j``, of the batch (``B x B``
+          similarity matrix minus its diagonal). Each unordered pair appears twice with the same
+          similarity, so the mean over violating pairs is the same as over unordered pairs
+          ``i < j``; this matches pytorch-metric-learning's ``ThresholdConsistentMarginLoss``.
+        * with ``ref_emb`` (shape ``(R, D)``) and ``ref_labels`` (shape ``(R,)``): all pairs
+          ``(i in batch, j in reference)`` (``B x R`` matrix, nothing excluded), labels compared
+          across the two sets.
+
+    The loss is built from one similarity matrix and boolean masks (memory ``O(B·R)``), never
+    from per-pair copies of embeddings. The matrix is computed in float32 (or float64 for float64
+    input) with autocast disabled, so float16 / bfloat16 autocast training is safe.
+
+    A batch without any positive pair makes the positive term 0; a one-time warning (per loss
+    instance) then names the fix: sample several images per class.
+
+    Args:
+        lambda_pos: weight ``λ+ >= 0`` of the positive term.
+        lambda_neg: weight ``λ- >= 0`` of the negative term.
+        margin_pos: ``m+`` in [-1, 1], cosine similarity positives should reach.
+        margin_neg: ``m-`` in [-1, 1], ``m- < m+``, cosine similarity negatives should stay below.
+
+    Shapes:
+        ``embeddings (B, D)`` float (any dtype, any device), ``labels (B,)`` integer tensor or any
+        label array; output: scalar tensor (float32, or float64 for float64 input).
+
+    Raises:
+        ValueError: bad parameters (margins outside [-1, 1], ``margin_neg >= margin_pos``,
+            negative lambdas) or bad input (length mismatch, non-finite embeddings, ``ref_emb``
+            without ``ref_labels`` or vice versa, embedding dimension mismatch).
+
+    Example:
+        >>> import torch
+        >>> loss_fn = TCMLoss(margin_pos=0.9, margin_neg=0.5)
+        >>> emb = torch.tensor([[1.0, 0.0], [0.8, 0.6], [0.0, 1.0]], requires_grad=True)
+        >>> loss = loss_fn(emb, torch.tensor([0, 0, 1]))
+        >>> round(float(loss.detach()), 4)  # pos: 0.9 - 0.8, neg: 0.6 - 0.5
+        0.2
+        >>> loss.backward()
+    """
+
+    def __init__(
+        self,
+        lambda_pos: float = 1.0,
+        lambda_neg: float = 1.0,
+        margin_pos: float = 0.9,
+        margin_neg: float = 0.5,
+    ) -> None:
+        super().__init__()
+        self.lambda_pos = check_finite_param(lambda_pos, "lambda_pos", nonneg=True)
+        self.lambda_neg = check_finite_param(lambda_neg, "lambda_neg", nonneg=True)
+        self.margin_pos = check_finite_param(margin_pos, "margin_pos")
+        self.margin_neg = check_finite_param(margin_neg, "margin_neg")
+        for name, m in (("margin_pos", self.margin_pos), ("margin_neg", self.margin_neg)):
+            if not -1.0 <= m <= 1.0:
+                raise ValueError(f"{name} must lie in [-1, 1] (cosine similarity); got {m}")
+        if self.margin_neg >= self.margin_pos:
+            raise ValueError(
+                f"margin_neg must be < margin_pos; got margin_neg={self.margin_neg}, "
+                f"margin_pos={self.margin_pos}"
+            )
+        self._warned_no_pos = False
+
+    def extra_repr(self) -> str:
+        return (
+            f"lambda_pos={self.lambda_pos}, lambda_neg={self.lambda_neg}, "
+            f"margin_pos={self.margin_pos}, margin_neg={self.margin_neg}"
+        )
+
+    def forward(
+        self,
+        embeddings: torch.Tensor,
+        labels: Any,
+        ref_emb: torch.Tensor | None = None,
+        ref_labels: Any = None,
+    ) -> torch.Tensor:
+        """Return the TCM loss (scalar tensor) for ``embeddings (B, D)`` and ``labels (B,)``."""
+        emb = check_embeddings(embeddings)
+        if (ref_emb is None) != (ref_labels is None):
+            raise ValueError(
+                "ref_emb and ref_labels must be given together; got ref_emb="
+                f"{'None' if ref_emb is None else 'tensor'}, ref_labels="
+                f"{'None' if ref_labels is None else 'given'}"
+            )
+        if ref_emb is None:
+            lab, _ = label_codes(labels, emb.shape[0], emb.device)
+            sims = cosine_similarity_matrix(emb)
+            same = lab[:, None] == lab[None, :]
+            pos_mask = same & ~torch.eye(emb.shape[0], dtype=torch.bool, device=emb.device)
+            neg_mask = ~same
+        else:
+            ref = check_embeddings(ref_emb, "ref_emb")
+            if ref.shape[1] != emb.shape[1]:
+                raise ValueError(
+                    f"ref_emb has dimension {ref.shape[1]} but embeddings have dimension "
+                    f"{emb.shape[1]}"
+                )
+            lab, rlab = label_codes(
+                labels, emb.shape[0], emb.device, ref_labels=ref_labels, n_ref=ref.shape[0]
+            )
+            assert rlab is not None
+            sims = cosine_similarity_matrix(emb, ref.to(emb.device))
+            pos_mask = lab[:, None] == rlab[None, :]
+            neg_mask = ~pos_mask
+        if not self._warned_no_pos and not bool(pos_mask.any()):
+            self._warned_no_pos = True
+            warnings.warn(
+                "TCMLoss: the batch has no positive pair (no two samples share a label), so the "
+                f"positive term is 0; {_SAMPLER_HINT}. This warning is shown once.",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+        return tcm_loss_from_similarities(
+            sims,
+            pos_mask,
+            neg_mask,
+            self.lambda_pos,
+            self.lambda_neg,
+            self.margin_pos,
+            self.margin_neg,
+        )

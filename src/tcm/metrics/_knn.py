@@ -1,0 +1,189 @@
+"""Exact k-nearest-neighbour search by cosine similarity with a deterministic tie rule (private).
+
+Rows of ``q`` (shape ``(B, D)``) and ``g`` (shape ``(N, D)``) are already L2-normalised, so the
+inner product is the cosine **similarity** ``s(i, j) = <q_i, g_j>`` in ``[-1, 1]``
+(higher = closer).
+
+Tie rule (identical for every backend): neighbours are ordered by the key ``(-s64, j)``, i.e. by
+decreasing *canonical* similarity ``s64`` and, among equal similarities, by increasing gallery
+index ``j``. ``s64`` is the float64 dot product of the normalised vectors, computed elementwise
+(multiply, then sum over ``D``) so that a given pair always gets the same value whatever backend
+or batch produced the candidate.
+
+Exactness: a backend (torch matmul or faiss ``IndexFlatIP``) returns ``kk = k + extra`` candidates
+by its own, rounded, scores. Every inner product of unit vectors computed in precision ``u`` is
+within ``err <= (D + 2) u`` of ``s64``; if the backend's ``k``-th score exceeds its ``kk``-th by
+more than ``tol = 2 err``, no item outside the candidates can belong to the exact top ``k``.
+Rows that fail the test are searched again with ``kk`` doubled (up to the whole gallery), so
+the returned top ``k`` is always exactly the first ``k`` items of the gallery sorted by
+``(-s64, j)``.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from typing import Any, Literal, Protocol
+
+import numpy as np
+import torch
+
+__all__ = ["FaissSearcher", "Searcher", "TorchSearcher", "exact_topk", "faiss_available"]
+
+BackendName = Literal["torch", "faiss"]
+
+# Elements (B * m * D) of the float64 gather used for canonical similarities per sub-batch.
+_CANON_ELEMS = 1 << 22
+
+
+def faiss_available() -> bool:
+    """Return ``True`` when the optional ``faiss`` package can be imported."""
+    return importlib.util.find_spec("faiss") is not None
+
+
+class Searcher(Protocol):
+    """Top-``k`` search over a fixed gallery by (possibly rounded) inner product."""
+
+    name: BackendName
+    unit_roundoff: float
+
+    def search(
+        self, q: torch.Tensor, k: int, self_idx: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return ``(scores, indices)`` of shape ``(B, k)``, scores descending, self excluded."""
+        ...
+
+
+class TorchSearcher:
+    """Dense ``q @ g.T`` followed by ``torch.topk`` (CPU or CUDA, dtype of ``g``)."""
+
+    name: BackendName = "torch"
+
+    def __init__(self, g: torch.Tensor) -> None:
+        self.g = g
+        self.unit_roundoff = float(torch.finfo(g.dtype).eps)
+
+    def search(
+        self, q: torch.Tensor, k: int, self_idx: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        s = q @ self.g.T  # (B, N) cosine similarities
+        if self_idx is not None:
+            s[torch.arange(q.shape[0], device=q.device), self_idx] = -torch.inf
+        vals, idx = torch.topk(s, k, dim=1, largest=True, sorted=True)
+        return vals, idx
+
+
+class FaissSearcher:
+    """faiss ``IndexFlatIP`` (exact, float32, CPU); results are moved to the device of ``q``."""
+
+    name: BackendName = "faiss"
+
+    def __init__(self, g: torch.Tensor) -> None:
+        import faiss
+
+        gn = np.ascontiguousarray(g.detach().to("cpu", torch.float32).numpy())
+        self.index: Any = faiss.IndexFlatIP(gn.shape[1])
+        self.index.add(gn)
+        self.n = gn.shape[0]
+        # float32 scores, plus rounding of float64 inputs to float32.
+        self.unit_roundoff = 2.0 * float(np.finfo(np.float32).eps)
+
+    def search(
+        self, q: torch.Tensor, k: int, self_idx: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        qn = np.ascontiguousarray(q.detach().to("cpu", torch.float32).numpy())
+        loo = self_idx is not None
+        dist, ind = self.index.search(qn, k + int(loo))
+        if loo:
+            assert self_idx is not None
+            own = self_idx.detach().cpu().numpy()
+            keep = ind != own[:, None]
+            # rows that did not retrieve themselves drop their last (lowest) candidate instead
+            keep[keep.all(axis=1), -1] = False
+            dist = dist[keep].reshape(qn.shape[0], k)
+            ind = ind[keep].reshape(qn.shape[0], k)
+        return (
+            torch.from_numpy(dist).to(q.device),
+            torch.from_numpy(ind.astype(np.int64)).to(q.device),
+        )
+
+
+def canonical_similarity(q: torch.Tensor, g: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """Float64 similarities ``s64[b, m] = sum_d q[b, d] * g[idx[b, m], d]``, shape ``(B, M)``.
+
+    Computed elementwise so the value of a pair does not depend on the batch it is computed in.
+    """
+    b, m = idx.shape
+    d = q.shape[1]
+    out = torch.empty((b, m), dtype=torch.float64, device=q.device)
+    step = max(1, _CANON_ELEMS // max(1, m * d))
+    for lo in range(0, b, step):
+        hi = min(b, lo + step)
+        gg = g[idx[lo:hi]].to(torch.float64)  # (b', M, D)
+        out[lo:hi] = (gg * q[lo:hi, None, :].to(torch.float64)).sum(dim=-1)
+    return out
+
+
+def _order(q: torch.Tensor, g: torch.Tensor, idx: torch.Tensor, k: int) -> torch.Tensor:
+    """Sort candidate rows by ``(-s64, index)`` and keep the first ``k``; returns ``(B, k)``."""
+    idx_sorted, _ = torch.sort(idx, dim=1)
+    s = canonical_similarity(q, g, idx_sorted)
+    _, perm = torch.sort(s, dim=1, descending=True, stable=True)
+    return idx_sorted.gather(1, perm)[:, :k]
+
+
+def exact_topk(
+    searcher: Searcher,
+    q: torch.Tensor,
+    g: torch.Tensor,
+    k: int,
+    self_idx: torch.Tensor | None,
+    extra: int = 8,
+) -> torch.Tensor:
+    """Exact top-``k`` gallery indices for each query row, ordered by ``(-s64, index)``.
+
+    Args:
+        searcher: backend over ``g``.
+        q: ``(B, D)`` unit-norm queries.
+        g: ``(N, D)`` unit-norm gallery (same device as ``q``).
+        k: neighbours wanted; ``1 <= k <= N - (self_idx is not None)``.
+        self_idx: ``(B,)`` gallery index of each query to exclude (leave-one-out), or ``None``.
+        extra: additional candidates fetched to certify the cut.
+
+    Returns:
+        int64 tensor ``(B, k)`` of gallery indices.
+
+    Example:
+        >>> g = torch.eye(3)
+        >>> exact_topk(TorchSearcher(g), g[:1], g, 2, torch.tensor([0])).tolist()
+        [[1, 2]]
+    """
+    b = q.shape[0]
+    n_avail = g.shape[0] - int(self_idx is not None)
+    if not 1 <= k <= n_avail:
+        raise ValueError(f"k must be in [1, {n_avail}]; got {k}")
+    tol = 2.0 * (q.shape[1] + 2) * searcher.unit_roundoff
+    out = torch.empty((b, k), dtype=torch.int64, device=q.device)
+    todo = torch.arange(b, device=q.device)
+    kk = min(k + extra, n_avail)
+    while todo.numel() > 0:
+        qs = q[todo]
+        own = None if self_idx is None else self_idx[todo]
+        vals, idx = searcher.search(qs, kk, own)
+        if kk >= n_avail:
+            ok = torch.ones(todo.numel(), dtype=torch.bool, device=q.device)
+        else:
+            ok = (vals[:, k - 1].double() - vals[:, kk - 1].double()) > tol
+        if bool(ok.any()):
+            v, i = vals[ok], idx[ok]
+            # rows whose first k + 1 scores are separated by more than tol are already in the
+            # exact (-s64, j) order; only rows with near-ties are re-sorted canonically
+            m = min(k + 1, kk)
+            gaps = v[:, : m - 1].double() - v[:, 1:m].double()
+            clear = (gaps > tol).all(dim=1)
+            res = i[:, :k].clone()
+            if not bool(clear.all()):
+                res[~clear] = _order(qs[ok][~clear], g, i[~clear], k)
+            out[todo[ok]] = res
+        todo = todo[~ok]
+        kk = min(2 * kk, n_avail)
+    return out

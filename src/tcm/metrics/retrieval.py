@@ -1,0 +1,543 @@
+"""Exact retrieval evaluation: Recall@k, MAP@R and R-precision, chunked and shardable.
+
+Convention: embeddings are L2-normalised internally and neighbours are ranked by cosine
+**similarity** ``s(q, g) = <q, g> / (||q|| ||g||)`` in ``[-1, 1]``, highest first.
+
+Definitions (Musgrave et al., "A Metric Learning Reality Check", ECCV 2020). For a query ``q`` with
+label ``y`` let ``R`` = number of gallery items with label ``y`` (in leave-one-out mode, when no
+gallery is given, the query itself is excluded *by index*, so ``R = n_y - 1``), and let
+``rel(i) = 1`` when the ``i``-th nearest gallery item has label ``y``:
+
+* ``Recall@k = 1`` if ``rel(i) = 1`` for some ``i <= k`` else ``0`` (if fewer than ``k`` gallery
+  items exist, all of them are used).
+* ``R-precision = (1/R) * sum_{i<=R} rel(i)``.
+* ``MAP@R = (1/R) * sum_{i<=R} P(i) * rel(i)`` with ``P(i) = (1/i) * sum_{j<=i} rel(j)``.
+
+Each metric is the mean over queries with ``R >= 1``; queries with ``R = 0`` are excluded and
+counted in :attr:`RetrievalMetrics.num_excluded_queries`.
+
+Ties: neighbours are ordered by decreasing float64 similarity of the normalised vectors and, among
+equal similarities, by increasing gallery index. Both backends (``"torch"``: chunked matmul +
+``topk``; ``"faiss"``: ``IndexFlatIP``) return exactly this order (see :mod:`tcm.metrics._knn`).
+
+Memory: queries are processed in chunks of ``B`` rows; the only large temporary is the ``(B, N)``
+similarity block (``B`` chosen so it takes about 64 MiB on CPU, 512 MiB on CUDA). Labels are
+encoded once to int codes and class sizes come from ``bincount`` (linear time, no class x sample
+matrix); per chunk ``k = max(max(ks), max R in chunk)`` neighbours are retrieved.
+
+Sharding: :func:`retrieval_per_query` evaluates any subset of queries (``query_indices``) and
+:func:`merge_per_query` combines the parts; splitting the queries across processes gives exactly
+the numbers of one process (:func:`shard_query_indices` makes the split,
+:func:`distributed_retrieval_metrics` does it with ``torch.distributed``).
+
+Example:
+    >>> import numpy as np
+    >>> emb = np.array([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0], [0.1, 0.9]])
+    >>> m = retrieval_metrics(emb, [0, 0, 1, 1], ks=(1,))
+    >>> m.recall_at_k[1], m.map_at_r, m.r_precision, m.num_queries
+    (1.0, 1.0, 1.0, 4)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+import torch
+
+from tcm._validation import ArrayLike, as_embeddings, encode_labels, l2_normalize
+from tcm.metrics._knn import FaissSearcher, Searcher, TorchSearcher, exact_topk, faiss_available
+
+__all__ = [
+    "PerClassRetrieval",
+    "PerQueryRetrieval",
+    "RetrievalMetrics",
+    "distributed_retrieval_metrics",
+    "merge_per_query",
+    "retrieval_metrics",
+    "retrieval_per_query",
+    "shard_query_indices",
+]
+
+Backend = Literal["auto", "torch", "faiss"]
+
+_CPU_BLOCK_BYTES = 64 << 20
+_CUDA_BLOCK_BYTES = 512 << 20
+_MAX_CHUNK = 8192
+_FAISS_CHUNK = 4096
+
+
+def _jsonable(a: np.ndarray) -> list[Any]:
+    out: list[Any] = a.tolist()
+    return out
+
+
+@dataclass(frozen=True)
+class PerClassRetrieval:
+    """Per-class means over the evaluated queries of each class (all arrays shape ``(C,)``).
+
+    Only classes with at least one evaluated query (``R >= 1``) appear; ``classes`` holds the
+    original label values, sorted.
+    """
+
+    classes: np.ndarray
+    num_queries: np.ndarray
+    recall_at_1: np.ndarray
+    map_at_r: np.ndarray
+    r_precision: np.ndarray
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-serialisable dict of lists."""
+        return {
+            "classes": _jsonable(self.classes),
+            "num_queries": _jsonable(self.num_queries),
+            "recall_at_1": _jsonable(self.recall_at_1),
+            "map_at_r": _jsonable(self.map_at_r),
+            "r_precision": _jsonable(self.r_precision),
+        }
+
+
+@dataclass(frozen=True)
+class RetrievalMetrics:
+    """Retrieval accuracy averaged over the queries with ``R >= 1`` (values in ``[0, 1]``).
+
+    Attributes:
+        recall_at_k: ``{k: Recall@k}`` for the requested ``ks``.
+        map_at_r: mean MAP@R.
+        r_precision: mean R-precision.
+        per_class: per-class means (see :class:`PerClassRetrieval`).
+        num_queries: number of evaluated queries (``R >= 1``).
+        num_excluded_queries: queries skipped because no gallery item shares their label.
+        num_gallery: gallery size (the query set itself in leave-one-out mode).
+        leave_one_out: ``True`` when no separate gallery was given.
+        backend: backend actually used (``"torch"`` or ``"faiss"``).
+    """
+
+    recall_at_k: dict[int, float]
+    map_at_r: float
+    r_precision: float
+    per_class: PerClassRetrieval
+    num_queries: int
+    num_excluded_queries: int
+    num_gallery: int
+    leave_one_out: bool
+    backend: str
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-serialisable dict (``recall_at_k`` keys become strings)."""
+        return {
+            "recall_at_k": {str(k): v for k, v in self.recall_at_k.items()},
+            "map_at_r": self.map_at_r,
+            "r_precision": self.r_precision,
+            "per_class": self.per_class.to_dict(),
+            "num_queries": self.num_queries,
+            "num_excluded_queries": self.num_excluded_queries,
+            "num_gallery": self.num_gallery,
+            "leave_one_out": self.leave_one_out,
+            "backend": self.backend,
+        }
+
+
+@dataclass(frozen=True)
+class PerQueryRetrieval:
+    """Per-query results for a subset of queries (the unit of sharding).
+
+    Attributes (``M`` = number of queries in the subset):
+        query_indices: ``(M,)`` int64 positions in the full query set.
+        labels: ``(M,)`` original label values.
+        r: ``(M,)`` int64 number of relevant gallery items ``R`` (0 = excluded query).
+        ks: the requested ``ks`` (sorted, unique).
+        hits: ``(M, len(ks))`` bool; ``hits[m, j]``: a relevant item is among the ``ks[j]``
+            nearest.
+        map_at_r: ``(M,)`` float64, NaN where ``R = 0``.
+        r_precision: ``(M,)`` float64, NaN where ``R = 0``.
+        num_gallery, leave_one_out, backend: as in :class:`RetrievalMetrics`.
+    """
+
+    query_indices: np.ndarray
+    labels: np.ndarray
+    r: np.ndarray
+    ks: tuple[int, ...]
+    hits: np.ndarray
+    map_at_r: np.ndarray
+    r_precision: np.ndarray
+    num_gallery: int
+    leave_one_out: bool
+    backend: str
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def _check_ks(ks: int | Sequence[int]) -> tuple[int, ...]:
+    items: Sequence[Any] = (ks,) if isinstance(ks, int | np.integer) else ks
+    if isinstance(items, str | bytes) or not isinstance(items, Sequence | np.ndarray):
+        raise ValueError(f"ks must be a positive int or a sequence of them; got {ks!r}")
+    if len(items) == 0:
+        raise ValueError("ks is empty; pass at least one k, e.g. ks=(1,)")
+    out = []
+    for k in items:
+        if isinstance(k, bool) or not isinstance(k, int | np.integer) or k < 1:
+            raise ValueError(f"every k in ks must be an integer >= 1; got {k!r} in {ks!r}")
+        out.append(int(k))
+    return tuple(sorted(set(out)))
+
+
+def _check_chunk_size(chunk_size: int | None) -> None:
+    if chunk_size is None:
+        return
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int | np.integer):
+        raise ValueError(f"chunk_size must be a positive int or None; got {chunk_size!r}")
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1; got {chunk_size}")
+
+
+def _resolve_backend(backend: str, device: torch.device) -> str:
+    if backend not in ("auto", "torch", "faiss"):
+        raise ValueError(f"backend must be 'auto', 'torch' or 'faiss'; got {backend!r}")
+    if backend == "faiss" and not faiss_available():
+        raise ImportError("backend='faiss' needs the faiss package (pip install faiss-cpu)")
+    if backend == "auto":
+        return "torch"
+    return backend
+
+
+def _labels_numpy(labels: ArrayLike, n: int, name: str) -> np.ndarray:
+    if isinstance(labels, torch.Tensor):
+        arr = labels.detach().cpu().numpy()
+    elif labels is None:
+        raise ValueError(f"{name} is None but embeddings were given")
+    else:
+        arr = np.asarray(labels)
+    if arr.ndim != 1:
+        raise ValueError(f"{name} must be 1-D of shape (N,); got shape {arr.shape}")
+    if arr.shape[0] != n:
+        raise ValueError(f"{name} has length {arr.shape[0]} but there are {n} embeddings")
+    return arr
+
+
+def _concat_labels(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    if a.dtype.kind in "iu" and b.dtype.kind in "iu" and np.result_type(a, b).kind == "f":
+        # int64 + uint64 would promote to float64 and merge ids > 2**53
+        return np.concatenate([a.astype(object), b.astype(object)])
+    return np.concatenate([a, b])
+
+
+def _as_index_array(query_indices: ArrayLike | slice | None, n: int) -> np.ndarray:
+    if query_indices is None:
+        return np.arange(n, dtype=np.int64)
+    if isinstance(query_indices, slice):
+        return np.arange(n, dtype=np.int64)[query_indices]
+    if isinstance(query_indices, torch.Tensor):
+        arr = query_indices.detach().cpu().numpy()
+    else:
+        arr = np.asarray(query_indices)
+    if arr.ndim != 1 or (arr.size > 0 and arr.dtype.kind not in "iu"):
+        raise ValueError(
+            f"query_indices must be a 1-D integer array; got shape {arr.shape}, dtype {arr.dtype}"
+        )
+    arr = arr.astype(np.int64)
+    if arr.size and (arr.min() < 0 or arr.max() >= n):
+        bad = arr[(arr < 0) | (arr >= n)][0]
+        raise ValueError(f"query_indices must be in [0, {n}); got {int(bad)}")
+    if np.unique(arr).size != arr.size:
+        raise ValueError("query_indices contain duplicates")
+    return arr
+
+
+def _auto_chunk(n_gallery: int, elem_bytes: int, device: torch.device, backend: str) -> int:
+    if backend == "faiss":
+        return _FAISS_CHUNK
+    budget = _CUDA_BLOCK_BYTES if device.type == "cuda" else _CPU_BLOCK_BYTES
+    return int(max(1, min(_MAX_CHUNK, budget // max(1, n_gallery * elem_bytes))))
+
+
+# --------------------------------------------------------------------------- core
+
+
+def retrieval_per_query(
+    query_emb: ArrayLike,
+    query_labels: ArrayLike,
+    gallery_emb: ArrayLike | None = None,
+    gallery_labels: ArrayLike | None = None,
+    ks: int | Sequence[int] = (1, 2, 4, 8),
+    backend: Backend = "auto",
+    chunk_size: int | None = None,
+    query_indices: ArrayLike | slice | None = None,
+) -> PerQueryRetrieval:
+    """Per-query Recall@k hits, MAP@R and R-precision for a subset of the queries.
+
+    Arguments are those of :func:`retrieval_metrics` plus ``query_indices`` (``None`` = all
+    queries, a slice, or a 1-D int array of positions in the query set). Always pass the *full*
+    query and gallery sets: in leave-one-out mode the gallery is the whole query set, and the
+    labels of all items are needed to compute ``R``. Results for disjoint subsets can be combined
+    with :func:`merge_per_query` and give exactly the numbers of one call on all queries.
+
+    Example:
+        >>> emb = [[1.0, 0.0], [0.9, 0.1], [0.0, 1.0], [0.1, 0.9]]
+        >>> part = retrieval_per_query(emb, [0, 0, 1, 1], ks=(1,), query_indices=[2, 3])
+        >>> part.hits[:, 0].tolist(), part.r.tolist()
+        ([True, True], [1, 1])
+    """
+    ks_t = _check_ks(ks)
+    _check_chunk_size(chunk_size)
+    q = as_embeddings(query_emb, "query_emb")
+    nq = q.shape[0]
+    q_lab = _labels_numpy(query_labels, nq, "query_labels")
+    loo = gallery_emb is None
+    if loo:
+        if gallery_labels is not None:
+            raise ValueError("gallery_labels given without gallery_emb")
+        g = q
+        all_codes, classes = encode_labels(q_lab, name="query_labels")
+        q_codes_np = g_codes_np = all_codes
+    else:
+        g = as_embeddings(gallery_emb, "gallery_emb")
+        if g.shape[1] != q.shape[1]:
+            raise ValueError(
+                f"query_emb has dimension {q.shape[1]} but gallery_emb has dimension {g.shape[1]}"
+            )
+        g_lab = _labels_numpy(gallery_labels, g.shape[0], "gallery_labels")
+        all_codes, classes = encode_labels(_concat_labels(q_lab, g_lab), name="labels")
+        q_codes_np, g_codes_np = all_codes[:nq], all_codes[nq:]
+    ng = g.shape[0]
+    device = q.device
+    dtype = torch.promote_types(q.dtype, g.dtype)
+    backend_used = _resolve_backend(backend, device)
+
+    qn = l2_normalize(q.to(dtype), "query_emb")
+    gn = qn if loo else l2_normalize(g.to(device=device, dtype=dtype), "gallery_emb")
+
+    sel = _as_index_array(query_indices, nq)
+    counts = np.bincount(g_codes_np, minlength=classes.shape[0])
+    r_all = counts[q_codes_np[sel]] - int(loo)  # (M,)
+    m = sel.shape[0]
+    hits = np.zeros((m, len(ks_t)), dtype=bool)
+    map_r = np.full(m, np.nan)
+    r_prec = np.full(m, np.nan)
+
+    valid_pos = np.flatnonzero(r_all > 0)
+    if valid_pos.size:
+        searcher: Searcher = FaissSearcher(gn) if backend_used == "faiss" else TorchSearcher(gn)
+        g_codes = torch.from_numpy(g_codes_np).to(device)
+        q_codes = torch.from_numpy(q_codes_np).to(device)
+        r_t = torch.from_numpy(r_all).to(device)
+        chunk = chunk_size or _auto_chunk(ng, gn.element_size(), device, backend_used)
+        n_avail = ng - int(loo)
+        kmax = ks_t[-1]
+        for lo in range(0, valid_pos.size, chunk):
+            pos = torch.from_numpy(valid_pos[lo : lo + chunk]).to(device)
+            qi = torch.from_numpy(sel[valid_pos[lo : lo + chunk]]).to(device)
+            rc = r_t[pos]
+            k = min(max(kmax, int(rc.max())), n_avail)
+            idx = exact_topk(searcher, qn[qi], gn, k, qi if loo else None)
+            h, ap, rp = _chunk_scores(g_codes[idx], q_codes[qi], rc, ks_t)
+            p = pos.cpu().numpy()
+            hits[p] = h.cpu().numpy()
+            map_r[p] = ap.cpu().numpy()
+            r_prec[p] = rp.cpu().numpy()
+
+    return PerQueryRetrieval(
+        query_indices=sel,
+        labels=classes[q_codes_np[sel]],
+        r=r_all.astype(np.int64),
+        ks=ks_t,
+        hits=hits,
+        map_at_r=map_r,
+        r_precision=r_prec,
+        num_gallery=ng,
+        leave_one_out=loo,
+        backend=backend_used,
+    )
+
+
+def _chunk_scores(
+    nn_codes: torch.Tensor, q_codes: torch.Tensor, r: torch.Tensor, ks: tuple[int, ...]
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Vectorised metrics for ``B`` queries from their ``(B, k)`` neighbour label codes.
+
+    ``rel = nn_codes == q_codes[:, None]``; hits ``(B, len(ks))``; MAP@R and R-precision
+    ``(B,)`` float64 via a cumulative sum over ``rel`` restricted to the first ``R`` columns.
+    """
+    rel = nn_codes == q_codes[:, None]  # (B, k)
+    k = rel.shape[1]
+    cols = torch.arange(1, k + 1, device=rel.device)
+    rel_r = rel & (cols[None, :] <= r[:, None])  # relevant and within the first R
+    r64 = r.to(torch.float64)
+    r_prec = rel_r.sum(dim=1).to(torch.float64) / r64
+    prec = rel.cumsum(dim=1).to(torch.float64) / cols.to(torch.float64)  # P(i)
+    ap = (prec * rel_r).sum(dim=1) / r64
+    hits = torch.stack([rel[:, : min(kk, k)].any(dim=1) for kk in ks], dim=1)
+    return hits, ap, r_prec
+
+
+def merge_per_query(parts: Sequence[PerQueryRetrieval]) -> RetrievalMetrics:
+    """Combine per-query results of disjoint query subsets into :class:`RetrievalMetrics`.
+
+    Parts are re-ordered by query index first, so any split gives bit-identical means.
+
+    Raises:
+        ValueError: no parts, parts from different settings (ks, gallery), overlapping query
+            subsets, or no query with ``R >= 1``.
+    """
+    if len(parts) == 0:
+        raise ValueError("merge_per_query needs at least one PerQueryRetrieval part")
+    first = parts[0]
+    for p in parts[1:]:
+        if (p.ks, p.num_gallery, p.leave_one_out) != (
+            first.ks,
+            first.num_gallery,
+            first.leave_one_out,
+        ):
+            raise ValueError(
+                "parts were computed with different settings: "
+                f"{(p.ks, p.num_gallery, p.leave_one_out)} vs "
+                f"{(first.ks, first.num_gallery, first.leave_one_out)}"
+            )
+    qidx = np.concatenate([p.query_indices for p in parts])
+    order = np.argsort(qidx, kind="stable")
+    qidx = qidx[order]
+    if qidx.size > 1 and bool(np.any(qidx[1:] == qidx[:-1])):
+        dup = int(qidx[1:][qidx[1:] == qidx[:-1]][0])
+        raise ValueError(f"query subsets overlap: query index {dup} appears twice")
+    labels = np.concatenate([p.labels for p in parts])[order]
+    r = np.concatenate([p.r for p in parts])[order]
+    hits = np.concatenate([p.hits for p in parts])[order]
+    ap = np.concatenate([p.map_at_r for p in parts])[order]
+    rp = np.concatenate([p.r_precision for p in parts])[order]
+
+    valid = r > 0
+    n_valid = int(valid.sum())
+    if n_valid == 0:
+        raise ValueError(
+            f"no valid query: none of the {r.size} queries has a gallery item with its label "
+            "(R = 0 for all)"
+        )
+    hits_v, ap_v, rp_v = hits[valid], ap[valid], rp[valid]
+    recall = {k: float(hits_v[:, j].mean()) for j, k in enumerate(first.ks)}
+    classes, codes = np.unique(labels[valid], return_inverse=True)
+    codes = codes.reshape(-1)
+    nc = classes.shape[0]
+    per_n = np.bincount(codes, minlength=nc)
+    r1 = hits_v[:, 0] if first.ks[0] == 1 else None
+    per_class = PerClassRetrieval(
+        classes=classes,
+        num_queries=per_n.astype(np.int64),
+        recall_at_1=(
+            np.bincount(codes, weights=r1.astype(np.float64), minlength=nc) / per_n
+            if r1 is not None
+            else np.full(nc, np.nan)
+        ),
+        map_at_r=np.bincount(codes, weights=ap_v, minlength=nc) / per_n,
+        r_precision=np.bincount(codes, weights=rp_v, minlength=nc) / per_n,
+    )
+    return RetrievalMetrics(
+        recall_at_k=recall,
+        map_at_r=float(ap_v.mean()),
+        r_precision=float(rp_v.mean()),
+        per_class=per_class,
+        num_queries=n_valid,
+        num_excluded_queries=int(r.size - n_valid),
+        num_gallery=first.num_gallery,
+        leave_one_out=first.leave_one_out,
+        backend=first.backend,
+    )
+
+
+def retrieval_metrics(
+    query_emb: ArrayLike,
+    query_labels: ArrayLike,
+    gallery_emb: ArrayLike | None = None,
+    gallery_labels: ArrayLike | None = None,
+    ks: int | Sequence[int] = (1, 2, 4, 8),
+    backend: Backend = "auto",
+    chunk_size: int | None = None,
+) -> RetrievalMetrics:
+    """Exact Recall@k, MAP@R and R-precision of a query set against a gallery.
+
+    Args:
+        query_emb: ``(Nq, D)`` float embeddings (NumPy or torch, CPU/CUDA); L2-normalised here.
+        query_labels: ``(Nq,)`` labels: integers of any width or strings (never cast to float).
+        gallery_emb: ``(Ng, D)`` gallery embeddings, or ``None`` for leave-one-out on the query
+            set (each query's own row is excluded by index, not by similarity value).
+        gallery_labels: ``(Ng,)`` gallery labels (required with ``gallery_emb``).
+        ks: the ``k`` of Recall@k (positive ints). Per-class R@1 is filled only if 1 is in ``ks``.
+        backend: ``"torch"`` (chunked matmul + topk, any device), ``"faiss"`` (``IndexFlatIP``,
+            float32 CPU) or ``"auto"`` (torch). Both give identical results.
+        chunk_size: queries per block; ``None`` picks it so the ``(B, Ng)`` similarity block
+            is ~64 MiB (CPU) / 512 MiB (CUDA).
+
+    Returns:
+        :class:`RetrievalMetrics`; similarities are cosine similarities, ranked descending,
+        ties broken by ascending gallery index.
+
+    Raises:
+        ValueError: shape/length mismatch, NaN/inf or all-zero embeddings, empty input, bad
+            ``ks``/``chunk_size``, unknown backend, or no query with ``R >= 1``.
+
+    Example:
+        >>> emb = [[1.0, 0.0], [0.8, 0.6], [0.6, 0.8], [0.0, 1.0]]
+        >>> m = retrieval_metrics(emb, ["a", "b", "a", "b"], ks=(1, 2))
+        >>> m.recall_at_k, m.r_precision
+        ({1: 0.0, 2: 0.5}, 0.0)
+    """
+    part = retrieval_per_query(
+        query_emb, query_labels, gallery_emb, gallery_labels, ks, backend, chunk_size
+    )
+    return merge_per_query([part])
+
+
+def shard_query_indices(num_queries: int, rank: int, world_size: int) -> np.ndarray:
+    """Contiguous, balanced split of ``range(num_queries)``: the indices of shard ``rank``.
+
+    Example:
+        >>> shard_query_indices(5, 1, 2).tolist()
+        [2, 3, 4]
+    """
+    if world_size < 1 or not 0 <= rank < world_size:
+        raise ValueError(f"need 0 <= rank < world_size; got rank={rank}, world_size={world_size}")
+    if num_queries < 0:
+        raise ValueError(f"num_queries must be >= 0; got {num_queries}")
+    bounds = (np.arange(world_size + 1, dtype=np.int64) * num_queries) // world_size
+    return np.arange(bounds[rank], bounds[rank + 1], dtype=np.int64)
+
+
+def distributed_retrieval_metrics(
+    query_emb: ArrayLike,
+    query_labels: ArrayLike,
+    gallery_emb: ArrayLike | None = None,
+    gallery_labels: ArrayLike | None = None,
+    ks: int | Sequence[int] = (1, 2, 4, 8),
+    backend: Backend = "auto",
+    chunk_size: int | None = None,
+) -> RetrievalMetrics:
+    """:func:`retrieval_metrics` with the queries split across ``torch.distributed`` ranks.
+
+    Every rank passes the same full query/gallery sets, evaluates its shard
+    (:func:`shard_query_indices`), and the per-query parts are all-gathered; every rank returns
+    the same result, equal to the single-process one. Without an initialised process group this
+    is :func:`retrieval_metrics`.
+    """
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return retrieval_metrics(
+            query_emb, query_labels, gallery_emb, gallery_labels, ks, backend, chunk_size
+        )
+    rank, world = dist.get_rank(), dist.get_world_size()
+    n = as_embeddings(query_emb, "query_emb").shape[0]
+    part = retrieval_per_query(
+        query_emb,
+        query_labels,
+        gallery_emb,
+        gallery_labels,
+        ks,
+        backend,
+        chunk_size,
+        query_indices=shard_query_indices(n, rank, world),
+    )
+    parts: list[Any] = [None] * world
+    dist.all_gather_object(parts, part)
+    return merge_per_query(parts)

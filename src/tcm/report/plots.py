@@ -1,0 +1,345 @@
+"""Report figures (matplotlib, Agg canvas, no pyplot global state).
+
+Every function takes plain NumPy arrays (cosine-similarity units; a pair is accepted when
+``s >= t``) and returns a :class:`matplotlib.figure.Figure`; :func:`figure_to_png` renders it.
+
+Example:
+    >>> import numpy as np
+    >>> t = np.linspace(0.3, 0.6, 11)
+    >>> u = np.clip(np.random.default_rng(0).normal(0.7, 0.1, size=(5, 11)), 0, 1)
+    >>> png = figure_to_png(plot_utility_curves(t, u, title="demo"))
+    >>> png[:8] == b"\\x89PNG\\r\\n\\x1a\\n"
+    True
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Sequence
+from typing import Any
+
+import matplotlib
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.collections import LineCollection
+from matplotlib.figure import Figure
+from matplotlib.ticker import FuncFormatter
+
+__all__ = [
+    "figure_to_png",
+    "plot_accuracy_consistency",
+    "plot_far_frr_spread",
+    "plot_similarity_distributions",
+    "plot_utility_curves",
+    "run_color",
+]
+
+_PALETTE = (
+    "#1f77b4",
+    "#d62728",
+    "#2ca02c",
+    "#9467bd",
+    "#ff7f0e",
+    "#17becf",
+    "#8c564b",
+    "#e377c2",
+    "#7f7f7f",
+    "#bcbd22",
+)
+_DPI = 110
+# boxplot(orientation=...) replaced vert=... in matplotlib 3.10.
+_HORIZONTAL: dict[str, Any] = (
+    {"orientation": "horizontal"}
+    if tuple(int(p) for p in matplotlib.__version__.split(".")[:2]) >= (3, 10)
+    else {"vert": False}
+)
+
+
+def run_color(index: int) -> str:
+    """Colour of the ``index``-th run (the same in every figure)."""
+    return _PALETTE[index % len(_PALETTE)]
+
+
+def _txt(s: str, max_len: int = 48) -> str:
+    """Make user text safe for matplotlib: literal ``$`` (no mathtext) and bounded length."""
+    if len(s) > max_len:
+        s = s[: max_len - 1] + "…"
+    return s.replace("$", r"\$")
+
+
+def _new_figure(width: float, height: float) -> Figure:
+    fig = Figure(figsize=(width, height), dpi=_DPI, layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def figure_to_png(fig: Figure, dpi: int = _DPI) -> bytes:
+    """Render ``fig`` with the Agg backend and return the PNG file bytes."""
+    FigureCanvasAgg(fig)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi, metadata={"Software": None}, facecolor="white")
+    return buf.getvalue()
+
+
+def plot_utility_curves(
+    thresholds: np.ndarray,
+    utility: np.ndarray,
+    *,
+    title: str,
+    threshold: float | None = None,
+    grid_global_far: np.ndarray | None = None,
+    color: str = _PALETTE[0],
+    max_lines: int = 400,
+    seed: int = 0,
+) -> Figure:
+    """Per-class utility curves ``U_c(t)`` over the calibration range.
+
+    One thin line per class (at most ``max_lines`` randomly chosen classes are drawn; the mean and
+    band always use all classes), the mean ``Ū(t)`` as a thick line and the 5 %-95 % band across
+    classes. Utility ``U_c = 2·TAR_c·TRR_c / (TAR_c + TRR_c)`` is in ``[0, 1]``; a vertical dashed
+    line marks the deployment ``threshold`` if it lies in the range.
+
+    Args:
+        thresholds: ``(K,)`` increasing cosine-similarity thresholds.
+        utility: ``(T, K)`` per-class utilities.
+        grid_global_far: optional ``(K,)`` global FAR per threshold, shown on the top axis.
+    """
+    t = np.asarray(thresholds, dtype=np.float64)
+    u = np.asarray(utility, dtype=np.float64)
+    if u.ndim != 2 or u.shape[1] != t.shape[0]:
+        raise ValueError(
+            f"utility must have shape (T, {t.shape[0]}) to match thresholds; got {u.shape}"
+        )
+    fig = _new_figure(6.4, 4.2)
+    ax = fig.add_subplot()
+    n_cls = u.shape[0]
+    if n_cls > 0:
+        idx = np.arange(n_cls)
+        if n_cls > max_lines:
+            idx = np.sort(np.random.default_rng(seed).choice(n_cls, size=max_lines, replace=False))
+        segs = np.stack([np.broadcast_to(t, (idx.size, t.size)), u[idx]], axis=-1)
+        alpha = float(np.clip(6.0 / np.sqrt(idx.size), 0.06, 0.6))
+        ax.add_collection(
+            LineCollection(list(segs), colors=color, linewidths=0.6, alpha=alpha, zorder=1)
+        )
+        lo, hi = np.percentile(u, [5, 95], axis=0)
+        ax.fill_between(t, lo, hi, color=color, alpha=0.18, lw=0, zorder=2, label="5%–95% band")
+        ax.plot(t, lo, color=color, lw=0.8, ls="--", zorder=3)
+        ax.plot(t, hi, color=color, lw=0.8, ls="--", zorder=3)
+        ax.plot(t, u.mean(axis=0), color="black", lw=2.2, zorder=4, label="mean over classes")
+        ax.plot([], [], color=color, lw=0.8, label=f"one line per class ({idx.size} of {n_cls})")
+    y_lo = 0.0
+    if u.size:
+        y_lo = max(0.0, np.floor((float(u.min()) - 0.02) * 10.0) / 10.0)
+    if threshold is not None and t.size and t[0] <= threshold <= t[-1]:
+        ax.axvline(threshold, color="#444444", ls=":", lw=1.5, zorder=5)
+        right_half = t[-1] > t[0] and (threshold - t[0]) / (t[-1] - t[0]) > 0.5
+        ax.annotate(
+            f"deployment t = {threshold:.3f}",
+            (threshold, y_lo),
+            xytext=(-4 if right_half else 4, 4),
+            textcoords="offset points",
+            ha="right" if right_half else "left",
+            fontsize=8,
+            color="#444444",
+        )
+    if t.size:
+        pad = 1e-6 if t[-1] == t[0] else 0.0
+        ax.set_xlim(t[0] - pad, t[-1] + pad)
+    ax.set_ylim(y_lo, 1.01)
+    ax.set_xlabel("cosine-similarity threshold t  (pair accepted if s ≥ t)")
+    ax.set_ylabel("per-class utility  U_c(t) = F1(TAR_c, TRR_c)")
+    ax.set_title(_txt(title), fontsize=11)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=3, fontsize=8, frameon=False)
+    if grid_global_far is not None and t.size >= 2 and t[-1] > t[0]:
+        gf = np.asarray(grid_global_far, dtype=np.float64)
+        top = ax.secondary_xaxis("top")
+        pos = np.linspace(0, t.size - 1, 5).round().astype(int)
+        top.set_xticks(t[pos], [f"{gf[i]:.2g}" for i in pos])
+        top.set_xlabel("global FAR at t", fontsize=8)
+        top.tick_params(labelsize=8)
+    return fig
+
+
+def plot_far_frr_spread(
+    names: Sequence[str],
+    fars: Sequence[np.ndarray],
+    frrs: Sequence[np.ndarray],
+    *,
+    target_far: float,
+    global_fars: Sequence[float],
+    global_frrs: Sequence[float],
+    colors: Sequence[str] | None = None,
+    max_points: int = 2000,
+    seed: int = 0,
+) -> Figure:
+    """Spread of per-class ``FAR_c(t)`` and ``FRR_c(t)`` at each run's deployment threshold.
+
+    One row per run: a box (quartiles, whiskers at the 5th/95th percentile) with the classes as
+    jittered dots (at most ``max_points`` drawn) and a diamond at the run's global value. The FAR
+    panel uses a symmetric-log axis (linear below ``target_far / 10``, so ``FAR_c = 0`` is shown)
+    and marks ``target_far`` and ``2 × target_far``. Both quantities are fractions in ``[0, 1]``.
+    """
+    n = len(names)
+    if not (len(fars) == len(frrs) == len(global_fars) == len(global_frrs) == n) or n == 0:
+        raise ValueError(
+            f"need one FAR/FRR array and global value per run; got {n} names, {len(fars)} FAR, "
+            f"{len(frrs)} FRR arrays"
+        )
+    cols = list(colors) if colors is not None else [run_color(i) for i in range(n)]
+    fig = _new_figure(11.0, 1.5 + 0.55 * n)
+    ax_far, ax_frr = fig.subplots(1, 2, sharey=True)
+    rng = np.random.default_rng(seed)
+    ypos = np.arange(n)[::-1].astype(np.float64)
+    panels = [
+        (ax_far, fars, global_fars, "per-class FAR_c(t)  (impostor pairs accepted)"),
+        (ax_frr, frrs, global_frrs, "per-class FRR_c(t)  (genuine pairs rejected)"),
+    ]
+    for ax, values, globals_, xlabel in panels:
+        for i in range(n):
+            v = np.asarray(values[i], dtype=np.float64)
+            if v.size == 0:
+                continue
+            ax.boxplot(
+                [v],
+                positions=[ypos[i]],
+                **_HORIZONTAL,
+                whis=(5, 95),
+                widths=0.5,
+                showfliers=False,
+                patch_artist=True,
+                boxprops={"facecolor": cols[i], "alpha": 0.25, "edgecolor": cols[i]},
+                medianprops={"color": cols[i], "lw": 2},
+                whiskerprops={"color": cols[i]},
+                capprops={"color": cols[i]},
+            )
+            shown = v if v.size <= max_points else rng.choice(v, size=max_points, replace=False)
+            jitter = rng.uniform(-0.18, 0.18, size=shown.size)
+            ax.scatter(
+                shown,
+                ypos[i] + jitter,
+                s=6,
+                color=cols[i],
+                alpha=float(np.clip(20 / np.sqrt(shown.size), 0.08, 0.7)),
+                lw=0,
+                zorder=3,
+            )
+            ax.scatter(
+                [globals_[i]],
+                [ypos[i]],
+                marker="D",
+                s=40,
+                color="white",
+                edgecolor="black",
+                zorder=4,
+                label="global value" if i == 0 else None,
+            )
+        ax.set_xlabel(xlabel)
+        ax.grid(axis="x", alpha=0.3)
+    ax_far.set_xscale("symlog", linthresh=target_far / 10.0, linscale=0.5)
+    ax_far.set_xlim(0.0, 1.0)
+    ax_far.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x:g}"))
+    ax_far.axvline(target_far, color="#d62728", ls="--", lw=1.3, label=f"target FAR {target_far:g}")
+    ax_far.axvline(2 * target_far, color="#d62728", ls=":", lw=1.0, label="2 × target")
+    ax_frr.set_xlim(-0.02, 1.02)
+    ax_far.set_yticks(ypos, [_txt(s, 28) for s in names])
+    ax_far.set_ylim(-0.6, n - 0.4)
+    ax_far.legend(loc="upper right", fontsize=8, framealpha=0.85)
+    ax_frr.legend(loc="upper right", fontsize=8, framealpha=0.85)
+    fig.suptitle("Per-class FAR / FRR spread at the deployment threshold", fontsize=11)
+    return fig
+
+
+def plot_similarity_distributions(
+    edges: np.ndarray,
+    pos_counts: np.ndarray,
+    neg_counts: np.ndarray,
+    *,
+    title: str,
+    threshold: float | None = None,
+    color: str = _PALETTE[0],
+) -> Figure:
+    """Distributions of positive (same class) and negative pair cosine similarities.
+
+    Each histogram is normalised to a density (area 1) because negative pairs vastly outnumber
+    positive ones. ``edges`` is ``(B+1,)`` in ``[-1, 1]``; counts are ``(B,)``. A vertical line
+    marks the deployment ``threshold`` (pairs to its right are accepted).
+    """
+    e = np.asarray(edges, dtype=np.float64)
+    pos = np.asarray(pos_counts, dtype=np.float64)
+    neg = np.asarray(neg_counts, dtype=np.float64)
+    if e.ndim != 1 or pos.shape != (e.size - 1,) or neg.shape != (e.size - 1,):
+        raise ValueError(
+            f"histogram shapes disagree: edges {e.shape}, pos {pos.shape}, neg {neg.shape}"
+        )
+    width = np.diff(e)
+    fig = _new_figure(6.4, 4.2)
+    ax = fig.add_subplot()
+    for counts, label, col in ((neg, "negative pairs", "#7f7f7f"), (pos, "positive pairs", color)):
+        total = counts.sum()
+        if total <= 0:
+            continue
+        dens = counts / (total * width)
+        ax.stairs(dens, e, fill=True, alpha=0.3, color=col)
+        ax.stairs(dens, e, color=col, lw=1.4, label=f"{label} (n = {int(total):,})")
+    nz = np.nonzero((pos + neg) > 0)[0]
+    if nz.size:
+        lo, hi = e[nz[0]], e[nz[-1] + 1]
+        pad = 0.05 * max(hi - lo, 1e-3)
+        ax.set_xlim(max(-1.0, lo - pad), min(1.0, hi + pad))
+    if threshold is not None:
+        ax.axvline(
+            threshold, color="black", ls="--", lw=1.2, label=f"threshold t = {threshold:.3f}"
+        )
+    ax.set_ylim(bottom=0.0)
+    ax.set_xlabel("cosine similarity s(i, j)")
+    ax.set_ylabel("density")
+    ax.set_title(_txt(title), fontsize=11)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="upper left", fontsize=8, framealpha=0.85)
+    return fig
+
+
+def plot_accuracy_consistency(
+    names: Sequence[str],
+    recall_at_1: Sequence[float],
+    opis: Sequence[float],
+    *,
+    colors: Sequence[str] | None = None,
+) -> Figure:
+    """The accuracy-consistency plot: R@1 (y, higher = better) against OPIS (x, lower = better).
+
+    One annotated point per run; the best corner is the upper left. R@1 is a fraction in
+    ``[0, 1]``; OPIS is dimensionless (mean squared utility deviation).
+    """
+    n = len(names)
+    if not (len(recall_at_1) == len(opis) == n) or n == 0:
+        raise ValueError(
+            f"need one R@1 and one OPIS value per run; got {n} names, {len(recall_at_1)} R@1, "
+            f"{len(opis)} OPIS values"
+        )
+    cols = list(colors) if colors is not None else [run_color(i) for i in range(n)]
+    x = np.asarray(opis, dtype=np.float64)
+    y = np.asarray(recall_at_1, dtype=np.float64)
+    fig = _new_figure(6.4, 4.6)
+    ax = fig.add_subplot()
+    ax.scatter(x, y, s=70, c=cols, edgecolor="black", zorder=3)
+    for i in range(n):
+        ax.annotate(
+            _txt(names[i], 32),
+            (x[i], y[i]),
+            xytext=(7, 5),
+            textcoords="offset points",
+            fontsize=9,
+        )
+    xr = float(x.max() - x.min()) or max(float(x.max()), 1e-4)
+    yr = float(y.max() - y.min()) or 0.05
+    ax.set_xlim(max(0.0, float(x.min()) - 0.25 * xr), float(x.max()) + 0.6 * xr)
+    ax.set_ylim(max(0.0, float(y.min()) - 0.3 * yr), min(1.02, float(y.max()) + 0.3 * yr))
+    ax.ticklabel_format(axis="x", style="sci", scilimits=(-2, 3))
+    ax.set_xlabel("OPIS  (threshold inconsistency, lower = better)")
+    ax.set_ylabel("Recall@1  (higher = better)")
+    ax.set_title("Accuracy vs. threshold consistency (best: upper left)", fontsize=11)
+    ax.grid(alpha=0.3)
+    return fig

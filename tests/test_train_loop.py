@@ -1,0 +1,289 @@
+"""Training loop: outputs, determinism, exact resume, Ctrl-C, NaN loss, atomic checkpoints."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import signal
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+import tcm.data as tdata
+import tcm.losses as tlosses
+from tcm.data.base import TensorImageDataset
+from tcm.data.samplers import ClassBalancedBatchSampler
+from tcm.train import checkpoint as ckmod
+from tcm.train.checkpoint import load_checkpoint, save_checkpoint
+from tcm.train.config import load_config
+from tcm.train.evaluation import compute_metrics, metric_table
+from tcm.train.loop import (
+    StepInfo,
+    TrainingDivergedError,
+    _lr_lambda,
+    load_model,
+    save_embeddings,
+    train,
+)
+
+
+def fake_load(name: str, split: str = "train", root: Any = None, image_size: Any = None,
+              transform: Any = "default", **kw: Any) -> TensorImageDataset:  # fmt: skip
+    """Tiny stand-in for tcm.data.load: class prototypes + noise, 6 per class, uint8 images."""
+    if name == "missing":
+        raise ValueError(f"dataset root not found: {root}")
+    size = image_size or 16
+    n_cls, per = (8, 6) if split == "train" else (6, 6)
+    off = 0 if split == "train" else 100
+    g = torch.Generator().manual_seed(off + 7)
+    protos = torch.rand(n_cls, 3, size, size, generator=g)
+    imgs = protos.repeat_interleave(per, 0) + 0.3 * torch.rand(n_cls * per, 3, size, size, generator=g)
+    imgs = (imgs.clamp(0, 1.3) / 1.3 * 255).to(torch.uint8)
+    labels = np.repeat(np.arange(n_cls), per)
+    # a random train-time transform drawing from the global torch RNG (like real augmentation)
+    tf = (lambda im: im.float() / 255 + 0.05 * torch.rand(im.shape)) if split == "train" else None
+    names = [f"c{off + i}" for i in range(n_cls)]
+    return TensorImageDataset(name, split, imgs, labels, names, transform=tf)
+
+
+@pytest.fixture(autouse=True)
+def tiny_data(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(tdata, "load", fake_load, raising=False)
+    if not hasattr(tdata, "ClassBalancedBatchSampler"):
+        monkeypatch.setattr(tdata, "ClassBalancedBatchSampler", ClassBalancedBatchSampler, raising=False)
+
+
+def tiny_cfg(out: Path, *extra: str) -> Any:
+    return load_config(None, [
+        f"output_dir={out}", "data.image_size=16", "data.batch_size=8", "data.m_per_class=2",
+        "model.embedding_dim=8", "loss.name=multi_similarity", "train.epochs=2",
+        "train.steps_per_epoch=2", "train.progress=false", "train.log_every=1", "train.device=cpu",
+        "eval.num_thresholds=11", *extra,
+    ])  # fmt: skip
+
+
+def params_of(path: Path) -> dict[str, torch.Tensor]:
+    return dict(load_checkpoint(path)["model"])
+
+
+def test_train_writes_all_outputs(tmp_path: Path) -> None:
+    res = train(tiny_cfg(tmp_path), echo=None)
+    assert res.steps == 4 and res.epochs_completed == 2 and not res.interrupted
+    for f in ("last.pt", "best.pt", "log.csv", "metrics.json", "embeddings.npz", "config.yaml"):
+        assert (tmp_path / f).is_file(), f
+    assert any((tmp_path / "tb").iterdir())
+    rows = list(csv.DictReader(open(tmp_path / "log.csv")))
+    assert [r["step"] for r in rows if r["kind"] == "train"] == ["1", "2", "3", "4"]
+    assert [r["step"] for r in rows if r["kind"] == "eval"] == ["2", "4"]
+    summary = json.loads((tmp_path / "metrics.json").read_text())
+    assert summary["best"]["metrics"] == res.best_metrics
+    assert set(res.best_metrics or {}) >= {"recall_at_1", "map_at_r", "opis", "epsilon_opis_0.05"}
+    with np.load(tmp_path / "embeddings.npz") as z:
+        assert z["embeddings"].shape == (36, 8) and z["labels"].shape == (36,)
+        assert list(z["class_names"][:2]) == ["c100", "c101"]
+        # the stored embeddings are those of the best checkpoint on the test split
+        model, _ = load_model(tmp_path / "best.pt")
+        ds = fake_load("x", "test", image_size=16)
+        x = torch.stack([ds[i][0] for i in range(len(ds))])
+        with torch.no_grad():
+            np.testing.assert_allclose(model(x).numpy(), z["embeddings"], atol=1e-5)
+    assert not list(tmp_path.glob("*.tmp-*"))
+
+
+def test_same_seed_same_weights_and_different_seed_differs(tmp_path: Path) -> None:
+    train(tiny_cfg(tmp_path / "a", "train.epochs=1", "train.tensorboard=false"), echo=None)
+    train(tiny_cfg(tmp_path / "b", "train.epochs=1", "train.tensorboard=false"), echo=None)
+    train(tiny_cfg(tmp_path / "c", "train.epochs=1", "train.tensorboard=false", "seed=1"), echo=None)
+    a, b, c = (params_of(tmp_path / d / "last.pt") for d in "abc")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not all(torch.equal(a[k], c[k]) for k in a)
+
+
+class _StopAt:
+    def __init__(self, step: int, how: str = "raise") -> None:
+        self.step, self.how = step, how
+
+    def __call__(self, info: StepInfo) -> None:
+        if info.step == self.step:
+            if self.how == "signal":
+                os.kill(os.getpid(), signal.SIGINT)
+            else:
+                raise KeyboardInterrupt
+
+
+@pytest.mark.parametrize("stop_at", [2, 3])  # epoch boundary and mid-epoch
+def test_resume_is_exact(tmp_path: Path, stop_at: int) -> None:
+    extra = ("train.tensorboard=false", "optim.warmup_steps=2", "train.epochs=3")
+    full = train(tiny_cfg(tmp_path / "full", *extra), echo=None)
+    part = tmp_path / "part"
+    res = train(tiny_cfg(part, *extra), hooks=[_StopAt(stop_at)], echo=None)
+    assert res.interrupted and res.steps == stop_at
+    assert load_checkpoint(part / "last.pt")["step"] == stop_at
+    res2 = train(tiny_cfg(part, *extra), resume=True, echo=None)
+    assert res2.steps == full.steps == 6 and not res2.interrupted
+    a, b = params_of(tmp_path / "full" / "last.pt"), params_of(part / "last.pt")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert res2.best_metrics == full.best_metrics
+    steps = [r["step"] for r in csv.DictReader(open(part / "log.csv")) if r["kind"] == "train"]
+    assert steps == [str(i) for i in range(1, 7)]
+
+
+def test_sigint_saves_and_exits_cleanly(tmp_path: Path) -> None:
+    old = signal.getsignal(signal.SIGINT)
+    res = train(tiny_cfg(tmp_path, "train.tensorboard=false"), hooks=[_StopAt(1, "signal")], echo=None)
+    assert res.interrupted and res.steps == 1
+    assert load_checkpoint(tmp_path / "last.pt")["step"] == 1
+    assert signal.getsignal(signal.SIGINT) is old  # handler restored
+
+
+def test_nan_loss_stops_naming_step_and_lr(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    real = tlosses.build_loss
+
+    class NaNAfter(torch.nn.Module):
+        def __init__(self, inner: torch.nn.Module) -> None:
+            super().__init__()
+            self.inner, self.calls = inner, 0
+
+        def forward(self, e: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+            self.calls += 1
+            out: torch.Tensor = self.inner(e, y)
+            return out * math.nan if self.calls == 3 else out
+
+    monkeypatch.setattr(tlosses, "build_loss", lambda *a, **k: NaNAfter(real(*a, **k)))
+    with pytest.raises(TrainingDivergedError, match=r"step 3 .*lower learning rate.*optim.lr=0.0001"):
+        train(tiny_cfg(tmp_path, "train.tensorboard=false", "optim.lr=0.001"), echo=None)
+
+
+def test_resume_without_checkpoint_is_an_error(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="cannot resume: no checkpoint"):
+        train(tiny_cfg(tmp_path), resume=True, echo=None)
+
+
+def test_resume_with_other_architecture_is_an_error(tmp_path: Path) -> None:
+    train(tiny_cfg(tmp_path, "train.epochs=1", "train.tensorboard=false"), echo=None)
+    with pytest.raises(ValueError, match="cannot resume"):
+        train(tiny_cfg(tmp_path, "model.embedding_dim=4", "train.tensorboard=false"), resume=True, echo=None)
+
+
+def test_missing_dataset_root_error_propagates(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="root not found"):
+        train(tiny_cfg(tmp_path, "data.name=missing"), echo=None)
+
+
+def test_load_model_rejects_checkpoint_of_other_architecture(tmp_path: Path) -> None:
+    train(tiny_cfg(tmp_path, "train.epochs=1", "train.tensorboard=false"), echo=None)
+    ck = load_checkpoint(tmp_path / "last.pt")
+    ck["model_spec"]["backbone"] = "resnet50"
+    save_checkpoint(ck, tmp_path / "bad.pt")
+    with pytest.raises(ValueError, match="does not fit architecture"):
+        load_model(tmp_path / "bad.pt")
+    torch.save({"weights": torch.zeros(2)}, tmp_path / "plain.pt")
+    with pytest.raises(ValueError, match="not a tcm training checkpoint"):
+        load_model(tmp_path / "plain.pt")
+
+
+def test_crash_during_checkpoint_keeps_previous(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "last.pt"
+    save_checkpoint({"step": 1, "w": torch.ones(3)}, path)
+
+    def broken_save(obj: Any, fh: Any) -> None:
+        fh.write(b"half a checkpoint")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(ckmod.torch, "save", broken_save)
+    with pytest.raises(OSError, match="No space"):
+        save_checkpoint({"step": 2, "w": torch.zeros(3)}, path)
+    monkeypatch.undo()
+    got = load_checkpoint(path)
+    assert got["step"] == 1 and torch.equal(got["w"], torch.ones(3))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt"]
+
+
+def test_crash_during_training_checkpoint_keeps_previous(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    train(tiny_cfg(tmp_path, "train.epochs=1", "train.tensorboard=false"), echo=None)
+    before = load_checkpoint(tmp_path / "last.pt")
+
+    def killed(obj: Any, fh: Any) -> None:
+        fh.write(b"\x00" * 10)
+        raise KeyboardInterrupt  # e.g. a kill arriving mid-write
+
+    monkeypatch.setattr(ckmod.torch, "save", killed)
+    with pytest.raises(KeyboardInterrupt):
+        train(tiny_cfg(tmp_path, "train.epochs=2", "train.tensorboard=false"), resume=True, echo=None)
+    monkeypatch.undo()
+    after = load_checkpoint(tmp_path / "last.pt")
+    assert after["step"] == before["step"] == 2
+    assert all(torch.equal(after["model"][k], before["model"][k]) for k in before["model"])
+
+
+def test_corrupt_checkpoint_is_a_value_error(tmp_path: Path) -> None:
+    (tmp_path / "x.pt").write_bytes(b"garbage")
+    with pytest.raises(ValueError, match="corrupt"):
+        load_checkpoint(tmp_path / "x.pt")
+    with pytest.raises(ValueError, match="not found"):
+        load_checkpoint(tmp_path / "nope.pt")
+
+
+def test_lr_schedule_matches_formula() -> None:
+    cfg = load_config(None, ["optim.warmup_steps=4", "optim.schedule=cosine", "optim.min_lr_ratio=0.1"])
+    f = _lr_lambda(cfg, 24)
+    for s in range(4):
+        assert f(s) == pytest.approx((s + 1) / 4)
+    for s in range(4, 25):
+        p = (s - 4) / 20
+        assert f(s) == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * p)))
+    g = _lr_lambda(load_config(None, ["optim.schedule=step", "optim.step_size=3", "optim.gamma=0.5"]), 10)
+    assert [g(s) for s in range(7)] == [1, 1, 1, 0.5, 0.5, 0.5, 0.25]
+    h = _lr_lambda(load_config(None, ["optim.schedule=constant"]), 10)
+    assert h(0) == h(9) == 1.0
+
+
+def test_sgd_and_bn_head_train(tmp_path: Path) -> None:
+    res = train(tiny_cfg(tmp_path, "optim.name=sgd", "model.head=bn_linear", "train.epochs=1",
+                         "train.tensorboard=false", "loss.tcm.enabled=true"), echo=None)  # fmt: skip
+    assert res.steps == 2 and res.best_metrics is not None
+
+
+@pytest.mark.parametrize("suffix", [".npz", ".safetensors"])
+def test_save_embeddings_roundtrip(tmp_path: Path, suffix: str) -> None:
+    from tcm.cli.main import _load_array_file
+
+    e = np.random.default_rng(0).normal(size=(5, 3)).astype(np.float32)
+    y = np.array([0, 1, 1, 2, 0])
+    p = save_embeddings(tmp_path / f"e{suffix}", e, y, ["a", "b", "c"])
+    e2, y2, names = _load_array_file(p)
+    np.testing.assert_array_equal(e2, e)
+    np.testing.assert_array_equal(y2, y)
+    assert names == ["a", "b", "c"]
+
+
+def _brute_r1_and_tar(e: np.ndarray, y: np.ndarray, t: float) -> tuple[float, float]:
+    e = e / np.linalg.norm(e, axis=1, keepdims=True)
+    s = e @ e.T
+    n = len(y)
+    hits = 0
+    for i in range(n):
+        sims = [(s[i, j], j) for j in range(n) if j != i]
+        best = max(sims)[1]
+        hits += int(y[best] == y[i])
+    pos = [s[i, j] for i in range(n) for j in range(i + 1, n) if y[i] == y[j]]
+    return hits / n, float(np.mean(np.asarray(pos) >= t))
+
+
+def test_compute_metrics_against_brute_force() -> None:
+    rng = np.random.default_rng(3)
+    y = np.repeat(np.arange(6), 5)
+    e = rng.normal(size=(6, 8))[y] + 0.8 * rng.normal(size=(30, 8))
+    m = compute_metrics(e, y, tar_fars=(1e-1,), num_thresholds=11)
+    r1, tar = _brute_r1_and_tar(e, y, m["threshold_at_far_1e-01"])
+    assert m["recall_at_1"] == pytest.approx(r1)
+    assert m["tar_at_far_1e-01"] == pytest.approx(tar)
+    table = metric_table({"run": m})
+    assert "Recall@1" in table and "eps-OPIS 5%" in table and "TAR@FAR=1e-01" in table
