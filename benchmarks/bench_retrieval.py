@@ -8,9 +8,10 @@ subprocess so that wall time and peak resident memory (ru_maxrss) are measured s
 * peer: ``AccuracyCalculator(k="max_bin_count").get_accuracy(emb, labels, emb, labels,
   ref_includes_query=True)`` with precision_at_1, mean_average_precision_at_r and r_precision.
 
-Prints one row per N with time (s), peak RSS (MiB), the increase of RSS over the post-import /
+Prints one row per N with wall time (s), peak RSS (MiB), the increase of RSS over the post-import /
 post-data baseline (MiB), ratios peer/ours, and max |difference| of R@1, MAP@R and R-precision,
-EQUAL if all are <= 1e-6 else DIFF (and exits 1 on DIFF).
+EQUAL if all are <= 1e-6 else DIFF (and exits 1 on DIFF), and CPU time (user + sys, all
+threads; less sensitive than wall time to other load on the machine).
 
 Usage:
     .venv/bin/python benchmarks/bench_retrieval.py --sizes 10000 60000 120000
@@ -66,6 +67,7 @@ def worker(which: str, n: int, dim: int, seed: int) -> dict[str, Any]:
         from pytorch_metric_learning.utils.accuracy_calculator import AccuracyCalculator
     emb, labels = make_data(n, dim, seed)
     base = _rss_mib()
+    c0 = time.process_time()
     t0 = time.perf_counter()
     if which == "ours":
         m = retrieval_metrics(emb, labels, ks=(1,))
@@ -85,8 +87,9 @@ def worker(which: str, n: int, dim: int, seed: int) -> dict[str, Any]:
             "r_precision": acc["r_precision"],
         }
     seconds = time.perf_counter() - t0
+    cpu = time.process_time() - c0
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    return {"seconds": seconds, "peak_mib": peak, "delta_mib": peak - base, **vals}
+    return {"seconds": seconds, "cpu_s": cpu, "peak_mib": peak, "delta_mib": peak - base, **vals}
 
 
 def run_sub(which: str, n: int, dim: int, seed: int) -> dict[str, Any]:
@@ -111,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     head = (
         f"{'N':>7} | {'ours s':>7} {'pml s':>7} {'x faster':>8} | {'ours MiB':>8} {'pml MiB':>8} "
         f"{'ratio':>5} | {'ours +MiB':>9} {'pml +MiB':>8} {'ratio':>5} | "
-        f"{'dR@1':>8} {'dMAP@R':>8} {'dRP':>8} | result"
+        f"{'dR@1':>8} {'dMAP@R':>8} {'dRP':>8} | result | {'ours cpu':>8} {'pml cpu':>8} {'x':>5}"
     )
     print(f"threads: OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}, D={args.dim}")
     print(head)
@@ -129,7 +132,8 @@ def main(argv: list[str] | None = None) -> int:
             f"{pml['peak_mib']:>8.0f} {ours['peak_mib'] / pml['peak_mib']:>5.2f} | "
             f"{ours['delta_mib']:>9.0f} {pml['delta_mib']:>8.0f} "
             f"{ours['delta_mib'] / max(pml['delta_mib'], 1e-9):>5.2f} | "
-            f"{diffs[0]:>8.1e} {diffs[1]:>8.1e} {diffs[2]:>8.1e} | {'EQUAL' if equal else 'DIFF'}"
+            f"{diffs[0]:>8.1e} {diffs[1]:>8.1e} {diffs[2]:>8.1e} | {'EQUAL' if equal else 'DIFF':>6} | "
+            f"{ours['cpu_s']:>8.2f} {pml['cpu_s']:>8.2f} {pml['cpu_s'] / ours['cpu_s']:>5.2f}"
         )
         print(
             f"        values ours R@1={ours['r_at_1']:.6f} MAP@R={ours['map_at_r']:.6f} "

@@ -224,3 +224,15 @@ def test_error_non_finite(cls):
     emb[1, 0] = math.inf
     with pytest.raises(ValueError, match="first bad row index 1"):
         cls()(emb, torch.tensor([0, 0, 1, 1]))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("cls", [SmoothAPLoss, RecallAtKSurrogateLoss])
+def test_cuda_matches_cpu(cls):
+    emb, labels = _batch(8, b=32, classes=5)
+    cpu = cls()(emb, labels).item()
+    e = emb.cuda().requires_grad_(True)
+    loss = cls(chunk_size=7)(e, labels.cuda())
+    loss.backward()
+    assert abs(loss.item() - cpu) < 1e-9
+    assert torch.isfinite(e.grad).all()

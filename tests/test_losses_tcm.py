@@ -203,7 +203,7 @@ def test_float16_input_computed_in_float32():
     assert loss.dtype == torch.float32
     assert torch.isfinite(loss) and torch.isfinite(emb16.grad.float()).all()
     ref = TCMLoss(margin_pos=0.9, margin_neg=0.0)(emb16.detach().float(), labels)
-    assert abs(float(loss) - float(ref)) < 1e-6
+    assert abs(loss.item() - float(ref)) < 1e-6
 
 
 def test_no_positive_pair_zero_term_and_warns_once():
@@ -222,7 +222,7 @@ def test_no_positive_pair_zero_term_and_warns_once():
 def test_no_violations_gives_exact_zero_with_grad():
     emb = torch.tensor([[1.0, 0.0], [1.0, 0.01], [-1.0, 0.0]], requires_grad=True)
     loss = TCMLoss()(emb, torch.tensor([0, 0, 1]))
-    assert float(loss) == 0.0
+    assert loss.item() == 0.0
     loss.backward()
     assert torch.equal(emb.grad, torch.zeros_like(emb))
 
@@ -322,3 +322,62 @@ def test_error_ref_dim_mismatch():
 def test_error_not_a_tensor():
     with pytest.raises(ValueError, match=r"must be a torch\.Tensor"):
         TCMLoss()(np.ones((3, 2)), torch.tensor([0, 0, 1]))
+
+
+@pytest.mark.parametrize("use_ref", [False, True])
+def test_custom_backward_matches_autograd_of_matrix_formula(use_ref):
+    from tcm.losses import tcm_loss_from_similarities
+
+    g = torch.Generator().manual_seed(9)
+    emb = torch.randn(30, 5, generator=g, dtype=torch.float64)
+    ref = torch.randn(12, 5, generator=g, dtype=torch.float64)
+    labels = torch.randint(0, 4, (30,), generator=g)
+    ref_labels = torch.randint(0, 4, (12,), generator=g)
+    e1, r1 = emb.clone().requires_grad_(True), ref.clone().requires_grad_(True)
+    e2, r2 = emb.clone().requires_grad_(True), ref.clone().requires_grad_(True)
+    fn = TCMLoss(0.7, 1.9, 0.3, 0.0)
+    x2 = e2 / e2.norm(dim=1, keepdim=True)
+    if use_ref:
+        got = fn(e1, labels, r1, ref_labels)
+        y2 = r2 / r2.norm(dim=1, keepdim=True)
+        pos = labels[:, None] == ref_labels[None, :]
+        neg = ~pos
+        want = tcm_loss_from_similarities(x2 @ y2.T, pos, neg, 0.7, 1.9, 0.3, 0.0)
+    else:
+        got = fn(e1, labels)
+        same = labels[:, None] == labels[None, :]
+        pos = same & ~torch.eye(30, dtype=torch.bool)
+        want = tcm_loss_from_similarities(x2 @ x2.T, pos, ~same, 0.7, 1.9, 0.3, 0.0)
+    (3.0 * got).backward()
+    (3.0 * want).backward()
+    assert abs(got.item() - want.item()) < 1e-12
+    torch.testing.assert_close(e1.grad, e2.grad, rtol=1e-10, atol=1e-12)
+    if use_ref:
+        torch.testing.assert_close(r1.grad, r2.grad, rtol=1e-10, atol=1e-12)
+
+
+def test_ref_without_grad_only_gives_batch_gradient():
+    g = torch.Generator().manual_seed(4)
+    emb = torch.randn(6, 3, generator=g, requires_grad=True)
+    ref = torch.randn(5, 3, generator=g)
+    TCMLoss(margin_pos=0.5, margin_neg=-0.5)(
+        emb, torch.tensor([0, 0, 1, 1, 2, 2]), ref, torch.tensor([0, 1, 2, 3, 4])
+    ).backward()
+    assert emb.grad is not None and emb.grad.abs().sum() > 0
+    assert ref.grad is None
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_float16_autocast_matches_cpu():
+    g = torch.Generator().manual_seed(6)
+    x = torch.randn(64, 32, generator=g)
+    labels = torch.arange(16).repeat_interleave(4)
+    lin = torch.nn.Linear(32, 16)
+    cpu = TCMLoss(margin_neg=0.0)(lin(x), labels).item()
+    lin_c = lin.cuda()
+    with torch.autocast("cuda", dtype=torch.float16):
+        loss = TCMLoss(margin_neg=0.0)(lin_c(x.cuda()), labels.cuda())
+    loss.backward()
+    assert loss.dtype == torch.float32 and torch.isfinite(loss)
+    assert all(torch.isfinite(p.grad).all() for p in lin_c.parameters())
+    assert abs(loss.item() - cpu) < 5e-3

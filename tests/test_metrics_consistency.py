@@ -21,7 +21,7 @@ from tcm.metrics import (
     threshold_consistency,
 )
 from tcm.metrics._pairs import prepare
-from tcm.metrics._passes import count_pass, hist_pass, tail_pass
+from tcm.metrics._passes import bucketize, count_pass, hist_pass, tail_pass
 
 # ----------------------------------------------------------------------------- reference
 
@@ -62,7 +62,7 @@ def brute_force(x, y, far_range=(1e-2, 1e-1), k=11, epsilons=(0.05, 0.1)):
     opis_v /= k
     eps_v = {}
     for e in epsilons:
-        m = max(1, int(math.floor(e * t_cnt + 1e-9)))
+        m = max(1, math.floor(e * t_cnt + 1e-9))
         tot = 0.0
         for kk in range(k):
             col = sorted(u[:, kk])
@@ -215,7 +215,8 @@ def test_singleton_negatives_count_in_trr():
     assert op.classes.tolist() == [0, 1]
     # class 0 negatives: 2 x 3 = 6 pairs; accepted: both with the (0.7, 0.7) sample
     assert op.far.tolist() == [2 / 6, 2 / 6]
-    assert op.global_far == 2 / 8
+    # 8 negative pairs in all; the singleton is accepted with all 4 other samples
+    assert op.global_far == 4 / 8
     assert op.tar.tolist() == [1.0, 1.0]
 
 
@@ -281,7 +282,7 @@ def test_shard_merge_equals_single_run():
     t1 = tail_pass(prep, lo, hi, 16)
     t2 = tail_pass(prep, lo, hi, 16, (0, 2)).merge(tail_pass(prep, lo, hi, 16, (1, 2)))
     np.testing.assert_array_equal(t1.num_above, t2.num_above)
-    for a, b in zip(t1.values, t2.values):
+    for a, b in zip(t1.values, t2.values, strict=True):
         np.testing.assert_array_equal(np.sort(a), np.sort(b))
 
     edges = np.linspace(-1, 1, 21)
@@ -295,6 +296,23 @@ def test_shard_merge_equals_single_run():
 
 
 # ----------------------------------------------------------------------------- properties
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    lo=st.floats(-1, 1),
+    width=st.floats(0, 1),
+    k=st.integers(1, 120),
+    seed=st.integers(0, 10**6),
+)
+def test_bucketize_equals_searchsorted(lo, width, k, seed):
+    th = torch.as_tensor(np.linspace(lo, lo + width, k))
+    rng = np.random.default_rng(seed)
+    v = np.concatenate([rng.uniform(lo - 0.1, lo + width + 0.1, 500), th.numpy()])
+    v = np.concatenate([v, np.nextafter(th.numpy(), -2), np.nextafter(th.numpy(), 2)])
+    vt = torch.as_tensor(v)
+    expected = np.searchsorted(th.numpy(), v, side="right")
+    np.testing.assert_array_equal(bucketize(th, vt).numpy(), expected)
 
 
 def _random_set(seed, n, d, ncls):
@@ -340,9 +358,7 @@ def test_rotation_invariance_and_nonnegative(seed, n, ncls):
 @given(
     ncls=st.integers(2, 6),
     width=st.integers(1, 3),
-    pattern=st.lists(
-        st.tuples(st.integers(0, 10**6), st.booleans()), min_size=2, max_size=5
-    ),
+    pattern=st.lists(st.tuples(st.integers(0, 10**6), st.booleans()), min_size=2, max_size=5),
     seed=st.integers(0, 1000),
 )
 def test_identical_curves_give_zero_opis(ncls, width, pattern, seed):
@@ -405,7 +421,7 @@ def test_float32_path_is_exact_for_its_own_sims():
 def test_labels_any_integer_type_and_scaling():
     x, y = make_data("uniform", 100, seed=8)
     a = threshold_consistency(x, y)
-    b = threshold_consistency(3.5 * x, y.astype(np.uint8) + 250)  # scale: L2-normalised
+    b = threshold_consistency(3.5 * x, y.astype(np.uint16) + 250)  # scale: L2-normalised
     assert b.opis == pytest.approx(a.opis, rel=1e-12)
     assert b.classes.tolist() == (a.classes + 250).tolist()
 
@@ -438,14 +454,14 @@ Y4 = np.array([0, 0, 1, 1])
 def test_error_nan():
     x = X4.copy()
     x[2, 1] = np.nan
-    with pytest.raises(ValueError, match="NaN or inf.*first bad row index 2"):
+    with pytest.raises(ValueError, match=r"NaN or inf.*first bad row index 2"):
         threshold_consistency(x, Y4)
 
 
 def test_error_inf():
     x = X4.copy()
     x[1, 0] = np.inf
-    with pytest.raises(ValueError, match="NaN or inf.*row index 1"):
+    with pytest.raises(ValueError, match=r"NaN or inf.*row index 1"):
         operating_point(x, Y4, 0.5)
 
 
@@ -462,7 +478,7 @@ def test_error_zero_row():
 
 
 def test_error_no_negative_pairs():
-    with pytest.raises(ValueError, match="no negative pairs.*4 samples"):
+    with pytest.raises(ValueError, match=r"no negative pairs.*4 samples"):
         threshold_consistency(X4, [5, 5, 5, 5])
     with pytest.raises(ValueError, match="no negative pairs"):
         threshold_at_far(X4, [5, 5, 5, 5])

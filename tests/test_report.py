@@ -201,7 +201,8 @@ def make_run(
 
 
 def read_json(index: Path) -> dict[str, Any]:
-    return json.loads((index.parent / "report.json").read_text())
+    data: dict[str, Any] = json.loads((index.parent / "report.json").read_text())
+    return data
 
 
 def img_srcs(html: str) -> list[str]:
@@ -596,3 +597,8 @@ def test_real_metrics_error_names_the_run(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="run 'one-class': "):
         write_report(tmp_path / "o", [run])
     assert not (tmp_path / "o").exists()
+
+
+def test_error_metric_negative_eps_opis() -> None:
+    with pytest.raises(ValueError, match=r"'eps_opis@5%' must be >= 0; got -1\.0"):
+        ReportRun("m", np.ones((2, 2)), [0, 1], metrics={"eps_opis@5%": -1.0})

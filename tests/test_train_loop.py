@@ -32,8 +32,14 @@ from tcm.train.loop import (
 )
 
 
-def fake_load(name: str, split: str = "train", root: Any = None, image_size: Any = None,
-              transform: Any = "default", **kw: Any) -> TensorImageDataset:  # fmt: skip
+def fake_load(
+    name: str,
+    split: str = "train",
+    root: Any = None,
+    image_size: Any = None,
+    transform: Any = "default",
+    **kw: Any,
+) -> TensorImageDataset:
     """Tiny stand-in for tcm.data.load: class prototypes + noise, 6 per class, uint8 images."""
     if name == "missing":
         raise ValueError(f"dataset root not found: {root}")
@@ -42,7 +48,9 @@ def fake_load(name: str, split: str = "train", root: Any = None, image_size: Any
     off = 0 if split == "train" else 100
     g = torch.Generator().manual_seed(off + 7)
     protos = torch.rand(n_cls, 3, size, size, generator=g)
-    imgs = protos.repeat_interleave(per, 0) + 0.3 * torch.rand(n_cls * per, 3, size, size, generator=g)
+    imgs = protos.repeat_interleave(per, 0) + 0.3 * torch.rand(
+        n_cls * per, 3, size, size, generator=g
+    )
     imgs = (imgs.clamp(0, 1.3) / 1.3 * 255).to(torch.uint8)
     labels = np.repeat(np.arange(n_cls), per)
     # a random train-time transform drawing from the global torch RNG (like real augmentation)
@@ -55,16 +63,30 @@ def fake_load(name: str, split: str = "train", root: Any = None, image_size: Any
 def tiny_data(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(tdata, "load", fake_load, raising=False)
     if not hasattr(tdata, "ClassBalancedBatchSampler"):
-        monkeypatch.setattr(tdata, "ClassBalancedBatchSampler", ClassBalancedBatchSampler, raising=False)
+        monkeypatch.setattr(
+            tdata, "ClassBalancedBatchSampler", ClassBalancedBatchSampler, raising=False
+        )
 
 
 def tiny_cfg(out: Path, *extra: str) -> Any:
-    return load_config(None, [
-        f"output_dir={out}", "data.image_size=16", "data.batch_size=8", "data.m_per_class=2",
-        "model.embedding_dim=8", "loss.name=multi_similarity", "train.epochs=2",
-        "train.steps_per_epoch=2", "train.progress=false", "train.log_every=1", "train.device=cpu",
-        "eval.num_thresholds=11", *extra,
-    ])  # fmt: skip
+    return load_config(
+        None,
+        [
+            f"output_dir={out}",
+            "data.image_size=16",
+            "data.batch_size=8",
+            "data.m_per_class=2",
+            "model.embedding_dim=8",
+            "loss.name=multi_similarity",
+            "train.epochs=2",
+            "train.steps_per_epoch=2",
+            "train.progress=false",
+            "train.log_every=1",
+            "train.device=cpu",
+            "eval.num_thresholds=11",
+            *extra,
+        ],
+    )
 
 
 def params_of(path: Path) -> dict[str, torch.Tensor]:
@@ -98,7 +120,9 @@ def test_train_writes_all_outputs(tmp_path: Path) -> None:
 def test_same_seed_same_weights_and_different_seed_differs(tmp_path: Path) -> None:
     train(tiny_cfg(tmp_path / "a", "train.epochs=1", "train.tensorboard=false"), echo=None)
     train(tiny_cfg(tmp_path / "b", "train.epochs=1", "train.tensorboard=false"), echo=None)
-    train(tiny_cfg(tmp_path / "c", "train.epochs=1", "train.tensorboard=false", "seed=1"), echo=None)
+    train(
+        tiny_cfg(tmp_path / "c", "train.epochs=1", "train.tensorboard=false", "seed=1"), echo=None
+    )
     a, b, c = (params_of(tmp_path / d / "last.pt") for d in "abc")
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert not all(torch.equal(a[k], c[k]) for k in a)
@@ -135,7 +159,9 @@ def test_resume_is_exact(tmp_path: Path, stop_at: int) -> None:
 
 def test_sigint_saves_and_exits_cleanly(tmp_path: Path) -> None:
     old = signal.getsignal(signal.SIGINT)
-    res = train(tiny_cfg(tmp_path, "train.tensorboard=false"), hooks=[_StopAt(1, "signal")], echo=None)
+    res = train(
+        tiny_cfg(tmp_path, "train.tensorboard=false"), hooks=[_StopAt(1, "signal")], echo=None
+    )
     assert res.interrupted and res.steps == 1
     assert load_checkpoint(tmp_path / "last.pt")["step"] == 1
     assert signal.getsignal(signal.SIGINT) is old  # handler restored
@@ -155,7 +181,9 @@ def test_nan_loss_stops_naming_step_and_lr(tmp_path: Path, monkeypatch: pytest.M
             return out * math.nan if self.calls == 3 else out
 
     monkeypatch.setattr(tlosses, "build_loss", lambda *a, **k: NaNAfter(real(*a, **k)))
-    with pytest.raises(TrainingDivergedError, match=r"step 3 .*lower learning rate.*optim.lr=0.0001"):
+    with pytest.raises(
+        TrainingDivergedError, match=r"step 3 .*lower learning rate.*optim.lr=0.0001"
+    ):
         train(tiny_cfg(tmp_path, "train.tensorboard=false", "optim.lr=0.001"), echo=None)
 
 
@@ -167,7 +195,11 @@ def test_resume_without_checkpoint_is_an_error(tmp_path: Path) -> None:
 def test_resume_with_other_architecture_is_an_error(tmp_path: Path) -> None:
     train(tiny_cfg(tmp_path, "train.epochs=1", "train.tensorboard=false"), echo=None)
     with pytest.raises(ValueError, match="cannot resume"):
-        train(tiny_cfg(tmp_path, "model.embedding_dim=4", "train.tensorboard=false"), resume=True, echo=None)
+        train(
+            tiny_cfg(tmp_path, "model.embedding_dim=4", "train.tensorboard=false"),
+            resume=True,
+            echo=None,
+        )
 
 
 def test_missing_dataset_root_error_propagates(tmp_path: Path) -> None:
@@ -187,7 +219,9 @@ def test_load_model_rejects_checkpoint_of_other_architecture(tmp_path: Path) -> 
         load_model(tmp_path / "plain.pt")
 
 
-def test_crash_during_checkpoint_keeps_previous(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_crash_during_checkpoint_keeps_previous(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     path = tmp_path / "last.pt"
     save_checkpoint({"step": 1, "w": torch.ones(3)}, path)
 
@@ -216,7 +250,9 @@ def test_crash_during_training_checkpoint_keeps_previous(
 
     monkeypatch.setattr(ckmod.torch, "save", killed)
     with pytest.raises(KeyboardInterrupt):
-        train(tiny_cfg(tmp_path, "train.epochs=2", "train.tensorboard=false"), resume=True, echo=None)
+        train(
+            tiny_cfg(tmp_path, "train.epochs=2", "train.tensorboard=false"), resume=True, echo=None
+        )
     monkeypatch.undo()
     after = load_checkpoint(tmp_path / "last.pt")
     assert after["step"] == before["step"] == 2
@@ -232,22 +268,35 @@ def test_corrupt_checkpoint_is_a_value_error(tmp_path: Path) -> None:
 
 
 def test_lr_schedule_matches_formula() -> None:
-    cfg = load_config(None, ["optim.warmup_steps=4", "optim.schedule=cosine", "optim.min_lr_ratio=0.1"])
+    cfg = load_config(
+        None, ["optim.warmup_steps=4", "optim.schedule=cosine", "optim.min_lr_ratio=0.1"]
+    )
     f = _lr_lambda(cfg, 24)
     for s in range(4):
         assert f(s) == pytest.approx((s + 1) / 4)
     for s in range(4, 25):
         p = (s - 4) / 20
         assert f(s) == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * p)))
-    g = _lr_lambda(load_config(None, ["optim.schedule=step", "optim.step_size=3", "optim.gamma=0.5"]), 10)
+    g = _lr_lambda(
+        load_config(None, ["optim.schedule=step", "optim.step_size=3", "optim.gamma=0.5"]), 10
+    )
     assert [g(s) for s in range(7)] == [1, 1, 1, 0.5, 0.5, 0.5, 0.25]
     h = _lr_lambda(load_config(None, ["optim.schedule=constant"]), 10)
     assert h(0) == h(9) == 1.0
 
 
 def test_sgd_and_bn_head_train(tmp_path: Path) -> None:
-    res = train(tiny_cfg(tmp_path, "optim.name=sgd", "model.head=bn_linear", "train.epochs=1",
-                         "train.tensorboard=false", "loss.tcm.enabled=true"), echo=None)  # fmt: skip
+    res = train(
+        tiny_cfg(
+            tmp_path,
+            "optim.name=sgd",
+            "model.head=bn_linear",
+            "train.epochs=1",
+            "train.tensorboard=false",
+            "loss.tcm.enabled=true",
+        ),
+        echo=None,
+    )
     assert res.steps == 2 and res.best_metrics is not None
 
 

@@ -68,7 +68,9 @@ def _load_array_file(path: Path) -> tuple[np.ndarray, np.ndarray, list[str] | No
                 arrays = {k: z[k] for k in z.files}
         except (OSError, ValueError) as exc:
             raise ValueError(f"cannot read embeddings file {path}: {exc}") from exc
-        names = [str(s) for s in arrays["class_names"].tolist()] if "class_names" in arrays else None
+        names = (
+            [str(s) for s in arrays["class_names"].tolist()] if "class_names" in arrays else None
+        )
     for key in ("embeddings", "labels"):
         if key not in arrays:
             raise ValueError(f"{path} has no array {key!r} (found: {sorted(arrays)})")
@@ -96,7 +98,9 @@ def _embed_checkpoint(
     return emb, lab, list(ds.class_names)
 
 
-def _load_source(args: argparse.Namespace, source: str) -> tuple[np.ndarray, np.ndarray, list[str] | None]:
+def _load_source(
+    args: argparse.Namespace, source: str
+) -> tuple[np.ndarray, np.ndarray, list[str] | None]:
     path = Path(source)
     if path.is_dir():
         path = path / "embeddings.npz"
@@ -104,9 +108,7 @@ def _load_source(args: argparse.Namespace, source: str) -> tuple[np.ndarray, np.
         raise ValueError(f"file not found: {source}")
     if path.suffix in (".npz", ".safetensors"):
         return _load_array_file(path)
-    return _embed_checkpoint(
-        path, args.data, args.split, args.root, args.batch_size, args.device
-    )
+    return _embed_checkpoint(path, args.data, args.split, args.root, args.batch_size, args.device)
 
 
 def _add_source_args(p: argparse.ArgumentParser, *, data_help: str) -> None:
@@ -131,7 +133,11 @@ def _cmd_train(args: argparse.Namespace) -> int:
         _out(f"interrupted; resume with: tcm train --config {args.config} --resume")
         return EXIT_INTERRUPTED
     if result.best_metrics:
-        _out(metric_table({"best": result.best_metrics, "last": result.last_metrics or {}}, DEMO_KEYS))
+        _out(
+            metric_table(
+                {"best": result.best_metrics, "last": result.last_metrics or {}}, DEMO_KEYS
+            )
+        )
     _out(f"checkpoints: {result.best_checkpoint} (best), {result.last_checkpoint} (last)")
     return EXIT_OK
 
@@ -140,13 +146,11 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     from tcm.train.evaluation import DEFAULT_TAR_FARS, compute_metrics, metric_table
 
     emb, lab, _ = _load_source(args, args.source)
-    metrics = compute_metrics(
-        emb, lab, far_range=tuple(args.far_range), tar_fars=DEFAULT_TAR_FARS
-    )
+    metrics = compute_metrics(emb, lab, far_range=tuple(args.far_range), tar_fars=DEFAULT_TAR_FARS)
     shown = {k: v for k, v in metrics.items() if not k.startswith("threshold_at_far")}
     _out(metric_table({Path(args.source).name: shown}))
     if args.json:
-        _write_json(args.json, {"source": args.source, "num_samples": int(len(lab)), "metrics": metrics})
+        _write_json(args.json, {"source": args.source, "num_samples": len(lab), "metrics": metrics})
         _out(f"wrote {args.json}")
     return EXIT_OK
 
@@ -160,7 +164,11 @@ def _calibrate(emb: np.ndarray, lab: np.ndarray, args: argparse.Namespace) -> di
         mean_u = np.asarray(tc.utility).mean(axis=0)
         k = int(np.argmax(mean_u))
         threshold = float(np.asarray(tc.thresholds)[k])
-        mode = {"mode": "max_mean_utility", "mean_utility": float(mean_u[k]), "search_far_range": [lo, hi]}
+        mode = {
+            "mode": "max_mean_utility",
+            "mean_utility": float(mean_u[k]),
+            "search_far_range": [lo, hi],
+        }
     else:
         threshold = float(threshold_at_far(emb, lab, far=args.far))
         mode = {"mode": "target_far", "target_far": args.far}
@@ -179,9 +187,13 @@ def _calibrate(emb: np.ndarray, lab: np.ndarray, args: argparse.Namespace) -> di
         "frr_spread": _spread(frr),
         "classes_far_above_2x_target": int(np.sum(far > 2 * target)),
         "reference_far": target,
-        "per_class": {"classes": classes, "far": far.tolist(), "frr": frr.tolist(),
-                      "size": np.asarray(op.class_sizes).tolist()},
-    }  # fmt: skip
+        "per_class": {
+            "classes": classes,
+            "far": far.tolist(),
+            "frr": frr.tolist(),
+            "size": np.asarray(op.class_sizes).tolist(),
+        },
+    }
 
 
 def _spread(x: np.ndarray) -> dict[str, float]:
@@ -206,22 +218,37 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
     res = _calibrate(emb, lab, args)
     pc = res["per_class"]
     if names is not None:
-        pc["names"] = [names[int(c)] if c.lstrip("-").isdigit() and int(c) < len(names) else c for c in pc["classes"]]
+        pc["names"] = [
+            names[int(c)] if c.lstrip("-").isdigit() and int(c) < len(names) else c
+            for c in pc["classes"]
+        ]
     else:
         pc["names"] = pc["classes"]
     _out(f"threshold (cosine similarity, accept if >=): {res['threshold']:.6f}")
-    _out(f"global FAR {res['global_far']:.3e}   global TAR {res['global_tar']:.4f}   classes {res['num_classes']}")
+    _out(
+        f"global FAR {res['global_far']:.3e}   global TAR {res['global_tar']:.4f}   "
+        f"classes {res['num_classes']}"
+    )
     for what in ("far", "frr"):
         s = res[f"{what}_spread"]
-        _out(f"per-class {what.upper()}: min {s['min']:.3e}  median {s['p50']:.3e}  p95 {s['p95']:.3e}  "
-             f"max {s['max']:.3e}  std {s['std']:.3e}")  # fmt: skip
-    _out(f"classes with FAR > 2x target ({2 * res['reference_far']:.3e}): {res['classes_far_above_2x_target']}")
+        _out(
+            f"per-class {what.upper()}: min {s['min']:.3e}  median {s['p50']:.3e}  "
+            f"p95 {s['p95']:.3e}  "
+            f"max {s['max']:.3e}  std {s['std']:.3e}"
+        )
+    _out(
+        f"classes with FAR > 2x target ({2 * res['reference_far']:.3e}): "
+        f"{res['classes_far_above_2x_target']}"
+    )
     far = np.asarray(pc["far"])
     order = np.argsort(-far, kind="stable")[: args.top]
     _out(f"\nworst {len(order)} classes by FAR:")
     _out(f"{'class':<24} {'size':>6} {'FAR':>10} {'FRR':>8}")
     for i in order.tolist():
-        _out(f"{pc['names'][i][:24]:<24} {pc['size'][i]:>6} {pc['far'][i]:>10.3e} {pc['frr'][i]:>8.4f}")
+        _out(
+            f"{pc['names'][i][:24]:<24} {pc['size'][i]:>6} {pc['far'][i]:>10.3e} "
+            f"{pc['frr'][i]:>8.4f}"
+        )
     res["worst_classes"] = [
         {"class": pc["names"][i], "far": pc["far"][i], "frr": pc["frr"][i]} for i in order.tolist()
     ]
@@ -237,15 +264,22 @@ def _cmd_embed(args: argparse.Namespace) -> int:
     path = Path(args.checkpoint)
     if not path.is_file():
         raise ValueError(f"checkpoint not found: {path}")
-    emb, lab, names = _embed_checkpoint(path, args.data, args.split, args.root, args.batch_size, args.device)
+    emb, lab, names = _embed_checkpoint(
+        path, args.data, args.split, args.root, args.batch_size, args.device
+    )
     out = save_embeddings(args.out, emb, lab, names)
     _out(f"wrote {out}: {emb.shape[0]} embeddings of dim {emb.shape[1]}, {len(names)} classes")
     return EXIT_OK
 
 
 def _report_metrics(m: dict[str, float]) -> dict[str, float]:
-    keys = {"recall_at_1": "R@1", "map_at_r": "MAP@R", "opis": "OPIS",
-            "epsilon_opis_0.05": "eps-OPIS@5%", "epsilon_opis_0.1": "eps-OPIS@10%"}  # fmt: skip
+    keys = {
+        "recall_at_1": "R@1",
+        "map_at_r": "MAP@R",
+        "opis": "OPIS",
+        "epsilon_opis_0.05": "eps-OPIS@5%",
+        "epsilon_opis_0.1": "eps-OPIS@10%",
+    }
     return {v: float(m[k]) for k, v in keys.items() if k in m}
 
 
@@ -276,8 +310,15 @@ def demo_configs(out_dir: str | Path, overrides: Sequence[str] = ()) -> list[tup
     base_dir = Path(out_dir)
     runs = []
     for name, tcm_on in (("base", False), ("base+tcm", True)):
-        cfg = load_config(None, [*DEMO_OVERRIDES, *overrides, f"loss.tcm.enabled={tcm_on}",
-                                 f"output_dir={base_dir / name.replace('+', '_')}"])  # fmt: skip
+        cfg = load_config(
+            None,
+            [
+                *DEMO_OVERRIDES,
+                *overrides,
+                f"loss.tcm.enabled={tcm_on}",
+                f"output_dir={base_dir / name.replace('+', '_')}",
+            ],
+        )
         runs.append((name, cfg))
     return runs
 
@@ -310,8 +351,11 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     results: dict[str, dict[str, float]] = {}
     report_runs = []
     for name, cfg in demo_configs(args.out, args.overrides):
-        _out(f"[demo] training '{name}' ({cfg.loss.name}{' + TCM' if cfg.loss.tcm.enabled else ''}, "
-             f"{cfg.model.backbone}, {cfg.train.epochs} epochs) -> {cfg.output_dir}")  # fmt: skip
+        tcm_txt = " + TCM" if cfg.loss.tcm.enabled else ""
+        _out(
+            f"[demo] training '{name}' ({cfg.loss.name}{tcm_txt}, "
+            f"{cfg.model.backbone}, {cfg.train.epochs} epochs) -> {cfg.output_dir}"
+        )
         res = train(cfg)
         if res.interrupted:
             return EXIT_INTERRUPTED
@@ -358,15 +402,23 @@ def build_parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser("train", help="train a model from a YAML config")
     t.add_argument("--config", help="YAML config (see configs/); default: built-in defaults")
-    t.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides, e.g. optim.lr=1e-4")
+    t.add_argument(
+        "overrides", nargs="*", metavar="key=value", help="dotted overrides, e.g. optim.lr=1e-4"
+    )
     t.add_argument("--resume", action="store_true", help="continue from OUTPUT_DIR/last.pt")
     t.set_defaults(func=_cmd_train)
 
     e = sub.add_parser("evaluate", help="Recall@k, MAP@R, R-precision, OPIS, eps-OPIS, TAR@FAR")
     e.add_argument("source", metavar="CHECKPOINT|EMBEDDINGS.npz|RUN_DIR")
     _add_source_args(e, data_help="dataset to embed (checkpoints; default: the training dataset)")
-    e.add_argument("--far-range", nargs=2, type=float, default=[1e-2, 1e-1], metavar=("LO", "HI"),
-                   help="OPIS calibration range of global FAR (default 1e-2 1e-1)")  # fmt: skip
+    e.add_argument(
+        "--far-range",
+        nargs=2,
+        type=float,
+        default=[1e-2, 1e-1],
+        metavar=("LO", "HI"),
+        help="OPIS calibration range of global FAR (default 1e-2 1e-1)",
+    )
     e.add_argument("--json", metavar="OUT.json", help="also write the metrics as JSON")
     e.set_defaults(func=_cmd_evaluate)
 
@@ -376,8 +428,14 @@ def build_parser() -> argparse.ArgumentParser:
     g = c.add_mutually_exclusive_group()
     g.add_argument("--far", type=float, help="target global FAR, e.g. 1e-3")
     g.add_argument("--max-utility", action="store_true", help="maximise the mean per-class utility")
-    c.add_argument("--search-range", nargs=2, type=float, default=[1e-4, 0.5], metavar=("LO", "HI"),
-                   help="global-FAR range searched by --max-utility (default 1e-4 0.5)")  # fmt: skip
+    c.add_argument(
+        "--search-range",
+        nargs=2,
+        type=float,
+        default=[1e-4, 0.5],
+        metavar=("LO", "HI"),
+        help="global-FAR range searched by --max-utility (default 1e-4 0.5)",
+    )
     c.add_argument("--num-thresholds", type=int, default=201, help="grid size for --max-utility")
     c.add_argument("--top", type=int, default=10, help="number of worst classes to list")
     c.add_argument("--json", metavar="OUT.json", help="also write the result as JSON")
@@ -393,7 +451,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("sources", nargs="+", metavar="RUN_DIR|EMBEDDINGS.npz|CHECKPOINT")
     _add_source_args(r, data_help="dataset to embed for checkpoint sources")
     r.add_argument("--out", required=True, help="output directory")
-    r.add_argument("--threshold", type=float, help="deployment threshold (default: per run at FAR 1e-3)")
+    r.add_argument(
+        "--threshold", type=float, help="deployment threshold (default: per run at FAR 1e-3)"
+    )
     r.set_defaults(func=_cmd_report)
 
     d = sub.add_parser("demo", help="glyphs: base loss vs base loss + TCM, table + report")

@@ -56,8 +56,14 @@ def read_rgb(path: str | os.PathLike[str]) -> torch.Tensor:
             with Image.open(p) as img:
                 img.load()
                 return pil_to_uint8_chw(img)
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError,
-            Image.DecompressionBombWarning) as exc:
+    except (
+        UnidentifiedImageError,
+        OSError,
+        SyntaxError,
+        ValueError,
+        Image.DecompressionBombError,
+        Image.DecompressionBombWarning,
+    ) as exc:
         raise ValueError(f"cannot decode image file {p!r}: {type(exc).__name__}: {exc}") from exc
 
 

@@ -2,7 +2,8 @@
 
 Contract (docs/architecture.md): ``dataset[i] -> (image, label)`` where ``image`` is a
 ``FloatTensor[3, H, W]`` and ``label`` a dense class code in ``0 .. C-1`` *within that split*.
-``.labels`` is an ``int64`` array of shape ``(N,)``, ``.class_names[c]`` the name of class code ``c``.
+``.labels`` is an ``int64`` array of shape ``(N,)``, ``.class_names[c]`` the name of class
+code ``c``.
 
 Transforms receive the decoded image as a ``torch.uint8`` tensor of shape ``(3, H, W)``
 (RGB, 0..255) and must return a float tensor. ``transform=None`` returns ``image / 255``
@@ -256,8 +257,11 @@ class FileImageDataset(DMLDataset):
             if self.on_error == "raise":
                 raise
             self._bad.add(index)
-            warnings.warn(f"{self.name}/{self.split}: {exc}; using another image of the same "
-                          "class instead", UserWarning, stacklevel=3)
+            warnings.warn(
+                f"{self.name}/{self.split}: {exc}; using another image of the same class instead",
+                UserWarning,
+                stacklevel=3,
+            )
         same = np.flatnonzero(self.labels == self.labels[index])
         order = np.concatenate([same[same > index], same[same < index]])
         for j in order.tolist():

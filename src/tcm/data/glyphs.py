@@ -224,12 +224,12 @@ def render_glyphs(fonts: list[str], image_size: int, min_fonts: int = 10) -> _Re
     renderers: list[_FontRenderer] = []
     cmaps: list[set[str]] = []
     for path in fonts:
-        chars = _cmap_chars(path)
-        if "H" not in chars:
+        font_chars = _cmap_chars(path)
+        if "H" not in font_chars:
             continue
         usable.append(path)
         renderers.append(_FontRenderer(path, image_size))
-        cmaps.append(chars)
+        cmaps.append(font_chars)
     counts: dict[str, int] = {}
     for cm in cmaps:
         for ch in cm:
@@ -248,9 +248,7 @@ def render_glyphs(fonts: list[str], image_size: int, min_fonts: int = 10) -> _Re
             total += 1
         images.append(imgs[ink])
     stack = (
-        np.concatenate(images)
-        if images
-        else np.zeros((0, image_size, image_size), dtype=np.uint8)
+        np.concatenate(images) if images else np.zeros((0, image_size, image_size), dtype=np.uint8)
     )
     result = _Rendered(chars=chars, fonts=usable, rows=rows, images=stack)
     with _LOCK:
@@ -279,23 +277,33 @@ def find_homoglyphs(
     present = rows >= 0
     imgs = torch.from_numpy(rendered.images).to(torch.float32) / 255.0
     flat = imgs.reshape(imgs.shape[0], -1)
+    # Pre-filter on 4x4 block means: 16 * ||P(a - b)||^2 <= ||a - b||^2 (Jensen), so a pair whose
+    # pooled distance already exceeds the bound cannot coincide; survivors are checked exactly.
+    pool = max(1, min(4, imgs.shape[-1] // 8))
+    pooled = torch.nn.functional.avg_pool2d(imgs.unsqueeze(1), pool).reshape(imgs.shape[0], -1)
+    sq_full = (flat * flat).sum(1)
     shared = torch.zeros(n, n, dtype=torch.int32)
     coincide = torch.zeros(n, n, dtype=torch.int32)
     for f in range(rows.shape[1]):
         p = torch.from_numpy(present[:, f])
         if int(p.sum()) < 2:
             continue
-        x = torch.zeros(n, flat.shape[1], dtype=torch.float32)
-        x[p] = flat[torch.from_numpy(rows[present[:, f], f])]
-        sq = (x * x).sum(1)
-        both = p[:, None] & p[None, :]
-        total = (sq[:, None] + sq[None, :]).clamp_min(1e-12)
-        # ||a - b||^2 <= threshold * (||a||^2 + ||b||^2)  <=>  r <= threshold
-        close = (total - 2.0 * (x @ x.T)) <= threshold * total
+        row_of = torch.from_numpy(np.where(present[:, f], rows[:, f], 0))
+        xp = pooled[row_of] * p[:, None]
+        sqp = (xp * xp).sum(1)
+        sq = sq_full[row_of] * p
+        total = sq[:, None] + sq[None, :]
+        both = torch.triu(p[:, None] & p[None, :], diagonal=1)
+        dpool = (sqp[:, None] + sqp[None, :] - 2.0 * (xp @ xp.T)).clamp_min(0.0)
+        maybe = both & (pool * pool * dpool <= threshold * total + 1e-6)
         shared += both.to(torch.int32)
-        coincide += (close & both).to(torch.int32)
+        ia, ib = torch.nonzero(maybe, as_tuple=True)
+        if ia.numel():
+            d = ((flat[row_of[ia]] - flat[row_of[ib]]) ** 2).sum(1)
+            # r = ||a - b||^2 / (||a||^2 + ||b||^2) <= threshold
+            close = d <= threshold * total[ia, ib]
+            coincide[ia[close], ib[close]] += 1
     ok = (shared >= min_shared) & (coincide.to(torch.float64) >= fraction * shared)
-    ok.fill_diagonal_(False)
     parent = list(range(n))
 
     def find(a: int) -> int:
@@ -304,7 +312,7 @@ def find_homoglyphs(
             a = parent[a]
         return a
 
-    for a, b in torch.nonzero(torch.triu(ok, diagonal=1)).tolist():
+    for a, b in torch.nonzero(ok).tolist():
         ra, rb = find(a), find(b)
         if ra != rb:
             parent[max(ra, rb)] = min(ra, rb)
@@ -317,9 +325,7 @@ def find_homoglyphs(
         if len(members) < 2:
             continue
         chars = [rendered.chars[int(cand[a])] for a in members]
-        rep = min(
-            range(len(members)), key=lambda k: (-int(nfonts[members[k]]), ord(chars[k]))
-        )
+        rep = min(range(len(members)), key=lambda k: (-int(nfonts[members[k]]), ord(chars[k])))
         for k, ch in enumerate(chars):
             if k != rep:
                 out[ch] = chars[rep]
@@ -360,7 +366,7 @@ class GlyphCatalog:
     font_counts: dict[str, int] = field(default_factory=dict)
 
     def split_classes(self, split: str) -> list[str]:
-        """Characters of ``split`` (``train``, ``test``, ``calibration``, ``evaluation``, ``all``)."""
+        """Characters of ``split``: train, test, calibration, evaluation or all."""
         if split == "all":
             return list(self.classes)
         if split == "test":
@@ -464,7 +470,8 @@ def build_glyph_dataset(
     """Assemble the samples of ``split`` from a catalog and its renders (shared with cjk)."""
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}; got {split!r}")
-    if isinstance(augment_copies, bool) or not isinstance(augment_copies, int) or augment_copies < 0:
+    bad_copies = isinstance(augment_copies, bool) or not isinstance(augment_copies, int)
+    if bad_copies or augment_copies < 0:
         raise ValueError(f"augment_copies must be an int >= 0; got {augment_copies!r}")
     classes = catalog.split_classes(split)
     if not classes:

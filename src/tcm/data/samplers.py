@@ -8,7 +8,8 @@ Epoch construction (identical on every rank, seeded by ``(seed, epoch)``):
    inside the group). So every sample appears at least once per epoch.
 2. Groups are spread over the epoch (group ``j`` of ``k_c`` gets the key ``(j + u) / k_c`` with a
    uniform ``u``) and packed in key order into batches of ``P = batch_size // m`` groups of
-   *distinct* classes (a conflicting group waits for the next batch).
+   *distinct* classes. A class with as many groups left as batches left is put in the current
+   batch first, so no group is lost whenever ``max_c ceil(n_c / m)`` <= number of batches.
 3. ``G = sum_c ceil(n_c / m)`` groups give ``floor(G / P)`` full batches; with ``drop_last=False``
    the leftover groups form one more batch, completed with fresh groups of other classes.
 4. The global batch list is cut to a multiple of ``world_size`` (``drop_last=True``) or padded
@@ -26,6 +27,7 @@ Example:
 
 from __future__ import annotations
 
+import heapq
 from collections.abc import Iterator
 
 import numpy as np
@@ -103,11 +105,6 @@ class ClassBalancedBatchSampler(Sampler[list[int]]):
         num_groups = int(self._groups_per_class.sum())
         full, rest = divmod(num_groups, self.classes_per_batch)
         self._num_global = full + (1 if (rest and not self.drop_last) else 0)
-        if self._num_global == 0:
-            raise ValueError(
-                f"labels give {num_groups} groups of m={self.m_per_class}, fewer than the "
-                f"{self.classes_per_batch} classes one batch needs; use drop_last=False"
-            )
         ws = self.world_size
         if self.drop_last:
             self._per_rank = self._num_global // ws
@@ -151,31 +148,54 @@ class ClassBalancedBatchSampler(Sampler[list[int]]):
                 group_cls.append(c)
                 group_idx.append(chunk)
                 keys.append((j + offset) / k)
-        order = np.lexsort((rng.random(len(keys)), np.asarray(keys)))
         num_classes = len(self._members)
         p = self.classes_per_batch
-        pending: list[int] = []
-        pos = 0
+        nb = self._num_global
+        # per class: its groups in key order; heap of (next key, class); heap of (-remaining, class)
+        queues: list[list[int]] = [[] for _ in range(num_classes)]
+        for g in sorted(range(len(keys)), key=lambda g: keys[g]):
+            queues[group_cls[g]].append(g)
+        head = [0] * num_classes
+        key_heap = [(keys[q[0]], float(rng.random()), c) for c, q in enumerate(queues)]
+        heapq.heapify(key_heap)
+        count_heap = [(-len(q), c) for c, q in enumerate(queues)]
+        heapq.heapify(count_heap)
         batches: list[list[int]] = []
-        for _ in range(self._num_global):
-            used: set[int] = set()
+        for b in range(nb):
+            left = nb - b
             chosen: list[int] = []
-            still: list[int] = []
-            for g in pending:
-                if len(chosen) < p and group_cls[g] not in used:
-                    used.add(group_cls[g])
-                    chosen.append(g)
-                else:
-                    still.append(g)
-            pending = still
-            while len(chosen) < p and pos < len(order):
-                g = int(order[pos])
-                pos += 1
-                if group_cls[g] in used:
-                    pending.append(g)
-                else:
-                    used.add(group_cls[g])
-                    chosen.append(g)
+            used: set[int] = set()
+
+            def take(c: int) -> None:
+                g = queues[c][head[c]]
+                head[c] += 1
+                used.add(c)
+                chosen.append(g)
+                remaining = len(queues[c]) - head[c]
+                if remaining:
+                    heapq.heappush(count_heap, (-remaining, c))
+
+            # a class with as many groups left as batches left must go into this batch
+            while count_heap and len(chosen) < p and -count_heap[0][0] >= left:
+                neg, c = heapq.heappop(count_heap)
+                if -neg != len(queues[c]) - head[c] or c in used:
+                    continue
+                take(c)
+            deferred: list[tuple[float, float, int]] = []
+            while key_heap and len(chosen) < p:
+                entry = heapq.heappop(key_heap)
+                c = entry[2]
+                if head[c] >= len(queues[c]):
+                    continue
+                if entry[0] != keys[queues[c][head[c]]] or c in used:
+                    deferred.append((keys[queues[c][head[c]]], entry[1], c))
+                    continue
+                take(c)
+            for entry in deferred:
+                heapq.heappush(key_heap, entry)
+            for c in used:
+                if head[c] < len(queues[c]):
+                    heapq.heappush(key_heap, (keys[queues[c][head[c]]], float(rng.random()), c))
             batch = [int(i) for g in chosen for i in group_idx[g]]
             if len(chosen) < p:
                 free = np.array([c for c in range(num_classes) if c not in used], dtype=np.int64)

@@ -7,9 +7,10 @@ tensor ``(3, image_size, image_size)`` normalised with the ImageNet mean / std
 Kinds:
     ``"photo"``: train = RandomResizedCrop(scale 0.16..1) + horizontal flip; test = resize the
         shorter side to ``round(image_size * 256 / 224)`` then centre crop (the usual DML recipe).
-    ``"glyph"``: characters / emoji, where a mirror image is a different symbol: train = small
-        RandomAffine (+-5 deg, +-5 % shift, scale 0.9..1.1, shear +-5 deg), no flip, white
-        background for the affine fill; test = resize to ``image_size`` only.
+    ``"glyph"``: characters (white on black), where a mirror image is a different symbol:
+        train = small RandomAffine (+-5 deg, +-5 % shift, scale 0.9..1.1, shear +-5 deg, black
+        fill), no flip; test = resize to ``image_size`` only.
+    ``"emoji"``: as ``"glyph"`` but the affine fill is white (emoji are drawn on white).
 
 Example:
     >>> import torch
@@ -37,8 +38,8 @@ __all__ = [
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-TransformKind = Literal["photo", "glyph"]
-TRANSFORM_KINDS: tuple[str, ...] = ("photo", "glyph")
+TransformKind = Literal["photo", "glyph", "emoji"]
+TRANSFORM_KINDS: tuple[str, ...] = ("photo", "glyph", "emoji")
 
 
 def _check(kind: str, image_size: int) -> None:
@@ -64,10 +65,15 @@ def train_transform(kind: str, image_size: int) -> Callable[[torch.Tensor], torc
         steps = [
             v2.Resize((image_size, image_size), antialias=True),
             v2.RandomAffine(
-                degrees=5.0, translate=(0.05, 0.05), scale=(0.9, 1.1), shear=5.0, fill=255
+                degrees=5.0,
+                translate=(0.05, 0.05),
+                scale=(0.9, 1.1),
+                shear=5.0,
+                fill=255 if kind == "emoji" else 0,
             ),
         ]
-    return v2.Compose([*steps, *_finish()])
+    pipeline: Callable[[torch.Tensor], torch.Tensor] = v2.Compose([*steps, *_finish()])
+    return pipeline
 
 
 def test_transform(kind: str, image_size: int) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -75,12 +81,13 @@ def test_transform(kind: str, image_size: int) -> Callable[[torch.Tensor], torch
     _check(kind, image_size)
     if kind == "photo":
         steps: list[Callable[..., torch.Tensor]] = [
-            v2.Resize(int(round(image_size * 256 / 224)), antialias=True),
+            v2.Resize(round(image_size * 256 / 224), antialias=True),
             v2.CenterCrop(image_size),
         ]
     else:
         steps = [v2.Resize((image_size, image_size), antialias=True)]
-    return v2.Compose([*steps, *_finish()])
+    pipeline: Callable[[torch.Tensor], torch.Tensor] = v2.Compose([*steps, *_finish()])
+    return pipeline
 
 
 def resolve_transform(

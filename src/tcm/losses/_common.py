@@ -19,6 +19,7 @@ __all__ = [
     "check_finite_param",
     "cosine_similarity_matrix",
     "label_codes",
+    "normalized_float",
 ]
 
 
@@ -126,6 +127,14 @@ def check_finite_param(
     return v
 
 
+def normalized_float(x: torch.Tensor, name: str = "embeddings") -> torch.Tensor:
+    """Row-wise L2-normalised ``x`` in at least float32 (float16/bfloat16 are upcast), computed
+    with autocast disabled. Differentiable."""
+    with torch.autocast(device_type=x.device.type, enabled=False):
+        xf = x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+        return l2_normalize(xf, name)
+
+
 def cosine_similarity_matrix(a: torch.Tensor, b: torch.Tensor | None = None) -> torch.Tensor:
     """Cosine similarity matrix ``S[i, j] = <a_i/|a_i|, b_j/|b_j|>``, shape ``(N, R)``, in [-1, 1].
 
@@ -133,12 +142,7 @@ def cosine_similarity_matrix(a: torch.Tensor, b: torch.Tensor | None = None) -> 
     so mixed-precision training never builds the matrix in half precision. ``b=None`` means
     ``b = a`` (the ``N x N`` batch matrix).
     """
+    an = normalized_float(a)
+    bn = an if b is None else normalized_float(b, "ref_emb").to(an.dtype)
     with torch.autocast(device_type=a.device.type, enabled=False):
-        af = a.float() if a.dtype in (torch.float16, torch.bfloat16) else a
-        an = l2_normalize(af)
-        if b is None:
-            bn = an
-        else:
-            bf = b.float() if b.dtype in (torch.float16, torch.bfloat16) else b
-            bn = l2_normalize(bf.to(an.dtype), "ref_emb")
         return an @ bn.T

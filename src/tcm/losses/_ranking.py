@@ -77,11 +77,14 @@ def relaxed_ranks(
     s_k = torch.where(cols[None, :] == rows[:, None], neg_inf, s_rows)  # exclude k = i
     s_j = torch.gather(s_rows, 1, idx)
     s_j = torch.where(valid, s_j, torch.zeros_like(s_j))  # (Q, P), finite everywhere
-    r_all = 0.5 + torch.sigmoid((s_k[:, None, :] - s_j[:, :, None]) / tau).sum(dim=-1)
+    # scale the (Q, B) / (Q, P) operands by 1/tau before broadcasting: one (Q, P, B) pass less
+    inv = 1.0 / tau
+    s_j = s_j * inv
+    r_all = 0.5 + torch.sigmoid((s_k * inv)[:, None, :] - s_j[:, :, None]).sum(dim=-1)
     if not with_pos:
         return r_all, None
     s_pk = torch.where(valid, s_j, neg_inf)  # padded positives never count
-    r_pos = 0.5 + torch.sigmoid((s_pk[:, None, :] - s_j[:, :, None]) / tau).sum(dim=-1)
+    r_pos = 0.5 + torch.sigmoid(s_pk[:, None, :] - s_j[:, :, None]).sum(dim=-1)
     return r_all, r_pos
 
 

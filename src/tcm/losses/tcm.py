@@ -20,8 +20,8 @@ from torch import nn
 from tcm.losses._common import (
     check_embeddings,
     check_finite_param,
-    cosine_similarity_matrix,
     label_codes,
+    normalized_float,
 )
 
 __all__ = ["TCMLoss", "tcm_loss_from_similarities"]
@@ -55,6 +55,57 @@ def tcm_loss_from_similarities(
     pos_cnt = pos_viol.sum().clamp(min=1).to(sims.dtype)
     neg_cnt = neg_viol.sum().clamp(min=1).to(sims.dtype)
     return lambda_pos * (pos_sum / pos_cnt) + lambda_neg * (neg_sum / neg_cnt)
+
+
+class _TCMFromEmbeddings(torch.autograd.Function):
+    """TCM on normalised embeddings ``a (N, D)`` vs ``b (R, D)`` (``b is None``: ``b = a``).
+
+    Forward builds ``S = a b^T`` once; backward uses the closed form
+    ``dL/dS = -λ+/n+ on positive violators, +λ-/n- on negative violators, 0 elsewhere``, so only
+    two boolean ``N x R`` masks are kept and the symmetric case needs a single matmul:
+    ``dL/da = (G + G^T) a``.
+    """
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: Any,
+        a: torch.Tensor,
+        b: torch.Tensor | None,
+        pos_mask: torch.Tensor,
+        neg_mask: torch.Tensor,
+        lambda_pos: float,
+        lambda_neg: float,
+        margin_pos: float,
+        margin_neg: float,
+    ) -> torch.Tensor:
+        sims = a @ (a if b is None else b).T
+        pos_viol = pos_mask & (sims <= margin_pos)
+        neg_viol = neg_mask & (sims >= margin_neg)
+        zero = sims.new_zeros(())
+        n_pos = pos_viol.sum().clamp(min=1).to(sims.dtype)
+        n_neg = neg_viol.sum().clamp(min=1).to(sims.dtype)
+        pos_sum = torch.where(pos_viol, margin_pos - sims, zero).sum()
+        neg_sum = torch.where(neg_viol, sims - margin_neg, zero).sum()
+        ctx.save_for_backward(a, b, pos_viol, neg_viol, n_pos, n_neg)
+        ctx.lambdas = (lambda_pos, lambda_neg)
+        return lambda_pos * (pos_sum / n_pos) + lambda_neg * (neg_sum / n_neg)
+
+    @staticmethod
+    def backward(ctx: Any, grad_out: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        a, b, pos_viol, neg_viol, n_pos, n_neg = ctx.saved_tensors
+        lambda_pos, lambda_neg = ctx.lambdas
+        zero = grad_out.new_zeros((), dtype=a.dtype)
+        g = torch.where(pos_viol, -lambda_pos / n_pos, zero)
+        g = torch.where(neg_viol, lambda_neg / n_neg, g) * grad_out
+        grad_a = grad_b = None
+        if b is None:
+            grad_a = (g + g.T) @ a
+        else:
+            if ctx.needs_input_grad[0]:
+                grad_a = g @ b
+            if ctx.needs_input_grad[1]:
+                grad_b = g.T @ a
+        return grad_a, grad_b, None, None, None, None, None, None
 
 
 class TCMLoss(nn.Module):
@@ -154,10 +205,11 @@ class TCMLoss(nn.Module):
             )
         if ref_emb is None:
             lab, _ = label_codes(labels, emb.shape[0], emb.device)
-            sims = cosine_similarity_matrix(emb)
-            same = lab[:, None] == lab[None, :]
-            pos_mask = same & ~torch.eye(emb.shape[0], dtype=torch.bool, device=emb.device)
-            neg_mask = ~same
+            a = normalized_float(emb)
+            b = None
+            pos_mask = lab[:, None] == lab[None, :]
+            neg_mask = ~pos_mask
+            pos_mask.fill_diagonal_(False)
         else:
             ref = check_embeddings(ref_emb, "ref_emb")
             if ref.shape[1] != emb.shape[1]:
@@ -169,7 +221,8 @@ class TCMLoss(nn.Module):
                 labels, emb.shape[0], emb.device, ref_labels=ref_labels, n_ref=ref.shape[0]
             )
             assert rlab is not None
-            sims = cosine_similarity_matrix(emb, ref.to(emb.device))
+            a = normalized_float(emb)
+            b = normalized_float(ref.to(emb.device), "ref_emb").to(a.dtype)
             pos_mask = lab[:, None] == rlab[None, :]
             neg_mask = ~pos_mask
         if not self._warned_no_pos and not bool(pos_mask.any()):
@@ -180,12 +233,15 @@ class TCMLoss(nn.Module):
                 RuntimeWarning,
                 stacklevel=2,
             )
-        return tcm_loss_from_similarities(
-            sims,
-            pos_mask,
-            neg_mask,
-            self.lambda_pos,
-            self.lambda_neg,
-            self.margin_pos,
-            self.margin_neg,
-        )
+        with torch.autocast(device_type=a.device.type, enabled=False):
+            out: torch.Tensor = _TCMFromEmbeddings.apply(
+                a,
+                b,
+                pos_mask,
+                neg_mask,
+                self.lambda_pos,
+                self.lambda_neg,
+                self.margin_pos,
+                self.margin_neg,
+            )
+        return out

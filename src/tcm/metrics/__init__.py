@@ -29,7 +29,7 @@ __all__ = [
 ]
 
 try:  # retrieval metrics live in a sibling module written separately
-    from tcm.metrics.retrieval import RetrievalMetrics, retrieval_metrics  # noqa: F401
+    from tcm.metrics.retrieval import RetrievalMetrics, retrieval_metrics
 
     __all__ += ["RetrievalMetrics", "retrieval_metrics"]
 except ImportError:  # pragma: no cover - until retrieval.py exists

@@ -27,7 +27,14 @@ from typing import Any, Literal, Protocol
 import numpy as np
 import torch
 
-__all__ = ["FaissSearcher", "Searcher", "TorchSearcher", "exact_topk", "faiss_available"]
+__all__ = [
+    "FaissSearcher",
+    "Searcher",
+    "TorchSearcher",
+    "exact_topk",
+    "faiss_available",
+    "symmetric_candidates",
+]
 
 BackendName = Literal["torch", "faiss"]
 
@@ -68,8 +75,37 @@ class TorchSearcher:
         s = q @ self.g.T  # (B, N) cosine similarities
         if self_idx is not None:
             s[torch.arange(q.shape[0], device=q.device), self_idx] = -torch.inf
-        vals, idx = torch.topk(s, k, dim=1, largest=True, sorted=True)
-        return vals, idx
+        return _blocked_topk(s, k)
+
+
+_BLOCK = 64
+
+
+def _blocked_topk(s: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Top-``k`` of each row of ``s`` (``(B, N)``), values descending, via group maxima.
+
+    The first ``64 * m`` columns (``m = N // 64``) are split into ``m`` groups
+    ``{j, j + m, ..., j + 63 m}``; the remaining tail columns are always candidates. The ``k``
+    groups with the largest maxima hold ``k`` elements at least as large as anything in the other
+    groups, so a top-``k`` over those ``64 k`` (+ tail) candidates is a top-``k`` of the row
+    (equal values may be chosen differently from ``torch.topk``; :func:`exact_topk` resolves
+    ties canonically). The group maxima are a contiguous, vectorised max-reduction.
+    """
+    b, n = s.shape
+    m = n // _BLOCK
+    if m <= 4 * k:
+        return torch.topk(s, k, dim=1, largest=True, sorted=True)
+    n0 = m * _BLOCK
+    s = s.contiguous()
+    gmax = s.as_strided((b, _BLOCK, m), (n, m, 1)).amax(dim=1)  # (B, m), no copy
+    _, groups = torch.topk(gmax, k, dim=1, largest=True, sorted=False)  # (B, k)
+    cols = groups[:, :, None] + m * torch.arange(_BLOCK, device=s.device)
+    cols = cols.reshape(b, k * _BLOCK)
+    if n > n0:
+        tail = torch.arange(n0, n, device=s.device).expand(b, n - n0)
+        cols = torch.cat([cols, tail], dim=1)
+    vals, pos = torch.topk(s.gather(1, cols), k, dim=1, largest=True, sorted=True)
+    return vals, cols.gather(1, pos)
 
 
 class FaissSearcher:
@@ -138,6 +174,7 @@ def exact_topk(
     k: int,
     self_idx: torch.Tensor | None,
     extra: int = 8,
+    initial: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """Exact top-``k`` gallery indices for each query row, ordered by ``(-s64, index)``.
 
@@ -148,6 +185,8 @@ def exact_topk(
         k: neighbours wanted; ``1 <= k <= N - (self_idx is not None)``.
         self_idx: ``(B,)`` gallery index of each query to exclude (leave-one-out), or ``None``.
         extra: additional candidates fetched to certify the cut.
+        initial: optional first-round ``(scores, indices)`` of shape ``(B, kk)`` (``kk >= k``,
+            scores descending, self excluded), e.g. from :func:`symmetric_candidates`.
 
     Returns:
         int64 tensor ``(B, k)`` of gallery indices.
@@ -165,10 +204,18 @@ def exact_topk(
     out = torch.empty((b, k), dtype=torch.int64, device=q.device)
     todo = torch.arange(b, device=q.device)
     kk = min(k + extra, n_avail)
+    if initial is not None:
+        kk = initial[0].shape[1]
+        if not k <= kk <= n_avail:
+            raise ValueError(f"initial candidates: need {k} <= kk <= {n_avail}; got {kk}")
     while todo.numel() > 0:
         qs = q[todo]
         own = None if self_idx is None else self_idx[todo]
-        vals, idx = searcher.search(qs, kk, own)
+        if initial is not None:
+            vals, idx = initial
+            initial = None
+        else:
+            vals, idx = searcher.search(qs, kk, own)
         if kk >= n_avail:
             ok = torch.ones(todo.numel(), dtype=torch.bool, device=q.device)
         else:
@@ -187,3 +234,43 @@ def exact_topk(
         todo = todo[~ok]
         kk = min(2 * kk, n_avail)
     return out
+
+
+def symmetric_candidates(x: torch.Tensor, kk: int, block: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Leave-one-out top-``kk`` candidates of every row of ``x`` against all other rows.
+
+    Uses the symmetry ``s(i, j) = s(j, i)``: each ``(block x block)`` tile ``X_I X_J^T`` with
+    ``J >= I`` is computed once and feeds the running top-``kk`` of the rows of ``I`` (row-wise)
+    and of ``J`` (column-wise), halving the matmul work of the leave-one-out case. Memory: one tile
+    plus ``(N, kk)`` running scores and indices.
+
+    Returns:
+        ``(scores, indices)`` of shape ``(N, kk)``, scores descending, self excluded; ties at the
+        cut are arbitrary (pass them as ``initial`` to :func:`exact_topk`).
+    """
+    n = x.shape[0]
+    if not 1 <= kk <= n - 1:
+        raise ValueError(f"kk must be in [1, {n - 1}]; got {kk}")
+    run_v = torch.full((n, kk), -torch.inf, dtype=x.dtype, device=x.device)
+    run_i = torch.zeros((n, kk), dtype=torch.int64, device=x.device)
+
+    def merge(lo: int, v: torch.Tensor, c: torch.Tensor) -> None:
+        hi = lo + v.shape[0]
+        cv = torch.cat([run_v[lo:hi], v], dim=1)
+        ci = torch.cat([run_i[lo:hi], c], dim=1)
+        top_v, pos = torch.topk(cv, kk, dim=1, largest=True, sorted=True)
+        run_v[lo:hi] = top_v
+        run_i[lo:hi] = ci.gather(1, pos)
+
+    for i0 in range(0, n, block):
+        xi = x[i0 : i0 + block]
+        for j0 in range(i0, n, block):
+            s = xi @ x[j0 : j0 + block].T  # (bi, bj) cosine similarities
+            if j0 == i0:
+                s.fill_diagonal_(-torch.inf)
+            v, c = _blocked_topk(s, min(kk, s.shape[1]))
+            merge(i0, v, c + j0)
+            if j0 != i0:
+                v, r = _blocked_topk(s.T.contiguous(), min(kk, s.shape[0]))
+                merge(j0, v, r + i0)
+    return run_v, run_i

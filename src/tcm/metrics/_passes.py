@@ -20,12 +20,13 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from tcm.metrics._pairs import Prepared, iter_blocks, sample_negative_similarities
+from tcm.metrics._pairs import Prepared, iter_blocks, sample_negative_similarities, select_ge
 
 __all__ = [
     "CountState",
     "HistState",
     "TailState",
+    "bucketize",
     "count_pass",
     "floor_to_dtype",
     "hist_pass",
@@ -95,14 +96,14 @@ class TailState:
             lo=self.lo,
             hi=self.hi,
             num_above=self.num_above + other.num_above,
-            values=[np.concatenate([a, b]) for a, b in zip(self.values, other.values)],
+            values=[np.concatenate([a, b]) for a, b in zip(self.values, other.values, strict=True)],
         )
 
 
 def tail_pass(
     prep: Prepared,
-    lo: Sequence[float],
-    hi: Sequence[float],
+    lo: Sequence[float] | np.ndarray,
+    hi: Sequence[float] | np.ndarray,
     block_size: int,
     shard: tuple[int, int] = (0, 1),
 ) -> TailState:
@@ -118,10 +119,10 @@ def tail_pass(
     above = torch.zeros(nq, dtype=torch.int64, device=prep.x.device)
     chunks: list[list[torch.Tensor]] = [[] for _ in range(nq)]
     for blk in iter_blocks(prep, block_size, shard):
-        sub = blk.sims[blk.sims >= cut].to(torch.float64)
+        sub = select_ge(blk.sims, cut)[1].to(torch.float64)
         for q in range(nq):
             lq, hq = float(lo_a[q]), float(hi_a[q])
-            above[q] += (sub > hq).sum()
+            above[q] += torch.count_nonzero(sub > hq)
             chunks[q].append(sub[(sub >= lq) & (sub <= hq)])
     values = [torch.cat(c).cpu().numpy() if c else np.empty(0, dtype=np.float64) for c in chunks]
     return TailState(lo=lo_a, hi=hi_a, num_above=above.cpu().numpy(), values=values)
@@ -140,7 +141,7 @@ def negative_quantiles(
 
     If the number of negative pairs ``M <= exact_cutoff`` all negatives are collected. Otherwise
     a bracket around each quantile is estimated from ``sample_size`` uniformly sampled negative
-    pairs (rank +- 8 standard deviations of the sample quantile), and one exact
+    pairs (rank +- 6 standard deviations of the sample quantile), and one exact
     :func:`tail_pass` finds the order statistics inside it. A bracket that misses its rank is
     widened (to unbounded on that side) and the pass repeated, so the result is always exact.
     """
@@ -156,7 +157,7 @@ def negative_quantiles(
         r = sample_np.shape[0]
         for k, q in enumerate(qs):
             center = float(q) * (r - 1)
-            half = 8.0 * math.sqrt(r * float(q) * (1.0 - float(q))) + 8.0
+            half = 6.0 * math.sqrt(r * float(q) * (1.0 - float(q))) + 8.0
             i_lo = math.floor(center - half)
             i_hi = math.ceil(center + half)
             lo[k] = sample_np[i_lo] if i_lo >= 0 else -inf
@@ -181,6 +182,29 @@ def negative_quantiles(
                 retry.append(k)
         todo = retry
     return out
+
+
+def bucketize(th: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """``searchsorted(th, v, right=True)`` = ``#{k : th[k] <= v}`` for float64 ``v``.
+
+    ``th`` is an increasing grid; when it is (numerically) uniform the bucket is computed
+    arithmetically and then corrected by exact comparisons with ``th`` (two rounds each way, the
+    estimate is off by at most one), which is much cheaper than a binary search.
+    """
+    k = int(th.shape[0])
+    if k < 3:
+        return torch.searchsorted(th, v, right=True)
+    t0, t1 = float(th[0]), float(th[-1])
+    step = (t1 - t0) / (k - 1)
+    if not step > 0:
+        return torch.searchsorted(th, v, right=True)
+    inf = torch.tensor([float("inf")], dtype=th.dtype, device=th.device)
+    ext = torch.cat([-inf, th, inf])  # ext[b] = th[b - 1]; ext[0] = -inf, ext[k + 1] = inf
+    b = ((v - t0) / step).floor_().clamp_(-1.0, float(k)).to(torch.int64) + 1
+    for _ in range(2):  # index_select is much faster than advanced indexing on CPU
+        b -= (ext.index_select(0, b) > v).to(torch.int64)  # th[b - 1] > v: too high
+        b += (ext.index_select(0, b + 1) <= v).to(torch.int64)  # th[b] <= v: too low
+    return b
 
 
 @dataclass
@@ -227,18 +251,23 @@ def count_pass(
     cut = floor_to_dtype(float(thresholds[0]), prep.x.dtype)
     for blk in iter_blocks(prep, block_size, shard):
         if blk.pos_sims.numel():
-            b = torch.searchsorted(th, blk.pos_sims.to(torch.float64).contiguous(), right=True)
+            b = bucketize(th, blk.pos_sims.to(torch.float64).contiguous())
             pos += torch.bincount(blk.pos_codes * kp1 + b, minlength=nbins)
-        idx = torch.nonzero(blk.sims >= cut)
-        if idx.shape[0] == 0:
+        flat, v32 = select_ge(blk.sims, cut)
+        if flat.shape[0] == 0:
             continue
-        rows, cols = idx[:, 0], idx[:, 1]
-        v = blk.sims[rows, cols].to(torch.float64)
-        b = torch.searchsorted(th, v, right=True)
-        keys = torch.cat(
-            [prep.codes_t[blk.row0 + rows] * kp1 + b, prep.codes_t[blk.col0 + cols] * kp1 + b]
-        )
-        neg += torch.bincount(keys, minlength=nbins)
+        ncols = blk.sims.shape[1]
+        rows = torch.div(flat, ncols, rounding_mode="floor")
+        cols = flat - rows * ncols
+        b = bucketize(th, v32.to(torch.float64))
+        # Rows / columns of a block cover a contiguous range of class codes (class-sorted order),
+        # so a small local bincount over that range replaces scattered updates of the C x K table.
+        for first, idx in ((blk.row0, rows), (blk.col0, cols)):
+            last = first + ncols - 1 if idx is cols else first + blk.sims.shape[0] - 1
+            c0, c1 = int(prep.codes[first]), int(prep.codes[last])
+            cls = prep.codes_t.index_select(0, idx + first) - c0
+            local = torch.bincount(cls * kp1 + b, minlength=(c1 - c0 + 1) * kp1)
+            neg[c0 * kp1 : (c1 + 1) * kp1] += local
     return CountState(neg=neg.cpu().numpy().reshape(c, kp1), pos=pos.cpu().numpy().reshape(c, kp1))
 
 

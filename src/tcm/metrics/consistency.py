@@ -33,8 +33,8 @@ from typing import Any
 import numpy as np
 
 from tcm._validation import ArrayLike
-from tcm.metrics._passes import CountState, count_pass, hist_pass, negative_quantiles
 from tcm.metrics._pairs import Prepared, check_block_size, prepare
+from tcm.metrics._passes import CountState, count_pass, hist_pass, negative_quantiles
 
 __all__ = [
     "OperatingPoint",
@@ -173,8 +173,11 @@ class SimilarityHistogram:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-serialisable dict (arrays -> lists)."""
-        return {"edges": _jsonable(self.edges), "pos": _jsonable(self.pos),
-                "neg": _jsonable(self.neg)}
+        return {
+            "edges": _jsonable(self.edges),
+            "pos": _jsonable(self.pos),
+            "neg": _jsonable(self.neg),
+        }
 
 
 # ----------------------------------------------------------------------------- validation
@@ -252,8 +255,12 @@ def _utility(tar: np.ndarray, trr: np.ndarray) -> np.ndarray:
 
 
 def _opis_from_utility(u: np.ndarray) -> float:
-    """OPIS from the ``(T, K)`` utility matrix."""
-    return float(np.mean(np.mean((u - u.mean(axis=0, keepdims=True)) ** 2, axis=0)))
+    """OPIS from the ``(T, K)`` utility matrix.
+
+    The variance is computed on ``u - u[0]`` (shift-invariant), which makes it exactly 0 when all
+    classes have identical curves and reduces cancellation."""
+    d = u - u[:1]
+    return float(np.mean(np.mean((d - d.mean(axis=0, keepdims=True)) ** 2, axis=0)))
 
 
 def _eps_opis_from_utility(u: np.ndarray, eps: float) -> float:
@@ -264,7 +271,9 @@ def _eps_opis_from_utility(u: np.ndarray, eps: float) -> float:
     return float(np.mean((s[t - m :].mean(axis=0) - s[:m].mean(axis=0)) ** 2))
 
 
-def _rates(prep: Prepared, state: CountState) -> tuple[np.ndarray, np.ndarray, float, float]:
+def _rates(
+    prep: Prepared, state: CountState
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """All-class ``(C, K)`` TAR and FAR plus global TAR / FAR vectors from a count state."""
     n = prep.n
     nc = prep.counts.astype(np.float64)
@@ -278,7 +287,7 @@ def _rates(prep: Prepared, state: CountState) -> tuple[np.ndarray, np.ndarray, f
     p, m = prep.num_positive_pairs, prep.num_negative_pairs
     gtar = pos_acc.sum(axis=0) / p if p > 0 else np.zeros(pos_acc.shape[1])
     gfar = (neg_acc.sum(axis=0) // 2) / m
-    return tar, far, gtar, gfar  # type: ignore[return-value]
+    return tar, far, np.asarray(gtar, dtype=np.float64), np.asarray(gfar, dtype=np.float64)
 
 
 # ----------------------------------------------------------------------------- public API
@@ -340,8 +349,12 @@ def threshold_consistency(
     bs = check_block_size(block_size, prep)
     included = _check_pairs(prep)
     t_min, t_max = negative_quantiles(
-        prep, [1.0 - f_hi, 1.0 - f_lo], bs, exact_cutoff=exact_cutoff,
-        sample_size=sample_size, seed=seed,
+        prep,
+        [1.0 - f_hi, 1.0 - f_lo],
+        bs,
+        exact_cutoff=exact_cutoff,
+        sample_size=sample_size,
+        seed=seed,
     )
     thresholds = np.linspace(t_min, t_max, k)
     state = count_pass(prep, thresholds, bs)
@@ -419,9 +432,11 @@ def operating_point(
         >>> op.tar.tolist(), op.far.tolist(), float(op.global_far)
         ([1.0, 1.0], [0.0, 0.0], 0.0)
     """
-    if isinstance(threshold, bool) or not isinstance(
-        threshold, (int, float, np.integer, np.floating)
-    ) or not math.isfinite(float(threshold)):
+    if (
+        isinstance(threshold, bool)
+        or not isinstance(threshold, (int, float, np.integer, np.floating))
+        or not math.isfinite(float(threshold))
+    ):
         raise ValueError(f"threshold must be a finite number; got {threshold!r}")
     t = float(threshold)
     prep = prepare(embeddings, labels)

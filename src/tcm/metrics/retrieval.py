@@ -48,7 +48,14 @@ import numpy as np
 import torch
 
 from tcm._validation import ArrayLike, as_embeddings, encode_labels, l2_normalize
-from tcm.metrics._knn import FaissSearcher, Searcher, TorchSearcher, exact_topk, faiss_available
+from tcm.metrics._knn import (
+    FaissSearcher,
+    Searcher,
+    TorchSearcher,
+    exact_topk,
+    faiss_available,
+    symmetric_candidates,
+)
 
 __all__ = [
     "PerClassRetrieval",
@@ -67,6 +74,7 @@ _CPU_BLOCK_BYTES = 64 << 20
 _CUDA_BLOCK_BYTES = 512 << 20
 _MAX_CHUNK = 8192
 _FAISS_CHUNK = 4096
+_SYM_MAX_K = 64  # above this, running top-k state for all N rows costs more than it saves
 
 
 def _jsonable(a: np.ndarray) -> list[Any]:
@@ -247,6 +255,11 @@ def _as_index_array(query_indices: ArrayLike | slice | None, n: int) -> np.ndarr
     return arr
 
 
+def _sym_block(device: torch.device) -> int:
+    budget = _CUDA_BLOCK_BYTES if device.type == "cuda" else _CPU_BLOCK_BYTES
+    return int(max(256, (budget // 8) ** 0.5))  # tile + its transposed copy, float32
+
+
 def _auto_chunk(n_gallery: int, elem_bytes: int, device: torch.device, backend: str) -> int:
     if backend == "faiss":
         return _FAISS_CHUNK
@@ -327,13 +340,29 @@ def retrieval_per_query(
         chunk = chunk_size or _auto_chunk(ng, gn.element_size(), device, backend_used)
         n_avail = ng - int(loo)
         kmax = ks_t[-1]
+        # score width shared by every chunk and shard, so float sums are bit-identical
+        q_r_max = int(counts[q_codes_np].max()) - int(loo)
+        width = min(max(kmax, q_r_max), n_avail)
+        k_all = min(max(kmax, int(r_all.max())), n_avail)
+        pre: torch.Tensor | None = None
+        if loo and backend_used == "torch" and query_indices is None and k_all <= _SYM_MAX_K:
+            # all queries = whole gallery: compute each similarity tile once (symmetry)
+            block = chunk_size or _sym_block(device)
+            kk = min(k_all + 8, n_avail)
+            cand = symmetric_candidates(gn, kk, block)
+            vq = torch.from_numpy(sel[valid_pos]).to(device)
+            pre = exact_topk(searcher, qn[vq], gn, k_all, vq, initial=(cand[0][vq], cand[1][vq]))
+            del cand
         for lo in range(0, valid_pos.size, chunk):
             pos = torch.from_numpy(valid_pos[lo : lo + chunk]).to(device)
             qi = torch.from_numpy(sel[valid_pos[lo : lo + chunk]]).to(device)
             rc = r_t[pos]
-            k = min(max(kmax, int(rc.max())), n_avail)
-            idx = exact_topk(searcher, qn[qi], gn, k, qi if loo else None)
-            h, ap, rp = _chunk_scores(g_codes[idx], q_codes[qi], rc, ks_t)
+            if pre is not None:
+                idx = pre[lo : lo + chunk]
+            else:
+                k = min(max(kmax, int(rc.max())), n_avail)
+                idx = exact_topk(searcher, qn[qi], gn, k, qi if loo else None)
+            h, ap, rp = _chunk_scores(g_codes[idx], q_codes[qi], rc, ks_t, width)
             p = pos.cpu().numpy()
             hits[p] = h.cpu().numpy()
             map_r[p] = ap.cpu().numpy()
@@ -354,14 +383,21 @@ def retrieval_per_query(
 
 
 def _chunk_scores(
-    nn_codes: torch.Tensor, q_codes: torch.Tensor, r: torch.Tensor, ks: tuple[int, ...]
+    nn_codes: torch.Tensor,
+    q_codes: torch.Tensor,
+    r: torch.Tensor,
+    ks: tuple[int, ...],
+    width: int,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Vectorised metrics for ``B`` queries from their ``(B, k)`` neighbour label codes.
 
-    ``rel = nn_codes == q_codes[:, None]``; hits ``(B, len(ks))``; MAP@R and R-precision
+    ``rel = nn_codes == q_codes[:, None]`` (padded with ``False`` to ``width >= k`` columns so
+    that every chunk sums over the same width); hits ``(B, len(ks))``; MAP@R and R-precision
     ``(B,)`` float64 via a cumulative sum over ``rel`` restricted to the first ``R`` columns.
     """
     rel = nn_codes == q_codes[:, None]  # (B, k)
+    if rel.shape[1] < width:
+        rel = torch.nn.functional.pad(rel, (0, width - rel.shape[1]), value=False)
     k = rel.shape[1]
     cols = torch.arange(1, k + 1, device=rel.device)
     rel_r = rel & (cols[None, :] <= r[:, None])  # relevant and within the first R

@@ -176,6 +176,7 @@ def build_backbone(
         if imagenet:
             state = torch.load(efficientnet_lite0_weights(), map_location="cpu", weights_only=True)
             net.load_state_dict(state)
+        net._fc = nn.Identity()  # classifier unused (and would confuse DDP's unused-param check)
         return _EfficientNetLiteFeatures(net), 1280
     if name.startswith("timm:"):
         model_name = name[len("timm:") :]
@@ -188,6 +189,4 @@ def build_backbone(
         except RuntimeError as exc:
             raise ValueError(f"timm does not know the model {model_name!r}: {exc}") from exc
         return _TimmFeatures(tnet), int(tnet.num_features)
-    raise ValueError(
-        f"unknown backbone {name!r}; choose one of {', '.join(available_backbones())}"
-    )
+    raise ValueError(f"unknown backbone {name!r}; choose one of {', '.join(available_backbones())}")

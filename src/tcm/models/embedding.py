@@ -142,7 +142,9 @@ def model_from_spec(spec: ModelSpec | Mapping[str, Any]) -> EmbeddingModel:
 def _extract_state_dict(obj: Any, path: Path) -> dict[str, torch.Tensor]:
     if isinstance(obj, Mapping) and "model" in obj and isinstance(obj["model"], Mapping):
         obj = obj["model"]  # a tcm training checkpoint
-    elif isinstance(obj, Mapping) and "state_dict" in obj and isinstance(obj["state_dict"], Mapping):
+    elif (
+        isinstance(obj, Mapping) and "state_dict" in obj and isinstance(obj["state_dict"], Mapping)
+    ):
         obj = obj["state_dict"]
     if not isinstance(obj, Mapping) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise ValueError(f"{path} does not contain a state dict (a mapping of name -> tensor)")
@@ -171,14 +173,16 @@ def load_pretrained_backbone(model: EmbeddingModel, path: str | Path) -> None:
         raise ValueError(f"pretrained weights file not found: {p}")
     try:
         obj = torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - any unpickling problem becomes a ValueError
+    except Exception as exc:
         raise ValueError(f"could not read pretrained weights from {p}: {exc}") from exc
     sd = _strip(_extract_state_dict(obj, p), "module.")
     if any(k.startswith("backbone.") for k in sd):
         sd = {k[len("backbone.") :]: v for k, v in sd.items() if k.startswith("backbone.")}
     target = model.backbone.state_dict()
-    if target and all(k.startswith("net.") for k in target) and not any(
-        k.startswith("net.") for k in sd
+    if (
+        target
+        and all(k.startswith("net.") for k in target)
+        and not any(k.startswith("net.") for k in sd)
     ):
         sd = {"net." + k: v for k, v in sd.items()}
     ignored = IGNORED_PRETRAINED_PREFIXES.get(model.spec.backbone, ())

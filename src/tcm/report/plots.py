@@ -335,7 +335,11 @@ def plot_accuracy_consistency(
         )
     xr = float(x.max() - x.min()) or max(float(x.max()), 1e-4)
     yr = float(y.max() - y.min()) or 0.05
-    ax.set_xlim(max(0.0, float(x.min()) - 0.25 * xr), float(x.max()) + 0.6 * xr)
+    x_hi = float(x.max()) + 0.6 * xr
+    x_lo = float(x.min()) - 0.25 * xr
+    if x_lo < 0.0:  # OPIS >= 0: keep a small margin left of 0 so markers are not clipped
+        x_lo = -0.04 * x_hi
+    ax.set_xlim(x_lo, x_hi)
     ax.set_ylim(max(0.0, float(y.min()) - 0.3 * yr), min(1.02, float(y.max()) + 0.3 * yr))
     ax.ticklabel_format(axis="x", style="sci", scilimits=(-2, 3))
     ax.set_xlabel("OPIS  (threshold inconsistency, lower = better)")

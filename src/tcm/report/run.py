@@ -157,7 +157,7 @@ class ReportRun:
                     f"run {self.name!r}: metric {key!r} must be a fraction in [0, 1] (not "
                     f"percent); got {val}"
                 )
-            if canon.endswith("OPIS") and val < 0.0:
+            if canon in METRIC_KEYS and "OPIS" in canon and val < 0.0:
                 raise ValueError(f"run {self.name!r}: metric {key!r} must be >= 0; got {val}")
             out[canon] = val
         return out

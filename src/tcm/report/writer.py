@@ -51,15 +51,15 @@ _HIGHER_IS_BETTER = {"R@1", "MAP@R"}
 
 
 def format_metric(key: str, value: float) -> str:
-    """Table text of a metric: fractions with 4 decimals, OPIS values as ``x.xxxe-yy``.
+    """Table text of a metric: fractions with 4 decimals, (ε-)OPIS values as ``x.xxxe-yy``.
 
     Example:
-        >>> format_metric("R@1", 0.81234), format_metric("OPIS", 0.0012345)
+        >>> format_metric("R@1", 0.81234), format_metric("eps-OPIS@5%", 0.0012346)
         ('0.8123', '1.235e-03')
     """
     if key in ("R@1", "MAP@R"):
         return f"{value:.4f}"
-    if key.endswith("OPIS"):
+    if "OPIS" in key:
         return f"{value:.3e}"
     return f"{value:.4g}"
 

@@ -63,7 +63,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         raise ValueError(f"checkpoint not found: {p}")
     try:
         obj = torch.load(p, map_location=map_location, weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - report any corruption as ValueError
+    except Exception as exc:
         raise ValueError(f"checkpoint {p} is unreadable or corrupt: {exc}") from exc
     if not isinstance(obj, dict):
         raise ValueError(f"checkpoint {p} is not a mapping (got {type(obj).__name__})")

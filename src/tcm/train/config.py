@@ -244,9 +244,7 @@ def apply_overrides(data: Mapping[str, Any], overrides: Sequence[str]) -> dict[s
                 nxt = {"enabled": nxt}
                 node[k] = nxt
             if not isinstance(nxt, dict):
-                raise ValueError(
-                    f"override {item!r}: {'.'.join(keys[: i + 1])} is not a section"
-                )
+                raise ValueError(f"override {item!r}: {'.'.join(keys[: i + 1])} is not a section")
             node = nxt
         node[keys[-1]] = value
     return out

@@ -142,7 +142,7 @@ def _label(key: str) -> str:
     if key.startswith("recall_at_"):
         return "Recall@" + key[len("recall_at_") :]
     if key.startswith("epsilon_opis_"):
-        return f"eps-OPIS {float(key[len('epsilon_opis_'):]) * 100:g}%"
+        return f"eps-OPIS {float(key[len('epsilon_opis_') :]) * 100:g}%"
     if key.startswith("tar_at_far_"):
         return "TAR@FAR=" + key[len("tar_at_far_") :]
     if key.startswith("threshold_at_far_"):
@@ -158,10 +158,16 @@ def metric_table(runs: dict[str, dict[str, float]], keys: Sequence[str] | None =
     rows = [[_label(k)] + [_fmt(runs[n].get(k)) for n in names] for k in keys]
     header = ["metric", *names]
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-    line = "  ".join(h.ljust(w) if i == 0 else h.rjust(w) for i, (h, w) in enumerate(zip(header, widths, strict=True)))
+    line = "  ".join(
+        h.ljust(w) if i == 0 else h.rjust(w)
+        for i, (h, w) in enumerate(zip(header, widths, strict=True))
+    )
     sep = "  ".join("-" * w for w in widths)
     body = [
-        "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths, strict=True)))
+        "  ".join(
+            c.ljust(w) if i == 0 else c.rjust(w)
+            for i, (c, w) in enumerate(zip(r, widths, strict=True))
+        )
         for r in rows
     ]
     return "\n".join([line, sep, *body])

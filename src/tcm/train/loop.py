@@ -63,9 +63,20 @@ __all__ = [
 
 CHECKPOINT_FORMAT = "tcm-checkpoint-v1"
 _CSV_FIELDS = [
-    "kind", "step", "epoch", "loss", "base", "tcm", "lr", "recall_at_1", "map_at_r", "opis",
-    "epsilon_opis_0.05", "epsilon_opis_0.1", "elapsed_s",
-]  # fmt: skip
+    "kind",
+    "step",
+    "epoch",
+    "loss",
+    "base",
+    "tcm",
+    "lr",
+    "recall_at_1",
+    "map_at_r",
+    "opis",
+    "epsilon_opis_0.05",
+    "epsilon_opis_0.1",
+    "elapsed_s",
+]
 
 
 class TrainingDivergedError(RuntimeError):
@@ -117,7 +128,7 @@ def _resolve_device(cfg: TrainingConfig, local_rank: int) -> torch.device:
 
 
 def _rng_state() -> dict[str, Any]:
-    np_state = np.random.get_state()
+    np_state = np.random.get_state()  # noqa: NPY002 - global state is saved
     py_state = random.getstate()
     state: dict[str, Any] = {
         "torch": torch.get_rng_state(),
@@ -137,7 +148,7 @@ def _rng_state() -> dict[str, Any]:
 def _set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"].cpu())
     n = state["numpy"]
-    np.random.set_state(
+    np.random.set_state(  # noqa: NPY002
         ("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached"])
     )
     py = state["python"]
@@ -148,7 +159,7 @@ def _set_rng_state(state: dict[str, Any]) -> None:
 
 def _seed_everything(seed: int) -> None:
     random.seed(seed)
-    np.random.seed(seed % (2**32))
+    np.random.seed(seed % (2**32))  # noqa: NPY002 - seeds user code too
     torch.manual_seed(seed)
 
 
@@ -213,7 +224,7 @@ class _SigintFlag:
 class _CsvLog:
     def __init__(self, path: Path, append: bool) -> None:
         new = not (append and path.is_file())
-        self._fh: IO[str] = open(path, "a" if not new else "w", newline="", encoding="utf-8")  # noqa: SIM115
+        self._fh: IO[str] = open(path, "a" if not new else "w", newline="", encoding="utf-8")
         self._w = csv.DictWriter(self._fh, fieldnames=_CSV_FIELDS, extrasaction="ignore")
         if new:
             self._w.writeheader()
@@ -247,12 +258,12 @@ def save_embeddings(
             metadata={"class_names": json.dumps(names.tolist())},
         )
         return atomic_write(p, lambda fh: fh.write(blob))  # type: ignore[func-returns-value]
-    return atomic_write(
-        p, lambda fh: np.savez(fh, embeddings=emb, labels=lab, class_names=names)
-    )
+    return atomic_write(p, lambda fh: np.savez(fh, embeddings=emb, labels=lab, class_names=names))
 
 
-def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[EmbeddingModel, dict[str, Any]]:
+def load_model(
+    path: str | Path, device: str | torch.device = "cpu"
+) -> tuple[EmbeddingModel, dict[str, Any]]:
     """Rebuild the model stored in a tcm checkpoint; returns ``(model in eval mode, checkpoint)``.
 
     Raises:
@@ -318,8 +329,22 @@ def train(
 
         d = cfg.data
         kw = dict(d.options)
-        train_ds = tdata.load(d.name, split=d.train_split, root=d.root, image_size=d.image_size, transform="default", **kw)
-        test_ds = tdata.load(d.name, split=d.test_split, root=d.root, image_size=d.image_size, transform="default", **kw)
+        train_ds = tdata.load(
+            d.name,
+            split=d.train_split,
+            root=d.root,
+            image_size=d.image_size,
+            transform="default",
+            **kw,
+        )
+        test_ds = tdata.load(
+            d.name,
+            split=d.test_split,
+            root=d.root,
+            image_size=d.image_size,
+            transform="default",
+            **kw,
+        )
         model = build_model(
             cfg.model.backbone,
             cfg.model.embedding_dim,
@@ -363,7 +388,9 @@ def train(
                 model.load_state_dict(ck["model"])
                 loss_fn.load_state_dict(ck["loss"])
             except RuntimeError as exc:
-                raise ValueError(f"cannot resume from {last_path}: the config's model/loss differs ({exc})") from exc
+                raise ValueError(
+                    f"cannot resume from {last_path}: the config's model/loss differs ({exc})"
+                ) from exc
             optimizer.load_state_dict(ck["optimizer"])
             scheduler.load_state_dict(ck["scheduler"])
             if ck.get("scaler"):
@@ -437,16 +464,26 @@ def train(
             idx = None
             mc = cfg.eval.max_classes
             if mc is not None and test_ds.num_classes > mc:
-                keep = np.random.default_rng(cfg.seed).choice(test_ds.num_classes, mc, replace=False)
+                keep = np.random.default_rng(cfg.seed).choice(
+                    test_ds.num_classes, mc, replace=False
+                )
                 idx = np.flatnonzero(np.isin(np.asarray(test_ds.labels), keep))
             emb, lab = embed_dataset(
-                _unwrap(net), test_ds, batch_size=cfg.eval.batch_size, device=device,
-                rank=rank, world_size=world, indices=idx,
-            )  # fmt: skip
+                _unwrap(net),
+                test_ds,
+                batch_size=cfg.eval.batch_size,
+                device=device,
+                rank=rank,
+                world_size=world,
+                indices=idx,
+            )
             metrics = compute_metrics(
-                emb, lab, far_range=cfg.eval.far_range, num_thresholds=cfg.eval.num_thresholds,
+                emb,
+                lab,
+                far_range=cfg.eval.far_range,
+                num_thresholds=cfg.eval.num_thresholds,
                 epsilons=cfg.eval.epsilons,
-            )  # fmt: skip
+            )
             evaluate.last = (emb, lab)  # type: ignore[attr-defined]
             return metrics
 
@@ -462,12 +499,20 @@ def train(
             if rank != 0:
                 return
             say(
-                f"eval step {step}: R@1 {metrics['recall_at_1']:.4f}  MAP@R {metrics['map_at_r']:.4f}"
-                f"  OPIS {metrics['opis']:.4g}  eps-OPIS(5%) {metrics.get('epsilon_opis_0.05', float('nan')):.4g}"
+                f"eval step {step}: R@1 {metrics['recall_at_1']:.4f}"
+                f"  MAP@R {metrics['map_at_r']:.4f}"
+                f"  OPIS {metrics['opis']:.4g}"
+                f"  eps-OPIS(5%) {metrics.get('epsilon_opis_0.05', float('nan')):.4g}"
                 + ("  (best)" if improved else "")
             )
             assert csv_log is not None
-            csv_log.row(kind="eval", step=step, epoch=epoch, elapsed_s=round(time.monotonic() - t0, 2), **metrics)
+            csv_log.row(
+                kind="eval",
+                step=step,
+                epoch=epoch,
+                elapsed_s=round(time.monotonic() - t0, 2),
+                **metrics,
+            )
             if tb is not None:
                 for k, v in metrics.items():
                     tb.add_scalar(f"eval/{k}", v, step)
@@ -477,17 +522,28 @@ def train(
                 save_embeddings(out / "embeddings.npz", emb, lab, list(test_ds.class_names))
             write_ckpt(last_path, rngs)
             summary = {"history": history, "best": best, "last": metrics, "steps": step}
-            atomic_write(out / "metrics.json", lambda fh: fh.write(json.dumps(summary, indent=2).encode()))
+            atomic_write(
+                out / "metrics.json", lambda fh: fh.write(json.dumps(summary, indent=2).encode())
+            )
 
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=total, initial=step, disable=not (cfg.train.progress and rank == 0), unit="step", desc="train")
+        bar = tqdm(
+            total=total,
+            initial=step,
+            disable=not (cfg.train.progress and rank == 0),
+            unit="step",
+            desc="train",
+        )
         evaluated_at = history[-1]["step"] if history else -1
         net.train()
         try:
             with sig.installed():
                 if (
-                    resume and step > 0 and in_epoch == 0 and evaluated_at != step
+                    resume
+                    and step > 0
+                    and in_epoch == 0
+                    and evaluated_at != step
                     and (epoch % cfg.train.eval_every == 0 or epoch == cfg.train.epochs)
                 ):  # interrupted after the last step of an epoch, before its evaluation
                     on_eval(evaluate())
@@ -497,9 +553,12 @@ def train(
                     batches = list(sampler)[:per_epoch]
                     gen = torch.Generator().manual_seed(cfg.seed * 100003 + epoch)
                     loader = DataLoader(
-                        train_ds, batch_sampler=batches[in_epoch:], num_workers=d.num_workers,
-                        generator=gen, pin_memory=device.type == "cuda",
-                    )  # fmt: skip
+                        train_ds,
+                        batch_sampler=batches[in_epoch:],
+                        num_workers=d.num_workers,
+                        generator=gen,
+                        pin_memory=device.type == "cuda",
+                    )
                     for images, labels in loader:
                         images = images.to(device, non_blocking=True)
                         labels = torch.as_tensor(labels).to(device)
@@ -513,8 +572,9 @@ def train(
                         if not bool(torch.isfinite(loss.detach())):
                             lr_now = cfg.optim.lr
                             raise TrainingDivergedError(
-                                f"loss is {float(loss.detach())} at step {step + 1} (epoch {epoch + 1}); "
-                                f"training stopped. Try a lower learning rate, e.g. optim.lr={lr_now / 10:g} "
+                                f"loss is {float(loss.detach())} at step {step + 1} "
+                                f"(epoch {epoch + 1}); training stopped. Try a lower learning "
+                                f"rate, e.g. optim.lr={lr_now / 10:g} "
                                 f"(now {lr_now:g}), or enable optim.warmup_steps / train.grad_clip"
                             )
                         optimizer.zero_grad(set_to_none=True)
@@ -543,11 +603,15 @@ def train(
                             base = terms.get("base")
                             tcmv = terms.get("tcm")
                             row = {
-                                "kind": "train", "step": step, "epoch": epoch, "loss": lv, "lr": lr,
+                                "kind": "train",
+                                "step": step,
+                                "epoch": epoch,
+                                "loss": lv,
+                                "lr": lr,
                                 "base": None if base is None else float(base),
                                 "tcm": None if tcmv is None else float(tcmv),
                                 "elapsed_s": round(time.monotonic() - t0, 2),
-                            }  # fmt: skip
+                            }
                             assert csv_log is not None
                             csv_log.row(**row)
                             bar.set_postfix(loss=f"{lv:.4f}")
@@ -565,7 +629,9 @@ def train(
                             dist.all_reduce(stop)
                         if bool(stop.item() > 0):
                             raise KeyboardInterrupt
-                        if in_epoch == 0 and (epoch % cfg.train.eval_every == 0 or epoch == cfg.train.epochs):
+                        if in_epoch == 0 and (
+                            epoch % cfg.train.eval_every == 0 or epoch == cfg.train.epochs
+                        ):
                             on_eval(evaluate())
                             evaluated_at = step
                         if step >= total:
@@ -580,7 +646,10 @@ def train(
             rngs = all_rng() if world > 1 else [rng_snapshot]
             if rank == 0:
                 write_ckpt(last_path, rngs)
-                say(f"\ninterrupted at step {pos_snapshot[0]}: saved {last_path}; continue with --resume")
+                say(
+                    f"\ninterrupted at step {pos_snapshot[0]}: saved {last_path}; "
+                    "continue with --resume"
+                )
         finally:
             bar.close()
             if csv_log is not None:
