@@ -1,6 +1,7 @@
 """Benchmark: TCM loss forward+backward time and peak memory, ours vs pytorch-metric-learning.
 
-Each (method, batch size) runs in its own subprocess under a memory limit (``RLIMIT_AS`` on CPU),
+Each (method, batch size) runs in its own subprocess under a memory limit (``RLIMIT_AS`` on CPU:
+the address space after imports plus ``--mem-gb``),
 so an out-of-memory peer shows up as "OOM" in the table instead of crashing the run.
 
 Usage (tiny check)::
@@ -52,20 +53,34 @@ def _make_loss(method: str) -> Any:
     raise ValueError(f"unknown method {method!r}; valid: tcm, pml_tcm, smooth_ap, rsk")
 
 
+def _vm_size_bytes() -> int:
+    """Current virtual address-space size of this process (Linux ``/proc``; 0 if unknown)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("VmSize:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
 def _worker(
     method: str, b: int, dim: int, repeats: int, device: str, mem_gb: float
 ) -> dict[str, Any]:
     import torch
 
-    if device == "cpu" and mem_gb > 0:
-        limit = int(mem_gb * 2**30)
-        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
     dev = torch.device(device)
     g = torch.Generator().manual_seed(0)
     x = torch.randn(b, dim, generator=g).to(dev)
     labels = torch.arange(b // 4).repeat_interleave(4)[:b]
     labels = torch.cat([labels, torch.zeros(b - labels.numel(), dtype=torch.long)]).to(dev)
     loss_fn = _make_loss(method)
+    if device == "cpu" and mem_gb > 0:
+        # The limit is on address space *added* after imports and set-up (torch alone maps ~3 GiB
+        # of virtual memory that is never resident), i.e. roughly the memory the loss may use.
+        limit = _vm_size_bytes() + int(mem_gb * 2**30)
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
 
     def step() -> None:
         e = x.clone().requires_grad_(True)
@@ -144,7 +159,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--methods", nargs="+", default=list(DEFAULT_METHODS))
     p.add_argument("--device", default="cpu")
-    p.add_argument("--mem-gb", type=float, default=24.0, help="RLIMIT_AS per worker (CPU)")
+    p.add_argument(
+        "--mem-gb",
+        type=float,
+        default=24.0,
+        help="memory (GiB) a CPU worker may add after set-up (RLIMIT_AS)",
+    )
     p.add_argument("--threads", type=int, default=0, help="OMP_NUM_THREADS for workers (0: keep)")
     p.add_argument("--timeout", type=float, default=1800.0, help="seconds per (method, size)")
     p.add_argument("--json", default=None, help="also write the results to this JSON file")

@@ -132,7 +132,8 @@ def main(argv: list[str] | None = None) -> int:
             f"{pml['peak_mib']:>8.0f} {ours['peak_mib'] / pml['peak_mib']:>5.2f} | "
             f"{ours['delta_mib']:>9.0f} {pml['delta_mib']:>8.0f} "
             f"{ours['delta_mib'] / max(pml['delta_mib'], 1e-9):>5.2f} | "
-            f"{diffs[0]:>8.1e} {diffs[1]:>8.1e} {diffs[2]:>8.1e} | {'EQUAL' if equal else 'DIFF':>6} | "
+            f"{diffs[0]:>8.1e} {diffs[1]:>8.1e} {diffs[2]:>8.1e} | "
+            f"{'EQUAL' if equal else 'DIFF':>6} | "
             f"{ours['cpu_s']:>8.2f} {pml['cpu_s']:>8.2f} {pml['cpu_s'] / ours['cpu_s']:>5.2f}"
         )
         print(

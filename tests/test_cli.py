@@ -98,6 +98,17 @@ def test_train_bad_override_exits_2_naming_key(capsys: pytest.CaptureFixture[str
     assert "optim.learning_rate: unknown key" in err
 
 
+def test_train_pretrained_from_other_architecture(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from tcm.models import build_model
+
+    torch.save(build_model("resnet50", 8, image_size=32).state_dict(), tmp_path / "r50.pt")
+    assert main(["train", *TINY, "--pretrained", str(tmp_path / "r50.pt")]) == 2
+    err = capsys.readouterr().err
+    assert "do not match backbone 'small_cnn'" in err and "another architecture" in err
+
+
 def test_train_missing_config(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     assert main(["train", "--config", str(tmp_path / "x.yaml")]) == 2
     assert "config file not found" in capsys.readouterr().err

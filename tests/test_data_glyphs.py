@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 import torch
 
-from tcm.data import load
 from tcm.data import glyphs as G
+from tcm.data import load
 
 
 @pytest.fixture(scope="module")
@@ -34,11 +34,10 @@ def test_split() -> G.GlyphDataset:
 
 @pytest.fixture(scope="module")
 def small_fonts(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A font directory with 11 DejaVu fonts: fast to render, >= 10 fonts per character."""
+    """The 6 Computer Modern text fonts (~67 characters each): fast; use with min_fonts=5."""
     d = tmp_path_factory.mktemp("fonts")
     src = G.default_font_dir()
-    names = sorted(f for f in os.listdir(src) if f.startswith("DejaVu") and "Display" not in f)
-    for f in names[:11]:
+    for f in ("cmb10.ttf", "cmmi10.ttf", "cmr10.ttf", "cmss10.ttf", "cmti10.ttf", "cmtt10.ttf"):
         shutil.copy(os.path.join(src, f), d / f)
     return d
 
@@ -98,7 +97,14 @@ def test_candidate_characters(catalog: G.GlyphCatalog) -> None:
 def test_known_homoglyphs_merged(catalog: G.GlyphCatalog) -> None:
     h = catalog.homoglyphs
     kept = set(catalog.classes)
-    for latin, others in {"A": "ΑА", "B": "ΒВ", "E": "ΕЕ", "O": "ΟО0", "P": "ΡР", "I": "Ι1l"}.items():
+    for latin, others in {
+        "A": "ΑА",
+        "B": "ΒВ",
+        "E": "ΕЕ",
+        "O": "ΟО0",
+        "P": "ΡР",
+        "I": "Ι1l",
+    }.items():
         assert latin in kept
         for o in others:
             assert h[o] == latin and o not in kept
@@ -169,7 +175,13 @@ def test_find_homoglyphs_synthetic() -> None:
     # Y equals X in fonts 1, 2 (2 of 3 >= 0.5) -> merged; Z differs
     assert out == {"Y": "X"}
     assert G.find_homoglyphs(rend, np.arange(3), fraction=1.0) == {}
-    assert G.find_homoglyphs(rend, np.arange(3), threshold=0.0) == {"Y": "X"}
+    # threshold 0: only font 1 is an exact match (1 of 3 fonts) -> no merge
+    assert G.find_homoglyphs(rend, np.arange(3), threshold=0.0) == {}
+    # fraction 0.3: X~Y (font 1) and Y~Z (font 3, both boxes) -> one group via Y, rep X
+    assert G.find_homoglyphs(rend, np.arange(3), fraction=0.3, threshold=0.0) == {
+        "Y": "X",
+        "Z": "X",
+    }
 
 
 def test_render_geometry(catalog: G.GlyphCatalog) -> None:
@@ -185,14 +197,20 @@ def test_render_geometry(catalog: G.GlyphCatalog) -> None:
 
 
 def test_determinism_fresh_render(small_fonts: Path) -> None:
-    a = G.load_glyphs("train", root=small_fonts, transform=None, augment_copies=1, seed=3)
+    a = G.load_glyphs(
+        "train", root=small_fonts, min_fonts=5, transform=None, augment_copies=1, seed=3
+    )
     G._RENDER_CACHE.clear()
     G._CATALOG_CACHE.clear()
-    b = G.load_glyphs("train", root=small_fonts, transform=None, augment_copies=1, seed=3)
+    b = G.load_glyphs(
+        "train", root=small_fonts, min_fonts=5, transform=None, augment_copies=1, seed=3
+    )
     assert a.images is not b.images
     assert torch.equal(a.images, b.images)
     assert np.array_equal(a.labels, b.labels) and a.class_names == b.class_names
-    c = G.load_glyphs("train", root=small_fonts, transform=None, augment_copies=1, seed=4)
+    c = G.load_glyphs(
+        "train", root=small_fonts, min_fonts=5, transform=None, augment_copies=1, seed=4
+    )
     assert np.array_equal(a.labels, c.labels)
     aug_a = torch.stack([a.images[i] for i, f in enumerate(a.fonts) if "#aug" in f])
     aug_c = torch.stack([c.images[i] for i, f in enumerate(c.fonts) if "#aug" in f])
@@ -202,20 +220,25 @@ def test_determinism_fresh_render(small_fonts: Path) -> None:
 
 
 def test_image_size_and_transforms(small_fonts: Path) -> None:
-    ds = load("glyphs", "test", root=small_fonts, image_size=48)
+    ds = load("glyphs", "test", root=small_fonts, min_fonts=5, image_size=48)
     img, _ = ds[0]
     assert img.shape == (3, 48, 48) and img.dtype == torch.float32
     assert float(img.min()) < -1.0  # ImageNet-normalised black background
-    tr = load("glyphs", "train", root=small_fonts, image_size=48)
+    tr = load("glyphs", "train", root=small_fonts, min_fonts=5, image_size=48)
     torch.manual_seed(0)
     x1, _ = tr[0]
     torch.manual_seed(0)
     x2, _ = tr[0]
     assert torch.equal(x1, x2) and x1.shape == (3, 48, 48)
-    custom = load("glyphs", "train", root=small_fonts, transform=lambda t: t.float() * 2)
+    custom = load(
+        "glyphs", "train", root=small_fonts, min_fonts=5, transform=lambda t: t.float() * 2
+    )
     assert float(custom[0][0].max()) == 510.0
     # the class split does not depend on the image size
-    assert ds.class_names == load("glyphs", "test", root=small_fonts, transform=None).class_names
+    assert (
+        ds.class_names
+        == load("glyphs", "test", root=small_fonts, transform=None, min_fonts=5).class_names
+    )
 
 
 def test_extra_fonts_listed() -> None:
@@ -233,7 +256,7 @@ def test_error_extra_fonts_missing(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_error_bad_split(small_fonts: Path) -> None:
     with pytest.raises(ValueError, match="split must be one of"):
-        load("glyphs", "validation", root=small_fonts)
+        load("glyphs", "validation", root=small_fonts, min_fonts=5)
 
 
 def test_error_bad_image_size() -> None:
@@ -252,7 +275,7 @@ def test_error_root_missing(tmp_path: Path) -> None:
 
 
 def test_error_root_without_fonts(tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match="no .ttf/.otf fonts"):
+    with pytest.raises(ValueError, match=r"no \.ttf/\.otf fonts"):
         load("glyphs", root=tmp_path)
 
 
@@ -263,17 +286,17 @@ def test_error_too_few_fonts(small_fonts: Path) -> None:
 
 def test_error_bad_augment_copies(small_fonts: Path) -> None:
     with pytest.raises(ValueError, match="augment_copies"):
-        load("glyphs", root=small_fonts, augment_copies=-1)
+        load("glyphs", root=small_fonts, min_fonts=5, augment_copies=-1)
 
 
 def test_error_bad_transform(small_fonts: Path) -> None:
     with pytest.raises(ValueError, match="transform must be"):
-        load("glyphs", root=small_fonts, transform="fancy")
+        load("glyphs", root=small_fonts, min_fonts=5, transform="fancy")
 
 
 def test_error_bad_font_file(tmp_path: Path) -> None:
     (tmp_path / "broken.ttf").write_bytes(b"not a font")
-    with pytest.raises(ValueError, match="broken.ttf"):
+    with pytest.raises(ValueError, match=r"broken\.ttf"):
         load("glyphs", root=tmp_path)
 
 
@@ -283,7 +306,7 @@ def test_error_unknown_dataset() -> None:
 
 
 def test_index_error(small_fonts: Path) -> None:
-    ds = load("glyphs", root=small_fonts, transform=None)
+    ds = load("glyphs", root=small_fonts, min_fonts=5, transform=None)
     with pytest.raises(IndexError, match="out of range"):
         ds[len(ds)]
     assert torch.equal(ds[-1][0], ds[len(ds) - 1][0])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
@@ -14,7 +15,7 @@ from tcm.losses import SmoothAPLoss, TCMLoss, gather_no_grad, gather_with_grad
 SIZES = (5, 3)  # unequal local batch sizes on purpose
 
 
-def _data():
+def _data() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     g = torch.Generator().manual_seed(0)
     x = torch.randn(sum(SIZES), 6, generator=g, dtype=torch.float64)
     w = torch.randn(6, 4, generator=g, dtype=torch.float64)
@@ -22,7 +23,7 @@ def _data():
     return x, w, labels
 
 
-def _losses():
+def _losses() -> dict[str, torch.nn.Module]:
     return {"tcm": TCMLoss(margin_pos=0.6, margin_neg=0.1), "smooth_ap": SmoothAPLoss(0.1)}
 
 
@@ -44,6 +45,7 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
             all_lab = gather_no_grad(labels[sl])
             loss = fn(all_emb, all_lab)
             loss.backward()
+            assert w.grad is not None and emb.grad is not None
             grad_w = w.grad.clone()
             dist.all_reduce(grad_w)  # DDP-style averaging over the 2 ranks
             grad_w /= 2
@@ -64,14 +66,16 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def test_identity_without_process_group():
+def test_identity_without_process_group() -> None:
     x = torch.randn(3, 2, requires_grad=True)
     assert gather_with_grad(x) is x
     assert gather_no_grad(x) is x
 
 
-def test_ddp_two_processes_match_single_process(tmp_path):
-    mp.spawn(_worker, args=(_free_port(), str(tmp_path)), nprocs=2, join=True)
+def test_ddp_two_processes_match_single_process(tmp_path: Path) -> None:
+    mp.spawn(  # type: ignore[attr-defined]
+        _worker, args=(_free_port(), str(tmp_path)), nprocs=2, join=True
+    )
     x, w0, labels = _data()
     res = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
     for name, fn in _losses().items():
@@ -80,6 +84,7 @@ def test_ddp_two_processes_match_single_process(tmp_path):
         emb.retain_grad()
         loss = fn(emb, labels)
         loss.backward()
+        assert w.grad is not None and emb.grad is not None
         offsets = (0, SIZES[0])
         for r in range(2):
             got = res[r][name]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 import torch
 from pytorch_metric_learning import losses as pml_losses
@@ -21,20 +23,22 @@ NAMES = [
 ]
 
 
-def _batch(seed=0, b=16, d=8, classes=4):
+def _batch(
+    seed: int = 0, b: int = 16, d: int = 8, classes: int = 4
+) -> tuple[torch.Tensor, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
     emb = torch.randn(b, d, generator=g)
     labels = torch.arange(classes).repeat_interleave(b // classes)
     return emb, labels
 
 
-def test_available_losses():
+def test_available_losses() -> None:
     assert available_losses() == NAMES
 
 
 @pytest.mark.parametrize("name", NAMES)
 @pytest.mark.parametrize("tcm", [None, True, {"margin_pos": 0.8, "lambda_neg": 0.5}])
-def test_every_loss_builds_runs_and_reports_terms(name, tcm):
+def test_every_loss_builds_runs_and_reports_terms(name: str, tcm: Any) -> None:
     emb, labels = _batch()
     fn = build_loss(name, tcm=tcm, num_classes=4, embedding_dim=8)
     assert isinstance(fn, LossWithTCM)
@@ -56,7 +60,7 @@ def test_every_loss_builds_runs_and_reports_terms(name, tcm):
         assert terms["tcm"] == 0.0
 
 
-def test_base_term_equals_standalone_loss():
+def test_base_term_equals_standalone_loss() -> None:
     emb, labels = _batch(1)
     fn = build_loss("smooth_ap", tcm=True, temperature=0.05)
     fn(emb, labels)
@@ -67,14 +71,14 @@ def test_base_term_equals_standalone_loss():
     assert abs(fn2.last_terms["base"] - want) < 1e-6
 
 
-def test_tcm_false_means_no_tcm():
+def test_tcm_false_means_no_tcm() -> None:
     fn = build_loss("contrastive", tcm=False)
     assert fn.tcm is None
     assert not any(isinstance(m, TCMLoss) for m in fn.modules())
 
 
 @pytest.mark.parametrize("name", ["proxy_anchor", "arcface", "cosface"])
-def test_optimizer_updates_proxies(name):
+def test_optimizer_updates_proxies(name: str) -> None:
     emb, labels = _batch(2)
     fn = build_loss(name, tcm=True, num_classes=4, embedding_dim=8)
     params = list(fn.parameters())
@@ -87,24 +91,25 @@ def test_optimizer_updates_proxies(name):
     assert any(not torch.equal(b, p.detach()) for b, p in zip(before, params, strict=True))
 
 
-def test_triplet_uses_miner_params():
+def test_triplet_uses_miner_params() -> None:
     fn = build_loss("triplet", margin=0.1, miner_margin=0.3, type_of_triplets="hard")
-    assert fn.base.miner.margin == pytest.approx(0.3)
-    assert fn.base.miner.type_of_triplets == "hard"
-    assert fn.base.loss.margin == pytest.approx(0.1)
+    base: Any = fn.base
+    assert base.miner.margin == pytest.approx(0.3)
+    assert base.miner.type_of_triplets == "hard"
+    assert base.loss.margin == pytest.approx(0.1)
 
 
-def test_aliases_and_case():
+def test_aliases_and_case() -> None:
     assert build_loss("RS@k").name == "recall_surrogate"
     assert build_loss("Smooth-AP").name == "smooth_ap"
 
 
-def test_recall_surrogate_params_pass_through():
-    fn = build_loss("recall_surrogate", ks=(1, 2), tau1=0.05, tau2=2.0, chunk_size=3)
-    assert fn.base.ks == (1, 2) and fn.base.tau2 == 2.0 and fn.base.chunk_size == 3
+def test_recall_surrogate_params_pass_through() -> None:
+    base: Any = build_loss("recall_surrogate", ks=(1, 2), tau1=0.05, tau2=2.0, chunk_size=3).base
+    assert base.ks == (1, 2) and base.tau2 == 2.0 and base.chunk_size == 3
 
 
-def test_string_labels_for_pair_losses():
+def test_string_labels_for_pair_losses() -> None:
     emb, labels = _batch(3)
     fn = build_loss("multi_similarity", tcm=True)
     a = fn(emb, labels).item()
@@ -115,79 +120,79 @@ def test_string_labels_for_pair_losses():
 # --- error paths -------------------------------------------------------------------------------
 
 
-def test_error_unknown_name_lists_valid():
+def test_error_unknown_name_lists_valid() -> None:
     with pytest.raises(ValueError, match=r"unknown loss 'foo'.*smooth_ap"):
         build_loss("foo")
 
 
-def test_error_unknown_param_lists_valid():
+def test_error_unknown_param_lists_valid() -> None:
     with pytest.raises(ValueError, match=r"unknown parameter\(s\) \['tau'\].*temperature"):
         build_loss("smooth_ap", tau=0.1)
 
 
-def test_error_unknown_tcm_param_lists_valid():
+def test_error_unknown_tcm_param_lists_valid() -> None:
     with pytest.raises(ValueError, match=r"unknown TCM parameter\(s\) \['margin'\].*margin_pos"):
         build_loss("smooth_ap", tcm={"margin": 0.5})
 
 
-def test_error_bad_tcm_arg():
+def test_error_bad_tcm_arg() -> None:
     with pytest.raises(ValueError, match="tcm must be None, False, True or a dict"):
         build_loss("smooth_ap", tcm="yes")  # type: ignore[arg-type]
 
 
-def test_error_bad_tcm_value_propagates():
+def test_error_bad_tcm_value_propagates() -> None:
     with pytest.raises(ValueError, match="margin_neg must be < margin_pos"):
         build_loss("smooth_ap", tcm={"margin_pos": 0.2, "margin_neg": 0.4})
 
 
 @pytest.mark.parametrize("name", ["proxy_anchor", "arcface", "cosface"])
-def test_error_missing_num_classes(name):
+def test_error_missing_num_classes(name: str) -> None:
     with pytest.raises(ValueError, match="needs num_classes"):
         build_loss(name, embedding_dim=8)
 
 
 @pytest.mark.parametrize("name", ["proxy_anchor", "arcface", "cosface"])
-def test_error_missing_embedding_dim(name):
+def test_error_missing_embedding_dim(name: str) -> None:
     with pytest.raises(ValueError, match="needs embedding_dim"):
         build_loss(name, num_classes=4)
 
 
-def test_error_bad_num_classes():
+def test_error_bad_num_classes() -> None:
     with pytest.raises(ValueError, match="num_classes must be a positive integer; got 0"):
         build_loss("proxy_anchor", num_classes=0, embedding_dim=8)
 
 
-def test_error_none_without_tcm():
+def test_error_none_without_tcm() -> None:
     with pytest.raises(ValueError, match="nothing to optimise"):
         build_loss("none", tcm=False)
 
 
-def test_error_neither_term():
+def test_error_neither_term() -> None:
     with pytest.raises(ValueError, match="got neither"):
         LossWithTCM(None, None)
 
 
-def test_error_proxy_label_out_of_range():
+def test_error_proxy_label_out_of_range() -> None:
     emb, _ = _batch()
     fn = build_loss("proxy_anchor", num_classes=4, embedding_dim=8)
     with pytest.raises(ValueError, match=r"labels in \[0, 4\); got label 4"):
         fn(emb, torch.tensor([0, 1, 2, 4] * 4))
 
 
-def test_error_proxy_float_labels():
+def test_error_proxy_float_labels() -> None:
     emb, _ = _batch()
     fn = build_loss("cosface", num_classes=4, embedding_dim=8)
     with pytest.raises(ValueError, match="integer class ids"):
         fn(emb, torch.zeros(16))
 
 
-def test_error_length_mismatch():
+def test_error_length_mismatch() -> None:
     emb, labels = _batch()
     with pytest.raises(ValueError, match="length 15"):
         build_loss("contrastive", tcm=True)(emb, labels[:15])
 
 
-def test_error_non_finite():
+def test_error_non_finite() -> None:
     emb, labels = _batch()
     emb[3, 0] = float("nan")
     with pytest.raises(ValueError, match="first bad row index 3"):

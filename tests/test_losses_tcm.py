@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from typing import Any
 
 import numpy as np
 import pytest
@@ -15,7 +16,16 @@ from pytorch_metric_learning.losses import ThresholdConsistentMarginLoss
 from tcm.losses import TCMLoss
 
 
-def brute_tcm(emb, labels, ref=None, ref_labels=None, lp=1.0, ln=1.0, mp=0.9, mn=0.5):
+def brute_tcm(
+    emb: Any,
+    labels: Any,
+    ref: Any = None,
+    ref_labels: Any = None,
+    lp: float = 1.0,
+    ln: float = 1.0,
+    mp: float = 0.9,
+    mn: float = 0.5,
+) -> float:
     """Independent loop reference of docs/definitions.md §4 (float64, Python floats)."""
     x = np.asarray(emb, dtype=np.float64)
     x = x / np.linalg.norm(x, axis=1, keepdims=True)
@@ -45,7 +55,7 @@ def brute_tcm(emb, labels, ref=None, ref_labels=None, lp=1.0, ln=1.0, mp=0.9, mn
 @pytest.mark.parametrize(
     "params", [(1.0, 1.0, 0.9, 0.5), (0.5, 2.0, 0.3, 0.1), (1.0, 1.0, 0.0, -0.2)]
 )
-def test_matches_pml_without_ref(seed, params):
+def test_matches_pml_without_ref(seed: int, params: tuple[float, float, float, float]) -> None:
     lp, ln, mp, mn = params
     g = torch.Generator().manual_seed(seed)
     b = 8 + 9 * seed
@@ -59,7 +69,7 @@ def test_matches_pml_without_ref(seed, params):
     assert abs(float(ours) - brute_tcm(emb.numpy(), labels.tolist(), None, None, *params)) < 1e-5
 
 
-def test_matches_pml_gradient():
+def test_matches_pml_gradient() -> None:
     g = torch.Generator().manual_seed(3)
     emb = torch.randn(40, 8, generator=g, dtype=torch.float64)
     labels = torch.randint(0, 5, (40,), generator=g)
@@ -71,7 +81,7 @@ def test_matches_pml_gradient():
 
 
 @pytest.mark.parametrize("seed", range(4))
-def test_ref_emb_matches_brute_force(seed):
+def test_ref_emb_matches_brute_force(seed: int) -> None:
     g = torch.Generator().manual_seed(100 + seed)
     emb = torch.randn(7 + seed, 5, generator=g, dtype=torch.float64)
     ref = torch.randn(11, 5, generator=g, dtype=torch.float64)
@@ -84,7 +94,7 @@ def test_ref_emb_matches_brute_force(seed):
     assert abs(float(got) - want) < 1e-12
 
 
-def test_ref_emb_string_labels_are_compared_across_sets():
+def test_ref_emb_string_labels_are_compared_across_sets() -> None:
     emb = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
     ref = torch.tensor([[0.6, 0.8], [1.0, 0.0]])
     # "a"-"a" positive pairs: (0, 1) s=1.0 (no violation); "b"-"a": negatives (1,1) s=0 ok,
@@ -95,13 +105,13 @@ def test_ref_emb_string_labels_are_compared_across_sets():
     assert abs(want - 0.2) < 1e-6
 
 
-def test_hand_computed_value():
+def test_hand_computed_value() -> None:
     emb = torch.tensor([[1.0, 0.0], [0.8, 0.6], [0.0, 1.0]])
     # positives: s=0.8 (twice, ordered) -> 0.1; negatives: 0.0 (ok), 0.6 -> 0.1
     assert abs(float(TCMLoss()(emb, torch.tensor([0, 0, 1]))) - 0.2) < 1e-6
 
 
-def test_ordered_vs_unordered_pairs_give_same_mean():
+def test_ordered_vs_unordered_pairs_give_same_mean() -> None:
     g = torch.Generator().manual_seed(0)
     emb = torch.randn(20, 6, generator=g, dtype=torch.float64)
     labels = torch.randint(0, 3, (20,), generator=g)
@@ -124,7 +134,7 @@ def test_ordered_vs_unordered_pairs_give_same_mean():
     mp=st.floats(-0.5, 1.0),
     gap=st.floats(0.01, 1.0),
 )
-def test_properties(seed, b, scale, mp, gap):
+def test_properties(seed: int, b: int, scale: float, mp: float, gap: float) -> None:
     g = torch.Generator().manual_seed(seed)
     emb = torch.randn(b, 4, generator=g, dtype=torch.float64)
     labels = torch.randint(0, 3, (b,), generator=g)
@@ -149,14 +159,14 @@ def test_properties(seed, b, scale, mp, gap):
         assert math.isclose(pos_t + neg_t, base, abs_tol=1e-9)
 
 
-def _away_from_kinks(emb, mp, mn, tol=1e-3):
+def _away_from_kinks(emb: Any, mp: float, mn: float, tol: float = 1e-3) -> bool:
     x = emb / emb.norm(dim=1, keepdim=True)
     s = x @ x.T
     return bool(((s - mp).abs() > tol).all() and ((s - mn).abs() > tol).all())
 
 
 @pytest.mark.parametrize("use_ref", [False, True])
-def test_gradcheck_float64(use_ref):
+def test_gradcheck_float64(use_ref: bool) -> None:
     g = torch.Generator().manual_seed(7)
     mp, mn = 0.4, 0.0
     while True:
@@ -177,7 +187,7 @@ def test_gradcheck_float64(use_ref):
         assert torch.autograd.gradcheck(lambda e: fn(e, labels), (emb,), eps=1e-6, atol=1e-6)
 
 
-def test_bfloat16_autocast_cpu_finite():
+def test_bfloat16_autocast_cpu_finite() -> None:
     g = torch.Generator().manual_seed(1)
     lin = torch.nn.Linear(16, 8)
     x = torch.randn(32, 16, generator=g)
@@ -190,23 +200,23 @@ def test_bfloat16_autocast_cpu_finite():
     loss.backward()
     assert torch.isfinite(loss)
     assert loss.item() > 0
-    assert all(torch.isfinite(p.grad).all() for p in lin.parameters())
+    assert all(p.grad is not None and bool(torch.isfinite(p.grad).all()) for p in lin.parameters())
 
 
-def test_float16_input_computed_in_float32():
+def test_float16_input_computed_in_float32() -> None:
     g = torch.Generator().manual_seed(2)
     emb32 = torch.randn(32, 16, generator=g)
     labels = torch.arange(8).repeat_interleave(4)
     emb16 = emb32.half().requires_grad_(True)
     loss = TCMLoss(margin_pos=0.9, margin_neg=0.0)(emb16, labels)
     loss.backward()
-    assert loss.dtype == torch.float32
+    assert loss.dtype == torch.float32 and emb16.grad is not None
     assert torch.isfinite(loss) and torch.isfinite(emb16.grad.float()).all()
     ref = TCMLoss(margin_pos=0.9, margin_neg=0.0)(emb16.detach().float(), labels)
     assert abs(loss.item() - float(ref)) < 1e-6
 
 
-def test_no_positive_pair_zero_term_and_warns_once():
+def test_no_positive_pair_zero_term_and_warns_once() -> None:
     emb = torch.tensor([[1.0, 0.0], [0.8, 0.6], [0.0, 1.0]])
     labels = torch.tensor([0, 1, 2])
     fn = TCMLoss(margin_neg=0.5)
@@ -219,15 +229,16 @@ def test_no_positive_pair_zero_term_and_warns_once():
         fn(emb, labels)  # second time: no warning
 
 
-def test_no_violations_gives_exact_zero_with_grad():
+def test_no_violations_gives_exact_zero_with_grad() -> None:
     emb = torch.tensor([[1.0, 0.0], [1.0, 0.01], [-1.0, 0.0]], requires_grad=True)
     loss = TCMLoss()(emb, torch.tensor([0, 0, 1]))
     assert loss.item() == 0.0
     loss.backward()
+    assert emb.grad is not None
     assert torch.equal(emb.grad, torch.zeros_like(emb))
 
 
-def test_accepts_numpy_and_list_labels():
+def test_accepts_numpy_and_list_labels() -> None:
     g = torch.Generator().manual_seed(5)
     emb = torch.randn(12, 3, generator=g)
     lab = [3, 3, 5, 5, 9, 9, 3, 5, 9, 1, 1, 1]
@@ -239,12 +250,12 @@ def test_accepts_numpy_and_list_labels():
 # --- error paths -------------------------------------------------------------------------------
 
 
-def test_error_length_mismatch():
+def test_error_length_mismatch() -> None:
     with pytest.raises(ValueError, match="length 3"):
         TCMLoss()(torch.randn(4, 2), torch.tensor([0, 0, 1]))
 
 
-def test_error_ref_length_mismatch():
+def test_error_ref_length_mismatch() -> None:
     with pytest.raises(ValueError, match="ref_labels has length 2"):
         TCMLoss()(
             torch.randn(4, 2),
@@ -255,77 +266,77 @@ def test_error_ref_length_mismatch():
 
 
 @pytest.mark.parametrize("bad", [math.nan, math.inf])
-def test_error_non_finite_embeddings(bad):
+def test_error_non_finite_embeddings(bad: float) -> None:
     emb = torch.randn(4, 2)
     emb[2, 1] = bad
     with pytest.raises(ValueError, match="first bad row index 2"):
         TCMLoss()(emb, torch.tensor([0, 0, 1, 1]))
 
 
-def test_error_non_finite_ref_emb():
+def test_error_non_finite_ref_emb() -> None:
     ref = torch.randn(3, 2)
     ref[0, 0] = math.nan
     with pytest.raises(ValueError, match="ref_emb contain NaN"):
         TCMLoss()(torch.randn(2, 2), torch.tensor([0, 1]), ref, torch.tensor([0, 1, 1]))
 
 
-def test_error_not_2d():
+def test_error_not_2d() -> None:
     with pytest.raises(ValueError, match=r"shape \(4,\)"):
         TCMLoss()(torch.randn(4), torch.tensor([0, 0, 1, 1]))
 
 
-def test_error_zero_row():
+def test_error_zero_row() -> None:
     with pytest.raises(ValueError, match="all-zero"):
         TCMLoss()(torch.zeros(3, 2), torch.tensor([0, 0, 1]))
 
 
 @pytest.mark.parametrize("kw", [{"margin_pos": 1.5}, {"margin_neg": -1.2, "margin_pos": 0.3}])
-def test_error_margin_outside_range(kw):
+def test_error_margin_outside_range(kw: dict[str, float]) -> None:
     with pytest.raises(ValueError, match=r"\[-1, 1\]"):
         TCMLoss(**kw)
 
 
 @pytest.mark.parametrize(("mp", "mn"), [(0.5, 0.5), (0.3, 0.6)])
-def test_error_margin_order(mp, mn):
+def test_error_margin_order(mp: float, mn: float) -> None:
     with pytest.raises(ValueError, match="margin_neg must be < margin_pos"):
         TCMLoss(margin_pos=mp, margin_neg=mn)
 
 
 @pytest.mark.parametrize("name", ["lambda_pos", "lambda_neg"])
-def test_error_negative_lambda(name):
+def test_error_negative_lambda(name: str) -> None:
     with pytest.raises(ValueError, match=f"{name} must be >= 0; got -0.1"):
         TCMLoss(**{name: -0.1})
 
 
-def test_error_nan_param():
+def test_error_nan_param() -> None:
     with pytest.raises(ValueError, match="margin_pos must be finite"):
         TCMLoss(margin_pos=math.nan)
 
 
-def test_error_ref_emb_without_ref_labels():
+def test_error_ref_emb_without_ref_labels() -> None:
     with pytest.raises(ValueError, match="ref_emb and ref_labels must be given together"):
         TCMLoss()(torch.randn(3, 2), torch.tensor([0, 0, 1]), ref_emb=torch.randn(2, 2))
 
 
-def test_error_ref_labels_without_ref_emb():
+def test_error_ref_labels_without_ref_emb() -> None:
     with pytest.raises(ValueError, match="ref_emb and ref_labels must be given together"):
         TCMLoss()(torch.randn(3, 2), torch.tensor([0, 0, 1]), ref_labels=torch.tensor([0, 1]))
 
 
-def test_error_ref_dim_mismatch():
+def test_error_ref_dim_mismatch() -> None:
     with pytest.raises(ValueError, match="ref_emb has dimension 3"):
         TCMLoss()(
             torch.randn(3, 2), torch.tensor([0, 0, 1]), torch.randn(2, 3), torch.tensor([0, 1])
         )
 
 
-def test_error_not_a_tensor():
+def test_error_not_a_tensor() -> None:
     with pytest.raises(ValueError, match=r"must be a torch\.Tensor"):
         TCMLoss()(np.ones((3, 2)), torch.tensor([0, 0, 1]))
 
 
 @pytest.mark.parametrize("use_ref", [False, True])
-def test_custom_backward_matches_autograd_of_matrix_formula(use_ref):
+def test_custom_backward_matches_autograd_of_matrix_formula(use_ref: bool) -> None:
     from tcm.losses import tcm_loss_from_similarities
 
     g = torch.Generator().manual_seed(9)
@@ -356,7 +367,7 @@ def test_custom_backward_matches_autograd_of_matrix_formula(use_ref):
         torch.testing.assert_close(r1.grad, r2.grad, rtol=1e-10, atol=1e-12)
 
 
-def test_ref_without_grad_only_gives_batch_gradient():
+def test_ref_without_grad_only_gives_batch_gradient() -> None:
     g = torch.Generator().manual_seed(4)
     emb = torch.randn(6, 3, generator=g, requires_grad=True)
     ref = torch.randn(5, 3, generator=g)
@@ -368,7 +379,7 @@ def test_ref_without_grad_only_gives_batch_gradient():
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-def test_cuda_float16_autocast_matches_cpu():
+def test_cuda_float16_autocast_matches_cpu() -> None:
     g = torch.Generator().manual_seed(6)
     x = torch.randn(64, 32, generator=g)
     labels = torch.arange(16).repeat_interleave(4)
@@ -379,5 +390,29 @@ def test_cuda_float16_autocast_matches_cpu():
         loss = TCMLoss(margin_neg=0.0)(lin_c(x.cuda()), labels.cuda())
     loss.backward()
     assert loss.dtype == torch.float32 and torch.isfinite(loss)
-    assert all(torch.isfinite(p.grad).all() for p in lin_c.parameters())
+    assert all(
+        p.grad is not None and bool(torch.isfinite(p.grad).all()) for p in lin_c.parameters()
+    )
     assert abs(loss.item() - cpu) < 5e-3
+
+
+def test_error_labels_not_1d() -> None:
+    with pytest.raises(ValueError, match=r"labels must be 1-D; got shape \(2, 2\)"):
+        TCMLoss()(torch.randn(4, 2), torch.zeros(2, 2, dtype=torch.long))
+
+
+def test_error_ref_labels_not_1d() -> None:
+    with pytest.raises(ValueError, match=r"ref_labels must be 1-D; got shape \(1, 2\)"):
+        TCMLoss()(
+            torch.randn(2, 2), torch.tensor([0, 1]), torch.randn(2, 2), torch.ones(1, 2).long()
+        )
+
+
+def test_error_ref_labels_length_with_string_labels() -> None:
+    with pytest.raises(ValueError, match="ref_labels has length 3 but there are 2 embeddings"):
+        TCMLoss()(torch.randn(2, 2), ["a", "b"], torch.randn(2, 2), ["a", "b", "c"])
+
+
+def test_error_fractional_float_labels() -> None:
+    with pytest.raises(ValueError, match="fractional part"):
+        TCMLoss()(torch.randn(2, 2), torch.tensor([0.5, 1.0]))

@@ -413,3 +413,19 @@ def test_error_overlapping_or_mismatched_parts() -> None:
 def test_error_bad_shard() -> None:
     with pytest.raises(ValueError, match="rank=2, world_size=2"):
         shard_query_indices(10, 2, 2)
+
+
+@pytest.mark.parametrize("block", [13, 64, 1000])
+def test_symmetric_candidates_equal_dense_topk(block: int) -> None:
+    from tcm.metrics._knn import symmetric_candidates
+
+    rng = np.random.default_rng(12)
+    x = torch.tensor(rng.standard_normal((300, 5)))
+    x = x / x.norm(dim=1, keepdim=True)
+    vals, idx = symmetric_candidates(x, 9, block)
+    dense = x @ x.T
+    dense.fill_diagonal_(-torch.inf)
+    ref_v, ref_i = torch.topk(dense, 9, dim=1)
+    torch.testing.assert_close(vals, ref_v, rtol=0, atol=1e-12)
+    assert torch.equal(idx, ref_i)  # continuous data: no ties
+    assert not bool((idx == torch.arange(300)[:, None]).any())

@@ -190,6 +190,17 @@ def fake_metrics(monkeypatch: pytest.MonkeyPatch) -> FakeMetrics:
     return fake
 
 
+_TINY_PNG = b"\x89PNG\r\n\x1a\n" + b"tiny"
+
+
+@pytest.fixture
+def fast_png(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Skip PNG encoding (the slow part) in tests that only check numbers, not images."""
+    from tcm.report import writer
+
+    monkeypatch.setattr(writer, "figure_to_png", lambda fig: _TINY_PNG)
+
+
 def make_run(
     name: str, n_classes: int = 8, per_class: int = 6, noise: float = 0.7, seed: int = 0
 ) -> ReportRun:
@@ -241,7 +252,9 @@ def test_html_is_self_contained_with_one_img_per_png(
     assert not [p for p in index.parent.iterdir() if p.name.startswith(".tcm-report-")]
 
 
-def test_table_values_match_brute_force(tmp_path: Path, fake_metrics: FakeMetrics) -> None:
+def test_table_values_match_brute_force(
+    tmp_path: Path, fake_metrics: FakeMetrics, fast_png: None
+) -> None:
     run = make_run("r", n_classes=6, per_class=5, seed=3)
     far_range = (0.02, 0.2)
     index = write_report(tmp_path, [run], far_range=far_range, target_far=0.05)
@@ -262,7 +275,9 @@ def test_table_values_match_brute_force(tmp_path: Path, fake_metrics: FakeMetric
     assert f"{r1:.4f}" in html and f"{ref['opis']:.3e}" in html
 
 
-def test_given_threshold_per_class_far_frr(tmp_path: Path, fake_metrics: FakeMetrics) -> None:
+def test_given_threshold_per_class_far_frr(
+    tmp_path: Path, fake_metrics: FakeMetrics, fast_png: None
+) -> None:
     run = make_run("r", n_classes=5, per_class=4, seed=4)
     t = 0.35
     index = write_report(tmp_path, [run], threshold=t)
@@ -277,7 +292,7 @@ def test_given_threshold_per_class_far_frr(tmp_path: Path, fake_metrics: FakeMet
 
 
 def test_calibrated_threshold_uses_threshold_at_far(
-    tmp_path: Path, fake_metrics: FakeMetrics
+    tmp_path: Path, fake_metrics: FakeMetrics, fast_png: None
 ) -> None:
     run = make_run("r", seed=5)
     index = write_report(tmp_path, [run], target_far=0.05)
@@ -289,7 +304,9 @@ def test_calibrated_threshold_uses_threshold_at_far(
     assert summary["threshold"] == pytest.approx(expected)
 
 
-def test_caller_metrics_are_used_and_marked(tmp_path: Path, fake_metrics: FakeMetrics) -> None:
+def test_caller_metrics_are_used_and_marked(
+    tmp_path: Path, fake_metrics: FakeMetrics, fast_png: None
+) -> None:
     run = make_run("r")
     run.metrics = {"recall@1": 0.123456, "MAP@R": 0.0421, "R@2": 0.5}
     index = write_report(tmp_path, [run])
@@ -317,7 +334,9 @@ def test_run_names_are_escaped(tmp_path: Path, fake_metrics: FakeMetrics) -> Non
         assert re.fullmatch(r"[A-Za-z0-9_.\-]+", p.name), p.name
 
 
-def test_string_labels_and_singleton_classes(tmp_path: Path, fake_metrics: FakeMetrics) -> None:
+def test_string_labels_and_singleton_classes(
+    tmp_path: Path, fake_metrics: FakeMetrics, fast_png: None
+) -> None:
     run = make_run("r", n_classes=6, per_class=4)
     labels = np.array([f"cls<{v}>" for v in np.asarray(run.labels)], dtype=object)
     emb = np.vstack([np.asarray(run.embeddings), np.ones((1, 16))])
@@ -329,7 +348,9 @@ def test_string_labels_and_singleton_classes(tmp_path: Path, fake_metrics: FakeM
     assert "cls&lt;" in index.read_text(encoding="utf-8")
 
 
-def test_rewrite_replaces_files_atomically(tmp_path: Path, fake_metrics: FakeMetrics) -> None:
+def test_rewrite_replaces_files_atomically(
+    tmp_path: Path, fake_metrics: FakeMetrics, fast_png: None
+) -> None:
     write_report(tmp_path, [make_run("a")], title="first")
     index = write_report(tmp_path, [make_run("a")], title="second")
     assert "second" in index.read_text(encoding="utf-8")
@@ -483,6 +504,9 @@ def test_error_out_dir_is_file(tmp_path: Path, fake_metrics: FakeMetrics) -> Non
         ("opis", "OPIS"),
         ("ε-OPIS@5%", "eps-OPIS@5%"),
         ("epsilon_opis@0.1", "eps-OPIS@10%"),
+        ("epsilon_opis_0.05", "eps-OPIS@5%"),
+        ("epsilon_opis_0.1", "eps-OPIS@10%"),
+        ("map_at_r", "MAP@R"),
         ("R@4", "R@4"),
     ],
 )
@@ -554,7 +578,7 @@ def test_plots_handle_many_classes_and_degenerate_input() -> None:
 # --------------------------------------------------------------------------------------------
 
 
-def test_real_metrics_match_brute_force(tmp_path: Path) -> None:
+def test_real_metrics_match_brute_force(tmp_path: Path, fast_png: None) -> None:
     run = make_run("real", n_classes=7, per_class=5, noise=0.8, seed=11)
     far_range = (0.02, 0.2)
     index = write_report(tmp_path, [run], target_far=0.05, far_range=far_range)
@@ -577,7 +601,7 @@ def test_real_metrics_match_brute_force(tmp_path: Path) -> None:
     assert f"<td>{format_metric('OPIS', got['metrics']['OPIS'])}</td>" in html
 
 
-def test_real_metrics_accept_torch_tensors(tmp_path: Path) -> None:
+def test_real_metrics_accept_torch_tensors(tmp_path: Path, fast_png: None) -> None:
     import torch
 
     run = make_run("np", seed=2)

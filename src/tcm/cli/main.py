@@ -23,7 +23,6 @@ from typing import Any
 import numpy as np
 
 import tcm
-from tcm.train.checkpoint import atomic_write
 
 __all__ = ["build_parser", "main"]
 
@@ -36,6 +35,8 @@ def _out(text: str) -> None:
 
 
 def _write_json(path: str | Path, obj: Any) -> Path:
+    from tcm.train.checkpoint import atomic_write
+
     data = json.dumps(obj, indent=2, default=_json_default).encode()
     return atomic_write(path, lambda fh: fh.write(data))
 
@@ -93,7 +94,11 @@ def _embed_checkpoint(
     if not name:
         raise ValueError(f"pass --data: checkpoint {path} does not name its dataset")
     options = cfg.get("options", {}) if name == cfg.get("name") else {}
-    ds = tdata.load(name, split=split, root=root, image_size=model.spec.image_size, **options)
+    size = model.spec.image_size
+    transform: Any = "default"
+    if split == "train":  # embed training images with the deterministic evaluation pipeline
+        transform = tdata.load(name, split="test", root=root, image_size=size, **options).transform
+    ds = tdata.load(name, split=split, root=root, image_size=size, transform=transform, **options)
     emb, lab = embed_dataset(model, ds, batch_size=batch_size, device=dev, progress=True)
     return emb, lab, list(ds.class_names)
 
@@ -127,7 +132,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from tcm.train.evaluation import metric_table
     from tcm.train.loop import train
 
-    cfg = load_config(args.config, args.overrides)
+    overrides = list(args.overrides)
+    if args.pretrained:
+        overrides.append(f"model.pretrained={args.pretrained}")
+    cfg = load_config(args.config, overrides)
     result = train(cfg, resume=args.resume)
     if result.interrupted:
         _out(f"interrupted; resume with: tcm train --config {args.config} --resume")
@@ -338,6 +346,7 @@ DEMO_OVERRIDES: tuple[str, ...] = (
     "optim.warmup_steps=20",
     "optim.schedule=cosine",
     "train.epochs=4",
+    "train.steps_per_epoch=75",
     "train.eval_every=2",
     "train.device=cpu",
 )
@@ -406,6 +415,12 @@ def build_parser() -> argparse.ArgumentParser:
         "overrides", nargs="*", metavar="key=value", help="dotted overrides, e.g. optim.lr=1e-4"
     )
     t.add_argument("--resume", action="store_true", help="continue from OUTPUT_DIR/last.pt")
+    t.add_argument(
+        "--pretrained",
+        metavar="PATH",
+        help="local backbone state dict / checkpoint (= model.pretrained=PATH; 'imagenet' for "
+        "efficientnet_lite0)",
+    )
     t.set_defaults(func=_cmd_train)
 
     e = sub.add_parser("evaluate", help="Recall@k, MAP@R, R-precision, OPIS, eps-OPIS, TAR@FAR")
@@ -468,11 +483,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``tcm`` console script; returns the exit code."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    from tcm.train.loop import TrainingDivergedError
-
     try:
         code: int = args.func(args)
-    except TrainingDivergedError as exc:
+    except RuntimeError as exc:
+        from tcm.train.loop import TrainingDivergedError
+
+        if not isinstance(exc, TrainingDivergedError):
+            raise
         print(f"tcm {args.command}: error: {exc}", file=sys.stderr)
         return EXIT_DIVERGED
     except ValueError as exc:

@@ -241,6 +241,8 @@ def render_glyphs(fonts: list[str], image_size: int, min_fonts: int = 10) -> _Re
     total = 0
     for f, (rend, cm) in enumerate(zip(renderers, cmaps, strict=True)):
         todo = sorted(cm & index.keys(), key=ord)
+        if not todo:
+            continue
         imgs = rend.render_many(todo)
         ink = imgs.reshape(len(todo), -1).max(1) > 0
         for ch in np.asarray(todo, dtype=object)[ink].tolist():

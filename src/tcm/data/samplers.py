@@ -125,6 +125,23 @@ class ClassBalancedBatchSampler(Sampler[list[int]]):
             return rng.choice(members, size=m, replace=False)
         return rng.choice(members, size=m, replace=True)
 
+    @staticmethod
+    def _take(
+        c: int,
+        queues: list[list[int]],
+        head: list[int],
+        used: set[int],
+        chosen: list[int],
+        count_heap: list[tuple[int, int]],
+    ) -> None:
+        """Move the next group of class ``c`` into the batch being built."""
+        chosen.append(queues[c][head[c]])
+        head[c] += 1
+        used.add(c)
+        remaining = len(queues[c]) - head[c]
+        if remaining:
+            heapq.heappush(count_heap, (-remaining, c))
+
     def global_batches(self) -> list[list[int]]:
         """All ranks' batches of the current epoch, in order (rank r gets ``[r::world_size]``)."""
         rng = np.random.default_rng([self.seed, self.epoch])
@@ -166,21 +183,12 @@ class ClassBalancedBatchSampler(Sampler[list[int]]):
             chosen: list[int] = []
             used: set[int] = set()
 
-            def take(c: int) -> None:
-                g = queues[c][head[c]]
-                head[c] += 1
-                used.add(c)
-                chosen.append(g)
-                remaining = len(queues[c]) - head[c]
-                if remaining:
-                    heapq.heappush(count_heap, (-remaining, c))
-
             # a class with as many groups left as batches left must go into this batch
             while count_heap and len(chosen) < p and -count_heap[0][0] >= left:
                 neg, c = heapq.heappop(count_heap)
                 if -neg != len(queues[c]) - head[c] or c in used:
                     continue
-                take(c)
+                self._take(c, queues, head, used, chosen, count_heap)
             deferred: list[tuple[float, float, int]] = []
             while key_heap and len(chosen) < p:
                 entry = heapq.heappop(key_heap)
@@ -190,7 +198,7 @@ class ClassBalancedBatchSampler(Sampler[list[int]]):
                 if entry[0] != keys[queues[c][head[c]]] or c in used:
                     deferred.append((keys[queues[c][head[c]]], entry[1], c))
                     continue
-                take(c)
+                self._take(c, queues, head, used, chosen, count_heap)
             for entry in deferred:
                 heapq.heappush(key_heap, entry)
             for c in used:

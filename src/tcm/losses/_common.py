@@ -47,6 +47,25 @@ def check_embeddings(x: Any, name: str = "embeddings") -> torch.Tensor:
     return x
 
 
+def _is_int_tensor(t: Any) -> bool:
+    return isinstance(t, torch.Tensor) and not t.is_floating_point() and not t.is_complex()
+
+
+def _int_tensor_labels(
+    t: torch.Tensor, n: int, device: torch.device, name: str, what: str
+) -> torch.Tensor:
+    if t.ndim != 1:
+        raise ValueError(f"{name} must be 1-D; got shape {tuple(t.shape)}")
+    check_same_length(int(t.shape[0]), n, name, what)
+    return t.to(device=device, dtype=torch.int64)
+
+
+def _to_numpy(labels: Any) -> np.ndarray:
+    if isinstance(labels, torch.Tensor):
+        return labels.detach().cpu().numpy().reshape(-1)
+    return np.asarray(labels).reshape(-1)
+
+
 def label_codes(
     labels: Any,
     n: int,
@@ -55,55 +74,30 @@ def label_codes(
     ref_labels: Any = None,
     n_ref: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Return integer label tensors on ``device`` (``(N,)`` and optionally ``(R,)``).
+    """Return int64 label tensors on ``device``: ``(N,)`` and, with ``ref_labels``, ``(R,)``.
 
     Integer torch tensors are used as they are (no host round-trip); anything else (NumPy, lists,
-    strings) is encoded to dense codes with :func:`tcm._validation.encode_labels`, jointly with
-    ``ref_labels`` so that equal labels get equal codes across the two sets.
+    strings) is validated and encoded to dense codes with :func:`tcm._validation.encode_labels`,
+    jointly with ``ref_labels`` so that equal labels get equal codes across the two sets.
+
+    Raises:
+        ValueError: labels not 1-D, or length differing from ``n`` / ``n_ref``.
     """
-
-    def _is_int_tensor(t: Any) -> bool:
-        return isinstance(t, torch.Tensor) and not t.is_floating_point() and not t.is_complex()
-
     if ref_labels is None:
         if _is_int_tensor(labels):
-            if labels.ndim != 1:
-                raise ValueError(
-                    f"{name} must be 1-D of shape (N,); got shape {tuple(labels.shape)}"
-                )
-            check_same_length(int(labels.shape[0]), n, name, "embeddings")
-            return labels.to(device=device, dtype=torch.int64), None
+            return _int_tensor_labels(labels, n, device, name, "embeddings"), None
         codes, _ = encode_labels(labels, n, name)
         return torch.as_tensor(codes, device=device), None
-    assert n_ref is not None
+    if n_ref is None:
+        raise ValueError("n_ref (number of reference embeddings) is required with ref_labels")
     if _is_int_tensor(labels) and _is_int_tensor(ref_labels):
-        if labels.ndim != 1:
-            raise ValueError(f"{name} must be 1-D of shape (N,); got shape {tuple(labels.shape)}")
-        if ref_labels.ndim != 1:
-            raise ValueError(
-                f"ref_labels must be 1-D of shape (R,); got shape {tuple(ref_labels.shape)}"
-            )
-        check_same_length(int(labels.shape[0]), n, name, "embeddings")
-        check_same_length(int(ref_labels.shape[0]), n_ref, "ref_labels", "ref_emb")
         return (
-            labels.to(device=device, dtype=torch.int64),
-            ref_labels.to(device=device, dtype=torch.int64),
+            _int_tensor_labels(labels, n, device, name, "embeddings"),
+            _int_tensor_labels(ref_labels, n_ref, device, "ref_labels", "ref_emb"),
         )
-    encode_labels(labels, n, name)  # validates shape / length / values
+    encode_labels(labels, n, name)  # validates shape / length / values of each set
     encode_labels(ref_labels, n_ref, "ref_labels")
-    # Joint encoding so that codes are comparable across the two sets.
-    la = labels.detach().cpu().numpy() if isinstance(labels, torch.Tensor) else np.asarray(labels)
-    lb = (
-        ref_labels.detach().cpu().numpy()
-        if isinstance(ref_labels, torch.Tensor)
-        else np.asarray(ref_labels)
-    )
-    try:
-        joint, _ = encode_labels(np.concatenate([la.reshape(-1), lb.reshape(-1)]))
-    except TypeError as exc:  # pragma: no cover - mixed incomparable label types
-        raise ValueError(
-            f"labels ({la.dtype}) and ref_labels ({lb.dtype}) cannot be compared"
-        ) from exc
+    joint, _ = encode_labels(np.concatenate([_to_numpy(labels), _to_numpy(ref_labels)]))
     return (
         torch.as_tensor(joint[:n], device=device),
         torch.as_tensor(joint[n:], device=device),

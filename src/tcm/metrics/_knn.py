@@ -75,37 +75,8 @@ class TorchSearcher:
         s = q @ self.g.T  # (B, N) cosine similarities
         if self_idx is not None:
             s[torch.arange(q.shape[0], device=q.device), self_idx] = -torch.inf
-        return _blocked_topk(s, k)
-
-
-_BLOCK = 64
-
-
-def _blocked_topk(s: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Top-``k`` of each row of ``s`` (``(B, N)``), values descending, via group maxima.
-
-    The first ``64 * m`` columns (``m = N // 64``) are split into ``m`` groups
-    ``{j, j + m, ..., j + 63 m}``; the remaining tail columns are always candidates. The ``k``
-    groups with the largest maxima hold ``k`` elements at least as large as anything in the other
-    groups, so a top-``k`` over those ``64 k`` (+ tail) candidates is a top-``k`` of the row
-    (equal values may be chosen differently from ``torch.topk``; :func:`exact_topk` resolves
-    ties canonically). The group maxima are a contiguous, vectorised max-reduction.
-    """
-    b, n = s.shape
-    m = n // _BLOCK
-    if m <= 4 * k:
-        return torch.topk(s, k, dim=1, largest=True, sorted=True)
-    n0 = m * _BLOCK
-    s = s.contiguous()
-    gmax = s.as_strided((b, _BLOCK, m), (n, m, 1)).amax(dim=1)  # (B, m), no copy
-    _, groups = torch.topk(gmax, k, dim=1, largest=True, sorted=False)  # (B, k)
-    cols = groups[:, :, None] + m * torch.arange(_BLOCK, device=s.device)
-    cols = cols.reshape(b, k * _BLOCK)
-    if n > n0:
-        tail = torch.arange(n0, n, device=s.device).expand(b, n - n0)
-        cols = torch.cat([cols, tail], dim=1)
-    vals, pos = torch.topk(s.gather(1, cols), k, dim=1, largest=True, sorted=True)
-    return vals, cols.gather(1, pos)
+        vals, idx = torch.topk(s, k, dim=1, largest=True, sorted=True)
+        return vals, idx
 
 
 class FaissSearcher:
@@ -236,6 +207,52 @@ def exact_topk(
     return out
 
 
+def _merge_lines(
+    run_v: torch.Tensor,
+    run_i: torch.Tensor,
+    lo: int,
+    tile: torch.Tensor,
+    offset: int,
+    by_column: bool,
+) -> None:
+    """Merge a contiguous similarity tile into the running top-``kk`` of rows ``lo .. lo + L``.
+
+    ``by_column=False``: line ``l`` is row ``l`` of ``tile`` and column ``j`` is gallery item
+    ``offset + j``; ``by_column=True``: line ``l`` is column ``l`` and row ``j`` is item
+    ``offset + j``. Only entries above a line's current ``kk``-th best score can enter, so once a
+    line has seen ``kk`` items one comparison pass selects the few candidates (no full top-k).
+    """
+    s = tile.T if by_column else tile
+    lines, n = s.shape
+    hi = lo + lines
+    kk = run_v.shape[1]
+    thr = run_v[lo:hi, -1]
+    if bool(torch.isneginf(thr).any()):
+        v, c = torch.topk(s, min(kk, n), dim=1, largest=True, sorted=False)
+    else:
+        if by_column:
+            row, col = (tile > thr[None, :]).nonzero(as_tuple=True)
+            order = torch.argsort(col, stable=True)
+            r, c0 = col[order], row[order]
+        else:
+            r, c0 = (tile > thr[:, None]).nonzero(as_tuple=True)  # grouped by line
+        if r.numel() == 0:
+            return
+        cnt = torch.bincount(r, minlength=lines)
+        width = int(cnt.max())
+        start = torch.cumsum(cnt, 0) - cnt
+        slot = torch.arange(r.numel(), device=s.device) - start[r]
+        v = torch.full((lines, width), -torch.inf, dtype=s.dtype, device=s.device)
+        c = torch.zeros((lines, width), dtype=torch.int64, device=s.device)
+        v[r, slot] = s[r, c0]
+        c[r, slot] = c0
+    cv = torch.cat([run_v[lo:hi], v], dim=1)
+    ci = torch.cat([run_i[lo:hi], c + offset], dim=1)
+    top_v, pos = torch.topk(cv, kk, dim=1, largest=True, sorted=True)
+    run_v[lo:hi] = top_v
+    run_i[lo:hi] = ci.gather(1, pos)
+
+
 def symmetric_candidates(x: torch.Tensor, kk: int, block: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Leave-one-out top-``kk`` candidates of every row of ``x`` against all other rows.
 
@@ -253,24 +270,15 @@ def symmetric_candidates(x: torch.Tensor, kk: int, block: int) -> tuple[torch.Te
         raise ValueError(f"kk must be in [1, {n - 1}]; got {kk}")
     run_v = torch.full((n, kk), -torch.inf, dtype=x.dtype, device=x.device)
     run_i = torch.zeros((n, kk), dtype=torch.int64, device=x.device)
-
-    def merge(lo: int, v: torch.Tensor, c: torch.Tensor) -> None:
-        hi = lo + v.shape[0]
-        cv = torch.cat([run_v[lo:hi], v], dim=1)
-        ci = torch.cat([run_i[lo:hi], c], dim=1)
-        top_v, pos = torch.topk(cv, kk, dim=1, largest=True, sorted=True)
-        run_v[lo:hi] = top_v
-        run_i[lo:hi] = ci.gather(1, pos)
-
-    for i0 in range(0, n, block):
-        xi = x[i0 : i0 + block]
-        for j0 in range(i0, n, block):
-            s = xi @ x[j0 : j0 + block].T  # (bi, bj) cosine similarities
-            if j0 == i0:
-                s.fill_diagonal_(-torch.inf)
-            v, c = _blocked_topk(s, min(kk, s.shape[1]))
-            merge(i0, v, c + j0)
-            if j0 != i0:
-                v, r = _blocked_topk(s.T.contiguous(), min(kk, s.shape[0]))
-                merge(j0, v, r + i0)
+    starts = range(0, n, block)
+    # diagonal tiles first: afterwards every row has a finite running threshold, so all
+    # off-diagonal tiles take the cheap comparison path
+    pairs = [(i0, i0) for i0 in starts] + [(i0, j0) for i0 in starts for j0 in starts if j0 > i0]
+    for i0, j0 in pairs:
+        s = x[i0 : i0 + block] @ x[j0 : j0 + block].T  # (bi, bj) cosine similarities
+        if j0 == i0:
+            s.fill_diagonal_(-torch.inf)
+        _merge_lines(run_v, run_i, i0, s, j0, by_column=False)
+        if j0 != i0:
+            _merge_lines(run_v, run_i, j0, s, i0, by_column=True)
     return run_v, run_i

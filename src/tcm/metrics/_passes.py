@@ -122,6 +122,9 @@ def tail_pass(
         sub = select_ge(blk.sims, cut)[1].to(torch.float64)
         for q in range(nq):
             lq, hq = float(lo_a[q]), float(hi_a[q])
+            if lq == -math.inf and hq == math.inf:  # unbounded: collect everything
+                chunks[q].append(sub)
+                continue
             above[q] += torch.count_nonzero(sub > hq)
             chunks[q].append(sub[(sub >= lq) & (sub <= hq)])
     values = [torch.cat(c).cpu().numpy() if c else np.empty(0, dtype=np.float64) for c in chunks]
@@ -165,12 +168,17 @@ def negative_quantiles(
     out = np.empty(nq, dtype=np.float64)
     todo = list(range(nq))
     while todo:
-        st = tail_pass(prep, lo[todo], hi[todo], block_size)
+        # identical brackets (e.g. all unbounded on the exact path) are evaluated once
+        keys = sorted({(float(lo[k]), float(hi[k])) for k in todo})
+        st = tail_pass(prep, [a for a, _ in keys], [b for _, b in keys], block_size)
         retry: list[int] = []
-        for slot, k in enumerate(todo):
-            vals = np.sort(st.values[slot])
-            below = m - int(st.num_above[slot]) - vals.shape[0]
+        for k in todo:
+            slot = keys.index((float(lo[k]), float(hi[k])))
             i, i_next, gamma = pos[k]
+            raw = st.values[slot]
+            below = m - int(st.num_above[slot]) - raw.shape[0]
+            ranks = [r - below for r in (i, i_next) if 0 <= r - below < raw.shape[0]]
+            vals = np.partition(raw, ranks) if ranks else raw
             ok = True
             if i < below:
                 lo[k], ok = -inf, False

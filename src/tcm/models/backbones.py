@@ -88,7 +88,7 @@ class _EfficientNetLiteFeatures(nn.Module):
         self.pool = nn.AdaptiveAvgPool2d(1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        feats: torch.Tensor = self.net.extract_features(x)
+        feats: torch.Tensor = self.net.extract_features(x)  # type: ignore[operator]
         return torch.flatten(self.pool(feats), 1)
 
 

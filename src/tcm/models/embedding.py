@@ -125,10 +125,11 @@ def build_model(
 def model_from_spec(spec: ModelSpec | Mapping[str, Any]) -> EmbeddingModel:
     """Rebuild a randomly initialised model from a :class:`ModelSpec` or its dict form."""
     if not isinstance(spec, ModelSpec):
+        raw = dict(spec)
         try:
-            spec = ModelSpec(**dict(spec))
+            spec = ModelSpec(**raw)
         except TypeError as exc:
-            raise ValueError(f"invalid model spec {dict(spec)!r}: {exc}") from exc
+            raise ValueError(f"invalid model spec {raw!r}: {exc}") from exc
     return build_model(
         spec.backbone,
         spec.embedding_dim,

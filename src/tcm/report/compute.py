@@ -14,7 +14,7 @@ an ``N x N`` similarity matrix held here):
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -71,7 +71,6 @@ class RunAnalysis:
     hist_edges: np.ndarray
     hist_pos: np.ndarray
     hist_neg: np.ndarray
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def far_exceeding(self, factor: float, target_far: float) -> int:
         """Number of classes whose ``FAR_c(t)`` exceeds ``factor * target_far``."""
@@ -207,8 +206,11 @@ def analyse_run(
     num_classes = int(np.unique(labels_np).size)
     op_classes = _np(op.classes)
     tc_classes = _np(tc.classes)
-    if op_classes.shape != tc_classes.shape:  # pragma: no cover - contract violation
-        raise RuntimeError("tcm.metrics returned inconsistent class sets")
+    if op_classes.shape != tc_classes.shape or not np.array_equal(op_classes, tc_classes):
+        raise RuntimeError(  # pragma: no cover - a tcm.metrics contract violation
+            f"run {run.name!r}: threshold_consistency and operating_point disagree on the "
+            "included classes"
+        )
     return RunAnalysis(
         name=run.name,
         metrics=table,

@@ -43,6 +43,8 @@ _ALIASES: dict[str, str] = {
     "epsilonopis@5%": "eps-OPIS@5%",
     "epsilonopis@0.05": "eps-OPIS@5%",
     "opis@5%": "eps-OPIS@5%",
+    "epsopis0.05": "eps-OPIS@5%",
+    "epsilonopis0.05": "eps-OPIS@5%",
     "epsopis@10%": "eps-OPIS@10%",
     "epsopis@0.1": "eps-OPIS@10%",
     "epsopis@0.10": "eps-OPIS@10%",
@@ -51,6 +53,10 @@ _ALIASES: dict[str, str] = {
     "epsilonopis@0.1": "eps-OPIS@10%",
     "epsilonopis@0.10": "eps-OPIS@10%",
     "opis@10%": "eps-OPIS@10%",
+    "epsopis0.1": "eps-OPIS@10%",
+    "epsopis0.10": "eps-OPIS@10%",
+    "epsilonopis0.1": "eps-OPIS@10%",
+    "epsilonopis0.10": "eps-OPIS@10%",
 }
 
 _FRACTION_KEYS = ("R@1", "MAP@R")

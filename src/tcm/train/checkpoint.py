@@ -25,7 +25,7 @@ import torch
 __all__ = ["atomic_write", "load_checkpoint", "save_checkpoint"]
 
 
-def atomic_write(path: str | Path, write: Callable[[IO[bytes]], None]) -> Path:
+def atomic_write(path: str | Path, write: Callable[[IO[bytes]], object]) -> Path:
     """Call ``write(fileobj)`` on a temporary file next to ``path``, then ``os.replace`` it.
 
     Raises whatever ``write`` raises (after deleting the temporary file); ``path`` is then

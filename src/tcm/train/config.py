@@ -50,12 +50,12 @@ class DataConfig(_Strict):
 
     name: str = "glyphs"
     root: str | None = None
-    image_size: int = Field(32, ge=8)
+    image_size: int = Field(default=32, ge=8)
     train_split: str = "train"
     test_split: str = "test"
-    batch_size: int = Field(64, ge=2)
-    m_per_class: int = Field(4, ge=2)
-    num_workers: int = Field(0, ge=0)
+    batch_size: int = Field(default=64, ge=2)
+    m_per_class: int = Field(default=4, ge=2)
+    num_workers: int = Field(default=0, ge=0)
     options: dict[str, Any] = Field(default_factory=dict)
 
     @field_validator("root")
@@ -79,7 +79,7 @@ class ModelConfig(_Strict):
     """Backbone + head. ``pretrained``: None, ``"imagenet"`` (efficientnet_lite0 only) or a path."""
 
     backbone: str = "small_cnn"
-    embedding_dim: int = Field(128, ge=1)
+    embedding_dim: int = Field(default=128, ge=1)
     pretrained: str | None = None
     head: Literal["linear", "bn_linear"] = "linear"
 
@@ -95,10 +95,10 @@ class TCMConfig(_Strict):
     """TCM regulariser (docs/definitions.md section 4); accepted when similarity >= margins."""
 
     enabled: bool = True
-    lambda_pos: float = Field(1.0, ge=0)
-    lambda_neg: float = Field(1.0, ge=0)
-    margin_pos: float = Field(0.9, ge=-1, le=1)
-    margin_neg: float = Field(0.5, ge=-1, le=1)
+    lambda_pos: float = Field(default=1.0, ge=0)
+    lambda_neg: float = Field(default=1.0, ge=0)
+    margin_pos: float = Field(default=0.9, ge=-1, le=1)
+    margin_neg: float = Field(default=0.5, ge=-1, le=1)
 
 
 class LossConfig(_Strict):
@@ -113,16 +113,16 @@ class OptimConfig(_Strict):
     """Optimiser and learning-rate schedule (per step, linear warmup first)."""
 
     name: Literal["adamw", "sgd"] = "adamw"
-    lr: float = Field(1e-3, gt=0)
-    weight_decay: float = Field(1e-4, ge=0)
-    momentum: float = Field(0.9, ge=0, lt=1)
-    backbone_lr_mult: float = Field(1.0, gt=0)
-    loss_lr_mult: float = Field(1.0, gt=0)
+    lr: float = Field(default=1e-3, gt=0)
+    weight_decay: float = Field(default=1e-4, ge=0)
+    momentum: float = Field(default=0.9, ge=0, lt=1)
+    backbone_lr_mult: float = Field(default=1.0, gt=0)
+    loss_lr_mult: float = Field(default=1.0, gt=0)
     schedule: Literal["cosine", "step", "constant"] = "cosine"
-    warmup_steps: int = Field(0, ge=0)
-    step_size: int = Field(1000, ge=1)
-    gamma: float = Field(0.1, gt=0, le=1)
-    min_lr_ratio: float = Field(0.0, ge=0, le=1)
+    warmup_steps: int = Field(default=0, ge=0)
+    step_size: int = Field(default=1000, ge=1)
+    gamma: float = Field(default=0.1, gt=0, le=1)
+    min_lr_ratio: float = Field(default=0.0, ge=0, le=1)
 
     @field_validator("lr")
     @classmethod
@@ -135,13 +135,13 @@ class OptimConfig(_Strict):
 class TrainConfig(_Strict):
     """Loop control. ``max_steps`` (if set) stops early; eval every ``eval_every`` epochs."""
 
-    epochs: int = Field(10, ge=1)
-    max_steps: int | None = Field(None, ge=1)
-    steps_per_epoch: int | None = Field(None, ge=1)
-    eval_every: int = Field(1, ge=1)
-    log_every: int = Field(10, ge=1)
+    epochs: int = Field(default=10, ge=1)
+    max_steps: int | None = Field(default=None, ge=1)
+    steps_per_epoch: int | None = Field(default=None, ge=1)
+    eval_every: int = Field(default=1, ge=1)
+    log_every: int = Field(default=10, ge=1)
     amp: bool = True
-    grad_clip: float | None = Field(None, gt=0)
+    grad_clip: float | None = Field(default=None, gt=0)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     select_metric: Literal["recall_at_1", "map_at_r"] = "recall_at_1"
     tensorboard: bool = True
@@ -153,11 +153,11 @@ class EvalConfig(_Strict):
     """Evaluation on the (unseen) test classes; ``max_classes`` evaluates a seeded subset of
     whole classes (faster; every kept class keeps all its samples)."""
 
-    batch_size: int = Field(256, ge=1)
+    batch_size: int = Field(default=256, ge=1)
     far_range: tuple[float, float] = (1e-2, 1e-1)
-    num_thresholds: int = Field(101, ge=2)
+    num_thresholds: int = Field(default=101, ge=2)
     epsilons: tuple[float, ...] = (0.05, 0.10)
-    max_classes: int | None = Field(None, ge=2)
+    max_classes: int | None = Field(default=None, ge=2)
 
     @field_validator("far_range")
     @classmethod

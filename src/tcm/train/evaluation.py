@@ -36,7 +36,7 @@ def embed_dataset(
     num_workers: int = 0,
     rank: int = 0,
     world_size: int = 1,
-    indices: Sequence[int] | None = None,
+    indices: Sequence[int] | np.ndarray | None = None,
     progress: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Embed ``dataset`` (optionally only ``indices``) -> ``(embeddings (N, D) float32,
@@ -114,7 +114,7 @@ def compute_metrics(
     tc = tc_fn(
         embeddings,
         labels,
-        far_range=tuple(far_range),
+        far_range=(float(far_range[0]), float(far_range[1])),
         num_thresholds=num_thresholds,
         epsilons=tuple(epsilons),
     )

@@ -128,7 +128,7 @@ def _resolve_device(cfg: TrainingConfig, local_rank: int) -> torch.device:
 
 
 def _rng_state() -> dict[str, Any]:
-    np_state = np.random.get_state()  # noqa: NPY002 - global state is saved
+    np_state: tuple[Any, ...] = np.random.get_state(legacy=True)  # type: ignore[assignment]  # noqa: NPY002 - global state is saved
     py_state = random.getstate()
     state: dict[str, Any] = {
         "torch": torch.get_rng_state(),
@@ -257,7 +257,7 @@ def save_embeddings(
             {"embeddings": emb, "labels": lab},
             metadata={"class_names": json.dumps(names.tolist())},
         )
-        return atomic_write(p, lambda fh: fh.write(blob))  # type: ignore[func-returns-value]
+        return atomic_write(p, lambda fh: fh.write(blob))
     return atomic_write(p, lambda fh: np.savez(fh, embeddings=emb, labels=lab, class_names=names))
 
 
@@ -315,9 +315,22 @@ def train(
         started_pg = True
     if device.type == "cuda":
         torch.cuda.set_device(device)
-    say: Callable[[str], None] = echo if (echo is not None and rank == 0) else (lambda s: None)
+    def say(text: str) -> None:
+        if echo is None or rank != 0:
+            return
+        if echo is print:  # keep the tqdm bar intact
+            from tqdm.auto import tqdm as _tqdm
+
+            _tqdm.write(text)
+        else:
+            echo(text)
+
     out = Path(cfg.output_dir)
     last_path, best_path = out / "last.pt", out / "best.pt"
+    det_before = (
+        torch.are_deterministic_algorithms_enabled(),
+        torch.is_deterministic_algorithms_warn_only_enabled(),
+    )
     try:
         if resume and not last_path.is_file():
             raise ValueError(f"cannot resume: no checkpoint at {last_path}")
@@ -668,6 +681,7 @@ def train(
             history=history,
         )
     finally:
+        torch.use_deterministic_algorithms(det_before[0], warn_only=det_before[1])
         if started_pg and dist.is_initialized():
             dist.destroy_process_group()
 

@@ -1,0 +1,86 @@
+"""Stanford Cars (Cars196) in its native layout; open-world split: classes 1-98 train, 99-196 test.
+
+Expected under ``root``::
+
+    cars_annos.mat   MATLAB struct "annotations" with fields relative_im_path
+                     ("car_ims/000001.jpg"), class (1..196), test (ignored: the DML split is by
+                     class), and the cell array "class_names"
+    car_ims/*.jpg
+
+Train: 8,054 images / 98 classes; test: 8,131 images / 98 classes. Read with ``scipy.io.loadmat``.
+
+Example:
+    >>> ds = load_cars196("train", root="/data/cars196")  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import numpy as np
+
+from tcm.data._files import build_file_dataset, check_split, require_file, require_root
+from tcm.data.base import FileImageDataset, check_on_error
+
+__all__ = ["load_cars196"]
+
+SPLITS = ("train", "test", "calibration", "evaluation")
+
+
+def _field(ann: Any, name: str) -> list[Any]:
+    try:
+        col = ann[name]
+    except (ValueError, KeyError, IndexError) as exc:
+        raise ValueError(f"cars196: cars_annos.mat 'annotations' lacks field {name!r}") from exc
+    return [np.asarray(v).reshape(-1)[0] if np.ndim(v) else v for v in np.ravel(col)]
+
+
+def load_cars196(
+    split: str = "train",
+    root: str | os.PathLike[str] | None = None,
+    image_size: int | None = None,
+    transform: object = "default",
+    *,
+    on_error: str = "raise",
+    verify: bool = False,
+) -> FileImageDataset:
+    """Load Cars196 (see module doc). ``on_error``: ``"raise"`` or ``"skip"``."""
+    import scipy.io
+
+    check_split("cars196", split, SPLITS)
+    check_on_error(on_error)
+    r = require_root(root, "cars196", "the folder with cars_annos.mat and car_ims/")
+    mat_path = require_file(os.path.join(r, "cars_annos.mat"), "cars196")
+    try:
+        mat = scipy.io.loadmat(mat_path, squeeze_me=True)
+    except (ValueError, OSError, TypeError) as exc:
+        raise ValueError(f"cars196: cannot read {mat_path!r}: {exc}") from exc
+    if "annotations" not in mat:
+        raise ValueError(f"cars196: {mat_path!r} has no 'annotations' variable")
+    ann = mat["annotations"]
+    rels = [str(p) for p in _field(ann, "relative_im_path")]
+    classes = [int(c) for c in _field(ann, "class")]
+    names = mat.get("class_names")
+    name_map = None
+    if names is not None:
+        name_map = {f"{i + 1:03d}": str(n) for i, n in enumerate(np.ravel(names))}
+    want_train = split == "train"
+    paths, ids = [], []
+    for rel, c in zip(rels, classes, strict=True):
+        if not 1 <= c <= 196:
+            raise ValueError(f"cars196: class id must be in 1..196; got {c} for {rel!r}")
+        if (c <= 98) == want_train:
+            paths.append(os.path.join(r, rel))
+            ids.append(f"{c:03d}")
+    return build_file_dataset(
+        "cars196",
+        split,
+        paths,
+        ids,
+        image_size=image_size,
+        transform=transform,
+        on_error=on_error,
+        verify=verify,
+        class_name_map=name_map,
+    )

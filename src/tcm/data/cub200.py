@@ -1,0 +1,80 @@
+"""CUB-200-2011 in its native layout; open-world split: classes 1-100 train, 101-200 test.
+
+Expected under ``root`` (the extracted ``CUB_200_2011`` folder, or its parent)::
+
+    images.txt              "<image_id> <relative path>"   e.g. "1 001.Black_footed_Albatross/x.jpg"
+    image_class_labels.txt  "<image_id> <class_id 1..200>"
+    classes.txt             "<class_id> <class name>"      (optional: names only)
+    images/<relative path>
+
+Train: 5,864 images / 100 classes; test: 5,924 images / 100 classes.
+
+Example:
+    >>> ds = load_cub200("test", root="/data/CUB_200_2011")  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import os
+
+from tcm.data._files import build_file_dataset, check_split, read_lines, require_file, require_root
+from tcm.data.base import FileImageDataset, check_on_error
+
+__all__ = ["load_cub200"]
+
+SPLITS = ("train", "test", "calibration", "evaluation")
+
+
+def load_cub200(
+    split: str = "train",
+    root: str | os.PathLike[str] | None = None,
+    image_size: int | None = None,
+    transform: object = "default",
+    *,
+    on_error: str = "raise",
+    verify: bool = False,
+) -> FileImageDataset:
+    """Load CUB-200-2011 (see module doc). ``on_error``: ``"raise"`` or ``"skip"``."""
+    check_split("cub200", split, SPLITS)
+    check_on_error(on_error)
+    r = require_root(root, "cub200", "the CUB_200_2011 folder with images.txt")
+    if not os.path.isfile(os.path.join(r, "images.txt")) and os.path.isfile(
+        os.path.join(r, "CUB_200_2011", "images.txt")
+    ):
+        r = os.path.join(r, "CUB_200_2011")
+    images = {}
+    for ln in read_lines(require_file(os.path.join(r, "images.txt"), "cub200")):
+        img_id, rel = ln.split(maxsplit=1)
+        images[img_id] = rel
+    labels = {}
+    for ln in read_lines(require_file(os.path.join(r, "image_class_labels.txt"), "cub200")):
+        img_id, cls = ln.split()
+        labels[img_id] = int(cls)
+    names: dict[str, str] = {}
+    cpath = os.path.join(r, "classes.txt")
+    if os.path.isfile(cpath):
+        for ln in read_lines(cpath):
+            cid, cname = ln.split(maxsplit=1)
+            names[cid] = cname
+    missing = sorted(set(images) - set(labels))
+    if missing:
+        raise ValueError(f"cub200: image id {missing[0]!r} has no entry in image_class_labels.txt")
+    want_train = split == "train"
+    paths, ids = [], []
+    for img_id in sorted(images, key=int):
+        c = labels[img_id]
+        if (c <= 100) == want_train:
+            paths.append(os.path.join(r, "images", images[img_id]))
+            ids.append(f"{c:03d}")
+    name_map = {f"{int(k):03d}": v for k, v in names.items()} if names else None
+    return build_file_dataset(
+        "cub200",
+        split,
+        paths,
+        ids,
+        image_size=image_size,
+        transform=transform,
+        on_error=on_error,
+        verify=verify,
+        class_name_map=name_map,
+    )

@@ -1,0 +1,182 @@
+"""Generic loaders for users' own data: ImageFolder-style trees and CSV lists.
+
+``folder``: ``root/<class name>/<image>`` (extensions .jpg .jpeg .png .bmp .gif .webp .tif
+.tiff, case-insensitive, searched recursively below each class folder). If ``root/train`` and
+``root/test`` exist, they are used as the splits (their class sets must be disjoint: open world);
+otherwise the classes are split by a stable hash of the class name: a class is ``test`` when
+``sha256("tcm-folder:" + name)`` maps below ``test_fraction`` (default 0.5). ``split="all"``
+returns every class.
+
+``csv``: a CSV file with a header naming the columns ``path,label[,split]``; paths are relative
+to the CSV's folder (or absolute). With a ``split`` column its values select the rows
+(``train`` / ``test`` / any other value); without it the classes are split by hash as above.
+
+Example:
+    >>> ds = load_folder("train", root="/data/my_products")  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import os
+import warnings
+
+from tcm.data._files import build_file_dataset, require_file, require_root
+from tcm.data.base import FileImageDataset, check_on_error
+
+__all__ = ["IMAGE_EXTENSIONS", "load_csv", "load_folder"]
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+
+
+def _is_test_class(name: str, salt: str, test_fraction: float) -> bool:
+    digest = hashlib.sha256(f"{salt}:{name}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2.0**64 < test_fraction
+
+
+def _check_fraction(test_fraction: float) -> None:
+    if not 0.0 < float(test_fraction) < 1.0:
+        raise ValueError(f"test_fraction must be in (0, 1); got {test_fraction!r}")
+
+
+def _hash_split(name: str, split: str, ids: list[str], test_fraction: float) -> list[int]:
+    if split == "all":
+        return list(range(len(ids)))
+    base = "train" if split == "train" else "test"
+    return [
+        i
+        for i, c in enumerate(ids)
+        if _is_test_class(c, f"tcm-{name}", test_fraction) == (base == "test")
+    ]
+
+
+def _scan(directory: str) -> tuple[list[str], list[str]]:
+    paths, ids = [], []
+    for cls in sorted(os.listdir(directory)):
+        cdir = os.path.join(directory, cls)
+        if not os.path.isdir(cdir):
+            continue
+        for dirpath, dirs, files in os.walk(cdir):
+            dirs.sort()
+            for f in sorted(files):
+                if f.lower().endswith(IMAGE_EXTENSIONS):
+                    paths.append(os.path.join(dirpath, f))
+                    ids.append(cls)
+    return paths, ids
+
+
+def load_folder(
+    split: str = "train",
+    root: str | os.PathLike[str] | None = None,
+    image_size: int | None = None,
+    transform: object = "default",
+    *,
+    on_error: str = "raise",
+    verify: bool = False,
+    test_fraction: float = 0.5,
+) -> FileImageDataset:
+    """Load an ImageFolder-style tree (see module doc)."""
+    check_on_error(on_error)
+    _check_fraction(test_fraction)
+    if split not in ("train", "test", "calibration", "evaluation", "all"):
+        raise ValueError(
+            f"folder: split must be train, test, calibration, evaluation or all; got {split!r}"
+        )
+    r = require_root(root, "folder", "a folder of class sub-folders")
+    tr, te = os.path.join(r, "train"), os.path.join(r, "test")
+    if os.path.isdir(tr) and os.path.isdir(te):
+        ptr, itr = _scan(tr)
+        pte, ite = _scan(te)
+        overlap = sorted(set(itr) & set(ite))
+        if overlap:
+            raise ValueError(
+                f"folder: classes appear in both train/ and test/ (not open-world): {overlap[:5]}"
+            )
+        if split == "all":
+            paths, ids = ptr + pte, itr + ite
+        elif split == "train":
+            paths, ids = ptr, itr
+        else:
+            paths, ids = pte, ite
+    else:
+        paths, ids = _scan(r)
+        keep = _hash_split("folder", split, ids, test_fraction)
+        paths, ids = [paths[i] for i in keep], [ids[i] for i in keep]
+    if not paths:
+        raise ValueError(
+            f"folder: no images with extensions {IMAGE_EXTENSIONS} for split {split!r}"
+        )
+    return build_file_dataset(
+        "folder",
+        split,
+        paths,
+        ids,
+        image_size=image_size,
+        transform=transform,
+        on_error=on_error,
+        verify=verify,
+    )
+
+
+def load_csv(
+    split: str = "train",
+    root: str | os.PathLike[str] | None = None,
+    image_size: int | None = None,
+    transform: object = "default",
+    *,
+    on_error: str = "raise",
+    verify: bool = False,
+    test_fraction: float = 0.5,
+) -> FileImageDataset:
+    """Load a ``path,label[,split]`` CSV file; ``root`` is the CSV file path (see module doc)."""
+    check_on_error(on_error)
+    _check_fraction(test_fraction)
+    if root is None:
+        raise ValueError("csv: pass root=<path to the .csv file>")
+    csv_path = require_file(os.fspath(root), "csv")
+    base = os.path.dirname(os.path.abspath(csv_path))
+    with open(csv_path, newline="", encoding="utf-8") as fh:
+        reader = csv.DictReader(fh)
+        fields = [f.strip().lower() for f in (reader.fieldnames or [])]
+        if "path" not in fields or "label" not in fields:
+            raise ValueError(
+                f"csv: {csv_path!r} needs a header with columns path,label[,split]; got {fields}"
+            )
+        rows = [
+            {k.strip().lower(): (v or "").strip() for k, v in row.items() if k} for row in reader
+        ]
+    paths, ids, splits = [], [], []
+    for k, row in enumerate(rows, start=2):
+        if not row.get("path") or not row.get("label"):
+            raise ValueError(f"csv: {csv_path!r} line {k}: empty path or label")
+        p = row["path"]
+        paths.append(p if os.path.isabs(p) else os.path.join(base, p))
+        ids.append(row["label"])
+        splits.append(row.get("split", ""))
+    if "split" in fields:
+        base_split = "test" if split in ("calibration", "evaluation") else split
+        keep = [i for i, s in enumerate(splits) if s == base_split or split == "all"]
+        tr_cls = {ids[i] for i, s in enumerate(splits) if s == "train"}
+        te_cls = {ids[i] for i, s in enumerate(splits) if s == "test"}
+        if tr_cls & te_cls:
+            warnings.warn(
+                f"csv: {len(tr_cls & te_cls)} class(es) appear in both train and test rows "
+                "(not an open-world split)",
+                UserWarning,
+                stacklevel=2,
+            )
+    else:
+        keep = _hash_split("csv", split, ids, test_fraction)
+    if not keep:
+        raise ValueError(f"csv: no rows for split {split!r} in {csv_path!r}")
+    return build_file_dataset(
+        "csv",
+        split,
+        [paths[i] for i in keep],
+        [ids[i] for i in keep],
+        image_size=image_size,
+        transform=transform,
+        on_error=on_error,
+        verify=verify,
+    )
