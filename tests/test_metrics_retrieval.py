@@ -429,3 +429,20 @@ def test_symmetric_candidates_equal_dense_topk(block: int) -> None:
     torch.testing.assert_close(vals, ref_v, rtol=0, atol=1e-12)
     assert torch.equal(idx, ref_i)  # continuous data: no ties
     assert not bool((idx == torch.arange(300)[:, None]).any())
+
+
+def test_distributed_single_rank_gloo(tmp_path: Any) -> None:
+    import torch.distributed as dist
+
+    from tcm.metrics.retrieval import distributed_retrieval_metrics
+
+    x, y = tie_data(120, 12, seed=13)
+    single = retrieval_metrics(x, y)
+    assert distributed_retrieval_metrics(x, y).to_dict() == single.to_dict()  # no process group
+    dist.init_process_group(
+        "gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1
+    )
+    try:
+        assert distributed_retrieval_metrics(x, y).to_dict() == single.to_dict()
+    finally:
+        dist.destroy_process_group()

@@ -37,6 +37,7 @@ LAUNCHER = textwrap.dedent(
     tdata.load = fake_load
     if not hasattr(tdata, "ClassBalancedBatchSampler"):
         tdata.ClassBalancedBatchSampler = ClassBalancedBatchSampler
+    import torch.distributed as dist
     from tcm.train import load_config, train
     out = sys.argv[1]
     cfg = load_config(None, [f"output_dir={out}", "data.image_size=16", "data.batch_size=8",
@@ -46,9 +47,39 @@ LAUNCHER = textwrap.dedent(
     seen = []
     res = train(cfg, hooks=[lambda info: seen.append(info.loss)], echo=None)
     rank = int(os.environ["RANK"])
+
+    assert dist.is_initialized()  # train() started the gloo group and keeps it
+    # gradient check: DDP on 2 half-batches == one process on the whole batch
+    from tcm.losses import build_loss
+    from tcm.models import build_model
+    from tcm.train.loop import backward_global, global_batch_loss
+    torch.manual_seed(0)
+    model = build_model("small_cnn", 8, image_size=8)
+    loss_fn = build_loss("proxy_anchor", tcm=True, num_classes=4, embedding_dim=8)
+    ref_model = build_model("small_cnn", 8, image_size=8)
+    ref_model.load_state_dict(model.state_dict())
+    ref_loss = build_loss("proxy_anchor", tcm=True, num_classes=4, embedding_dim=8)
+    ref_loss.load_state_dict(loss_fn.state_dict())
+    g = torch.Generator().manual_seed(5)
+    x = torch.rand(8, 3, 8, 8, generator=g)
+    y = torch.tensor([0, 0, 1, 1, 2, 2, 3, 3])
+    ddp = torch.nn.parallel.DistributedDataParallel(model)
+    model.eval(); ref_model.eval()  # BN statistics are per rank; compare without them
+    half = slice(4 * rank, 4 * rank + 4)
+    loss = global_batch_loss(ddp, loss_fn, x[half], y[half])
+    backward_global(loss, loss_fn)
+    dist.barrier()
+    ref = ref_loss(ref_model(x), y)
+    ref.backward()
+    grads = [p.grad for p in model.parameters()] + [p.grad for p in loss_fn.parameters()]
+    refs = [p.grad for p in ref_model.parameters()] + [p.grad for p in ref_loss.parameters()]
+    max_err = max(float((a - b).abs().max()) for a, b in zip(grads, refs))
+    loss_err = abs(float(loss) - float(ref))
+    dist.destroy_process_group()
     with open(os.path.join(out, f"rank{rank}.json"), "w") as f:
         json.dump({"world": int(os.environ["WORLD_SIZE"]), "steps": res.steps, "losses": seen,
-                   "best": res.best_metrics, "last": res.last_metrics}, f)
+                   "best": res.best_metrics, "last": res.last_metrics,
+                   "grad_err": max_err, "loss_err": loss_err}, f)
     """
 )
 
@@ -79,3 +110,6 @@ def test_two_process_gloo_training_ranks_agree(tmp_path: Path) -> None:
     # evaluation gathers all test embeddings: both ranks see the same metrics
     assert a["best"] == b["best"] and a["last"] == b["last"] and a["best"] is not None
     assert (tmp_path / "run" / "best.pt").is_file()
+    # DDP gradients (model and loss proxies) equal the single-process gradients
+    for r in (a, b):
+        assert r["loss_err"] < 1e-5 and r["grad_err"] < 1e-5, r

@@ -18,7 +18,6 @@ import tcm.data as tdata
 import tcm.losses as tlosses
 from tcm.data.base import TensorImageDataset
 from tcm.data.samplers import ClassBalancedBatchSampler
-from tcm.train import checkpoint as ckmod
 from tcm.train.checkpoint import load_checkpoint, save_checkpoint
 from tcm.train.config import load_config
 from tcm.train.evaluation import compute_metrics, metric_table
@@ -229,7 +228,7 @@ def test_crash_during_checkpoint_keeps_previous(
         fh.write(b"half a checkpoint")
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(ckmod.torch, "save", broken_save)
+    monkeypatch.setattr("tcm.train.checkpoint.torch.save", broken_save)
     with pytest.raises(OSError, match="No space"):
         save_checkpoint({"step": 2, "w": torch.zeros(3)}, path)
     monkeypatch.undo()
@@ -248,7 +247,7 @@ def test_crash_during_training_checkpoint_keeps_previous(
         fh.write(b"\x00" * 10)
         raise KeyboardInterrupt  # e.g. a kill arriving mid-write
 
-    monkeypatch.setattr(ckmod.torch, "save", killed)
+    monkeypatch.setattr("tcm.train.checkpoint.torch.save", killed)
     with pytest.raises(KeyboardInterrupt):
         train(
             tiny_cfg(tmp_path, "train.epochs=2", "train.tensorboard=false"), resume=True, echo=None

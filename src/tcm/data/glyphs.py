@@ -52,6 +52,7 @@ import hashlib
 import os
 import threading
 import unicodedata
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -68,6 +69,8 @@ __all__ = [
     "SKIP_FONTS",
     "GlyphCatalog",
     "GlyphDataset",
+    "RenderStyle",
+    "build_catalog",
     "default_font_dir",
     "extra_font_paths",
     "find_homoglyphs",
@@ -112,11 +115,11 @@ def extra_font_paths() -> list[str]:
     return _font_files(base)
 
 
-def _font_files(directory: str) -> list[str]:
+def _font_files(directory: str, exts: tuple[str, ...] = (".ttf", ".otf")) -> list[str]:
     out = []
     for dirpath, _dirs, files in os.walk(directory):
         for f in files:
-            if f.lower().endswith((".ttf", ".otf")) and f not in SKIP_FONTS:
+            if f.lower().endswith(exts) and f not in SKIP_FONTS:
                 out.append(os.path.join(dirpath, f))
     return sorted(out, key=lambda p: (os.path.basename(p), p))
 
@@ -147,7 +150,26 @@ def is_candidate_char(ch: str) -> bool:
     )
 
 
-def _cmap_chars(path: str) -> set[str]:
+@dataclass(frozen=True)
+class RenderStyle:
+    """How a font family is sized and placed in the ``S x S`` frame.
+
+    The point size makes the ink height of ``ref_char`` equal ``ref_height * S``; the baseline
+    is at ``baseline * S``, or (``baseline=None``) where it centres ``ref_char`` vertically.
+    ``char_filter`` selects the candidate characters of a cmap.
+    """
+
+    name: str
+    ref_char: str
+    ref_height: float
+    baseline: float | None
+    char_filter: Callable[[str], bool]
+
+
+LATIN = RenderStyle("latin", "H", CAP_HEIGHT, BASELINE, is_candidate_char)
+
+
+def _cmap_chars(path: str, char_filter: Callable[[str], bool] = is_candidate_char) -> set[str]:
     from fontTools.ttLib import TTFont
 
     try:
@@ -155,7 +177,11 @@ def _cmap_chars(path: str) -> set[str]:
             cmap = font.getBestCmap() or {}
     except Exception as exc:  # fontTools raises many types on broken files
         raise ValueError(f"cannot read font file {path!r}: {exc}") from exc
-    return {chr(c) for c in cmap if c < 0x110000 and is_candidate_char(chr(c))}
+    return {chr(c) for c in cmap if c < 0x110000 and char_filter(chr(c))}
+
+
+def _has_char(path: str, ch: str) -> bool:
+    return ch in _cmap_chars(path, lambda c: c == ch)
 
 
 class _FontRenderer:
@@ -165,15 +191,20 @@ class _FontRenderer:
     each is then centred horizontally on its ink columns (integer shift).
     """
 
-    def __init__(self, path: str, size: int, index: int = 0) -> None:
+    def __init__(self, path: str, size: int, style: RenderStyle = LATIN, index: int = 0) -> None:
         ref = ImageFont.truetype(path, 200, index=index)
-        box = ref.getbbox("H", anchor="ls")
-        cap = -float(box[1])
-        if cap <= 0:
-            raise ValueError(f"font {path!r} has no usable 'H' glyph for sizing")
-        pt = max(1.0, 200.0 * CAP_HEIGHT * size / cap)
+        box = ref.getbbox(style.ref_char, anchor="ls")
+        height = float(box[3] - box[1])
+        if height <= 0:
+            raise ValueError(f"font {path!r} has no usable {style.ref_char!r} glyph for sizing")
+        pt = max(1.0, 200.0 * style.ref_height * size / height)
         self.font = ImageFont.truetype(path, pt, index=index)
         self.size = size
+        if style.baseline is not None:
+            self.baseline = style.baseline * size
+        else:
+            b = self.font.getbbox(style.ref_char, anchor="ls")
+            self.baseline = size / 2.0 - (b[1] + b[3]) / 2.0
 
     def render_many(self, chars: list[str], chunk: int = 256) -> np.ndarray:
         """Return ``uint8 (len(chars), S, S)`` renders (white on black)."""
@@ -185,7 +216,7 @@ class _FontRenderer:
             strip = Image.new("L", (w * len(part), s))
             draw = ImageDraw.Draw(strip)
             for k, ch in enumerate(part):
-                draw.text((k * w + s / 2, BASELINE * s), ch, font=self.font, fill=255, anchor="ls")
+                draw.text((k * w + s / 2, self.baseline), ch, font=self.font, fill=255, anchor="ls")
             arr = np.asarray(strip).reshape(s, len(part), w).transpose(1, 0, 2)
             for k in range(len(part)):
                 block = arr[k]
@@ -207,15 +238,22 @@ class _Rendered:
     images: np.ndarray  # (n_present, S, S) uint8
 
 
-_RENDER_CACHE: dict[tuple[tuple[str, ...], int, int], _Rendered] = {}
+_RENDER_CACHE: dict[tuple[Any, ...], _Rendered] = {}
 
 
-def render_glyphs(fonts: list[str], image_size: int, min_fonts: int = 10) -> _Rendered:
+def render_glyphs(
+    fonts: list[str],
+    image_size: int,
+    min_fonts: int = 10,
+    style: RenderStyle = LATIN,
+    characters: frozenset[str] | None = None,
+) -> _Rendered:
     """Render every candidate character present in ``>= min_fonts`` of ``fonts`` (cached).
 
-    A glyph counts as present when the font's cmap has it and its render has ink.
+    A glyph counts as present when the font's cmap has it and its render has ink. Fonts without
+    ``style.ref_char`` are skipped. ``characters`` restricts the candidates.
     """
-    key = (tuple(fonts), int(image_size), int(min_fonts))
+    key = (tuple(fonts), int(image_size), int(min_fonts), style.name, characters)
     with _LOCK:
         hit = _RENDER_CACHE.get(key)
     if hit is not None:
@@ -224,11 +262,13 @@ def render_glyphs(fonts: list[str], image_size: int, min_fonts: int = 10) -> _Re
     renderers: list[_FontRenderer] = []
     cmaps: list[set[str]] = []
     for path in fonts:
-        font_chars = _cmap_chars(path)
-        if "H" not in font_chars:
+        font_chars = _cmap_chars(path, style.char_filter)
+        if style.ref_char not in font_chars and not _has_char(path, style.ref_char):
             continue
+        if characters is not None:
+            font_chars &= characters
         usable.append(path)
-        renderers.append(_FontRenderer(path, image_size))
+        renderers.append(_FontRenderer(path, image_size, style))
         cmaps.append(font_chars)
     counts: dict[str, int] = {}
     for cm in cmaps:
@@ -339,14 +379,15 @@ def _unit_hash(text: str) -> float:
     return int.from_bytes(digest[:8], "big") / 2.0**64
 
 
-def glyph_split(ch: str) -> str:
+def glyph_split(ch: str, salt: str = "tcm-glyphs") -> str:
     """Stable split of a character: ``"train"``, ``"calibration"`` or ``"evaluation"``.
 
-    ``"calibration"`` and ``"evaluation"`` together form the ``"test"`` split.
+    ``u = int(sha256(salt + ":" + ch)[:8]) / 2**64``; train when ``u < 0.5``. ``"calibration"``
+    and ``"evaluation"`` (halves by ``sha256(salt + "-half:" + ch)``) form the ``"test"`` split.
     """
-    if _unit_hash("tcm-glyphs:" + ch) < 0.5:
+    if _unit_hash(f"{salt}:{ch}") < 0.5:
         return "train"
-    return "calibration" if _unit_hash("tcm-glyphs-half:" + ch) < 0.5 else "evaluation"
+    return "calibration" if _unit_hash(f"{salt}-half:{ch}") < 0.5 else "evaluation"
 
 
 @dataclass
@@ -389,24 +430,57 @@ def glyph_catalog(
     homoglyph_fraction: float = 0.5,
 ) -> GlyphCatalog:
     """Compute (and cache) the class list, homoglyph groups and split of the glyph dataset."""
+    fonts = list_fonts(root, extra_fonts)
+    return build_catalog(
+        fonts,
+        min_fonts=min_fonts,
+        style=LATIN,
+        salt="tcm-glyphs",
+        homoglyph_threshold=homoglyph_threshold,
+        homoglyph_fraction=homoglyph_fraction,
+        extra_confusables=EXTRA_CONFUSABLES,
+    )
+
+
+def build_catalog(
+    fonts: list[str],
+    *,
+    min_fonts: int,
+    style: RenderStyle,
+    salt: str,
+    homoglyph_threshold: float | None,
+    homoglyph_fraction: float = 0.5,
+    extra_confusables: dict[str, str] | None = None,
+    characters: frozenset[str] | None = None,
+) -> GlyphCatalog:
+    """Steps 2-5 of the module doc for any font set; ``homoglyph_threshold=None`` skips step 4."""
     if isinstance(min_fonts, bool) or not isinstance(min_fonts, int) or min_fonts < 1:
         raise ValueError(f"min_fonts must be an int >= 1; got {min_fonts!r}")
-    fonts = list_fonts(root, extra_fonts)
-    key = (tuple(fonts), min_fonts, float(homoglyph_threshold), float(homoglyph_fraction))
+    key = (
+        tuple(fonts),
+        min_fonts,
+        style.name,
+        salt,
+        homoglyph_threshold,
+        float(homoglyph_fraction),
+        characters,
+    )
     with _LOCK:
         hit = _CATALOG_CACHE.get(key)
     if hit is not None:
         return hit
-    rendered = render_glyphs(fonts, ANALYSIS_SIZE, min_fonts)
+    rendered = render_glyphs(fonts, ANALYSIS_SIZE, min_fonts, style, characters)
     counts = (rendered.rows >= 0).sum(1)
     cand = np.flatnonzero(counts >= min_fonts)
     if cand.size == 0:
         raise ValueError(
             f"no character is present in >= {min_fonts} of the {len(rendered.fonts)} usable fonts"
         )
-    dropped = find_homoglyphs(rendered, cand, homoglyph_threshold, homoglyph_fraction)
+    dropped: dict[str, str] = {}
+    if homoglyph_threshold is not None:
+        dropped = find_homoglyphs(rendered, cand, homoglyph_threshold, homoglyph_fraction)
     present = {rendered.chars[i] for i in cand.tolist()}
-    for ch, rep in EXTRA_CONFUSABLES.items():
+    for ch, rep in (extra_confusables or {}).items():
         rep = dropped.get(rep, rep)
         if ch in present and rep in present and ch not in dropped:
             dropped[ch] = rep
@@ -416,7 +490,7 @@ def glyph_catalog(
         fonts=rendered.fonts,
         classes=classes,
         homoglyphs=dropped,
-        splits={c: glyph_split(c) for c in classes},
+        splits={c: glyph_split(c, salt) for c in classes},
         font_counts={c: fc[c] for c in classes},
     )
     with _LOCK:
@@ -450,6 +524,31 @@ def _augment(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return np.asarray(pil, dtype=np.uint8)
 
 
+def _augment_rgb(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Seeded small affine jitter + blur on a ``uint8 (S, S, 3)`` image on white."""
+    s = img.shape[0]
+    angle = float(rng.uniform(-8.0, 8.0))
+    scale = float(rng.uniform(0.9, 1.1))
+    tx, ty = (int(v) for v in rng.integers(-round(0.06 * s), round(0.06 * s) + 1, size=2))
+    pil = Image.fromarray(img).rotate(
+        angle,
+        resample=Image.Resampling.BILINEAR,
+        translate=(tx, ty),
+        fillcolor=(255, 255, 255),
+    )
+    if abs(scale - 1.0) > 1e-3:
+        side = max(1, round(s * scale))
+        big = pil.resize((side, side), Image.Resampling.BILINEAR)
+        canvas = Image.new("RGB", (max(s, side), max(s, side)), (255, 255, 255))
+        canvas.paste(big, ((canvas.width - side) // 2, (canvas.height - side) // 2))
+        off = (canvas.width - s) // 2
+        pil = canvas.crop((off, off, off + s, off + s))
+    radius = float(rng.uniform(0.0, 0.03 * s))
+    if radius > 0.3:
+        pil = pil.filter(ImageFilter.GaussianBlur(radius))
+    return np.asarray(pil, dtype=np.uint8).copy()
+
+
 class GlyphDataset(TensorImageDataset):
     """Rendered glyph dataset; extra attributes ``fonts`` (per-sample font file name),
     ``homoglyphs`` (``{dropped: representative}``) and ``catalog`` (:class:`GlyphCatalog`)."""
@@ -468,6 +567,7 @@ def build_glyph_dataset(
     image_size: int,
     augment_copies: int,
     seed: int,
+    kind: str = "glyph",
 ) -> GlyphDataset:
     """Assemble the samples of ``split`` from a catalog and its renders (shared with cjk)."""
     if split not in SPLITS:
@@ -491,12 +591,12 @@ def build_glyph_dataset(
             labels.append(code)
             inst.append(font_names[f])
             for k in range(augment_copies):
-                rng = np.random.default_rng([seed, ord(ch), f, k])
+                rng = np.random.default_rng([seed, int(_unit_hash(ch) * 2**53), f, k])
                 imgs.append(_augment(base, rng))
                 labels.append(code)
                 inst.append(f"{font_names[f]}#aug{k}")
     tensor = torch.from_numpy(np.stack(imgs))
-    kind_tf = resolve_transform(transform, "glyph", split, image_size)
+    kind_tf = resolve_transform(transform, kind, split, image_size)
     ds = GlyphDataset(
         name, split, tensor, np.asarray(labels, dtype=np.int64), classes, kind_tf, inst
     )

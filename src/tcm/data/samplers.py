@@ -157,7 +157,7 @@ class ClassBalancedBatchSampler(Sampler[list[int]]):
                 chunk = perm[j * m : (j + 1) * m]
                 if chunk.shape[0] < m:
                     if perm.shape[0] >= m:
-                        others = np.setdiff1d(perm, chunk, assume_unique=True)
+                        others = perm[: j * m]  # the members not in this (last) chunk
                         extra = rng.choice(others, size=m - chunk.shape[0], replace=False)
                     else:
                         extra = rng.choice(perm, size=m - chunk.shape[0], replace=True)

@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.autograd.function import once_differentiable
 
 from tcm.losses._common import (
     check_embeddings,
@@ -91,6 +92,7 @@ class _TCMFromEmbeddings(torch.autograd.Function):
         return lambda_pos * (pos_sum / n_pos) + lambda_neg * (neg_sum / n_neg)
 
     @staticmethod
+    @once_differentiable  # first-order only (the loss is piecewise linear in S)
     def backward(ctx: Any, grad_out: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         a, b, pos_viol, neg_viol, n_pos, n_neg = ctx.saved_tensors
         lambda_pos, lambda_neg = ctx.lambdas
@@ -130,7 +132,8 @@ class TCMLoss(nn.Module):
 
     The loss is built from one similarity matrix and boolean masks (memory ``O(B·R)``), never
     from per-pair copies of embeddings. The matrix is computed in float32 (or float64 for float64
-    input) with autocast disabled, so float16 / bfloat16 autocast training is safe.
+    input) with autocast disabled, so float16 / bfloat16 autocast training is safe. The backward
+    is a closed form (first-order gradients only; no double backward).
 
     A batch without any positive pair makes the positive term 0; a one-time warning (per loss
     instance) then names the fix: sample several images per class.

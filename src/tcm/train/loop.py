@@ -26,6 +26,7 @@ Example:
 
 from __future__ import annotations
 
+import atexit
 import csv
 import json
 import math
@@ -35,7 +36,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager, nullcontext
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
@@ -56,6 +57,8 @@ __all__ = [
     "StepInfo",
     "TrainResult",
     "TrainingDivergedError",
+    "backward_global",
+    "global_batch_loss",
     "load_model",
     "save_embeddings",
     "train",
@@ -285,6 +288,48 @@ def load_model(
 # ----------------------------------------------------------------------------- training
 
 
+def global_batch_loss(
+    net: nn.Module,
+    loss_fn: nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    amp: AbstractContextManager[Any] | None = None,
+) -> torch.Tensor:
+    """Loss on the *global* batch: ``loss_fn(concat_r emb_r, concat_r labels_r)``.
+
+    Under ``torch.distributed`` the embeddings of all ranks are gathered with
+    ``tcm.losses.gather_with_grad`` (the local rows keep their graph), so every rank computes the
+    same scalar; single process: ``loss_fn(net(images), labels)``. ``amp`` (an autocast
+    context) covers the network only; the loss runs in float32.
+    """
+    from tcm import losses as tlosses
+
+    with amp if amp is not None else nullcontext():
+        emb = net(images)
+    emb = emb.float()
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        emb = tlosses.gather_with_grad(emb)
+        labels = tlosses.gather_no_grad(labels)
+    out: torch.Tensor = loss_fn(emb, labels)
+    return out
+
+
+def backward_global(loss: torch.Tensor, loss_fn: nn.Module) -> None:
+    """Backward of a :func:`global_batch_loss` giving single-process gradients under DDP.
+
+    Each rank back-propagates only through its own rows and DDP averages over ``W`` ranks, so
+    the model gradient is ``(1/W) dL/dθ``: we backward ``W·L``. Parameters of the loss itself
+    (e.g. proxies, not wrapped by DDP) receive the full ``dL/dp`` on every rank; the factor ``W``
+    is divided out of them again.
+    """
+    world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+    (loss * world).backward()
+    if world > 1:
+        for p in loss_fn.parameters():
+            if p.grad is not None:
+                p.grad.div_(world)
+
+
 def _unwrap(m: nn.Module) -> EmbeddingModel:
     inner = m.module if isinstance(m, nn.parallel.DistributedDataParallel) else m
     assert isinstance(inner, EmbeddingModel)
@@ -309,12 +354,13 @@ def train(
 
     rank, world, local_rank = _dist_env()
     device = _resolve_device(cfg, local_rank)
-    started_pg = False
     if world > 1 and not dist.is_initialized():
+        # kept for the life of the process (a second train() call, e.g. `tcm demo`, reuses it)
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-        started_pg = True
+        atexit.register(_destroy_process_group)
     if device.type == "cuda":
         torch.cuda.set_device(device)
+
     def say(text: str) -> None:
         if echo is None or rank != 0:
             return
@@ -342,6 +388,7 @@ def train(
 
         d = cfg.data
         kw = dict(d.options)
+        say(f"loading dataset {d.name!r} (splits {d.train_split}/{d.test_split}) ...")
         train_ds = tdata.load(
             d.name,
             split=d.train_split,
@@ -576,12 +623,7 @@ def train(
                         images = images.to(device, non_blocking=True)
                         labels = torch.as_tensor(labels).to(device)
                         ctx = torch.autocast("cuda", dtype=amp_dtype) if use_amp else nullcontext()
-                        with ctx:
-                            emb = net(images)
-                        emb = emb.float()
-                        all_emb = tlosses.gather_with_grad(emb) if world > 1 else emb
-                        all_lab = tlosses.gather_no_grad(labels) if world > 1 else labels
-                        loss = loss_fn(all_emb, all_lab)
+                        loss = global_batch_loss(net, loss_fn, images, labels, ctx)
                         if not bool(torch.isfinite(loss.detach())):
                             lr_now = cfg.optim.lr
                             raise TrainingDivergedError(
@@ -591,11 +633,7 @@ def train(
                                 f"(now {lr_now:g}), or enable optim.warmup_steps / train.grad_clip"
                             )
                         optimizer.zero_grad(set_to_none=True)
-                        scaler.scale(loss * world).backward()
-                        if world > 1:
-                            for p in loss_fn.parameters():
-                                if p.grad is not None:
-                                    p.grad.div_(world)
+                        backward_global(scaler.scale(loss), loss_fn)
                         if cfg.train.grad_clip is not None:
                             scaler.unscale_(optimizer)
                             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
@@ -682,8 +720,11 @@ def train(
         )
     finally:
         torch.use_deterministic_algorithms(det_before[0], warn_only=det_before[1])
-        if started_pg and dist.is_initialized():
-            dist.destroy_process_group()
+
+
+def _destroy_process_group() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def config_of_checkpoint(ckpt: dict[str, Any]) -> TrainingConfig:
