@@ -323,7 +323,7 @@ def backward_global(loss: torch.Tensor, loss_fn: nn.Module) -> None:
     is divided out of them again.
     """
     world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
-    (loss * world).backward()
+    torch.autograd.backward(loss * world)
     if world > 1:
         for p in loss_fn.parameters():
             if p.grad is not None:
