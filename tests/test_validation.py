@@ -42,7 +42,7 @@ def test_l2_normalize_unit_rows_and_zero_row_error() -> None:
     x = torch.tensor([[3.0, 4.0], [0.0, 2.0]])
     y = l2_normalize(x)
     assert torch.allclose(y.norm(dim=1), torch.ones(2))
-    with pytest.raises(ValueError, match="all-zero row.*row 1"):
+    with pytest.raises(ValueError, match=r"all-zero row.*row 1"):
         l2_normalize(torch.tensor([[1.0, 0.0], [0.0, 0.0]]))
 
 

@@ -52,7 +52,9 @@ def as_embeddings(
         try:
             t = torch.as_tensor(np.asarray(x))
         except (TypeError, ValueError) as exc:
-            raise ValueError(f"{name} must be a numeric (N, D) array; got {type(x).__name__}") from exc
+            raise ValueError(
+                f"{name} must be a numeric (N, D) array; got {type(x).__name__}"
+            ) from exc
     if t.ndim != 2:
         raise ValueError(f"{name} must be a 2-D array of shape (N, D); got shape {tuple(t.shape)}")
     if not allow_empty and (t.shape[0] == 0 or t.shape[1] == 0):
@@ -86,12 +88,13 @@ def l2_normalize(x: torch.Tensor, name: str = "embeddings") -> torch.Tensor:
             f"{name} have {int(zero.sum())} all-zero row(s) (cannot L2-normalise); first is "
             f"row {first}"
         )
-    return x / norms
+    out: torch.Tensor = x / norms
+    return out
 
 
-def encode_labels(labels: ArrayLike, n: int | None = None, name: str = "labels") -> tuple[
-    np.ndarray, np.ndarray
-]:
+def encode_labels(
+    labels: ArrayLike, n: int | None = None, name: str = "labels"
+) -> tuple[np.ndarray, np.ndarray]:
     """Map labels of any hashable, sortable type to dense integer codes.
 
     Args:
