@@ -1,0 +1,362 @@
+#!/usr/bin/env python
+"""The experiments of docs/results.md (paper findings on the glyph benchmark), one command each.
+
+    python experiments/run.py tcm_on_off      # 1 + 4: base losses x {off, on} x 3 seeds
+    python experiments/run.py pareto          # 2: many models (losses x dims x lengths x TCM)
+    python experiments/run.py margins         # 3: m+ x m- grid (Smooth-AP + TCM)
+    python experiments/run.py cost            # 5: training step time with / without TCM, B=512
+    python experiments/run.py all             # everything above, in that order
+    python experiments/report.py              # regenerate docs/results.md + plots from the JSON
+
+Every training run starts from ``configs/demo.yaml`` (glyphs, small CNN, 32 px, CPU) plus the
+overrides listed here, evaluates the *last* checkpoint once at the end on the unseen test classes
+(no model selection on test data), and writes one raw JSON file
+``experiments/results/<experiment>/<run>.json`` (metrics, the exact overrides, wall time, and the
+deployment view of experiment 4). A run whose JSON exists is skipped, so the suite is resumable
+and runnable piece by piece (``--only NAME-SUBSTRING``, ``--force`` to redo). Checkpoints and logs
+go to ``experiments/runs/`` (not committed).
+
+Deployment view (experiment 4): the test classes are split into two disjoint halves by the glyph
+dataset's own rule (``calibration`` / ``evaluation``); the threshold for a global FAR of 1e-3 is
+picked on the calibration half, and per-class FAR / FRR are measured at that threshold on the
+evaluation half (classes never used for choosing it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "experiments" / "results"
+RUNS = ROOT / "experiments" / "runs"
+BASE_CONFIG = ROOT / "configs" / "demo.yaml"
+TARGET_FAR = 1e-3
+
+# Per-loss settings on top of configs/demo.yaml (the demo recipe is tuned for Smooth-AP).
+LOSS_OVERRIDES: dict[str, list[str]] = {
+    "smooth_ap": ["loss.name=smooth_ap"],
+    "multi_similarity": ["loss.name=multi_similarity"],
+    "proxy_anchor": ["loss.name=proxy_anchor", "optim.loss_lr_mult=1"],
+    "recall_surrogate": ["loss.name=recall_surrogate"],
+}
+SEEDS = (0, 1, 2)
+
+
+@dataclass
+class Run:
+    """One training run: name (file stem), overrides of configs/demo.yaml, free-form tags."""
+
+    name: str
+    overrides: list[str]
+    tags: dict[str, Any] = field(default_factory=dict)
+
+
+def _tcm(on: bool, m_pos: float = 0.9, m_neg: float = 0.5) -> list[str]:
+    if not on:
+        return ["loss.tcm.enabled=false"]
+    return [
+        "loss.tcm.enabled=true",
+        f"loss.tcm.margin_pos={m_pos}",
+        f"loss.tcm.margin_neg={m_neg}",
+    ]
+
+
+def runs_tcm_on_off() -> list[Run]:
+    out = []
+    for loss in ("smooth_ap", "multi_similarity", "proxy_anchor"):
+        for on in (False, True):
+            for seed in SEEDS:
+                out.append(
+                    Run(
+                        f"{loss}_{'tcm' if on else 'base'}_s{seed}",
+                        [*LOSS_OVERRIDES[loss], *_tcm(on), f"seed={seed}"],
+                        {"loss": loss, "tcm": on, "seed": seed},
+                    )
+                )
+    return out
+
+
+def runs_pareto() -> list[Run]:
+    """Models beyond experiment 1 (which the plot includes too): dims x lengths x losses."""
+    out = []
+    for loss in ("smooth_ap", "multi_similarity", "proxy_anchor", "recall_surrogate"):
+        for dim in (32, 128):
+            for epochs in (2, 8):
+                for on in (False, True):
+                    if loss == "recall_surrogate" and (dim, epochs) != (128, 8):
+                        continue
+                    out.append(
+                        Run(
+                            f"{loss}_d{dim}_e{epochs}_{'tcm' if on else 'base'}",
+                            [
+                                *LOSS_OVERRIDES[loss],
+                                *_tcm(on),
+                                f"model.embedding_dim={dim}",
+                                f"train.epochs={epochs}",
+                            ],
+                            {"loss": loss, "tcm": on, "dim": dim, "epochs": epochs},
+                        )
+                    )
+    return out
+
+
+def runs_margins() -> list[Run]:
+    out = []
+    for m_pos in (0.8, 0.85, 0.9, 0.95):
+        for m_neg in (0.3, 0.4, 0.5, 0.6):
+            out.append(
+                Run(
+                    f"smooth_ap_mp{m_pos}_mn{m_neg}",
+                    [*LOSS_OVERRIDES["smooth_ap"], *_tcm(True, m_pos, m_neg)],
+                    {"loss": "smooth_ap", "tcm": True, "margin_pos": m_pos, "margin_neg": m_neg},
+                )
+            )
+    return out
+
+
+# ----------------------------------------------------------------------------- one run
+
+
+def _atomic_json(path: Path, obj: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=1, sort_keys=True))
+    os.replace(tmp, path)
+
+
+def deployment_view(npz: Path, target_far: float = TARGET_FAR) -> dict[str, Any]:
+    """Threshold for ``target_far`` on the calibration half; per-class FAR/FRR on the other."""
+    from tcm.data.glyphs import glyph_split
+    from tcm.metrics import operating_point, threshold_at_far
+
+    with np.load(npz, allow_pickle=False) as f:
+        emb, lab, names = f["embeddings"], f["labels"], f["class_names"]
+    half = np.array([glyph_split(str(names[int(y)])) for y in lab])
+    cal, ev = half == "calibration", half == "evaluation"
+    t = threshold_at_far(emb[cal], lab[cal], far=target_far)
+    op_cal = operating_point(emb[cal], lab[cal], threshold=t)
+    op = operating_point(emb[ev], lab[ev], threshold=t)
+    far, frr = np.asarray(op.far), np.asarray(op.frr)
+    return {
+        "target_far": target_far,
+        "threshold": float(t),
+        "calibration_global_far": float(op_cal.global_far),
+        "calibration_classes": len(op_cal.classes),
+        "evaluation_classes": len(op.classes),
+        "global_far": float(op.global_far),
+        "global_tar": float(op.global_tar),
+        "far_per_class": [float(v) for v in far],
+        "frr_per_class": [float(v) for v in frr],
+        "far_p50": float(np.quantile(far, 0.5)),
+        "far_p90": float(np.quantile(far, 0.9)),
+        "far_max": float(far.max()),
+        "far_std": float(far.std()),
+        "frr_p50": float(np.quantile(frr, 0.5)),
+        "frr_p90": float(np.quantile(frr, 0.9)),
+        "frr_max": float(frr.max()),
+        "frr_std": float(frr.std()),
+        "classes_far_over_2x": int((far > 2 * target_far).sum()),
+        "classes_far_over_10x": int((far > 10 * target_far).sum()),
+    }
+
+
+def run_one(exp: str, run: Run, force: bool = False) -> dict[str, Any] | None:
+    """Train + evaluate one run unless its JSON exists; returns the record (or None: skipped)."""
+    from tcm.train.config import load_config
+    from tcm.train.loop import train
+
+    path = RESULTS / exp / f"{run.name}.json"
+    if path.exists() and not force:
+        return None
+    out_dir = RUNS / exp / run.name
+    cfg = load_config(BASE_CONFIG, run.overrides)
+    epochs = cfg.train.epochs
+    fixed = [
+        f"output_dir={out_dir}",
+        f"train.eval_every={epochs}",  # one evaluation, at the end: last checkpoint
+        "train.progress=false",
+        "train.tensorboard=false",
+    ]
+    cfg = load_config(BASE_CONFIG, [*run.overrides, *fixed])
+    t0 = time.perf_counter()
+    res = train(cfg, echo=None)
+    wall = time.perf_counter() - t0
+    if res.interrupted:
+        raise KeyboardInterrupt
+    record = {
+        "experiment": exp,
+        "run": run.name,
+        "tags": run.tags,
+        "overrides": run.overrides,
+        "command": "tcm train --config configs/demo.yaml " + " ".join(run.overrides),
+        "metrics": res.last_metrics,
+        "steps": res.steps,
+        "wall_s": round(wall, 1),
+        "deployment": deployment_view(out_dir / "embeddings.npz"),
+        "machine": f"{platform.machine()} {os.cpu_count()} cpus, torch {torch.__version__}",
+        "threads": torch.get_num_threads(),
+    }
+    _atomic_json(path, record)
+    return record
+
+
+def run_many(
+    exp: str,
+    runs: Sequence[Run],
+    only: str | None,
+    force: bool,
+    shard: tuple[int, int] = (0, 1),
+) -> None:
+    todo = [r for r in runs if only is None or only in r.name]
+    todo = todo[shard[0] :: shard[1]]
+    for i, r in enumerate(todo, 1):
+        t0 = time.perf_counter()
+        rec = run_one(exp, r, force)
+        if rec is None:
+            print(f"[{exp} {i}/{len(todo)}] {r.name}: exists, skipped", flush=True)
+            continue
+        m = rec["metrics"]
+        d = rec["deployment"]
+        print(
+            f"[{exp} {i}/{len(todo)}] {r.name}: R@1 {m['recall_at_1']:.4f} "
+            f"MAP@R {m['map_at_r']:.4f} OPIS {m['opis']:.3g} "
+            f"eOPIS5 {m['epsilon_opis_0.05']:.3g} FAR>2x {d['classes_far_over_2x']} "
+            f"({time.perf_counter() - t0:.0f} s)",
+            flush=True,
+        )
+
+
+# ----------------------------------------------------------------------------- cost
+
+
+def cost(steps: int = 12, repeats: int = 3, batch: int = 512, force: bool = False) -> None:
+    """Time one optimiser step (forward, loss, backward, step) at ``batch`` with and without
+    TCM for each base loss; interleaved repeats, median reported. Data loading excluded."""
+    from tcm import data as tdata
+    from tcm.losses import build_loss
+    from tcm.models import build_model
+    from tcm.train.config import load_config
+
+    path = RESULTS / "cost" / f"cost_b{batch}.json"
+    if path.exists() and not force:
+        print(f"[cost] {path.name}: exists, skipped")
+        return
+    cfg = load_config(BASE_CONFIG, [])
+    ds = tdata.load("glyphs", split="train", image_size=cfg.data.image_size, transform="default")
+    g = torch.Generator().manual_seed(0)
+    labels_all = torch.as_tensor(np.asarray(ds.labels))
+    classes = torch.unique(labels_all)
+    pick = classes[torch.randperm(len(classes), generator=g)[: batch // 4]]
+    idx = torch.cat([torch.nonzero(labels_all == c).flatten()[:4] for c in pick])
+    images = torch.stack([ds[int(i)][0] for i in idx])
+    labels = labels_all[idx]
+
+    rows: list[dict[str, Any]] = []
+    for loss_name in ("smooth_ap", "multi_similarity", "proxy_anchor"):
+        times: dict[bool, list[float]] = {False: [], True: []}
+        fns: dict[bool, Callable[[], None]] = {}
+        for on in (False, True):
+            torch.manual_seed(0)
+            model = build_model("small_cnn", 64, None, cfg.data.image_size)
+            loss_fn = build_loss(loss_name, tcm=on, num_classes=len(classes), embedding_dim=64)
+            params = list(model.parameters()) + list(loss_fn.parameters())
+            opt = torch.optim.AdamW(params, lr=1e-3)
+
+            def step(model: Any = model, loss_fn: Any = loss_fn, opt: Any = opt) -> None:
+                opt.zero_grad(set_to_none=True)
+                loss = loss_fn(model(images), labels)
+                loss.backward()
+                opt.step()
+
+            step()  # warm-up
+            fns[on] = step
+        for _ in range(repeats):
+            for on in (False, True):
+                t0 = time.perf_counter()
+                for _ in range(steps):
+                    fns[on]()
+                times[on].append((time.perf_counter() - t0) / steps)
+        off, on_ = float(np.median(times[False])), float(np.median(times[True]))
+        rows.append(
+            {
+                "loss": loss_name,
+                "step_s_base": off,
+                "step_s_tcm": on_,
+                "overhead_pct": 100.0 * (on_ - off) / off,
+                "epoch_s_base": off * len(ds) / batch,
+                "epoch_s_tcm": on_ * len(ds) / batch,
+            }
+        )
+        print(
+            f"[cost] {loss_name}: {off * 1e3:.0f} ms/step -> {on_ * 1e3:.0f} ms/step with TCM "
+            f"({rows[-1]['overhead_pct']:+.1f}%)",
+            flush=True,
+        )
+    _atomic_json(
+        path,
+        {
+            "experiment": "cost",
+            "batch": batch,
+            "steps_per_repeat": steps,
+            "repeats": repeats,
+            "train_images": len(ds),
+            "rows": rows,
+            "machine": f"{platform.machine()} {os.cpu_count()} cpus, torch {torch.__version__}",
+            "threads": torch.get_num_threads(),
+        },
+    )
+
+
+EXPERIMENTS: dict[str, Callable[[], list[Run]]] = {
+    "tcm_on_off": runs_tcm_on_off,
+    "pareto": runs_pareto,
+    "margins": runs_margins,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("experiment", nargs="+", choices=[*EXPERIMENTS, "cost", "all", "list"])
+    p.add_argument("--only", help="run only runs whose name contains this")
+    p.add_argument("--force", action="store_true", help="redo runs whose JSON exists")
+    p.add_argument(
+        "--shard",
+        nargs=2,
+        type=int,
+        default=(0, 1),
+        metavar=("I", "N"),
+        help="run every N-th run starting at I (parallel workers on a many-core machine)",
+    )
+    p.add_argument("--threads", type=int, help="torch threads per process (default: torch's)")
+    a = p.parse_args(argv)
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    names = [*list(EXPERIMENTS), "cost"] if "all" in a.experiment else list(a.experiment)
+    if "list" in names:
+        for exp, fn in EXPERIMENTS.items():
+            for r in fn():
+                done = (RESULTS / exp / f"{r.name}.json").exists()
+                print(f"{exp:11s} {r.name:40s} {'done' if done else 'todo'}")
+        return 0
+    for exp in names:
+        if exp == "cost":
+            cost(force=a.force)
+        else:
+            run_many(exp, EXPERIMENTS[exp](), a.only, a.force, (a.shard[0], a.shard[1]))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
