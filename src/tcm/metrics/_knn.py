@@ -138,6 +138,41 @@ def _order(q: torch.Tensor, g: torch.Tensor, idx: torch.Tensor, k: int) -> torch
     return idx_sorted.gather(1, perm)[:, :k]
 
 
+def _settle(
+    out: torch.Tensor,
+    rows: torch.Tensor,
+    q: torch.Tensor,
+    g: torch.Tensor,
+    vals: torch.Tensor,
+    idx: torch.Tensor,
+    k: int,
+    complete: bool,
+    tol: float,
+) -> torch.Tensor:
+    """Write the exact top-``k`` of the certified rows into ``out[rows]``; return the ok mask.
+
+    ``vals``/``idx`` (``(R, kk)``, scores descending) are the candidates of the query rows
+    ``q[rows]``; ``complete``: they hold the whole gallery (nothing can be missing).
+    """
+    kk = vals.shape[1]
+    if complete:
+        ok = torch.ones(rows.numel(), dtype=torch.bool, device=q.device)
+    else:
+        ok = (vals[:, k - 1].double() - vals[:, kk - 1].double()) > tol
+    if bool(ok.any()):
+        v, i = vals[ok], idx[ok]
+        # rows whose first k + 1 scores are separated by more than tol are already in the
+        # exact (-s64, j) order; only rows with near-ties are re-sorted canonically (float64)
+        m = min(k + 1, kk)
+        gaps = v[:, : m - 1].double() - v[:, 1:m].double()
+        clear = (gaps > tol).all(dim=1)
+        res = i[:, :k].clone()
+        if not bool(clear.all()):
+            res[~clear] = _order(q[rows[ok][~clear]], g, i[~clear], k)
+        out[rows[ok]] = res
+    return ok
+
+
 def exact_topk(
     searcher: Searcher,
     q: torch.Tensor,
@@ -146,6 +181,8 @@ def exact_topk(
     self_idx: torch.Tensor | None,
     extra: int = 8,
     initial: tuple[torch.Tensor, torch.Tensor] | None = None,
+    initial_unit_roundoff: float | None = None,
+    max_rows: int | None = None,
 ) -> torch.Tensor:
     """Exact top-``k`` gallery indices for each query row, ordered by ``(-s64, index)``.
 
@@ -157,7 +194,12 @@ def exact_topk(
         self_idx: ``(B,)`` gallery index of each query to exclude (leave-one-out), or ``None``.
         extra: additional candidates fetched to certify the cut.
         initial: optional first-round ``(scores, indices)`` of shape ``(B, kk)`` (``kk >= k``,
-            scores descending, self excluded), e.g. from :func:`symmetric_candidates`.
+            the top ``kk`` by those scores, descending, self excluded), e.g. from
+            :func:`symmetric_candidates`.
+        initial_unit_roundoff: unit roundoff of the ``initial`` scores (default: the
+            searcher's), e.g. ``2 * eps(float32)`` for float32 scores of float64 inputs.
+        max_rows: at most this many rows per ``searcher.search`` call (bounds the ``(rows, N)``
+            block of the backend); ``None``: all rows at once.
 
     Returns:
         int64 tensor ``(B, k)`` of gallery indices.
@@ -171,39 +213,30 @@ def exact_topk(
     n_avail = g.shape[0] - int(self_idx is not None)
     if not 1 <= k <= n_avail:
         raise ValueError(f"k must be in [1, {n_avail}]; got {k}")
-    tol = 2.0 * (q.shape[1] + 2) * searcher.unit_roundoff
     out = torch.empty((b, k), dtype=torch.int64, device=q.device)
-    todo = torch.arange(b, device=q.device)
+    rows = torch.arange(b, device=q.device)
     kk = min(k + extra, n_avail)
     if initial is not None:
-        kk = initial[0].shape[1]
-        if not k <= kk <= n_avail:
-            raise ValueError(f"initial candidates: need {k} <= kk <= {n_avail}; got {kk}")
-    while todo.numel() > 0:
-        qs = q[todo]
-        own = None if self_idx is None else self_idx[todo]
-        if initial is not None:
-            vals, idx = initial
-            initial = None
-        else:
-            vals, idx = searcher.search(qs, kk, own)
-        if kk >= n_avail:
-            ok = torch.ones(todo.numel(), dtype=torch.bool, device=q.device)
-        else:
-            ok = (vals[:, k - 1].double() - vals[:, kk - 1].double()) > tol
-        if bool(ok.any()):
-            v, i = vals[ok], idx[ok]
-            # rows whose first k + 1 scores are separated by more than tol are already in the
-            # exact (-s64, j) order; only rows with near-ties are re-sorted canonically
-            m = min(k + 1, kk)
-            gaps = v[:, : m - 1].double() - v[:, 1:m].double()
-            clear = (gaps > tol).all(dim=1)
-            res = i[:, :k].clone()
-            if not bool(clear.all()):
-                res[~clear] = _order(qs[ok][~clear], g, i[~clear], k)
-            out[todo[ok]] = res
-        todo = todo[~ok]
-        kk = min(2 * kk, n_avail)
+        vals, idx = initial
+        kk0 = vals.shape[1]
+        if not k <= kk0 <= n_avail or vals.shape[0] != b:
+            raise ValueError(f"initial candidates: need shape ({b}, kk), {k} <= kk <= {n_avail}")
+        u0 = searcher.unit_roundoff if initial_unit_roundoff is None else initial_unit_roundoff
+        tol0 = 2.0 * (q.shape[1] + 2) * u0
+        ok = _settle(out, rows, q, g, vals, idx, k, kk0 >= n_avail, tol0)
+        rows = rows[~ok]
+        kk = min(2 * kk0, n_avail)
+    tol = 2.0 * (q.shape[1] + 2) * searcher.unit_roundoff
+    step = max(1, max_rows or rows.numel())
+    for lo in range(0, rows.numel(), step):
+        todo = rows[lo : lo + step]
+        kt = kk
+        while todo.numel() > 0:
+            own = None if self_idx is None else self_idx[todo]
+            vals, idx = searcher.search(q[todo], kt, own)
+            ok = _settle(out, todo, q, g, vals, idx, k, kt >= n_avail, tol)
+            todo = todo[~ok]
+            kt = min(2 * kt, n_avail)
     return out
 
 
@@ -258,16 +291,76 @@ def symmetric_candidates(x: torch.Tensor, kk: int, block: int) -> tuple[torch.Te
 
     Uses the symmetry ``s(i, j) = s(j, i)``: each ``(block x block)`` tile ``X_I X_J^T`` with
     ``J >= I`` is computed once and feeds the running top-``kk`` of the rows of ``I`` (row-wise)
-    and of ``J`` (column-wise), halving the matmul work of the leave-one-out case. Memory: one tile
-    plus ``(N, kk)`` running scores and indices.
+    and of ``J`` (column-wise), halving the matmul work of the leave-one-out case. Memory: one or
+    two tiles plus ``(N, kk)`` running scores and indices.
+
+    For a float32 CPU ``x`` with faiss installed, the running top-``kk`` are faiss min-heaps
+    (one fused C++ comparison pass per tile and side, :func:`_symmetric_candidates_heap`);
+    otherwise torch threshold-and-merge (:func:`_symmetric_candidates_torch`, any device/dtype).
 
     Returns:
-        ``(scores, indices)`` of shape ``(N, kk)``, scores descending, self excluded; ties at the
-        cut are arbitrary (pass them as ``initial`` to :func:`exact_topk`).
+        ``(scores, indices)`` of shape ``(N, kk)`` in ``x.dtype``, scores descending (the top
+        ``kk`` by the computed scores), self excluded; ties at the cut are arbitrary (pass them
+        as ``initial`` to :func:`exact_topk`).
     """
     n = x.shape[0]
     if not 1 <= kk <= n - 1:
         raise ValueError(f"kk must be in [1, {n - 1}]; got {kk}")
+    if block < 1:
+        raise ValueError(f"block must be >= 1; got {block}")
+    if x.device.type == "cpu" and x.dtype == torch.float32 and faiss_available():
+        return _symmetric_candidates_heap(x, kk, block)
+    return _symmetric_candidates_torch(x, kk, block)
+
+
+def _symmetric_candidates_heap(
+    x: torch.Tensor, kk: int, block: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`symmetric_candidates` for float32 CPU ``x`` with faiss ``float_minheap_array_t``.
+
+    Per tile ``S = X_I X_J^T`` (written into a reused buffer, no allocation): ``heaps.addn``
+    pushes the rows of ``S`` into the heaps of ``I`` (ids ``J``), then ``S^T`` (copied into a
+    second buffer) into the heaps of ``J``. A heap only does work for a score above its current
+    minimum, so each side costs one comparison pass, parallel over rows (OpenMP); the tile
+    matmul dominates. Memory: ``2 * block**2`` floats plus ``(N, kk)`` scores and ids.
+    """
+    import faiss
+
+    n = x.shape[0]
+    xc = x.detach().contiguous()
+    vals = np.empty((n, kk), dtype=np.float32)
+    ids = np.empty((n, kk), dtype=np.int64)
+    heaps: Any = faiss.float_minheap_array_t()
+    heaps.k = kk
+    heaps.nh = n
+    heaps.val = faiss.swig_ptr(vals)
+    heaps.ids = faiss.swig_ptr(ids)
+    heaps.heapify()  # all slots = -FLT_MAX; -inf (self) never enters, real scores always do
+    b = min(block, n)
+    buf = torch.empty(b * b, dtype=torch.float32)
+    buf_t = torch.empty(b * min(b, max(0, n - b)), dtype=torch.float32)
+    for i0 in range(0, n, b):
+        bi = min(b, n - i0)
+        for j0 in range(i0, n, b):
+            bj = min(b, n - j0)
+            s = buf[: bi * bj].view(bi, bj)
+            torch.mm(xc[i0 : i0 + bi], xc[j0 : j0 + bj].T, out=s)
+            if j0 == i0:
+                s.fill_diagonal_(-torch.inf)
+            heaps.addn(bj, faiss.swig_ptr(s.numpy()), j0, i0, bi)
+            if j0 != i0:
+                st = buf_t[: bi * bj].view(bj, bi)
+                st.copy_(s.T)
+                heaps.addn(bi, faiss.swig_ptr(st.numpy()), i0, j0, bj)
+    heaps.reorder()  # each row sorted by decreasing score
+    return torch.from_numpy(vals), torch.from_numpy(ids)
+
+
+def _symmetric_candidates_torch(
+    x: torch.Tensor, kk: int, block: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`symmetric_candidates` in torch (any device and float dtype)."""
+    n = x.shape[0]
     run_v = torch.full((n, kk), -torch.inf, dtype=x.dtype, device=x.device)
     run_i = torch.zeros((n, kk), dtype=torch.int64, device=x.device)
     starts = range(0, n, block)

@@ -23,7 +23,10 @@ equal similarities, by increasing gallery index. Both backends (``"torch"``: chu
 Memory: queries are processed in chunks of ``B`` rows; the only large temporary is the ``(B, N)``
 similarity block (``B`` chosen so it takes about 64 MiB on CPU, 512 MiB on CUDA). Labels are
 encoded once to int codes and class sizes come from ``bincount`` (linear time, no class x sample
-matrix); per chunk ``k = max(max(ks), max R in chunk)`` neighbours are retrieved.
+matrix); per chunk ``k = max(max(ks), max R in chunk)`` neighbours are retrieved. Leave-one-out
+over all queries instead computes each similarity tile once for both of its row blocks
+(:func:`tcm.metrics._knn.symmetric_candidates`; on CPU two 64 MiB tile buffers and faiss heaps of
+``k + 8`` candidates per row), then certifies the exact order as above.
 
 Sharding: :func:`retrieval_per_query` evaluates any subset of queries (``query_indices``) and
 :func:`merge_per_query` combines the parts; splitting the queries across processes gives exactly
@@ -74,7 +77,11 @@ _CPU_BLOCK_BYTES = 64 << 20
 _CUDA_BLOCK_BYTES = 512 << 20
 _MAX_CHUNK = 8192
 _FAISS_CHUNK = 4096
-_SYM_MAX_K = 64  # above this, running top-k state for all N rows costs more than it saves
+# Leave-one-out over all queries uses the symmetry of the similarity (see _knn.symmetric_candidates)
+_CPU_SYM_BYTES = 128 << 20  # CPU: one (b x b) float32 tile + its transposed copy -> b = 4096
+_SYM_MAX_K = 64  # torch merge (CUDA / no faiss): above this the merges cost more than they save
+_HEAP_MAX_K = 1024  # CPU faiss heaps: candidates per row ...
+_HEAP_STATE_BYTES = 256 << 20  # ... and (N, kk) float32 scores + int64 ids at most this large
 
 
 def _jsonable(a: np.ndarray) -> list[Any]:
@@ -256,8 +263,15 @@ def _as_index_array(query_indices: ArrayLike | slice | None, n: int) -> np.ndarr
 
 
 def _sym_block(device: torch.device) -> int:
-    budget = _CUDA_BLOCK_BYTES if device.type == "cuda" else _CPU_BLOCK_BYTES
+    budget = _CUDA_BLOCK_BYTES if device.type == "cuda" else _CPU_SYM_BYTES
     return int(max(256, (budget // 8) ** 0.5))  # tile + its transposed copy, float32
+
+
+def _use_symmetric(n: int, kk: int, device: torch.device) -> bool:
+    """Whether the symmetric leave-one-out candidate search pays off for ``kk`` per row."""
+    if device.type == "cpu" and faiss_available():
+        return kk <= _HEAP_MAX_K and n * kk * 12 <= _HEAP_STATE_BYTES
+    return kk <= _SYM_MAX_K + 8
 
 
 def _auto_chunk(n_gallery: int, elem_bytes: int, device: torch.device, backend: str) -> int:
@@ -345,13 +359,32 @@ def retrieval_per_query(
         width = min(max(kmax, q_r_max), n_avail)
         k_all = min(max(kmax, int(r_all.max())), n_avail)
         pre: torch.Tensor | None = None
-        if loo and backend_used == "torch" and query_indices is None and k_all <= _SYM_MAX_K:
+        kk = min(k_all + 8, n_avail)
+        if (
+            loo
+            and backend_used == "torch"
+            and query_indices is None
+            and _use_symmetric(ng, kk, device)
+        ):
             # all queries = whole gallery: compute each similarity tile once (symmetry)
             block = chunk_size or _sym_block(device)
-            kk = min(k_all + 8, n_avail)
-            cand = symmetric_candidates(gn, kk, block)
+            # on CPU the candidates are searched in float32 (faiss heaps), certified with the
+            # float32 error bound, and only near-ties are re-ranked in float64
+            xs = gn.float() if device.type == "cpu" else gn
+            u0 = float(torch.finfo(xs.dtype).eps) * (1.0 if xs.dtype == gn.dtype else 2.0)
+            cand = symmetric_candidates(xs, kk, block)
+            del xs
             vq = torch.from_numpy(sel[valid_pos]).to(device)
-            pre = exact_topk(searcher, qn[vq], gn, k_all, vq, initial=(cand[0][vq], cand[1][vq]))
+            pre = exact_topk(
+                searcher,
+                qn[vq],
+                gn,
+                k_all,
+                vq,
+                initial=(cand[0][vq], cand[1][vq]),
+                initial_unit_roundoff=u0,
+                max_rows=chunk,
+            )
             del cand
         for lo in range(0, valid_pos.size, chunk):
             pos = torch.from_numpy(valid_pos[lo : lo + chunk]).to(device)
@@ -361,7 +394,7 @@ def retrieval_per_query(
                 idx = pre[lo : lo + chunk]
             else:
                 k = min(max(kmax, int(rc.max())), n_avail)
-                idx = exact_topk(searcher, qn[qi], gn, k, qi if loo else None)
+                idx = exact_topk(searcher, qn[qi], gn, k, qi if loo else None, max_rows=chunk)
             h, ap, rp = _chunk_scores(g_codes[idx], q_codes[qi], rc, ks_t, width)
             p = pos.cpu().numpy()
             hits[p] = h.cpu().numpy()
