@@ -3,10 +3,17 @@
 For each N it runs, each in a fresh subprocess (so peak RSS = ``ru_maxrss`` of that method alone):
 
 * ``ours``     - ``threshold_consistency`` (defaults: far_range (1e-2, 1e-1), 101 thresholds);
-* ``floor``    - the bare block matmuls ``X_i X_j^T`` over the upper triangle (same block size);
+* ``floor``    - the bare block matmuls ``X_i X_j^T`` over the upper triangle, each unordered pair
+  once, run exactly as ``ours`` runs them (same blocks and default block size, same worker
+  threads, outputs written into a reused buffer) with nothing else done per block. ``ours``
+  makes two such passes (exact quantiles, then counts) plus a small sample, so ``ours/fl``
+  cannot go below ~2;
+* ``mm-serial`` - the same pairs as a plain loop of multi-threaded ``x_i @ x_j.T`` over 4096-row
+  blocks with a fresh output per block (the floor as first defined; page faults for the 64 MiB
+  outputs and thread barriers make it slower than ``floor``, much slower on a busy machine);
 * ``baseline`` - what a user writes by hand: full N x N float64 similarity matrix, ``np.quantile``
-  of the negatives, then a loop over classes and thresholds (skipped when N x N float64 would
-  exceed ~8 GiB).
+  of the negatives, then a loop over classes and thresholds (skipped when its peak memory,
+  about 24 N^2 bytes, would exceed 80% of the available memory: it is killed otherwise).
 
 Synthetic data: ``N`` float32 embeddings of dimension ``--dim``, ``round(N * ratio)`` classes
 (Gaussian class centres plus noise). Usage::
@@ -24,11 +31,24 @@ import resource
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 
-BASELINE_MAX_BYTES = 8 * 2**30
+BASELINE_BYTES_PER_PAIR = 24  # N x N float64 matrix + triu indices + the upper-triangle copies
+
+
+def available_bytes() -> int:
+    """``MemAvailable`` from /proc/meminfo (8 GiB where that cannot be read)."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 8 * 2**30
 
 
 def make_data(n: int, dim: int, num_classes: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -49,14 +69,24 @@ def run_ours(x: np.ndarray, y: np.ndarray) -> dict[str, Any]:
 
 
 def run_floor(x: np.ndarray, y: np.ndarray) -> dict[str, Any]:
-    import torch
+    from tcm.metrics._pairs import Block, check_block_size, map_blocks, prepare
 
-    from tcm.metrics._pairs import default_block_size
+    def drain(blocks: Iterator[Block]) -> int:
+        return sum(1 for _ in blocks)
+
+    t = time.perf_counter()
+    prep = prepare(x, y)
+    map_blocks(prep, check_block_size(None, prep), (0, 1), drain)
+    return {"time": time.perf_counter() - t, "opis": None}
+
+
+def run_mm_serial(x: np.ndarray, y: np.ndarray) -> dict[str, Any]:
+    import torch
 
     t = time.perf_counter()
     xt = torch.nn.functional.normalize(torch.as_tensor(x), dim=1)
     n = xt.shape[0]
-    b = default_block_size(n, xt.dtype)
+    b = 4096
     for i in range(0, n, b):
         for j in range(i, n, b):
             _ = xt[i : i + b] @ xt[j : j + b].T
@@ -96,7 +126,12 @@ def run_baseline(x: np.ndarray, y: np.ndarray) -> dict[str, Any]:
     return {"time": time.perf_counter() - t, "opis": opis}
 
 
-METHODS = {"ours": run_ours, "floor": run_floor, "baseline": run_baseline}
+METHODS = {
+    "ours": run_ours,
+    "floor": run_floor,
+    "mm-serial": run_mm_serial,
+    "baseline": run_baseline,
+}
 
 
 def worker(method: str, n: int, dim: int, num_classes: int) -> None:
@@ -113,7 +148,8 @@ def spawn(method: str, n: int, dim: int, num_classes: int, threads: int | None) 
     cmd = [sys.executable, __file__, "--worker", method, str(n), str(dim), str(num_classes)]
     res = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
     if res.returncode != 0:
-        return {"error": res.stderr.strip().splitlines()[-1] if res.stderr else "failed"}
+        last = res.stderr.strip().splitlines()[-1] if res.stderr.strip() else ""
+        return {"error": last or f"exit code {res.returncode}"}
     return dict(json.loads(res.stdout.strip().splitlines()[-1]))
 
 
@@ -133,7 +169,7 @@ def main(argv: list[str] | None = None) -> None:
         return
     hdr = (
         f"{'N':>7} {'C':>6} | {'ours s':>8} {'RSS MiB':>8} | {'floor s':>8} {'ours/fl':>7} | "
-        f"{'base s':>8} {'RSS MiB':>8} {'base/ours':>9} | {'|dOPIS|':>8}"
+        f"{'mm-ser s':>8} | {'base s':>8} {'RSS MiB':>8} {'base/ours':>9} | {'|dOPIS|':>8}"
     )
     print(f"threshold_consistency, D={a.dim}, far_range=(1e-2, 1e-1), K=101")
     print(hdr)
@@ -142,18 +178,20 @@ def main(argv: list[str] | None = None) -> None:
         c = max(2, round(n * a.classes_per_sample))
         ours = spawn("ours", n, a.dim, c, a.threads)
         floor = spawn("floor", n, a.dim, c, a.threads)
-        if "error" in ours or "error" in floor:
-            print(f"{n:>7} {c:>6} | error: {ours.get('error') or floor.get('error')}")
+        mm = spawn("mm-serial", n, a.dim, c, a.threads)
+        if "error" in ours or "error" in floor or "error" in mm:
+            err = ours.get("error") or floor.get("error") or mm.get("error")
+            print(f"{n:>7} {c:>6} | error: {err}")
             continue
         ratio = ours["time"] / max(floor["time"], 1e-9)
         row = (
             f"{n:>7} {c:>6} | {ours['time']:8.2f} {ours['rss_mib']:8.0f} | "
-            f"{floor['time']:8.2f} {ratio:7.2f} | "
+            f"{floor['time']:8.2f} {ratio:7.2f} | {mm['time']:8.2f} | "
         )
         if a.no_baseline:
             row += "skipped (--no-baseline)"
-        elif 8 * n * n > BASELINE_MAX_BYTES:
-            row += "skipped (N^2 memory)"
+        elif BASELINE_BYTES_PER_PAIR * n * n > 0.8 * available_bytes():
+            row += f"skipped (N^2 memory: ~{BASELINE_BYTES_PER_PAIR * n * n / 2**30:.0f} GiB)"
         else:
             base = spawn("baseline", n, a.dim, c, a.threads)
             if "error" in base:

@@ -9,24 +9,50 @@ Every pass takes ``shard=(shard_index, num_shards)``; the states of all shards m
 * :func:`hist_pass` - positive / negative similarity histograms over fixed bins.
 * :func:`negative_quantiles` - exact ``np.quantile(neg_sims, q)`` (linear) without ever holding
   all negatives, via a sampled bracket and one exact :func:`tail_pass`.
+
+Exactness: similarities are those of the block matmul in the embeddings' dtype; every
+comparison with a float64 bound ``t`` is exact because it is made against the nearest
+representable value on the right side (``s >= t`` iff ``s >= ceil_to_dtype(t)``, ``s <= t`` iff
+``s <= floor_to_dtype(t)``), so no similarity is ever converted to float64 except the few
+collected in quantile brackets.
+
+On CPU the per-block work is done with NumPy on the block buffer, in the worker threads of
+:func:`~tcm.metrics._pairs.map_blocks`: one compare and one index scan over the block, then
+only its tail (the ~10% of pairs at or above the lowest bound) is touched, with work arrays
+reused from block to block (:class:`Scratch`). :func:`count_pass` buckets the tail against the
+threshold grid arithmetically plus one exact correcting comparison (:class:`Buckets`) and counts
+both classes of every pair with a single small ``bincount`` per block. On other devices the
+passes use torch ops (:data:`FORCE_TORCH` selects that path on CPU too, for tests).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
-from tcm.metrics._pairs import Prepared, iter_blocks, sample_negative_similarities, select_ge
+from tcm.metrics._pairs import (
+    Block,
+    Prepared,
+    flatnonzero,
+    iter_blocks,
+    map_blocks,
+    mask_buffer,
+    sample_negative_similarities,
+)
 
 __all__ = [
+    "FORCE_TORCH",
+    "Buckets",
     "CountState",
     "HistState",
+    "Scratch",
     "TailState",
     "bucketize",
+    "ceil_to_dtype",
     "count_pass",
     "floor_to_dtype",
     "hist_pass",
@@ -36,12 +62,19 @@ __all__ = [
     "tail_pass",
 ]
 
+FORCE_TORCH = False
+"""Use the torch per-block code (the one run on CUDA) on CPU as well; for tests."""
+
+MIN_SAMPLE_SIZE = 100_000
+"""Smallest sample :func:`negative_quantiles` draws to bracket a quantile (unless capped by the
+caller's ``sample_size``)."""
+
 
 def floor_to_dtype(t: float, dtype: torch.dtype) -> float:
     """Largest value representable in ``dtype`` that is ``<= t`` (``t`` may be +-inf).
 
-    Used so that a cheap pre-filter ``S >= floor_to_dtype(t)`` in the block's dtype keeps every
-    value with ``S >= t`` in exact (float64) arithmetic.
+    For ``s`` of that dtype, ``s >= floor_to_dtype(t)`` keeps every ``s >= t`` (a safe
+    pre-filter) and ``s <= floor_to_dtype(t)`` iff ``s <= t``.
     """
     if math.isinf(t) or dtype == torch.float64:
         return t
@@ -49,6 +82,25 @@ def floor_to_dtype(t: float, dtype: torch.dtype) -> float:
     if float(v) > t:
         v = torch.nextafter(v, torch.tensor(float("-inf"), dtype=dtype))
     return float(v)
+
+
+def ceil_to_dtype(t: float, dtype: torch.dtype) -> float:
+    """Smallest value representable in ``dtype`` that is ``>= t``: for ``s`` of that dtype,
+    ``s >= ceil_to_dtype(t)`` iff ``s >= t`` (and ``s < ceil_to_dtype(t)`` iff ``s < t``)."""
+    if math.isinf(t) or dtype == torch.float64:
+        return t
+    v = torch.tensor(t, dtype=torch.float64).to(dtype)
+    if float(v) < t:
+        v = torch.nextafter(v, torch.tensor(float("inf"), dtype=dtype))
+    return float(v)
+
+
+def _np_dtype(dtype: torch.dtype) -> type[np.floating]:
+    return np.float64 if dtype == torch.float64 else np.float32
+
+
+def _use_numpy(prep: Prepared) -> bool:
+    return prep.x.device.type == "cpu" and not FORCE_TORCH
 
 
 def quantile_index(m: int, q: float) -> tuple[int, int, float]:
@@ -72,6 +124,9 @@ def lerp(a: float, b: float, t: float) -> float:
     return b - d * (1.0 - t) if t >= 0.5 else a + d * t
 
 
+# ----------------------------------------------------------------------------- tail pass
+
+
 @dataclass
 class TailState:
     """Bracket counts of the negative similarities (mergeable).
@@ -79,8 +134,8 @@ class TailState:
     Attributes:
         lo, hi: ``(Q,)`` float64 bracket bounds (``-inf`` / ``+inf`` allowed).
         num_above: ``(Q,)`` int64 number of negative pairs with ``s > hi[q]``.
-        values: ``Q`` float64 arrays of the negative similarities with ``lo[q] <= s <= hi[q]``
-            (unsorted).
+        values: ``Q`` arrays of the negative similarities with ``lo[q] <= s <= hi[q]``
+            (unsorted; in the similarities' dtype, so exact).
     """
 
     lo: np.ndarray
@@ -108,27 +163,57 @@ def tail_pass(
     shard: tuple[int, int] = (0, 1),
 ) -> TailState:
     """One pass over the negative pairs: per bracket ``q`` count ``s > hi[q]`` and collect
-    ``lo[q] <= s <= hi[q]`` (comparisons in float64). Blocks are pre-filtered by
-    ``s >= min(lo)`` so only the tail is handled in detail."""
+    ``lo[q] <= s <= hi[q]`` (exact comparisons, see the module docstring). Each block is first
+    cut to its tail ``s >= min(lo)``; the brackets are then applied to that tail."""
     lo_a = np.asarray(lo, dtype=np.float64)
     hi_a = np.asarray(hi, dtype=np.float64)
     nq = lo_a.shape[0]
     dtype = prep.x.dtype
-    lo_min = float(lo_a.min())
-    cut = floor_to_dtype(lo_min, dtype) if math.isfinite(lo_min) else float(torch.finfo(dtype).min)
-    above = torch.zeros(nq, dtype=torch.int64, device=prep.x.device)
-    chunks: list[list[torch.Tensor]] = [[] for _ in range(nq)]
-    for blk in iter_blocks(prep, block_size, shard):
-        sub = select_ge(blk.sims, cut)[1].to(torch.float64)
-        for q in range(nq):
-            lq, hq = float(lo_a[q]), float(hi_a[q])
-            if lq == -math.inf and hq == math.inf:  # unbounded: collect everything
-                chunks[q].append(sub)
-                continue
-            above[q] += torch.count_nonzero(sub > hq)
-            chunks[q].append(sub[(sub >= lq) & (sub <= hq)])
-    values = [torch.cat(c).cpu().numpy() if c else np.empty(0, dtype=np.float64) for c in chunks]
-    return TailState(lo=lo_a, hi=hi_a, num_above=above.cpu().numpy(), values=values)
+    lo_c = [ceil_to_dtype(float(v), dtype) for v in lo_a]
+    hi_f = [floor_to_dtype(float(v), dtype) for v in hi_a]
+    cut = min(lo_c, default=math.inf)
+    numpy_path = _use_numpy(prep)
+    tiny = float(torch.finfo(dtype).min)
+
+    def work(blocks: Iterator[Block]) -> tuple[np.ndarray, list[list[np.ndarray]]]:
+        above = np.zeros(nq, dtype=np.int64)
+        chunks: list[list[np.ndarray]] = [[] for _ in range(nq)]
+        mbuf = mask_buffer(prep, block_size) if numpy_path else None
+        tbuf = mask_buffer(prep, block_size)
+        sc = Scratch(_np_dtype(dtype))
+        for blk in blocks:
+            if mbuf is not None:
+                idx = blk.negative_indices(cut, mbuf)
+                sc.ensure(idx.shape[0])
+                v = sc.f2[: idx.shape[0]]
+                np.take(blk.sims.numpy().reshape(-1), idx, out=v, mode="clip")
+            else:
+                s = blk.mask_non_negatives_()
+                v = s[s >= max(cut, tiny)].cpu().numpy()  # never the -inf of non-negatives
+            t = v.shape[0]
+            for q in range(nq):
+                if hi_f[q] == math.inf:  # unbounded above: everything >= lo
+                    chunks[q].append(v.copy() if lo_c[q] <= cut else v[v >= lo_c[q]])
+                    continue
+                # the bands are a small part of the tail: select them by index (fast when
+                # sparse) rather than compressing the whole tail
+                m = tbuf[:t]
+                np.less_equal(v, hi_f[q], out=m)
+                above[q] += t - int(np.count_nonzero(m))
+                if lo_c[q] > cut:
+                    m &= v >= lo_c[q]
+                chunks[q].append(v[flatnonzero(tbuf, t)])
+        return above, chunks
+
+    parts = map_blocks(prep, block_size, shard, work)
+    values = [
+        np.concatenate([c for _, ch in parts for c in ch[q]])
+        if any(ch[q] for _, ch in parts)
+        else np.empty(0, dtype=_np_dtype(dtype))
+        for q in range(nq)
+    ]
+    num_above = np.asarray(np.sum([a for a, _ in parts], axis=0, dtype=np.int64)).reshape(nq)
+    return TailState(lo=lo_a, hi=hi_a, num_above=num_above, values=values)
 
 
 def negative_quantiles(
@@ -143,10 +228,12 @@ def negative_quantiles(
     """Exact ``np.quantile(neg_sims, qs)`` (linear interpolation), returned as float64 ``(Q,)``.
 
     If the number of negative pairs ``M <= exact_cutoff`` all negatives are collected. Otherwise
-    a bracket around each quantile is estimated from ``sample_size`` uniformly sampled negative
-    pairs (rank +- 6 standard deviations of the sample quantile), and one exact
-    :func:`tail_pass` finds the order statistics inside it. A bracket that misses its rank is
-    widened (to unbounded on that side) and the pass repeated, so the result is always exact.
+    a bracket around each quantile is estimated from ``min(sample_size, max(100_000, M // 5000))``
+    uniformly sampled negative pairs (rank +- 6 standard deviations of the sample quantile), and
+    one exact :func:`tail_pass` finds the order statistics inside it. A bracket that misses its
+    rank is widened (to unbounded on that side) and the pass repeated, so the result is always
+    exact. (The sample is capped relative to ``M`` because drawing it costs about 0.5 us per
+    pair, a lot next to a pass at small ``M``; a wider bracket only means more collected values.)
     """
     m = prep.num_negative_pairs
     pos = [quantile_index(m, float(q)) for q in qs]
@@ -155,8 +242,8 @@ def negative_quantiles(
     lo = np.full(nq, -inf)
     hi = np.full(nq, inf)
     if m > exact_cutoff:
-        sample = torch.sort(sample_negative_similarities(prep, sample_size, seed)).values
-        sample_np = sample.cpu().numpy()
+        num = min(sample_size, max(MIN_SAMPLE_SIZE, m // 5000))
+        sample_np = np.sort(sample_negative_similarities(prep, num, seed).cpu().numpy())
         r = sample_np.shape[0]
         for k, q in enumerate(qs):
             center = float(q) * (r - 1)
@@ -192,8 +279,11 @@ def negative_quantiles(
     return out
 
 
+# ----------------------------------------------------------------------------- count pass
+
+
 def bucketize(th: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """``searchsorted(th, v, right=True)`` = ``#{k : th[k] <= v}`` for float64 ``v``.
+    """``searchsorted(th, v, right=True)`` = ``#{k : th[k] <= v}`` for float64 ``v`` (torch).
 
     ``th`` is an increasing grid; when it is (numerically) uniform the bucket is computed
     arithmetically and then corrected by exact comparisons with ``th`` (two rounds each way, the
@@ -213,6 +303,88 @@ def bucketize(th: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         b -= (ext.index_select(0, b) > v).to(torch.int64)  # th[b - 1] > v: too high
         b += (ext.index_select(0, b + 1) <= v).to(torch.int64)  # th[b] <= v: too low
     return b
+
+
+class Buckets:
+    """``b(v) = #{k : t_k <= v}`` for NumPy values ``v >= t_0`` of one float dtype (exact).
+
+    The float64 thresholds are replaced by ``c_k = ceil_to_dtype(t_k)`` (same comparisons).
+    When the ``c_k`` are close enough to a uniform grid the bucket is estimated as
+    ``e = floor((v - c_0) / step + 1/2)`` in the values' dtype and corrected with one exact
+    comparison, ``b = e + [c_e <= v]``: with ``delta`` the largest distance of a ``c_k`` from the
+    uniform grid and ``eps`` a bound on the rounding error of the estimate (both in steps),
+    ``delta + eps < 1/2`` guarantees ``b in {e, e + 1}``. Otherwise (degenerate grids) a binary
+    search is used.
+    """
+
+    def __init__(self, thresholds: np.ndarray, dtype: torch.dtype) -> None:
+        self.dt = _np_dtype(dtype)
+        c64 = np.array([ceil_to_dtype(float(t), dtype) for t in thresholds], dtype=np.float64)
+        self.c = c64.astype(self.dt)
+        self.k = int(c64.shape[0])
+        self.ext = np.append(self.c, self.dt(np.inf))
+        self.mode = "search"
+        if self.k == 1:
+            self.mode = "one"
+            return
+        step = float(c64[-1] - c64[0]) / (self.k - 1)
+        big = float(np.finfo(self.dt).max) / 16  # keeps (v - c0h) * inv finite for |v| <= 4
+        if not (step > 1.0 / big and abs(float(c64[0])) < 2.0):
+            return
+        self.c0h = self.dt(c64[0] - 0.5 * step)
+        self.inv = self.dt(1.0 / step)
+        delta = float(np.max(np.abs(c64 - (c64[0] + np.arange(self.k) * step)))) / step
+        u = float(np.finfo(self.dt).eps) / 2  # unit roundoff
+        eps = 3.01 * u * (self.k + 2) + abs(float(self.c0h) - (c64[0] - 0.5 * step)) / step
+        if delta + eps + 1e-6 < 0.5:
+            self.mode = "grid"
+
+    def __call__(self, v: np.ndarray, scratch: Scratch | None = None) -> np.ndarray:
+        """int64 buckets of the 1-D array ``v`` (dtype of the grid, all ``>= t_0``); with
+        ``scratch`` the result is a view of ``scratch.i1`` (valid until its next use)."""
+        n = v.shape[0]
+        sc = scratch if scratch is not None else Scratch(self.dt)
+        sc.ensure(n)
+        e = sc.i1[:n]
+        if self.mode == "one":
+            e.fill(1)
+            return e
+        if self.mode == "search":
+            e[:] = np.searchsorted(self.c, v, side="right")
+            return e
+        t = sc.f1[:n]
+        np.subtract(v, self.c0h, out=t)
+        np.multiply(t, self.inv, out=t)
+        np.clip(t, 0, self.k, out=t)  # (clip is faster than minimum)
+        np.copyto(e, t, casting="unsafe")  # truncation = floor (t >= 0)
+        np.take(self.ext, e, out=t, mode="clip")
+        m = sc.m[:n]
+        np.less_equal(t, v, out=m)
+        np.add(e, m, out=e)
+        return e
+
+
+class Scratch:
+    """Work arrays reused from block to block by one thread (fresh temporaries of a few hundred
+    KiB each cost page faults and cache misses; reused ones stay in cache)."""
+
+    def __init__(self, dtype: type[np.floating]) -> None:
+        self.dtype = dtype
+        self.cap = -1
+        self.ensure(0)
+
+    def ensure(self, n: int) -> None:
+        """Make every array hold at least ``n`` entries (``keys``: ``2 n``)."""
+        if n <= self.cap:
+            return
+        cap = max(n, int(self.cap * 1.25), 1024)
+        self.cap = cap
+        self.f1 = np.empty(cap, dtype=self.dtype)
+        self.f2 = np.empty(cap, dtype=self.dtype)
+        self.i1 = np.empty(cap, dtype=np.int64)
+        self.i2 = np.empty(cap, dtype=np.int64)
+        self.keys = np.empty(2 * cap, dtype=np.int64)
+        self.m = np.empty(cap, dtype=bool)
 
 
 @dataclass
@@ -241,6 +413,118 @@ class CountState:
         return np.ascontiguousarray(rev[:, 1:])
 
 
+@dataclass
+class _Span:
+    """Class layout of the rows ``[p, q)`` of one block row / column (class-sorted order)."""
+
+    c0: int  # first class code
+    nc: int  # number of classes
+    bounds: np.ndarray  # (nc + 1,) local row where each class starts, then q - p
+    key: np.ndarray  # (q - p,) (class - c0) * (K + 1) of each row
+
+
+def _spans(prep: Prepared, block_size: int, kp1: int) -> dict[int, _Span]:
+    """:class:`_Span` of every block start ``p`` (multiples of ``block_size``)."""
+    codes, starts = prep.codes, prep.starts
+    out: dict[int, _Span] = {}
+    for p in range(0, prep.n, block_size):
+        q = min(prep.n, p + block_size)
+        c0 = int(codes[p])
+        nc = int(codes[q - 1]) - c0 + 1
+        bounds = np.concatenate([[0], starts[c0 + 1 : c0 + nc] - p, [q - p]]).astype(np.int64)
+        out[p] = _Span(c0=c0, nc=nc, bounds=bounds, key=(codes[p:q] - c0) * kp1)
+    return out
+
+
+def _count_block_numpy(
+    blk: Block,
+    bk: Buckets,
+    spans: dict[int, _Span],
+    mbuf: np.ndarray,
+    sc: Scratch,
+    neg: np.ndarray,
+    pos: np.ndarray,
+) -> None:
+    """Add one block's counts to the flat ``(C * (K + 1),)`` tables ``neg`` / ``pos``."""
+    kp1 = bk.k + 1
+    cut = bk.c[0]
+    if blk.pos_sims.numel():
+        pv = blk.pos_sims.numpy()
+        sel = np.flatnonzero(pv >= cut)
+        if sel.shape[0]:
+            pc = blk.pos_codes.numpy()[sel]
+            c_lo, c_hi = int(pc[0]), int(pc[-1])  # positives come in class order
+            key = (pc - c_lo) * kp1 + bk(pv[sel])
+            pos[c_lo * kp1 : (c_hi + 1) * kp1] += np.bincount(
+                key, minlength=(c_hi - c_lo + 1) * kp1
+            )
+    idx = blk.negative_indices(cut, mbuf)
+    t = idx.shape[0]
+    if t == 0:
+        return
+    s = blk.sims.numpy()
+    w = s.shape[1]
+    sc.ensure(t)
+    v = sc.f2[:t]
+    np.take(s.reshape(-1), idx, out=v, mode="clip")
+    b = bk(v, sc)
+    # Rows / columns of a block cover contiguous ranges of class codes (class-sorted order), so
+    # one small local bincount over both ranges (columns' classes first, then rows') replaces
+    # scattered updates of the C x K table.
+    rs, cs = spans[blk.row0], spans[blk.col0]
+    keys = sc.keys[: 2 * t]
+    cols = sc.i2[:t]
+    if w & (w - 1) == 0:
+        np.bitwise_and(idx, w - 1, out=cols)
+    else:  # (% is slower)
+        np.floor_divide(idx, w, out=cols)
+        np.multiply(cols, w, out=cols)
+        np.subtract(idx, cols, out=cols)
+    np.take(cs.key, cols, out=keys[:t], mode="clip")
+    np.add(keys[:t], b, out=keys[:t])
+    # row side: idx is sorted, so each row class is one segment of it
+    seg = np.searchsorted(idx, rs.bounds * w)
+    offsets = np.arange(cs.nc, cs.nc + rs.nc, dtype=np.int64) * kp1
+    np.add(np.repeat(offsets, seg[1:] - seg[:-1]), b, out=keys[t:])
+    local = np.bincount(keys, minlength=(cs.nc + rs.nc) * kp1)
+    neg[cs.c0 * kp1 : (cs.c0 + cs.nc) * kp1] += local[: cs.nc * kp1]
+    neg[rs.c0 * kp1 : (rs.c0 + rs.nc) * kp1] += local[cs.nc * kp1 :]
+
+
+def _select_ge_torch(s: torch.Tensor, cut: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Flat (row-major) indices and values of the entries of the 2-D ``s`` with ``s >= cut``."""
+    flat = torch.nonzero((s >= cut).view(-1)).squeeze(1)
+    return flat, s.reshape(-1).index_select(0, flat)
+
+
+def _count_block_torch(
+    prep: Prepared,
+    blk: Block,
+    th: torch.Tensor,
+    cut: float,
+    neg: torch.Tensor,
+    pos: torch.Tensor,
+) -> None:
+    """Torch version of :func:`_count_block_numpy` (float64 comparisons; any device)."""
+    kp1 = int(th.shape[0]) + 1
+    if blk.pos_sims.numel():
+        b = bucketize(th, blk.pos_sims.to(torch.float64).contiguous())
+        pos += torch.bincount(blk.pos_codes * kp1 + b, minlength=pos.shape[0])
+    sims = blk.mask_non_negatives_()
+    flat, v = _select_ge_torch(sims, cut)
+    if flat.shape[0] == 0:
+        return
+    ncols = sims.shape[1]
+    rows = torch.div(flat, ncols, rounding_mode="floor")
+    cols = flat - rows * ncols
+    b = bucketize(th, v.to(torch.float64))
+    for first, idx, size in ((blk.row0, rows, sims.shape[0]), (blk.col0, cols, ncols)):
+        c0, c1 = int(prep.codes[first]), int(prep.codes[first + size - 1])
+        cls = prep.codes_t.index_select(0, idx + first) - c0
+        local = torch.bincount(cls * kp1 + b, minlength=(c1 - c0 + 1) * kp1)
+        neg[c0 * kp1 : (c1 + 1) * kp1] += local
+
+
 def count_pass(
     prep: Prepared,
     thresholds: np.ndarray,
@@ -248,35 +532,38 @@ def count_pass(
     shard: tuple[int, int] = (0, 1),
 ) -> CountState:
     """Bucket every pair with ``s >= thresholds[0]`` by ``searchsorted(thresholds, s, right)``
-    (float64 comparisons) and accumulate per-class tables (see :class:`CountState`)."""
-    device = prep.x.device
-    th = torch.as_tensor(np.asarray(thresholds, dtype=np.float64), device=device)
-    kp1 = int(th.shape[0]) + 1
+    (exact comparisons) and accumulate per-class tables (see :class:`CountState`)."""
+    th64 = np.asarray(thresholds, dtype=np.float64)
+    kp1 = int(th64.shape[0]) + 1
     c = prep.num_classes
-    nbins = c * kp1
-    neg = torch.zeros(nbins, dtype=torch.int64, device=device)
-    pos = torch.zeros(nbins, dtype=torch.int64, device=device)
-    cut = floor_to_dtype(float(thresholds[0]), prep.x.dtype)
+    if _use_numpy(prep):
+        bk = Buckets(th64, prep.x.dtype)
+        spans = _spans(prep, block_size, kp1)
+
+        def work(blocks: Iterator[Block]) -> tuple[np.ndarray, np.ndarray]:
+            neg = np.zeros(c * kp1, dtype=np.int64)
+            pos = np.zeros(c * kp1, dtype=np.int64)
+            mbuf = mask_buffer(prep, block_size)
+            sc = Scratch(bk.dt)
+            for blk in blocks:
+                _count_block_numpy(blk, bk, spans, mbuf, sc, neg, pos)
+            return neg, pos
+
+        parts = map_blocks(prep, block_size, shard, work)
+        neg_np = np.sum([a for a, _ in parts], axis=0, dtype=np.int64)
+        pos_np = np.sum([b for _, b in parts], axis=0, dtype=np.int64)
+        return CountState(neg=neg_np.reshape(c, kp1), pos=pos_np.reshape(c, kp1))
+    device = prep.x.device
+    th = torch.as_tensor(th64, device=device)
+    neg = torch.zeros(c * kp1, dtype=torch.int64, device=device)
+    pos = torch.zeros(c * kp1, dtype=torch.int64, device=device)
+    cut = floor_to_dtype(float(th64[0]), prep.x.dtype)
     for blk in iter_blocks(prep, block_size, shard):
-        if blk.pos_sims.numel():
-            b = bucketize(th, blk.pos_sims.to(torch.float64).contiguous())
-            pos += torch.bincount(blk.pos_codes * kp1 + b, minlength=nbins)
-        flat, v32 = select_ge(blk.sims, cut)
-        if flat.shape[0] == 0:
-            continue
-        ncols = blk.sims.shape[1]
-        rows = torch.div(flat, ncols, rounding_mode="floor")
-        cols = flat - rows * ncols
-        b = bucketize(th, v32.to(torch.float64))
-        # Rows / columns of a block cover a contiguous range of class codes (class-sorted order),
-        # so a small local bincount over that range replaces scattered updates of the C x K table.
-        for first, idx in ((blk.row0, rows), (blk.col0, cols)):
-            last = first + ncols - 1 if idx is cols else first + blk.sims.shape[0] - 1
-            c0, c1 = int(prep.codes[first]), int(prep.codes[last])
-            cls = prep.codes_t.index_select(0, idx + first) - c0
-            local = torch.bincount(cls * kp1 + b, minlength=(c1 - c0 + 1) * kp1)
-            neg[c0 * kp1 : (c1 + 1) * kp1] += local
+        _count_block_torch(prep, blk, th, cut, neg, pos)
     return CountState(neg=neg.cpu().numpy().reshape(c, kp1), pos=pos.cpu().numpy().reshape(c, kp1))
+
+
+# ----------------------------------------------------------------------------- histogram pass
 
 
 @dataclass
@@ -322,7 +609,8 @@ def hist_pass(
         if blk.pos_sims.numel():
             p = blk.pos_sims.to(torch.float64).clamp(lo, hi)
             pos += torch.bincount(_bin_index(p, e), minlength=nb)
-        v = blk.sims[blk.sims > float("-inf")].to(torch.float64).clamp_(lo, hi)
+        sims = blk.mask_non_negatives_()
+        v = sims[sims > float("-inf")].to(torch.float64).clamp_(lo, hi)
         neg += torch.bincount(_bin_index(v, e), minlength=nb)
     return HistState(
         edges=np.asarray(edges, dtype=np.float64), pos=pos.cpu().numpy(), neg=neg.cpu().numpy()

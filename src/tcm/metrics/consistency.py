@@ -18,9 +18,11 @@ and
 * ``eps-OPIS = (1/K) sum_k (U_hi(t_k) - U_lo(t_k))^2`` with ``U_hi`` / ``U_lo`` the means of the
   ``m = max(1, floor(eps T))`` largest / smallest ``U_c(t_k)``.
 
-The similarity matrix is never materialised: it is computed block by block (``block_size`` rows,
-matmul in the input's float dtype, float16/bfloat16 promoted to float32, on the input's device)
-and all counts are exact integers; comparisons with thresholds are made in float64.
+The similarity matrix is never materialised: it is computed block by block over its upper
+triangle, each unordered pair once (``block_size`` rows, matmul in the input's float dtype,
+float16/bfloat16 promoted to float32, on the input's device; on CPU one worker thread per torch
+thread), and all counts are exact integers; every comparison with a threshold is exact, i.e.
+equal to comparing the similarity converted to float64.
 """
 
 from __future__ import annotations
@@ -311,7 +313,8 @@ def threshold_consistency(
     triangle of ``S = X X^T``: one finds the exact negative quantiles ``t(f_hi)``, ``t(f_lo)``
     (bracketed by a random sample of negatives when there are more than ``exact_cutoff``),
     the second counts accepted pairs per class on the ``K``-point grid. Memory is
-    ``O(block_size^2 + C K)``, never ``O(N^2)``.
+    ``O(block_size^2 + C K)`` per worker thread plus the negatives inside the quantile
+    brackets (about 1% of the ``M`` negatives or fewer), never ``O(N^2)``.
 
     Args:
         embeddings: ``(N, D)`` NumPy array or torch tensor (CPU/CUDA, any float dtype); rows are
@@ -321,9 +324,11 @@ def threshold_consistency(
             ``t_min``.
         num_thresholds: ``K >= 2`` grid points, inclusive of both ends.
         epsilons: each in ``(0, 0.5]``; eps-OPIS is reported for each.
-        block_size: rows per similarity block (default 4096 for float32, 2048 for float64).
+        block_size: rows per similarity block (default 512 on CPU; 4096 for float32, 2048
+            for float64 on other devices).
         exact_cutoff: collect all negatives when their number is at most this (no sampling).
-        sample_size: negative pairs sampled to bracket the quantiles (results stay exact).
+        sample_size: at most this many negative pairs are sampled to bracket the quantiles
+            (``max(100_000, M // 5000)`` when that is smaller; results stay exact).
         seed: seed of that sample (results do not depend on it).
 
     Raises:
