@@ -310,3 +310,25 @@ def test_index_error(small_fonts: Path) -> None:
     with pytest.raises(IndexError, match="out of range"):
         ds[len(ds)]
     assert torch.equal(ds[-1][0], ds[len(ds) - 1][0])
+
+
+def test_font_with_empty_reference_glyph_is_skipped(
+    small_fonts: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Real case: Debian's setofont-ex.ttf lists the CJK sizing character in its cmap but its
+    # glyph is empty; such a font must be left out, not abort the whole dataset.
+    fonts = G.list_fonts(small_fonts)
+    bad = fonts[0]
+    real = G._FontRenderer
+
+    class Picky(real):  # type: ignore[misc, valid-type]
+        def __init__(self, path: str, *a: object, **kw: object) -> None:
+            if path == bad:
+                raise ValueError(f"font {path!r} has no usable glyph for sizing")
+            super().__init__(path, *a, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(G, "_FontRenderer", Picky)
+    G._RENDER_CACHE.clear()
+    r = G.render_glyphs(fonts, 16, min_fonts=3)
+    assert bad not in r.fonts and len(r.fonts) == len(fonts) - 1
+    G._RENDER_CACHE.clear()

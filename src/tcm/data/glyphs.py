@@ -267,8 +267,12 @@ def render_glyphs(
             continue
         if characters is not None:
             font_chars &= characters
+        try:
+            renderer = _FontRenderer(path, image_size, style)
+        except ValueError:  # the cmap lists the reference character but its glyph is empty
+            continue
         usable.append(path)
-        renderers.append(_FontRenderer(path, image_size, style))
+        renderers.append(renderer)
         cmaps.append(font_chars)
     counts: dict[str, int] = {}
     for cm in cmaps:
