@@ -203,3 +203,16 @@ def test_without_faiss_uses_torch_merge_and_gives_same_result(
     monkeypatch.setattr(_knn, "faiss_available", lambda: False)
     monkeypatch.setattr("tcm.metrics.retrieval.faiss_available", lambda: False)
     assert retrieval_metrics(x, y, chunk_size=100).to_dict() == with_heaps
+
+
+@needs_faiss
+@pytest.mark.parametrize("block", [7, 64, 600])
+def test_heap_candidates_same_for_any_number_of_workers(block: int) -> None:
+    x = unit(np.random.default_rng(11).standard_normal((700, 12)))
+    ref_v, ref_i = _knn._symmetric_candidates_heap(x, 10, block, workers=1)
+    n_threads = torch.get_num_threads()
+    for workers in (2, 3):
+        v, i = _knn._symmetric_candidates_heap(x, 10, block, workers=workers)
+        torch.testing.assert_close(v, ref_v, rtol=0, atol=0)
+        assert torch.equal(i, ref_i)  # continuous data: no ties
+        assert torch.get_num_threads() == n_threads  # restored after the worker threads
