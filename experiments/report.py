@@ -95,26 +95,44 @@ def _plt() -> Any:
 # ----------------------------------------------------------------------------- experiment 1
 
 
+def group_by_loss_tcm(recs: list[dict[str, Any]]) -> dict[tuple[str, bool], list[dict[str, Any]]]:
+    """Runs keyed by ``(base loss, TCM on)``."""
+    groups: dict[tuple[str, bool], list[dict[str, Any]]] = defaultdict(list)
+    for r in recs:
+        groups[(r["tags"]["loss"], bool(r["tags"]["tcm"]))].append(r)
+    return groups
+
+
+def summary_rows(
+    groups: dict[tuple[str, bool], list[dict[str, Any]]],
+    field: str,
+    cols: Sequence[tuple[str, str, int]],
+    seeds_column: bool = False,
+) -> list[list[str]]:
+    """One table row per ``(loss, TCM)`` group: mean ± std over its runs of ``r[field][key]``."""
+    rows = []
+    for loss in LOSS_LABEL:
+        for on in (False, True):
+            g = groups.get((loss, on), [])
+            if not g:
+                continue
+            cells = [LOSS_LABEL[loss] + (" + TCM" if on else "")]
+            if seeds_column:
+                cells.append(str(len(g)))
+            cells += [mean_std([r[field][key] for r in g], digits) for key, _, digits in cols]
+            rows.append(cells)
+    return rows
+
+
 def section_on_off(
     recs: list[dict[str, Any]], label_prefix: str = "", exp: str = "tcm_on_off"
 ) -> tuple[str, list[str]]:
     if not recs:
         return f"_No results yet: run `python experiments/run.py {exp}`._\n", []
-    groups: dict[tuple[str, bool], list[dict[str, Any]]] = defaultdict(list)
-    for r in recs:
-        groups[(r["tags"]["loss"], bool(r["tags"]["tcm"]))].append(r)
-    losses = [loss for loss in LOSS_LABEL if any(k[0] == loss for k in groups)]
-    rows = []
+    groups = group_by_loss_tcm(recs)
+    rows = summary_rows(groups, "metrics", METRICS, seeds_column=True)
     verdicts = []
-    for loss in losses:
-        for on in (False, True):
-            g = groups.get((loss, on), [])
-            if not g:
-                continue
-            cells = [LOSS_LABEL[loss] + (" + TCM" if on else ""), str(len(g))]
-            for key, _, digits in METRICS:
-                cells.append(mean_std([r["metrics"][key] for r in g], digits))
-            rows.append(cells)
+    for loss in LOSS_LABEL:
         base, tcm = groups.get((loss, False), []), groups.get((loss, True), [])
         if base and tcm:
             v = {}
@@ -314,9 +332,7 @@ def section_deployment(recs: list[dict[str, Any]]) -> str:
     recs = [r for r in recs if r.get("deployment")]
     if not recs:
         return "_No results yet._\n"
-    groups: dict[tuple[str, bool], list[dict[str, Any]]] = defaultdict(list)
-    for r in recs:
-        groups[(r["tags"]["loss"], bool(r["tags"]["tcm"]))].append(r)
+    groups = group_by_loss_tcm(recs)
     target = recs[0]["deployment"]["target_far"]
     cols = [
         ("global_far", "global FAR", 3),
@@ -329,16 +345,7 @@ def section_deployment(recs: list[dict[str, Any]]) -> str:
         ("frr_p90", "FRR p90", 3),
         ("frr_std", "FRR std", 3),
     ]
-    rows = []
-    for loss in LOSS_LABEL:
-        for on in (False, True):
-            g = groups.get((loss, on), [])
-            if not g:
-                continue
-            cells = [LOSS_LABEL[loss] + (" + TCM" if on else "")]
-            for key, _, digits in cols:
-                cells.append(mean_std([r["deployment"][key] for r in g], digits))
-            rows.append(cells)
+    rows = summary_rows(groups, "deployment", cols)
     n_eval = recs[0]["deployment"]["evaluation_classes"]
     n_cal = recs[0]["deployment"]["calibration_classes"]
     out = [

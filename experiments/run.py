@@ -158,10 +158,10 @@ def runs_gpu() -> list[Run]:
 
 
 def _atomic_json(path: Path, obj: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=1, sort_keys=True))
-    os.replace(tmp, path)
+    from tcm.train.checkpoint import atomic_write
+
+    blob = json.dumps(obj, indent=1, sort_keys=True).encode()
+    atomic_write(path, lambda fh: fh.write(blob))
 
 
 def deployment_view(npz: Path, target_far: float = TARGET_FAR) -> dict[str, Any]:
@@ -365,7 +365,7 @@ def cost(steps: int = 6, repeats: int = 5, batch: int = 512, force: bool = False
             "repeats": repeats,
             "train_images": len(ds),
             "rows": rows,
-            "machine": f"{platform.machine()} {os.cpu_count()} cpus, torch {torch.__version__}",
+            "machine": _machine(),
             "threads": torch.get_num_threads(),
         },
     )

@@ -331,9 +331,9 @@ def _symmetric_candidates_heap(
     updates into its own heaps (torch and faiss release the GIL), over tiles of ``block // 2``
     (if ``block >= 512``); the per-worker candidates are merged by one ``topk`` at the end. On
     2 cores this is ~25 % faster than one multi-threaded loop, whose transposed copy runs on
-    one core. The candidate
-    *values* are the same either way; ids of exactly tied scores at the ``kk`` boundary may
-    differ, which the caller's exact ordering (with its ``+8`` margin) makes irrelevant.
+    one core. The candidate *values* are the same either way; ids of exactly tied scores at the
+    ``kk`` boundary may differ, which the caller's exact ordering (with its ``+8`` margin) makes
+    irrelevant.
     Memory: ``workers * (2 * tile**2 floats + (N, kk) scores and ids)``.
     """
     import threading
@@ -399,7 +399,7 @@ def _symmetric_candidates_heap(
             faiss.omp_set_num_threads(n_omp)
     if errors:
         raise errors[0]
-    done = [st for st in states if st is not None]
+    done = [st for st in states if st is not None]  # all of them: no worker failed
     if w == 1:
         return torch.from_numpy(done[0][0]), torch.from_numpy(done[0][1])
     v = torch.from_numpy(np.concatenate([st[0] for st in done], axis=1))
