@@ -211,8 +211,14 @@ def test_heap_candidates_same_for_any_number_of_workers(block: int) -> None:
     x = unit(np.random.default_rng(11).standard_normal((700, 12)))
     ref_v, ref_i = _knn._symmetric_candidates_heap(x, 10, block, workers=1)
     n_threads = torch.get_num_threads()
+    import faiss
+
+    n_omp = faiss.omp_get_max_threads()
     for workers in (2, 3):
         v, i = _knn._symmetric_candidates_heap(x, 10, block, workers=workers)
         torch.testing.assert_close(v, ref_v, rtol=0, atol=0)
         assert torch.equal(i, ref_i)  # continuous data: no ties
         assert torch.get_num_threads() == n_threads  # restored after the worker threads
+        import faiss
+
+        assert faiss.omp_get_max_threads() == n_omp  # set to 1 only inside the workers

@@ -27,6 +27,8 @@ from typing import Any, Literal, Protocol
 import numpy as np
 import torch
 
+from tcm.metrics._threads import run_single_threaded
+
 __all__ = [
     "FaissSearcher",
     "Searcher",
@@ -336,8 +338,6 @@ def _symmetric_candidates_heap(
     irrelevant.
     Memory: ``workers * (2 * tile**2 floats + (N, kk) scores and ids)``.
     """
-    import threading
-
     import faiss
 
     n = x.shape[0]
@@ -348,58 +348,36 @@ def _symmetric_candidates_heap(
     b = min(block // 2 if (w > 1 and block >= 512) else block, n)
     tiles = [(i0, j0) for i0 in range(0, n, b) for j0 in range(i0, n, b)]
     w = min(w, len(tiles))
-    states: list[tuple[np.ndarray, np.ndarray] | None] = [None] * w
-    errors: list[BaseException] = []
 
-    def work(widx: int) -> None:
-        try:
-            vals = np.empty((n, kk), dtype=np.float32)
-            ids = np.empty((n, kk), dtype=np.int64)
-            heaps: Any = faiss.float_minheap_array_t()
-            heaps.k = kk
-            heaps.nh = n
-            heaps.val = faiss.swig_ptr(vals)
-            heaps.ids = faiss.swig_ptr(ids)
-            heaps.heapify()  # all slots = -FLT_MAX; -inf (self) never enters
-            buf = torch.empty(b * b, dtype=torch.float32)
-            buf_t = torch.empty(b * min(b, max(0, n - b)), dtype=torch.float32)
-            for t, (i0, j0) in enumerate(tiles):
-                if t % w != widx:
-                    continue
-                bi, bj = min(b, n - i0), min(b, n - j0)
-                s = buf[: bi * bj].view(bi, bj)
-                torch.mm(xc[i0 : i0 + bi], xc[j0 : j0 + bj].T, out=s)
-                if j0 == i0:
-                    s.fill_diagonal_(-torch.inf)
-                heaps.addn(bj, faiss.swig_ptr(s.numpy()), j0, i0, bi)
-                if j0 != i0:
-                    st = buf_t[: bi * bj].view(bj, bi)
-                    st.copy_(s.T)
-                    heaps.addn(bi, faiss.swig_ptr(st.numpy()), i0, j0, bj)
-            if w == 1:
-                heaps.reorder()  # each row sorted by decreasing score
-            states[widx] = (vals, ids)
-        except BaseException as exc:  # re-raised in the caller's thread
-            errors.append(exc)
+    def work(widx: int) -> tuple[np.ndarray, np.ndarray]:
+        vals = np.empty((n, kk), dtype=np.float32)
+        ids = np.empty((n, kk), dtype=np.int64)
+        heaps: Any = faiss.float_minheap_array_t()
+        heaps.k = kk
+        heaps.nh = n
+        heaps.val = faiss.swig_ptr(vals)
+        heaps.ids = faiss.swig_ptr(ids)
+        heaps.heapify()  # all slots = -FLT_MAX; -inf (self) never enters
+        buf = torch.empty(b * b, dtype=torch.float32)
+        buf_t = torch.empty(b * min(b, max(0, n - b)), dtype=torch.float32)
+        for t, (i0, j0) in enumerate(tiles):
+            if t % w != widx:
+                continue
+            bi, bj = min(b, n - i0), min(b, n - j0)
+            s = buf[: bi * bj].view(bi, bj)
+            torch.mm(xc[i0 : i0 + bi], xc[j0 : j0 + bj].T, out=s)
+            if j0 == i0:
+                s.fill_diagonal_(-torch.inf)
+            heaps.addn(bj, faiss.swig_ptr(s.numpy()), j0, i0, bi)
+            if j0 != i0:
+                st = buf_t[: bi * bj].view(bj, bi)
+                st.copy_(s.T)
+                heaps.addn(bi, faiss.swig_ptr(st.numpy()), i0, j0, bj)
+        if w == 1:
+            heaps.reorder()  # each row sorted by decreasing score
+        return vals, ids
 
-    if w == 1:
-        work(0)
-    else:
-        n_torch, n_omp = torch.get_num_threads(), faiss.omp_get_max_threads()
-        torch.set_num_threads(1)
-        faiss.omp_set_num_threads(1)
-        try:
-            threads = [threading.Thread(target=work, args=(i,)) for i in range(w)]
-            for th in threads:
-                th.start()
-            for th in threads:
-                th.join()
-        finally:
-            torch.set_num_threads(n_torch)
-            faiss.omp_set_num_threads(n_omp)
-    if errors:
-        raise errors[0]
-    done = [st for st in states if st is not None]  # all of them: no worker failed
+    done = run_single_threaded(w, work, setup=lambda: faiss.omp_set_num_threads(1))
     if w == 1:
         return torch.from_numpy(done[0][0]), torch.from_numpy(done[0][1])
     v = torch.from_numpy(np.concatenate([st[0] for st in done], axis=1))

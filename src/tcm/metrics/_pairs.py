@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -32,6 +31,7 @@ import numpy as np
 import torch
 
 from tcm._validation import ArrayLike, as_embeddings, encode_labels, l2_normalize
+from tcm.metrics._threads import run_single_threaded
 
 __all__ = [
     "Block",
@@ -360,17 +360,7 @@ def map_blocks(
         while (sp := pull()) is not None:
             yield make_block(prep, sp, buf)
 
-    def run() -> R:
-        torch.set_num_threads(1)
-        return fn(blocks())
-
-    threads = torch.get_num_threads()
-    try:
-        with ThreadPoolExecutor(max_workers=nw) as ex:
-            futures = [ex.submit(run) for _ in range(nw)]
-            return [f.result() for f in futures]
-    finally:
-        torch.set_num_threads(threads)
+    return run_single_threaded(nw, lambda _i: fn(blocks()))
 
 
 def sample_negative_similarities(
