@@ -74,21 +74,46 @@ def as_embeddings(
 
 
 def l2_normalize(x: torch.Tensor, name: str = "embeddings") -> torch.Tensor:
-    """Return ``x / ||x||_2`` row-wise. Raises :class:`ValueError` on an all-zero row.
+    """Return ``x / ||x||_2`` row-wise, safe at any scale.
+
+    Each row is first multiplied by a power of two ``2^-e`` with ``2^(e-1) <= max_j |x_ij| < 2^e``
+    (exact: only the exponent changes), so its squares can neither overflow (float32 rows above
+    ~1e19 would otherwise square to inf and normalise to zero vectors) nor underflow (rows near
+    1e-30 would lose their squares to subnormals and normalise to norms != 1). Rows of normal
+    scale give bit-for-bit the same result as the plain formula; multiplying a row by any power
+    of two leaves the result unchanged.
+
+    Raises:
+        ValueError: an all-zero row (cannot be normalised) or a non-finite entry / norm.
 
     Example:
         >>> l2_normalize(torch.tensor([[3.0, 4.0]]))
         tensor([[0.6000, 0.8000]])
+        >>> l2_normalize(torch.tensor([[3e30, 4e30], [3e-30, 4e-30]]))
+        tensor([[0.6000, 0.8000],
+                [0.6000, 0.8000]])
     """
-    norms = torch.linalg.vector_norm(x, dim=1, keepdim=True)
-    zero = norms.squeeze(1) == 0
+    amax = x.abs().amax(dim=1, keepdim=True) if x.shape[1] else x.new_zeros((x.shape[0], 1))
+    zero = amax.squeeze(1) == 0
     if bool(zero.any()):
         first = int(torch.nonzero(zero).flatten()[0])
         raise ValueError(
             f"{name} have {int(zero.sum())} all-zero row(s) (cannot L2-normalise); first is "
             f"row {first}"
         )
-    out: torch.Tensor = x / norms
+    if not bool(torch.isfinite(amax).all()):
+        bad = int(torch.nonzero(~torch.isfinite(amax.squeeze(1))).flatten()[0])
+        raise ValueError(f"{name} contain a non-finite value (first in row {bad})")
+    _, e = torch.frexp(amax)  # amax = m * 2^e, 0.5 <= m < 1
+    # 2^-e in two factors: a single one over- or underflows for float32 rows near the limits
+    # (subnormal rows need 2^149); each factor and each product stays representable.
+    e1 = torch.div(e, 2, rounding_mode="floor")
+    two = torch.tensor(2.0, dtype=x.dtype, device=x.device)
+    scaled = x * torch.pow(two, -e1).to(x.dtype) * torch.pow(two, e1 - e).to(x.dtype)
+    norms = torch.linalg.vector_norm(scaled, dim=1, keepdim=True)
+    if not bool(torch.isfinite(norms).all()) or bool((norms == 0).any()):  # pragma: no cover
+        raise ValueError(f"{name}: a row norm is not finite after scaling")
+    out: torch.Tensor = scaled / norms
     return out
 
 

@@ -68,6 +68,7 @@ class Prepared:
         counts: ``(C,)`` int64 number of samples per class, ``n_c``.
         starts: ``(C + 1,)`` int64 offsets: class ``c`` occupies sorted rows
             ``[starts[c], starts[c + 1])``.
+        order: ``(N,)`` int64 permutation: sorted row ``r`` is input row ``order[r]``.
     """
 
     x: torch.Tensor
@@ -76,6 +77,7 @@ class Prepared:
     classes: np.ndarray
     counts: np.ndarray
     starts: np.ndarray
+    order: np.ndarray
 
     @property
     def n(self) -> int:
@@ -121,6 +123,7 @@ def prepare(embeddings: ArrayLike, labels: ArrayLike) -> Prepared:
         classes=classes,
         counts=counts,
         starts=starts,
+        order=order.astype(np.int64),
     )
 
 

@@ -28,7 +28,7 @@ passes use torch ops (:data:`FORCE_TORCH` selects that path on CPU too, for test
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -49,6 +49,7 @@ __all__ = [
     "Buckets",
     "CountState",
     "HistState",
+    "MultiBuckets",
     "Scratch",
     "TailState",
     "bucketize",
@@ -57,8 +58,10 @@ __all__ = [
     "floor_to_dtype",
     "hist_pass",
     "lerp",
+    "multi_bucketize",
     "negative_quantiles",
     "quantile_index",
+    "sweep",
     "tail_pass",
 ]
 
@@ -224,8 +227,14 @@ def negative_quantiles(
     exact_cutoff: int = 20_000_000,
     sample_size: int = 2_000_000,
     seed: int = 0,
+    shard: tuple[int, int] = (0, 1),
+    merge: Callable[[TailState], TailState] | None = None,
 ) -> np.ndarray:
     """Exact ``np.quantile(neg_sims, qs)`` (linear interpolation), returned as float64 ``(Q,)``.
+
+    Sharded use: every shard calls this with the same arguments and its own ``shard``; ``merge``
+    combines the shards' :class:`TailState` (sum of counts, concatenation of the collected
+    values; e.g. over ``torch.distributed``) and must return the same merged state everywhere.
 
     If the number of negative pairs ``M <= exact_cutoff`` all negatives are collected. Otherwise
     a bracket around each quantile is estimated from ``min(sample_size, max(100_000, M // 5000))``
@@ -257,7 +266,9 @@ def negative_quantiles(
     while todo:
         # identical brackets (e.g. all unbounded on the exact path) are evaluated once
         keys = sorted({(float(lo[k]), float(hi[k])) for k in todo})
-        st = tail_pass(prep, [a for a, _ in keys], [b for _, b in keys], block_size)
+        st = tail_pass(prep, [a for a, _ in keys], [b for _, b in keys], block_size, shard)
+        if merge is not None:
+            st = merge(st)
         retry: list[int] = []
         for k in todo:
             slot = keys.index((float(lo[k]), float(hi[k])))
@@ -306,7 +317,7 @@ def bucketize(th: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
 
 
 class Buckets:
-    """``b(v) = #{k : t_k <= v}`` for NumPy values ``v >= t_0`` of one float dtype (exact).
+    """``b(v) = #{k : t_k <= v}`` for NumPy values ``v`` of one float dtype (exact).
 
     The float64 thresholds are replaced by ``c_k = ceil_to_dtype(t_k)`` (same comparisons).
     When the ``c_k`` are close enough to a uniform grid the bucket is estimated as
@@ -347,7 +358,9 @@ class Buckets:
         sc.ensure(n)
         e = sc.i1[:n]
         if self.mode == "one":
-            e.fill(1)
+            m = sc.m[:n]
+            np.less_equal(self.c[0], v, out=m)
+            np.copyto(e, m, casting="unsafe")
             return e
         if self.mode == "search":
             e[:] = np.searchsorted(self.c, v, side="right")
@@ -383,8 +396,66 @@ class Scratch:
         self.f2 = np.empty(cap, dtype=self.dtype)
         self.i1 = np.empty(cap, dtype=np.int64)
         self.i2 = np.empty(cap, dtype=np.int64)
+        self.i3 = np.empty(cap, dtype=np.int64)
         self.keys = np.empty(2 * cap, dtype=np.int64)
         self.m = np.empty(cap, dtype=bool)
+
+
+class MultiBuckets:
+    """Buckets against the sorted union (a multiset) of several threshold grids (exact).
+
+    ``#{t in union : t <= v}`` is the sum of the per-grid counts, so each grid keeps its fast
+    path (:class:`Buckets`: arithmetic on a uniform grid, binary search on a short irregular
+    list) and the union never needs a binary search of its own. Duplicated values are fine:
+    a bucket between two equal thresholds is simply never hit.
+
+    Attributes:
+        thresholds: ``(K,)`` float64 sorted union of the grids.
+        k: ``K``; ``dt``: the NumPy dtype of the values; ``cut``: the smallest threshold rounded
+            up to that dtype (values below it fall in bucket 0).
+    """
+
+    def __init__(self, grids: Sequence[np.ndarray], dtype: torch.dtype) -> None:
+        parts = [np.asarray(g, dtype=np.float64).reshape(-1) for g in grids]
+        parts = [g for g in parts if g.shape[0]]
+        self.parts = [Buckets(g, dtype) for g in parts]
+        self.thresholds = np.sort(np.concatenate(parts)) if parts else np.empty(0, dtype=np.float64)
+        self.k = int(self.thresholds.shape[0])
+        self.dt = _np_dtype(dtype)
+        self.cut = ceil_to_dtype(float(self.thresholds[0]), dtype) if self.k else math.inf
+
+    def __call__(self, v: np.ndarray, scratch: Scratch) -> np.ndarray:
+        """int64 union buckets of ``v``; a view of ``scratch.i3`` (valid until its next use)."""
+        n = v.shape[0]
+        scratch.ensure(n)
+        acc = scratch.i3[:n]
+        acc.fill(0)
+        for part in self.parts:
+            np.add(acc, part(v, scratch), out=acc)
+        return acc
+
+
+def multi_bucketize(grids: Sequence[torch.Tensor], v: torch.Tensor) -> torch.Tensor:
+    """Torch version of :class:`MultiBuckets` for float64 ``v``: sum of :func:`bucketize`."""
+    out = torch.zeros(v.shape, dtype=torch.int64, device=v.device)
+    for g in grids:
+        if g.shape[0]:
+            out += bucketize(g, v) if _is_uniform(g) else torch.searchsorted(g, v, right=True)
+    return out
+
+
+def _is_uniform(th: torch.Tensor) -> bool:
+    """Whether the corrected arithmetic bucketing of :func:`bucketize` is valid for ``th``:
+    every point within a quarter step of the uniform grid through its end points."""
+    k = int(th.shape[0])
+    if k < 3:
+        return True  # bucketize uses a binary search then
+    t0, t1 = float(th[0]), float(th[-1])
+    step = (t1 - t0) / (k - 1)
+    if not step > 0:
+        return True
+    ideal = t0 + step * torch.arange(k, dtype=torch.float64, device=th.device)
+    return bool((th - ideal).abs().max() <= 0.25 * step)
 
 
 @dataclass
@@ -438,7 +509,7 @@ def _spans(prep: Prepared, block_size: int, kp1: int) -> dict[int, _Span]:
 
 def _count_block_numpy(
     blk: Block,
-    bk: Buckets,
+    bk: MultiBuckets,
     spans: dict[int, _Span],
     mbuf: np.ndarray,
     sc: Scratch,
@@ -447,14 +518,14 @@ def _count_block_numpy(
 ) -> None:
     """Add one block's counts to the flat ``(C * (K + 1),)`` tables ``neg`` / ``pos``."""
     kp1 = bk.k + 1
-    cut = bk.c[0]
+    cut = bk.cut
     if blk.pos_sims.numel():
         pv = blk.pos_sims.numpy()
         sel = np.flatnonzero(pv >= cut)
         if sel.shape[0]:
             pc = blk.pos_codes.numpy()[sel]
             c_lo, c_hi = int(pc[0]), int(pc[-1])  # positives come in class order
-            key = (pc - c_lo) * kp1 + bk(pv[sel])
+            key = (pc - c_lo) * kp1 + bk(pv[sel], sc)
             pos[c_lo * kp1 : (c_hi + 1) * kp1] += np.bincount(
                 key, minlength=(c_hi - c_lo + 1) * kp1
             )
@@ -500,29 +571,144 @@ def _select_ge_torch(s: torch.Tensor, cut: float) -> tuple[torch.Tensor, torch.T
 def _count_block_torch(
     prep: Prepared,
     blk: Block,
-    th: torch.Tensor,
+    grids: Sequence[torch.Tensor],
+    kp1: int,
     cut: float,
     neg: torch.Tensor,
     pos: torch.Tensor,
-) -> None:
-    """Torch version of :func:`_count_block_numpy` (float64 comparisons; any device)."""
-    kp1 = int(th.shape[0]) + 1
-    if blk.pos_sims.numel():
-        b = bucketize(th, blk.pos_sims.to(torch.float64).contiguous())
+) -> torch.Tensor:
+    """Torch version of :func:`_count_block_numpy` (float64 comparisons; any device). Returns
+    the block's similarities with every non-negative entry set to ``-inf``."""
+    if blk.pos_sims.numel() and cut < math.inf:
+        b = multi_bucketize(grids, blk.pos_sims.to(torch.float64).contiguous())
         pos += torch.bincount(blk.pos_codes * kp1 + b, minlength=pos.shape[0])
     sims = blk.mask_non_negatives_()
+    if cut == math.inf:
+        return sims
     flat, v = _select_ge_torch(sims, cut)
     if flat.shape[0] == 0:
-        return
+        return sims
     ncols = sims.shape[1]
     rows = torch.div(flat, ncols, rounding_mode="floor")
     cols = flat - rows * ncols
-    b = bucketize(th, v.to(torch.float64))
+    b = multi_bucketize(grids, v.to(torch.float64))
     for first, idx, size in ((blk.row0, rows, sims.shape[0]), (blk.col0, cols, ncols)):
         c0, c1 = int(prep.codes[first]), int(prep.codes[first + size - 1])
         cls = prep.codes_t.index_select(0, idx + first) - c0
         local = torch.bincount(cls * kp1 + b, minlength=(c1 - c0 + 1) * kp1)
         neg[c0 * kp1 : (c1 + 1) * kp1] += local
+    return sims
+
+
+def _hist_block_numpy(
+    blk: Block,
+    eb: Buckets,
+    mbuf: np.ndarray,
+    sc: Scratch,
+    hneg: np.ndarray,
+    hpos: np.ndarray,
+) -> None:
+    """Add one block's pairs to the histograms ``hneg`` / ``hpos`` of ``B + 2`` slots: slot
+    ``#{edges <= s}`` (exact comparisons), later folded into the ``B`` bins."""
+    nb2 = hneg.shape[0]
+    if blk.pos_sims.numel():
+        pv = blk.pos_sims.numpy()
+        hpos += np.bincount(eb(pv, sc), minlength=nb2)
+    idx = blk.negative_indices(-math.inf, mbuf)
+    t = idx.shape[0]
+    if t == 0:
+        return
+    sc.ensure(t)
+    v = sc.f2[:t]
+    np.take(blk.sims.numpy().reshape(-1), idx, out=v, mode="clip")
+    hneg += np.bincount(eb(v, sc), minlength=nb2)
+
+
+def _fold_hist(slots: np.ndarray) -> np.ndarray:
+    """``B + 2`` slots ``#{edges <= s}`` -> ``B`` bins, ``np.histogram`` style after clipping to
+    ``[edges[0], edges[-1]]``: slot 0 (below the range) joins bin 0, slots ``B`` (on the last
+    edge) and ``B + 1`` (above) join the last bin."""
+    out = slots[1:-1].copy()
+    out[0] += slots[0]
+    out[-1] += slots[-1]
+    return out
+
+
+def sweep(
+    prep: Prepared,
+    grids: Sequence[np.ndarray],
+    block_size: int,
+    shard: tuple[int, int] = (0, 1),
+    *,
+    edges: np.ndarray | None = None,
+) -> tuple[CountState, HistState | None]:
+    """One pass over the pairs of ``shard``: per-class bucket counts on the sorted union of
+    ``grids`` (see :class:`CountState`; only pairs at or above the smallest threshold are
+    touched) and, when ``edges`` (float64, increasing, ``B + 1`` values) is given, the exact
+    positive / negative similarity histograms over all pairs."""
+    c = prep.num_classes
+    dtype = prep.x.dtype
+    if _use_numpy(prep):
+        bk = MultiBuckets(grids, dtype)
+        kp1 = bk.k + 1
+        spans = _spans(prep, block_size, kp1) if bk.k else {}
+        eb = Buckets(np.asarray(edges, dtype=np.float64), dtype) if edges is not None else None
+        nb2 = 0 if edges is None else int(np.asarray(edges).shape[0]) + 1
+
+        def work(blocks: Iterator[Block]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+            neg = np.zeros(c * kp1, dtype=np.int64)
+            pos = np.zeros(c * kp1, dtype=np.int64)
+            hneg = np.zeros(nb2, dtype=np.int64)
+            hpos = np.zeros(nb2, dtype=np.int64)
+            mbuf = mask_buffer(prep, block_size)
+            sc = Scratch(bk.dt)
+            for blk in blocks:
+                if bk.k:
+                    _count_block_numpy(blk, bk, spans, mbuf, sc, neg, pos)
+                if eb is not None:
+                    _hist_block_numpy(blk, eb, mbuf, sc, hneg, hpos)
+            return neg, pos, hneg, hpos
+
+        parts = map_blocks(prep, block_size, shard, work)
+        tot = [np.asarray(np.sum([p[i] for p in parts], axis=0, dtype=np.int64)) for i in range(4)]
+        state = CountState(neg=tot[0].reshape(c, kp1), pos=tot[1].reshape(c, kp1))
+        hist = None
+        if edges is not None:
+            e64 = np.asarray(edges, dtype=np.float64)
+            hist = HistState(edges=e64, pos=_fold_hist(tot[3]), neg=_fold_hist(tot[2]))
+        return state, hist
+    device = prep.x.device
+    grids_t = [torch.as_tensor(np.asarray(g, dtype=np.float64), device=device) for g in grids]
+    union = MultiBuckets(grids, dtype)  # only for k and the cut
+    kp1 = union.k + 1
+    neg_t = torch.zeros(c * kp1, dtype=torch.int64, device=device)
+    pos_t = torch.zeros(c * kp1, dtype=torch.int64, device=device)
+    cut = floor_to_dtype(float(union.thresholds[0]), dtype) if union.k else math.inf
+    e_t = None if edges is None else torch.as_tensor(np.asarray(edges, np.float64), device=device)
+    nb = 0 if e_t is None else int(e_t.shape[0]) - 1
+    hpos_t = torch.zeros(nb, dtype=torch.int64, device=device)
+    hneg_t = torch.zeros(nb, dtype=torch.int64, device=device)
+    for blk in iter_blocks(prep, block_size, shard):
+        if e_t is not None and blk.pos_sims.numel():
+            lo, hi = float(e_t[0]), float(e_t[-1])
+            p = blk.pos_sims.to(torch.float64).clamp(lo, hi)
+            hpos_t += torch.bincount(_bin_index(p, e_t), minlength=nb)
+        sims = _count_block_torch(prep, blk, grids_t, kp1, cut, neg_t, pos_t)
+        if e_t is not None:
+            lo, hi = float(e_t[0]), float(e_t[-1])
+            v = sims[sims > float("-inf")].to(torch.float64).clamp_(lo, hi)
+            hneg_t += torch.bincount(_bin_index(v, e_t), minlength=nb)
+    state = CountState(
+        neg=neg_t.cpu().numpy().reshape(c, kp1), pos=pos_t.cpu().numpy().reshape(c, kp1)
+    )
+    hist_t = None
+    if e_t is not None:
+        hist_t = HistState(
+            edges=np.asarray(edges, dtype=np.float64),
+            pos=hpos_t.cpu().numpy(),
+            neg=hneg_t.cpu().numpy(),
+        )
+    return state, hist_t
 
 
 def count_pass(
@@ -532,35 +718,9 @@ def count_pass(
     shard: tuple[int, int] = (0, 1),
 ) -> CountState:
     """Bucket every pair with ``s >= thresholds[0]`` by ``searchsorted(thresholds, s, right)``
-    (exact comparisons) and accumulate per-class tables (see :class:`CountState`)."""
-    th64 = np.asarray(thresholds, dtype=np.float64)
-    kp1 = int(th64.shape[0]) + 1
-    c = prep.num_classes
-    if _use_numpy(prep):
-        bk = Buckets(th64, prep.x.dtype)
-        spans = _spans(prep, block_size, kp1)
-
-        def work(blocks: Iterator[Block]) -> tuple[np.ndarray, np.ndarray]:
-            neg = np.zeros(c * kp1, dtype=np.int64)
-            pos = np.zeros(c * kp1, dtype=np.int64)
-            mbuf = mask_buffer(prep, block_size)
-            sc = Scratch(bk.dt)
-            for blk in blocks:
-                _count_block_numpy(blk, bk, spans, mbuf, sc, neg, pos)
-            return neg, pos
-
-        parts = map_blocks(prep, block_size, shard, work)
-        neg_np = np.sum([a for a, _ in parts], axis=0, dtype=np.int64)
-        pos_np = np.sum([b for _, b in parts], axis=0, dtype=np.int64)
-        return CountState(neg=neg_np.reshape(c, kp1), pos=pos_np.reshape(c, kp1))
-    device = prep.x.device
-    th = torch.as_tensor(th64, device=device)
-    neg = torch.zeros(c * kp1, dtype=torch.int64, device=device)
-    pos = torch.zeros(c * kp1, dtype=torch.int64, device=device)
-    cut = floor_to_dtype(float(th64[0]), prep.x.dtype)
-    for blk in iter_blocks(prep, block_size, shard):
-        _count_block_torch(prep, blk, th, cut, neg, pos)
-    return CountState(neg=neg.cpu().numpy().reshape(c, kp1), pos=pos.cpu().numpy().reshape(c, kp1))
+    (exact comparisons) and accumulate per-class tables (see :class:`CountState`); the
+    single-grid case of :func:`sweep`."""
+    return sweep(prep, [np.asarray(thresholds, dtype=np.float64)], block_size, shard)[0]
 
 
 # ----------------------------------------------------------------------------- histogram pass

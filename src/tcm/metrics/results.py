@@ -1,0 +1,141 @@
+"""Result values of the pair metrics (NumPy fields, ``to_dict()`` for JSON).
+
+All thresholds are cosine **similarities**; a pair is accepted when ``similarity >= threshold``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+__all__ = ["OperatingPoint", "SimilarityHistogram", "ThresholdConsistency", "jsonable"]
+
+
+def jsonable(a: np.ndarray) -> list[Any]:
+    """``a.tolist()`` (NumPy scalars -> Python ints / floats / strs)."""
+    return list(np.asarray(a).tolist())
+
+
+@dataclass(frozen=True)
+class ThresholdConsistency:
+    """Result of :func:`threshold_consistency` (``T`` included classes, ``K`` thresholds).
+
+    Attributes:
+        opis: OPIS, mean over thresholds of the across-class variance of utility (unitless).
+        epsilon_opis: ``{eps: eps-OPIS}`` for each requested epsilon.
+        thresholds: ``(K,)`` float64 cosine-similarity thresholds ``t_min .. t_max``.
+        far_range: ``(f_lo, f_hi)`` global FAR range that defined ``t_max`` / ``t_min``.
+        classes: ``(T,)`` labels of the included classes (``n_c >= 2``), sorted.
+        class_sizes: ``(T,)`` int64 ``n_c``.
+        tar: ``(T, K)`` float64 per-class true acceptance rate ``TAR_c(t_k)``.
+        trr: ``(T, K)`` float64 per-class true rejection rate ``TRR_c(t_k)``.
+        utility: ``(T, K)`` float64 ``U_c(t_k)``, harmonic mean of TAR and TRR.
+        excluded_classes: ``(E,)`` labels of classes with fewer than 2 samples.
+        global_tar: ``(K,)`` fraction of all positive pairs accepted at ``t_k``.
+        global_far: ``(K,)`` fraction of all negative pairs accepted at ``t_k``.
+        num_positive_pairs: ``P = sum_c n_c (n_c - 1) / 2``.
+        num_negative_pairs: ``M = N (N - 1) / 2 - P``.
+    """
+
+    opis: float
+    epsilon_opis: dict[float, float]
+    thresholds: np.ndarray
+    far_range: tuple[float, float]
+    classes: np.ndarray
+    class_sizes: np.ndarray
+    tar: np.ndarray
+    trr: np.ndarray
+    utility: np.ndarray
+    excluded_classes: np.ndarray
+    global_tar: np.ndarray
+    global_far: np.ndarray
+    num_positive_pairs: int
+    num_negative_pairs: int
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-serialisable dict (arrays -> lists, epsilon keys -> strings)."""
+        return {
+            "opis": float(self.opis),
+            "epsilon_opis": {str(k): float(v) for k, v in self.epsilon_opis.items()},
+            "thresholds": jsonable(self.thresholds),
+            "far_range": [float(self.far_range[0]), float(self.far_range[1])],
+            "classes": jsonable(self.classes),
+            "class_sizes": jsonable(self.class_sizes),
+            "tar": jsonable(self.tar),
+            "trr": jsonable(self.trr),
+            "utility": jsonable(self.utility),
+            "excluded_classes": jsonable(self.excluded_classes),
+            "global_tar": jsonable(self.global_tar),
+            "global_far": jsonable(self.global_far),
+            "num_positive_pairs": int(self.num_positive_pairs),
+            "num_negative_pairs": int(self.num_negative_pairs),
+        }
+
+
+@dataclass(frozen=True)
+class OperatingPoint:
+    """Result of :func:`operating_point` at one similarity threshold (``T`` included classes).
+
+    Attributes:
+        threshold: the cosine-similarity threshold ``t`` (pairs with ``s >= t`` are accepted).
+        classes: ``(T,)`` labels of the included classes (``n_c >= 2``).
+        class_sizes: ``(T,)`` int64 ``n_c``.
+        tar, far, frr, trr: ``(T,)`` float64 per-class rates at ``t`` (``frr = 1 - tar``,
+            ``trr = 1 - far``).
+        global_tar: fraction of all positive pairs accepted.
+        global_far: fraction of all negative pairs accepted.
+        excluded_classes: ``(E,)`` labels of classes with fewer than 2 samples.
+    """
+
+    threshold: float
+    classes: np.ndarray
+    class_sizes: np.ndarray
+    tar: np.ndarray
+    far: np.ndarray
+    frr: np.ndarray
+    trr: np.ndarray
+    global_tar: float
+    global_far: float
+    excluded_classes: np.ndarray
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-serialisable dict (arrays -> lists)."""
+        return {
+            "threshold": float(self.threshold),
+            "classes": jsonable(self.classes),
+            "class_sizes": jsonable(self.class_sizes),
+            "tar": jsonable(self.tar),
+            "far": jsonable(self.far),
+            "frr": jsonable(self.frr),
+            "trr": jsonable(self.trr),
+            "global_tar": float(self.global_tar),
+            "global_far": float(self.global_far),
+            "excluded_classes": jsonable(self.excluded_classes),
+        }
+
+
+@dataclass(frozen=True)
+class SimilarityHistogram:
+    """Result of :func:`similarity_histogram`: exact pair counts per cosine-similarity bin.
+
+    Attributes:
+        edges: ``(B + 1,)`` float64 bin edges, ``linspace(-1, 1, B + 1)``. Bin ``b`` is
+            ``[edges[b], edges[b+1])``, the last bin is closed; similarities are clipped to
+            ``[-1, 1]`` first (rounding can push them slightly outside).
+        pos: ``(B,)`` int64 number of positive pairs (same label, ``i < j``) per bin.
+        neg: ``(B,)`` int64 number of negative pairs per bin.
+    """
+
+    edges: np.ndarray
+    pos: np.ndarray
+    neg: np.ndarray
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-serialisable dict (arrays -> lists)."""
+        return {
+            "edges": jsonable(self.edges),
+            "pos": jsonable(self.pos),
+            "neg": jsonable(self.neg),
+        }
