@@ -1,13 +1,19 @@
-"""Evaluation metrics on (embeddings, labels) returning dataclasses with NumPy fields.
+"""Evaluation metrics on (embeddings, labels), returning typed values with NumPy fields.
 
 Embeddings are L2-normalised internally and compared by cosine similarity; a pair is accepted
-when ``similarity >= threshold``. See :mod:`tcm.metrics.consistency` for OPIS / eps-OPIS.
+when ``similarity >= threshold``.
+
+* :func:`evaluate` -> :class:`Evaluation`: everything at once (one kNN pass, two pair passes).
+* :class:`PairIndex` + :func:`pair_statistics` -> :class:`PairStats`: the exact count tables
+  every pair metric is a view of (mergeable across shards / ``torch.distributed`` ranks).
+* Single metrics: :func:`threshold_consistency`, :func:`opis`, :func:`epsilon_opis`,
+  :func:`operating_point`, :func:`threshold_at_far`, :func:`similarity_histogram`,
+  :func:`retrieval_metrics`; :func:`calibrate` chooses a threshold from :class:`PairStats`.
 """
 
+from tcm.metrics._checks import MAX_TABLE_BYTES, MAX_THRESHOLDS
+from tcm.metrics.calibration import Calibration, calibrate, spread
 from tcm.metrics.consistency import (
-    OperatingPoint,
-    SimilarityHistogram,
-    ThresholdConsistency,
     epsilon_opis,
     operating_point,
     opis,
@@ -15,22 +21,47 @@ from tcm.metrics.consistency import (
     threshold_at_far,
     threshold_consistency,
 )
+from tcm.metrics.distributed import Communicator, TorchCommunicator, default_communicator
+from tcm.metrics.evaluation import (
+    DEFAULT_TAR_FARS,
+    SECTIONS,
+    Evaluation,
+    evaluate,
+    far_key,
+    metric_label,
+)
+from tcm.metrics.results import OperatingPoint, SimilarityHistogram, ThresholdConsistency
+from tcm.metrics.retrieval import RetrievalMetrics, retrieval_metrics
+from tcm.metrics.statistics import Grid, PairIndex, PairStats, pair_statistics
 
 __all__ = [
+    "DEFAULT_TAR_FARS",
+    "MAX_TABLE_BYTES",
+    "MAX_THRESHOLDS",
+    "SECTIONS",
+    "Calibration",
+    "Communicator",
+    "Evaluation",
+    "Grid",
     "OperatingPoint",
+    "PairIndex",
+    "PairStats",
+    "RetrievalMetrics",
     "SimilarityHistogram",
     "ThresholdConsistency",
+    "TorchCommunicator",
+    "calibrate",
+    "default_communicator",
     "epsilon_opis",
+    "evaluate",
+    "far_key",
+    "metric_label",
     "operating_point",
     "opis",
+    "pair_statistics",
+    "retrieval_metrics",
     "similarity_histogram",
+    "spread",
     "threshold_at_far",
     "threshold_consistency",
 ]
-
-try:  # retrieval metrics live in a sibling module written separately
-    from tcm.metrics.retrieval import RetrievalMetrics, retrieval_metrics
-
-    __all__ += ["RetrievalMetrics", "retrieval_metrics"]
-except ImportError:  # pragma: no cover - until retrieval.py exists
-    pass

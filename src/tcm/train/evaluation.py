@@ -18,12 +18,7 @@ from torch.utils.data import DataLoader, Dataset
 
 __all__ = ["DEFAULT_TAR_FARS", "compute_metrics", "embed_dataset", "far_key", "metric_table"]
 
-DEFAULT_TAR_FARS: tuple[float, ...] = (1e-4, 1e-3, 1e-2, 1e-1)
-
-
-def far_key(far: float) -> str:
-    """``1e-3`` -> ``"1e-03"`` (the suffix of ``tar_at_far_*`` keys)."""
-    return f"{far:.0e}"
+from tcm.metrics.evaluation import DEFAULT_TAR_FARS, far_key
 
 
 @torch.no_grad()
@@ -92,10 +87,11 @@ def compute_metrics(
     ks: Sequence[int] = (1, 2, 4, 8),
     tar_fars: Sequence[float] = (),
 ) -> dict[str, float]:
-    """Retrieval (leave-one-out on the given set) + threshold-consistency metrics.
+    """Retrieval (leave-one-out on the given set) + threshold-consistency metrics as the flat
+    ``{key: float}`` of :meth:`tcm.metrics.Evaluation.metrics` (one :func:`tcm.metrics.evaluate`
+    call: under ``torch.distributed`` every rank must call it and each computes its share).
 
     ``embeddings`` ``(N, D)`` (any float; normalised internally), ``labels`` ``(N,)``.
-    Returns a flat ``{name: float}`` dict (see the module docstring for the keys).
 
     Example:
         >>> import numpy as np
@@ -104,58 +100,30 @@ def compute_metrics(
         >>> 0.0 <= m["recall_at_1"] <= 1.0
         True
     """
-    from tcm.metrics import operating_point, retrieval_metrics, threshold_at_far
-    from tcm.metrics import threshold_consistency as tc_fn
+    from tcm.metrics import evaluate
 
-    ret = retrieval_metrics(embeddings, labels, ks=tuple(ks))
-    out: dict[str, float] = {f"recall_at_{k}": float(v) for k, v in ret.recall_at_k.items()}
-    out["map_at_r"] = float(ret.map_at_r)
-    out["r_precision"] = float(ret.r_precision)
-    tc = tc_fn(
+    sections = ["retrieval", "consistency"] + (["tar_at_far"] if tar_fars else [])
+    ev = evaluate(
         embeddings,
         labels,
+        ks=tuple(ks),
         far_range=(float(far_range[0]), float(far_range[1])),
         num_thresholds=num_thresholds,
         epsilons=tuple(epsilons),
+        tar_fars=tuple(tar_fars),
+        include=sections,
     )
-    out["opis"] = float(tc.opis)
-    for eps, val in tc.epsilon_opis.items():
-        out[f"epsilon_opis_{float(eps):g}"] = float(val)
-    for far in tar_fars:
-        t = float(threshold_at_far(embeddings, labels, far=far))
-        op = operating_point(embeddings, labels, t)
-        out[f"threshold_at_far_{far_key(far)}"] = t
-        out[f"tar_at_far_{far_key(far)}"] = float(op.global_tar)
-    return out
-
-
-_LABELS = {
-    "map_at_r": "MAP@R",
-    "r_precision": "R-precision",
-    "opis": "OPIS",
-}
-
-
-def _label(key: str) -> str:
-    if key in _LABELS:
-        return _LABELS[key]
-    if key.startswith("recall_at_"):
-        return "Recall@" + key[len("recall_at_") :]
-    if key.startswith("epsilon_opis_"):
-        return f"eps-OPIS {float(key[len('epsilon_opis_') :]) * 100:g}%"
-    if key.startswith("tar_at_far_"):
-        return "TAR@FAR=" + key[len("tar_at_far_") :]
-    if key.startswith("threshold_at_far_"):
-        return "threshold@FAR=" + key[len("threshold_at_far_") :]
-    return key
+    return ev.metrics()
 
 
 def metric_table(runs: dict[str, dict[str, float]], keys: Sequence[str] | None = None) -> str:
     """Plain-text table: one row per metric, one column per run (values with 4 decimals)."""
+    from tcm.metrics import metric_label
+
     names = list(runs)
     if keys is None:
         keys = [k for k in next(iter(runs.values()))] if runs else []
-    rows = [[_label(k)] + [_fmt(runs[n].get(k)) for n in names] for k in keys]
+    rows = [[metric_label(k)] + [_fmt(runs[n].get(k)) for n in names] for k in keys]
     header = ["metric", *names]
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
     line = "  ".join(

@@ -1,0 +1,416 @@
+"""One evaluation of an embedding set, computed once: retrieval, threshold consistency, TAR@FAR,
+calibration, an operating point and a similarity histogram from one kNN pass and two pair passes.
+
+Conventions: rows are L2-normalised, neighbours and pairs are compared by cosine **similarity**,
+a pair is accepted when ``s >= t``; retrieval is leave-one-out on the given set.
+
+The flat metric vocabulary of :meth:`Evaluation.metrics` is the one used everywhere in tcm
+(training logs and ``train.select_metric``, ``tcm evaluate --json``, ``tcm calibrate``,
+``tcm report``); :func:`metric_label` gives each key's display name:
+
+====================================  =========================================================
+key                                   value
+====================================  =========================================================
+``recall_at_{k}``                     Recall@k (leave-one-out), e.g. ``recall_at_1``
+``map_at_r``, ``r_precision``         MAP@R and R-precision
+``opis``                              OPIS over the calibration range ``far_range``
+``epsilon_opis_{eps}``                eps-OPIS, ``eps`` written with ``%g``: ``epsilon_opis_0.05``
+``tar_at_far_{far}``                  global TAR at the threshold of global FAR ``far``
+                                      (``far`` written ``%.0e``: ``tar_at_far_1e-03``)
+``threshold_at_far_{far}``            that threshold (cosine similarity)
+``calibration_threshold``             the calibrated threshold (target FAR or max utility)
+``calibration_global_far`` / ``_tar`` global FAR / TAR at it
+``calibration_mean_utility``          mean per-class utility at it
+``calibration_far_max``               largest per-class FAR at it
+``calibration_classes_far_above_2x``  classes with FAR above twice the reference FAR
+``threshold``                         the given operating threshold ``threshold=``
+``global_far`` / ``global_tar``       global FAR / TAR at it
+====================================  =========================================================
+
+Sections (``include=`` / ``exclude=``): ``"retrieval"``, ``"consistency"``, ``"tar_at_far"``,
+``"calibration"``, ``"operating_point"`` (needs ``threshold=``), ``"histogram"`` (needs
+``bins > 0``). A section that is not selected costs nothing; without ``"retrieval"`` there is no
+kNN pass, without any pair section no pair pass.
+
+Under ``torch.distributed`` (``distributed=None`` detects it) each rank evaluates its share of
+the retrieval queries and of the pair blocks; the exact states are exchanged and every rank
+returns the same :class:`Evaluation` as one process would.
+
+Example:
+    >>> import numpy as np
+    >>> rng = np.random.default_rng(0)
+    >>> y = np.repeat(np.arange(10), 6)
+    >>> x = rng.normal(size=(60, 16)) + 2.0 * rng.normal(size=(10, 16))[y]
+    >>> ev = evaluate(x, y, ks=(1, 2), tar_fars=(1e-2,), calibration_far=1e-2)
+    >>> m = ev.metrics()
+    >>> sorted(k for k in m if k.startswith(("recall", "tar", "opis")))
+    ['opis', 'recall_at_1', 'recall_at_2', 'tar_at_far_1e-02']
+    >>> m["calibration_threshold"] == m["threshold_at_far_1e-02"]
+    True
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from tcm._validation import ArrayLike
+from tcm.metrics._checks import (
+    check_epsilon,
+    check_far_range,
+    check_finite,
+    check_fraction,
+    check_int,
+    check_num_thresholds,
+)
+from tcm.metrics.calibration import SEARCH_GRID, Calibration, calibrate
+from tcm.metrics.distributed import Communicator, default_communicator
+from tcm.metrics.results import OperatingPoint, SimilarityHistogram, ThresholdConsistency
+from tcm.metrics.retrieval import (
+    Backend,
+    PerQueryRetrieval,
+    RetrievalMetrics,
+    merge_per_query,
+    retrieval_per_query,
+    shard_query_indices,
+)
+from tcm.metrics.statistics import PairIndex, PairStats, pair_statistics
+
+__all__ = [
+    "DEFAULT_TAR_FARS",
+    "SECTIONS",
+    "Evaluation",
+    "evaluate",
+    "far_key",
+    "metric_label",
+]
+
+DEFAULT_TAR_FARS: tuple[float, ...] = (1e-4, 1e-3, 1e-2, 1e-1)
+SECTIONS: tuple[str, ...] = (
+    "retrieval",
+    "consistency",
+    "tar_at_far",
+    "calibration",
+    "operating_point",
+    "histogram",
+)
+
+
+def far_key(far: float) -> str:
+    """Suffix of the ``*_at_far_*`` keys: ``1e-3 -> "1e-03"``.
+
+    Example:
+        >>> far_key(1e-3), far_key(0.1)
+        ('1e-03', '1e-01')
+    """
+    return f"{far:.0e}"
+
+
+def eps_key(eps: float) -> str:
+    """Suffix of the ``epsilon_opis_*`` keys: ``0.05 -> "0.05"``, ``0.10 -> "0.1"``."""
+    return f"{float(eps):g}"
+
+
+_LABELS = {
+    "map_at_r": "MAP@R",
+    "r_precision": "R-precision",
+    "opis": "OPIS",
+    "threshold": "threshold",
+    "global_far": "global FAR",
+    "global_tar": "global TAR",
+    "calibration_threshold": "calibrated threshold",
+    "calibration_global_far": "calibrated global FAR",
+    "calibration_global_tar": "calibrated global TAR",
+    "calibration_mean_utility": "calibrated mean utility",
+    "calibration_far_max": "calibrated max class FAR",
+    "calibration_classes_far_above_2x": "classes FAR > 2x",
+}
+
+
+def metric_label(key: str) -> str:
+    """Display name of a metric key (tables, plots).
+
+    Example:
+        >>> metric_label("recall_at_1"), metric_label("epsilon_opis_0.05")
+        ('Recall@1', 'eps-OPIS 5%')
+        >>> metric_label("tar_at_far_1e-03")
+        'TAR@FAR=1e-03'
+    """
+    if key in _LABELS:
+        return _LABELS[key]
+    for prefix, label in (
+        ("recall_at_", "Recall@"),
+        ("tar_at_far_", "TAR@FAR="),
+        ("threshold_at_far_", "threshold@FAR="),
+    ):
+        if key.startswith(prefix):
+            return label + key[len(prefix) :]
+    if key.startswith("epsilon_opis_"):
+        return f"eps-OPIS {float(key[len('epsilon_opis_') :]) * 100:g}%"
+    return key
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """Everything one evaluation computed (absent sections are ``None`` / empty).
+
+    Attributes:
+        num_samples, num_classes: ``N`` and the number of distinct labels.
+        retrieval: Recall@k, MAP@R, R-precision (leave-one-out).
+        consistency: OPIS, eps-OPIS and the per-class utility table on the calibration grid.
+        tar_at_far: ``{far: global TAR}``; ``threshold_at_far``: ``{far: threshold}``.
+        calibration: the calibrated threshold and per-class rates at it.
+        operating_point: per-class rates at the given ``threshold``.
+        histogram: positive / negative similarity histogram.
+        stats: the count tables all pair figures were read from (for further views).
+        options: the arguments that produced it (JSON-serialisable).
+    """
+
+    num_samples: int
+    num_classes: int
+    retrieval: RetrievalMetrics | None = None
+    consistency: ThresholdConsistency | None = None
+    tar_at_far: dict[float, float] = field(default_factory=dict)
+    threshold_at_far: dict[float, float] = field(default_factory=dict)
+    calibration: Calibration | None = None
+    operating_point: OperatingPoint | None = None
+    histogram: SimilarityHistogram | None = None
+    stats: PairStats | None = None
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def metrics(self) -> dict[str, float]:
+        """Flat ``{key: float}`` in the module's vocabulary, in a stable order."""
+        out: dict[str, float] = {}
+        if self.retrieval is not None:
+            for k, v in self.retrieval.recall_at_k.items():
+                out[f"recall_at_{k}"] = float(v)
+            out["map_at_r"] = float(self.retrieval.map_at_r)
+            out["r_precision"] = float(self.retrieval.r_precision)
+        if self.consistency is not None:
+            out["opis"] = float(self.consistency.opis)
+            for eps, val in self.consistency.epsilon_opis.items():
+                out[f"epsilon_opis_{eps_key(eps)}"] = float(val)
+        for far, tar in self.tar_at_far.items():
+            out[f"tar_at_far_{far_key(far)}"] = float(tar)
+        for far, t in self.threshold_at_far.items():
+            out[f"threshold_at_far_{far_key(far)}"] = float(t)
+        if self.calibration is not None:
+            c = self.calibration
+            out["calibration_threshold"] = c.threshold
+            out["calibration_global_far"] = float(c.operating_point.global_far)
+            out["calibration_global_tar"] = float(c.operating_point.global_tar)
+            out["calibration_mean_utility"] = c.mean_utility
+            out["calibration_far_max"] = c.far_spread["max"]
+            out["calibration_classes_far_above_2x"] = float(c.classes_far_above_2x)
+        if self.operating_point is not None:
+            op = self.operating_point
+            out["threshold"] = float(op.threshold)
+            out["global_far"] = float(op.global_far)
+            out["global_tar"] = float(op.global_tar)
+        return out
+
+    def to_dict(self, class_names: Sequence[str] | None = None) -> dict[str, Any]:
+        """JSON-serialisable: ``metrics`` (the flat vocabulary) plus the details of each section
+        (``calibration`` with per-class rates, ``operating_point``, ``per_class_retrieval``)."""
+        out: dict[str, Any] = {
+            "num_samples": self.num_samples,
+            "num_classes": self.num_classes,
+            "metrics": self.metrics(),
+            "options": dict(self.options),
+        }
+        if self.calibration is not None:
+            out["calibration"] = self.calibration.to_dict(class_names)
+        if self.operating_point is not None:
+            out["operating_point"] = self.operating_point.to_dict()
+        if self.retrieval is not None:
+            out["per_class_retrieval"] = self.retrieval.per_class.to_dict()
+        return out
+
+
+def _sections(include: Sequence[str] | None, exclude: Sequence[str]) -> set[str]:
+    for name in [*(include or ()), *exclude]:
+        if name not in SECTIONS:
+            raise ValueError(f"unknown evaluation section {name!r}; choose from {SECTIONS}")
+    chosen = set(SECTIONS if include is None else include)
+    return chosen - set(exclude)
+
+
+def _retrieval(
+    embeddings: ArrayLike,
+    labels: ArrayLike,
+    ks: Sequence[int],
+    backend: Backend,
+    n: int,
+    comm: Communicator | None,
+) -> RetrievalMetrics:
+    if comm is None:
+        return merge_per_query(
+            [retrieval_per_query(embeddings, labels, ks=tuple(ks), backend=backend)]
+        )
+    part = retrieval_per_query(
+        embeddings,
+        labels,
+        ks=tuple(ks),
+        backend=backend,
+        query_indices=shard_query_indices(n, comm.rank, comm.world),
+    )
+    import torch.distributed as dist
+
+    parts: list[PerQueryRetrieval | None] = [None] * comm.world
+    dist.all_gather_object(parts, part)
+    return merge_per_query([p for p in parts if p is not None])
+
+
+def evaluate(
+    embeddings: ArrayLike,
+    labels: ArrayLike,
+    *,
+    ks: Sequence[int] = (1, 2, 4, 8),
+    far_range: tuple[float, float] = (1e-2, 1e-1),
+    num_thresholds: int = 101,
+    epsilons: Sequence[float] = (0.05, 0.10),
+    tar_fars: Sequence[float] = DEFAULT_TAR_FARS,
+    calibration_far: float | None = 1e-3,
+    max_utility: bool = False,
+    search_range: tuple[float, float] = (1e-4, 0.5),
+    search_thresholds: int = 201,
+    threshold: float | None = None,
+    bins: int = 0,
+    include: Sequence[str] | None = None,
+    exclude: Sequence[str] = (),
+    distributed: bool | None = None,
+    backend: Backend = "auto",
+    block_size: int | None = None,
+    seed: int = 0,
+) -> Evaluation:
+    """Evaluate ``(N, D)`` embeddings with ``(N,)`` labels (module docstring for the keys).
+
+    Args:
+        ks: the ``k`` of Recall@k.
+        far_range, num_thresholds, epsilons: OPIS / eps-OPIS calibration range, grid size and
+            the eps values (see :func:`tcm.metrics.threshold_consistency`).
+        tar_fars: global FARs for ``tar_at_far_*`` / ``threshold_at_far_*``.
+        calibration_far: calibrate the threshold of this global FAR (``None``: no calibration
+            unless ``max_utility``).
+        max_utility: calibrate by maximising the mean per-class utility over a grid of
+            ``search_thresholds`` thresholds spanning the global FARs ``search_range``.
+        threshold: also report per-class rates at this cosine-similarity threshold.
+        bins: ``B > 0`` adds the exact similarity histogram of all pairs.
+        include, exclude: sections to compute (default all that the options allow).
+        distributed: ``None`` = use ``torch.distributed`` when a group with more than one rank
+            is initialised; ``False`` = never; ``True`` = require it.
+        backend: retrieval kNN backend (``"auto"``, ``"torch"``, ``"faiss"``).
+        block_size: rows per similarity block of the pair passes.
+        seed: seed of the sampled quantile bracket (results do not depend on it).
+
+    Raises:
+        ValueError: bad embeddings / labels / options (naming the value), unknown section,
+            ``distributed=True`` without a process group.
+
+    Results equal the separate functions (``retrieval_metrics``, ``threshold_consistency``,
+    ``threshold_at_far`` + ``operating_point``, ``similarity_histogram``) exactly.
+    """
+    sections = _sections(include, exclude)
+    lo, hi = check_far_range(far_range)
+    k = check_num_thresholds(num_thresholds)
+    eps_l = [check_epsilon(e) for e in epsilons]
+    fars_l = [check_fraction(f, "tar_fars entry") for f in tar_fars]
+    cal_far = (
+        None if calibration_far is None else check_fraction(calibration_far, "calibration_far")
+    )
+    if max_utility:
+        check_far_range(search_range)
+        check_num_thresholds(search_thresholds, "search_thresholds")
+    t_given = None if threshold is None else check_finite(threshold, "threshold")
+    nbins = check_int(bins, "bins", 0)
+    if "operating_point" in sections and t_given is None:
+        sections.discard("operating_point")
+    if "histogram" in sections and nbins == 0:
+        sections.discard("histogram")
+    if "calibration" in sections and cal_far is None and not max_utility:
+        sections.discard("calibration")
+    if distributed is False:
+        comm: Communicator | None = None
+    else:
+        comm = default_communicator()
+        if distributed and comm is None:
+            raise ValueError("distributed=True but no torch.distributed group with >1 rank")
+
+    index = PairIndex(embeddings, labels, block_size=block_size)
+    retrieval = None
+    if "retrieval" in sections:
+        retrieval = _retrieval(embeddings, labels, ks, backend, index.num_samples, comm)
+
+    need_fars = list(fars_l) if "tar_at_far" in sections else []
+    if "calibration" in sections and cal_far is not None and not max_utility:
+        need_fars.append(cal_far)
+    grids = {}
+    if "calibration" in sections and max_utility:
+        grids[SEARCH_GRID] = (float(search_range[0]), float(search_range[1]), search_thresholds)
+    pair_sections = {"consistency", "tar_at_far", "calibration", "operating_point", "histogram"}
+    stats = None
+    if sections & pair_sections:
+        stats = pair_statistics(
+            index,
+            fars=sorted(set(need_fars)),
+            far_range=(lo, hi) if "consistency" in sections else None,
+            num_thresholds=k,
+            thresholds=[t_given] if "operating_point" in sections and t_given is not None else [],
+            grids=grids,
+            bins=nbins if "histogram" in sections else 0,
+            shard=(0, 1) if comm is None else (comm.rank, comm.world),
+            comm=comm,
+            seed=seed,
+        )
+    consistency = (
+        stats.consistency(eps_l) if stats is not None and "consistency" in sections else None
+    )
+    tar_at_far: dict[float, float] = {}
+    th_at_far: dict[float, float] = {}
+    if stats is not None and "tar_at_far" in sections:
+        ths = [stats.threshold_at_far(f) for f in fars_l]
+        gtar = stats.rates(stats.columns_of(ths))["global_tar"] if ths else np.empty(0)
+        for f, t, g in zip(fars_l, ths, gtar, strict=True):
+            th_at_far[f] = t
+            tar_at_far[f] = float(g)
+    calibration = None
+    if stats is not None and "calibration" in sections:
+        calibration = calibrate(
+            stats, far=None if max_utility else cal_far, max_utility=max_utility
+        )
+    op = None
+    if stats is not None and "operating_point" in sections and t_given is not None:
+        op = stats.operating_point(t_given)
+    hist = stats.histogram() if stats is not None and "histogram" in sections else None
+    options: dict[str, Any] = {
+        "sections": sorted(sections),
+        "ks": [int(v) for v in ks],
+        "far_range": [lo, hi],
+        "num_thresholds": k,
+        "epsilons": eps_l,
+        "tar_fars": fars_l,
+        "calibration_far": cal_far,
+        "max_utility": bool(max_utility),
+        "threshold": t_given,
+        "bins": nbins,
+        "world_size": 1 if comm is None else comm.world,
+    }
+    if max_utility:
+        options["search_range"] = [float(search_range[0]), float(search_range[1])]
+        options["search_thresholds"] = int(search_thresholds)
+    return Evaluation(
+        num_samples=index.num_samples,
+        num_classes=int(index.classes.shape[0]),
+        retrieval=retrieval,
+        consistency=consistency,
+        tar_at_far=tar_at_far,
+        threshold_at_far=th_at_far,
+        calibration=calibration,
+        operating_point=op,
+        histogram=hist,
+        stats=stats,
+        options=options,
+    )
