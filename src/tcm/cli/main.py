@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 import time
 from collections.abc import Sequence
@@ -151,87 +150,64 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    from tcm.train.evaluation import DEFAULT_TAR_FARS, compute_metrics, metric_table
+    from tcm.metrics import DEFAULT_TAR_FARS, evaluate
+    from tcm.train.evaluation import metric_table
 
-    emb, lab, _ = _load_source(args, args.source)
-    metrics = compute_metrics(emb, lab, far_range=tuple(args.far_range), tar_fars=DEFAULT_TAR_FARS)
-    shown = {k: v for k, v in metrics.items() if not k.startswith("threshold_at_far")}
-    _out(metric_table({Path(args.source).name: shown}))
-    if args.json:
-        _write_json(args.json, {"source": args.source, "num_samples": len(lab), "metrics": metrics})
-        _out(f"wrote {args.json}")
+    emb, lab, names = _load_source(args, args.source)
+    ev = evaluate(emb, lab, far_range=tuple(args.far_range), tar_fars=DEFAULT_TAR_FARS)
+    if _rank() == 0:
+        metrics = ev.metrics()
+        shown = {k: v for k, v in metrics.items() if not k.startswith("threshold_at_far")}
+        _out(metric_table({Path(args.source).name: shown}))
+        if args.json:
+            _write_json(args.json, {"source": args.source, **ev.to_dict(names)})
+            _out(f"wrote {args.json}")
     return EXIT_OK
 
 
-def _calibrate(emb: np.ndarray, lab: np.ndarray, args: argparse.Namespace) -> dict[str, Any]:
-    from tcm.metrics import operating_point, threshold_at_far, threshold_consistency
+def _rank() -> int:
+    """This process's ``torch.distributed`` rank (0 without a process group)."""
+    import torch.distributed as dist
 
-    if args.max_utility:
-        lo, hi = args.search_range
-        tc = threshold_consistency(emb, lab, far_range=(lo, hi), num_thresholds=args.num_thresholds)
-        mean_u = np.asarray(tc.utility).mean(axis=0)
-        k = int(np.argmax(mean_u))
-        threshold = float(np.asarray(tc.thresholds)[k])
-        mode = {
-            "mode": "max_mean_utility",
-            "mean_utility": float(mean_u[k]),
-            "search_far_range": [lo, hi],
-        }
-    else:
-        threshold = float(threshold_at_far(emb, lab, far=args.far))
-        mode = {"mode": "target_far", "target_far": args.far}
-    op = operating_point(emb, lab, threshold)
-    target = args.far if not args.max_utility else float(op.global_far)
-    far = np.asarray(op.far, dtype=float)
-    frr = np.asarray(op.frr, dtype=float)
-    classes = [str(c) for c in np.asarray(op.classes).tolist()]
-    return {
-        "threshold": threshold,
-        **mode,
-        "global_far": float(op.global_far),
-        "global_tar": float(op.global_tar),
-        "num_classes": len(classes),
-        "far_spread": _spread(far),
-        "frr_spread": _spread(frr),
-        "classes_far_above_2x_target": int(np.sum(far > 2 * target)),
-        "reference_far": target,
-        "per_class": {
-            "classes": classes,
-            "far": far.tolist(),
-            "frr": frr.tolist(),
-            "size": np.asarray(op.class_sizes).tolist(),
-        },
-    }
+    return int(dist.get_rank()) if dist.is_available() and dist.is_initialized() else 0
 
 
-def _spread(x: np.ndarray) -> dict[str, float]:
-    if x.size == 0:
-        return {k: math.nan for k in ("min", "p50", "p95", "max", "mean", "std")}
-    return {
-        "min": float(x.min()),
-        "p50": float(np.quantile(x, 0.5)),
-        "p95": float(np.quantile(x, 0.95)),
-        "max": float(x.max()),
-        "mean": float(x.mean()),
-        "std": float(x.std()),
-    }
+def _init_distributed() -> None:
+    """Join the process group when started by torchrun (``WORLD_SIZE > 1``)."""
+    import os
+
+    import torch
+    import torch.distributed as dist
+
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        if backend == "nccl":
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        dist.init_process_group(backend)
 
 
 def _cmd_calibrate(args: argparse.Namespace) -> int:
+    from tcm.metrics import evaluate
+
     if args.far is None and not args.max_utility:
         raise ValueError("choose a target: --far F (e.g. 1e-3) or --max-utility")
     if args.far is not None and not (0 < args.far < 1):
         raise ValueError(f"--far must lie in (0, 1); got {args.far}")
     emb, lab, names = _load_source(args, args.source)
-    res = _calibrate(emb, lab, args)
+    ev = evaluate(
+        emb,
+        lab,
+        include=["calibration"],
+        calibration_far=args.far,
+        max_utility=bool(args.max_utility),
+        search_range=(float(args.search_range[0]), float(args.search_range[1])),
+        search_thresholds=args.num_thresholds,
+    )
+    assert ev.calibration is not None
+    res = ev.calibration.to_dict(names)
+    if _rank() != 0:
+        return EXIT_OK
     pc = res["per_class"]
-    if names is not None:
-        pc["names"] = [
-            names[int(c)] if c.lstrip("-").isdigit() and int(c) < len(names) else c
-            for c in pc["classes"]
-        ]
-    else:
-        pc["names"] = pc["classes"]
     _out(f"threshold (cosine similarity, accept if >=): {res['threshold']:.6f}")
     _out(
         f"global FAR {res['global_far']:.3e}   global TAR {res['global_tar']:.4f}   "
@@ -246,7 +222,7 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
         )
     _out(
         f"classes with FAR > 2x target ({2 * res['reference_far']:.3e}): "
-        f"{res['classes_far_above_2x_target']}"
+        f"{res['classes_far_above_2x']}"
     )
     far = np.asarray(pc["far"])
     order = np.argsort(-far, kind="stable")[: args.top]
@@ -483,6 +459,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``tcm`` console script; returns the exit code."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.command in ("evaluate", "calibrate"):
+        _init_distributed()
     try:
         code: int = args.func(args)
     except RuntimeError as exc:
