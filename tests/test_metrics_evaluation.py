@@ -372,3 +372,28 @@ def test_pair_index_errors_and_groups() -> None:
     assert idx.group_codes.tolist() == [1, 0, 0]  # rows sorted by class: 1(v), then 0(u), 2(u)
     with pytest.raises(ValueError, match="no negative pairs"):
         pair_statistics(PairIndex([[1.0, 0.0], [0.0, 1.0]], [0, 0]), fars=[0.1])
+
+
+@pytest.mark.parametrize("world", [2, 3])
+def test_sharded_leave_one_out_retrieval_splits_tiles_and_equals_one_process(world: int) -> None:
+    from tcm.metrics.retrieval import merge_per_query, retrieval_per_query, shard_query_indices
+
+    x, y = _data(n_cls=20, per=6, seed=12)
+    n = x.shape[0]
+    shared: dict[str, Any] = {"barrier": threading.Barrier(world), "slots": [None] * world}
+    parts: list[Any] = [None] * world
+
+    def rank(r: int) -> None:
+        parts[r] = retrieval_per_query(
+            x, y, ks=(1, 4), chunk_size=16, query_indices=shard_query_indices(n, r, world),
+            comm=_ThreadComm(r, world, shared),
+        )  # fmt: skip
+
+    threads = [threading.Thread(target=rank, args=(r,)) for r in range(world)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    got = merge_per_query(parts)
+    want = retrieval_metrics(x, y, ks=(1, 4), chunk_size=16)
+    assert got.to_dict() == want.to_dict()

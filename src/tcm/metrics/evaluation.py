@@ -256,6 +256,7 @@ def _retrieval(
         ks=tuple(ks),
         backend=backend,
         query_indices=shard_query_indices(n, comm.rank, comm.world),
+        comm=comm,
     )
     import torch.distributed as dist
 
