@@ -77,7 +77,7 @@ from tcm.metrics.retrieval import (
     retrieval_per_query,
     shard_query_indices,
 )
-from tcm.metrics.statistics import PairIndex, PairStats, pair_statistics
+from tcm.metrics.statistics import DEFAULT_SAMPLE_SIZE, PairIndex, PairStats, pair_statistics
 
 __all__ = [
     "DEFAULT_TAR_FARS",
@@ -285,6 +285,7 @@ def evaluate(
     distributed: bool | None = None,
     backend: Backend = "auto",
     block_size: int | None = None,
+    sample_size: int = DEFAULT_SAMPLE_SIZE,
     seed: int = 0,
 ) -> Evaluation:
     """Evaluate ``(N, D)`` embeddings with ``(N,)`` labels (module docstring for the keys).
@@ -305,6 +306,9 @@ def evaluate(
             is initialised; ``False`` = never; ``True`` = require it.
         backend: retrieval kNN backend (``"auto"``, ``"torch"``, ``"faiss"``).
         block_size: rows per similarity block of the pair passes.
+        sample_size: negatives sampled to bracket the exact quantiles (larger = fewer values
+            collected and exchanged at very large ``N``, see docs/scaling.md; results do not
+            depend on it).
         seed: seed of the sampled quantile bracket (results do not depend on it).
 
     Raises:
@@ -364,6 +368,7 @@ def evaluate(
             bins=nbins if "histogram" in sections else 0,
             shard=(0, 1) if comm is None else (comm.rank, comm.world),
             comm=comm,
+            sample_size=sample_size,
             seed=seed,
         )
     consistency = (
