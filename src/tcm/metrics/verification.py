@@ -38,8 +38,9 @@ Example:
     (0.25, 0.75)
     >>> v.accuracy.folds, v.accuracy.thresholds     # each fold's threshold chosen on the other
     ([0.75, 0.5], [0.4, 0.8])
-    >>> sorted(v.to_dict())[:4]
-    ['accuracy', 'eer', 'eer_threshold', 'num_genuine']
+    >>> d = v.to_dict()
+    >>> sorted(d["tar_at_far"]), d["accuracy"]["mean"]
+    (['0.0001', '0.001', '0.01', '0.1'], 0.625)
 """
 
 from __future__ import annotations
