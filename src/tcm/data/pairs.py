@@ -262,7 +262,9 @@ def _normalise_id(x: str) -> str:
     return s
 
 
-def resolve_pairs(pairs: PairList, ids: Sequence[str] | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def resolve_pairs(
+    pairs: PairList, ids: Sequence[str] | np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
     """Row indices ``(ia, ib)`` ``(N,)`` int64 of each pair's samples in ``ids``.
 
     Ids are compared as strings after turning ``\\`` into ``/`` and dropping a leading ``./``.

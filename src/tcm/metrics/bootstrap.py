@@ -152,9 +152,7 @@ def class_bootstrap_weights(num_classes: int, n_boot: int, seed: int = 0) -> np.
     return np.bincount(flat.ravel(), minlength=b * t).reshape(b, t).astype(np.int64)
 
 
-def percentile_interval(
-    samples: np.ndarray, ci: float = 0.95
-) -> tuple[FloatOrArray, FloatOrArray]:
+def percentile_interval(samples: np.ndarray, ci: float = 0.95) -> tuple[FloatOrArray, FloatOrArray]:
     """Percentile interval of bootstrap ``samples`` ``(n_boot, ...)`` along axis 0.
 
     ``(quantile(samples, (1 - ci) / 2), quantile(samples, (1 + ci) / 2))`` with linear
@@ -345,7 +343,7 @@ def bootstrap_epsilon_opis(
     if not 0.0 < eps <= 1.0 or math.isnan(eps):
         raise ValueError(f"epsilon must lie in (0, 1]; got {epsilon!r}")
     t, k = u.shape
-    m = max(1, int(math.floor(eps * t)))
+    m = max(1, math.floor(eps * t))
     w = class_bootstrap_weights(t, n_boot, seed).astype(np.float64)
     total = np.zeros(w.shape[0])
     for j in range(k):

@@ -250,7 +250,7 @@ def _same_flags(same: ArrayLike, n: int) -> np.ndarray:
     if not bool(ok.all()):
         first = int(np.flatnonzero(~ok)[0])
         raise ValueError(f"same must be bool or 0/1; pair {first} has {arr[first]!r}")
-    return arr == 1
+    return np.asarray(arr == 1, dtype=bool)
 
 
 def _fold_ids(folds: ArrayLike, n: int) -> tuple[np.ndarray, np.ndarray]:
@@ -350,7 +350,9 @@ def best_accuracy_threshold(sims: np.ndarray, same: np.ndarray) -> float:
     return float(ss[starts[k]])
 
 
-def _fold_accuracy(s: np.ndarray, y: np.ndarray, ids: np.ndarray, codes: np.ndarray) -> FoldAccuracy:
+def _fold_accuracy(
+    s: np.ndarray, y: np.ndarray, ids: np.ndarray, codes: np.ndarray
+) -> FoldAccuracy:
     accs: list[float] = []
     thresholds: list[float] = []
     sizes: list[int] = []
