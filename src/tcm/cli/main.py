@@ -78,7 +78,13 @@ def _load_array_file(path: Path) -> tuple[np.ndarray, np.ndarray, list[str] | No
 
 
 def _embed_checkpoint(
-    path: Path, data: str | None, split: str, root: str | None, batch_size: int, device: str
+    path: Path,
+    data: str | None,
+    split: str,
+    root: str | None,
+    batch_size: int,
+    device: str,
+    info: dict[str, Any] | None = None,
 ) -> tuple[np.ndarray, np.ndarray, list[str]]:
     import torch
 
@@ -99,6 +105,8 @@ def _embed_checkpoint(
         transform = tdata.load(name, split="test", root=root, image_size=size, **options).transform
     ds = tdata.load(name, split=split, root=root, image_size=size, transform=transform, **options)
     emb, lab = embed_dataset(model, ds, batch_size=batch_size, device=dev, progress=True)
+    if info is not None:  # per-sample ids / domains for `tcm embed`
+        info.update(ids=ds.ids, groups=ds.domains)
     return emb, lab, list(ds.class_names)
 
 
@@ -248,10 +256,14 @@ def _cmd_embed(args: argparse.Namespace) -> int:
     path = Path(args.checkpoint)
     if not path.is_file():
         raise ValueError(f"checkpoint not found: {path}")
+    info: dict[str, Any] = {}
     emb, lab, names = _embed_checkpoint(
-        path, args.data, args.split, args.root, args.batch_size, args.device
+        path, args.data, args.split, args.root, args.batch_size, args.device, info
     )
     out = save_embeddings(args.out, emb, lab, names)
+    from tcm.data.embedding_file import add_sample_arrays
+
+    add_sample_arrays(out, ids=info.get("ids"), groups=info.get("groups"))
     _out(f"wrote {out}: {emb.shape[0]} embeddings of dim {emb.shape[1]}, {len(names)} classes")
     return EXIT_OK
 
@@ -452,6 +464,9 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("overrides", nargs="*", metavar="key=value", help="overrides for both runs")
     d.add_argument("--no-report", action="store_true", help="skip the HTML report")
     d.set_defaults(func=_cmd_demo)
+    from tcm.cli import verify as _verify
+
+    _verify.add_parser(sub)
     return p
 
 

@@ -3,7 +3,9 @@
 Contract (docs/architecture.md): ``dataset[i] -> (image, label)`` where ``image`` is a
 ``FloatTensor[3, H, W]`` and ``label`` a dense class code in ``0 .. C-1`` *within that split*.
 ``.labels`` is an ``int64`` array of shape ``(N,)``, ``.class_names[c]`` the name of class
-code ``c``.
+code ``c``. ``.domains`` (``(N,)`` str array or None) names the data distribution of each sample
+(font family, vendor, ...; see docs/data.md) and ``.ids`` (``N`` unique str) is a stable sample id
+(``char@font``, a path relative to the dataset root, ...; default ``str(index)``).
 
 Transforms receive the decoded image as a ``torch.uint8`` tensor of shape ``(3, H, W)``
 (RGB, 0..255) and must return a float tensor. ``transform=None`` returns ``image / 255``
@@ -72,6 +74,10 @@ class DMLDataset(Dataset[tuple[torch.Tensor, int]]):
         labels: ``np.ndarray[int64]`` of shape ``(N,)``, dense class codes ``0..C-1``.
         class_names: ``list[str]`` of length ``C``; ``class_names[code]`` names the class.
         transform: callable on a ``uint8 (3, H, W)`` tensor, or ``None`` (float ``[0, 1]``).
+        domains: ``np.ndarray`` of str, shape ``(N,)``: the domain (data distribution / group) of
+            each sample, or ``None`` when the dataset has none. Assigning validates the length.
+        ids: ``list[str]`` of ``N`` unique, stable sample ids; ``str(index)`` unless the loader
+            sets them (file datasets: their paths). Assigning validates length and uniqueness.
     """
 
     def __init__(
@@ -101,6 +107,48 @@ class DMLDataset(Dataset[tuple[torch.Tensor, int]]):
         self.labels: np.ndarray = lab
         self.class_names: list[str] = names
         self.transform: Transform | None = transform
+        self._domains: np.ndarray | None = None
+        self._ids: list[str] | None = None
+
+    @property
+    def domains(self) -> np.ndarray | None:
+        """Per-sample domain names, ``(N,)`` str array, or ``None``."""
+        return self._domains
+
+    @domains.setter
+    def domains(self, value: Sequence[str] | np.ndarray | None) -> None:
+        if value is None:
+            self._domains = None
+            return
+        arr = np.asarray([str(v) for v in np.asarray(value, dtype=object).tolist()], dtype=str)
+        if arr.ndim != 1 or arr.shape[0] != len(self):
+            raise ValueError(
+                f"domains must have shape ({len(self)},) (one per sample); got {arr.shape}"
+            )
+        self._domains = arr
+
+    @property
+    def ids(self) -> list[str]:
+        """Stable per-sample ids (``N`` unique strings)."""
+        return self._ids if self._ids is not None else self._default_ids()
+
+    @ids.setter
+    def ids(self, value: Sequence[str] | None) -> None:
+        if value is None:
+            self._ids = None
+            return
+        out = [str(v) for v in value]
+        if len(out) != len(self):
+            raise ValueError(f"ids must have length {len(self)} (one per sample); got {len(out)}")
+        seen: set[str] = set()
+        for i, v in enumerate(out):
+            if v in seen:
+                raise ValueError(f"sample ids must be unique; {v!r} repeats (second at row {i})")
+            seen.add(v)
+        self._ids = out
+
+    def _default_ids(self) -> list[str]:
+        return [str(i) for i in range(len(self))]
 
     @property
     def num_classes(self) -> int:
@@ -249,6 +297,9 @@ class FileImageDataset(DMLDataset):
         self.on_error: str = on_error
         self.skipped: int = len(reasons)
         self._bad: set[int] = set()
+
+    def _default_ids(self) -> list[str]:
+        return list(self.paths)
 
     def load_uint8(self, index: int) -> torch.Tensor:
         try:

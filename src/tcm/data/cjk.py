@@ -15,6 +15,9 @@ Fewer than ``min_fonts`` usable fonts -> ValueError with the install line above.
 Rendering follows :mod:`tcm.data.glyphs` except the sizing: the ink height of ``国`` is
 ``0.8 S`` and it is centred vertically. There is no homoglyph pass: Unicode unifies ideographs of
 the same shape, and near-identical pairs such as 土 / 士 or 未 / 末 are distinct characters.
+The domain of a sample (``ds.domains``) is its design's family
+(:func:`tcm.data.glyphs.font_family`: the typographic family of the font's name table, so the
+weights of one design are one domain); ids are ``char@font file``.
 Split by ``sha256("tcm-cjk:" + ch)`` (train / test halves, test split again into calibration /
 evaluation). With all packages: ~10,400 classes in >= 10 designs.
 

@@ -14,6 +14,9 @@ Sources (nothing is downloaded):
   package folder or an ``img/<vendor>/<size>`` folder; ``sources={"vendor": dir}`` names PNG
   folders explicitly (any folder of ``<hex-hex>.png`` files counts as one vendor).
 
+Each sample's domain (``ds.domains``) is its vendor, its id (``ds.ids``) ``key@vendor``
+(``1F600@google``; ``#aug<k>`` appended for augmented copies).
+
 Images are composited on white and resized (Lanczos) to ``S x S`` (default 32). Classes drawn by
 ``>= min_vendors`` (default 2) vendors are kept. Split by ``sha256("tcm-emoji:" + key)``.
 
@@ -257,6 +260,7 @@ def load_emoji(
     out: list[np.ndarray] = []
     labels: list[int] = []
     inst: list[str] = []
+    ids: list[str] = []
     for code, k in enumerate(chosen):
         for v_idx, vendor in enumerate(sorted(images)):
             arr = images[vendor].get(k)
@@ -268,13 +272,18 @@ def load_emoji(
             out.append(small)
             labels.append(code)
             inst.append(vendor)
+            ids.append(f"{k}@{vendor}")
             for c in range(augment_copies):
                 rng = np.random.default_rng([seed, int(_unit_hash(k) * 2**53), v_idx, c])
                 out.append(_augment_rgb(small, rng))
                 labels.append(code)
                 inst.append(f"{vendor}#aug{c}")
+                ids.append(f"{k}@{vendor}#aug{c}")
     tensor = torch.from_numpy(np.stack(out)).permute(0, 3, 1, 2).contiguous()
     tf = resolve_transform(transform, "emoji", split, size)
-    return TensorImageDataset(
+    ds = TensorImageDataset(
         "emoji", split, tensor, np.asarray(labels, dtype=np.int64), chosen, tf, inst
     )
+    ds.domains = np.asarray([v.split("#aug")[0] for v in inst], dtype=str)  # domain = vendor
+    ds.ids = ids  # "<emoji key>@<vendor>[#aug<k>]"
+    return ds

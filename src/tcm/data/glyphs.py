@@ -35,6 +35,11 @@ Pipeline (every step deterministic):
    ``u < 0.5`` else ``test``. The test classes split again into halves ``calibration`` /
    ``evaluation`` by ``sha256("tcm-glyphs-half:" + ch)``.
 
+Every sample has a *domain* (``ds.domains``): the font family (:func:`font_family`; DejaVu, STIX,
+Computer Modern for matplotlib's fonts, the folder name for ``rendercv-fonts``), and a stable id
+(``ds.ids``): ``char@font file`` (``A@DejaVuSans.ttf``, ``A@DejaVuSans.ttf#aug0`` for augmented
+copies).
+
 Renders are cached in memory per (fonts, image size); the default set renders in a few
 seconds on one CPU core.
 
@@ -50,6 +55,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import threading
 import unicodedata
 from collections.abc import Callable
@@ -74,6 +80,7 @@ __all__ = [
     "default_font_dir",
     "extra_font_paths",
     "find_homoglyphs",
+    "font_family",
     "glyph_catalog",
     "glyph_split",
     "is_candidate_char",
@@ -139,6 +146,69 @@ def list_fonts(root: str | os.PathLike[str] | None = None, extra_fonts: bool = F
     if not fonts:
         raise ValueError(f"no .ttf/.otf fonts found under {directory!r}")
     return fonts
+
+
+_FAMILY_PREFIXES = (("DejaVu", "DejaVu"), ("STIX", "STIX"))
+_CM_FILE = re.compile(r"cm[a-z]+\d+\.(ttf|otf)", re.IGNORECASE)
+
+
+def _name_table_family(path: str) -> str | None:
+    from fontTools.ttLib import TTFont
+
+    try:
+        with TTFont(path, lazy=True, fontNumber=0) as font:
+            table = font["name"] if "name" in font else None
+            if table is None:
+                return None
+            for name_id in (16, 1):  # typographic family, then legacy family
+                name = table.getDebugName(name_id)
+                if name:
+                    return str(name).strip()
+    except Exception:  # fontTools raises many types on broken files
+        return None
+    return None
+
+
+def font_family(path: str) -> str:
+    """Font family of a font file: the domain of its glyph samples.
+
+    Styles and widths of one family are one family. Rules, first match wins:
+
+    1. matplotlib's fonts: file names ``DejaVu*`` -> ``"DejaVu"`` (Sans, Serif, Mono, ...),
+       ``STIX*`` -> ``"STIX"``, ``cm<name><size>.ttf`` -> ``"Computer Modern"``;
+    2. fonts of the ``rendercv-fonts`` package: the name of their folder (``"Noto Sans"``);
+    3. otherwise the typographic family of the font's ``name`` table (ID 16, else ID 1);
+    4. otherwise the file stem up to the first ``-``.
+
+    Example:
+        >>> font_family("/x/DejaVuSerif-BoldItalic.ttf"), font_family("cmtt10.ttf")
+        ('DejaVu', 'Computer Modern')
+    """
+    base = os.path.basename(path)
+    for prefix, family in _FAMILY_PREFIXES:
+        if base.startswith(prefix):
+            return family
+    if _CM_FILE.fullmatch(base):
+        return "Computer Modern"
+    rc = _rendercv_dir()
+    if rc is not None:
+        rel = os.path.relpath(os.path.abspath(path), rc)
+        parts = rel.split(os.sep)
+        if len(parts) > 1 and parts[0] != os.pardir:
+            return parts[0]
+    if os.path.isfile(path):
+        name = _name_table_family(path)
+        if name:
+            return name
+    return os.path.splitext(base)[0].split("-")[0]
+
+
+def _rendercv_dir() -> str | None:
+    try:
+        import rendercv_fonts
+    except ImportError:
+        return None
+    return str(os.path.dirname(os.path.abspath(rendercv_fonts.__file__)))
 
 
 def is_candidate_char(ch: str) -> bool:
@@ -555,7 +625,8 @@ def _augment_rgb(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 class GlyphDataset(TensorImageDataset):
     """Rendered glyph dataset; extra attributes ``fonts`` (per-sample font file name),
-    ``homoglyphs`` (``{dropped: representative}``) and ``catalog`` (:class:`GlyphCatalog`)."""
+    ``homoglyphs`` (``{dropped: representative}``) and ``catalog`` (:class:`GlyphCatalog`).
+    ``domains`` are font families (:func:`font_family`), ``ids`` ``char@font``."""
 
     fonts: list[str]
     homoglyphs: dict[str, str]
@@ -584,9 +655,19 @@ def build_glyph_dataset(
         raise ValueError(f"{name}: split {split!r} has no classes")
     index = {c: i for i, c in enumerate(rendered.chars)}
     font_names = [os.path.basename(f) for f in rendered.fonts]
+    families = [font_family(f) for f in rendered.fonts]
+    if len(set(font_names)) < len(font_names):  # same file name in two folders: ids need paths
+        font_ids = [
+            f if font_names.count(n) > 1 else n
+            for f, n in zip(rendered.fonts, font_names, strict=True)
+        ]
+    else:
+        font_ids = font_names
     imgs: list[np.ndarray] = []
     labels: list[int] = []
     inst: list[str] = []
+    domains: list[str] = []
+    ids: list[str] = []
     for code, ch in enumerate(classes):
         ci = index[ch]
         for f in np.flatnonzero(rendered.rows[ci] >= 0).tolist():
@@ -594,17 +675,23 @@ def build_glyph_dataset(
             imgs.append(base)
             labels.append(code)
             inst.append(font_names[f])
+            domains.append(families[f])
+            ids.append(f"{ch}@{font_ids[f]}")
             for k in range(augment_copies):
                 rng = np.random.default_rng([seed, int(_unit_hash(ch) * 2**53), f, k])
                 imgs.append(_augment(base, rng))
                 labels.append(code)
                 inst.append(f"{font_names[f]}#aug{k}")
+                domains.append(families[f])
+                ids.append(f"{ch}@{font_ids[f]}#aug{k}")
     tensor = torch.from_numpy(np.stack(imgs))
     kind_tf = resolve_transform(transform, kind, split, image_size)
     ds = GlyphDataset(
         name, split, tensor, np.asarray(labels, dtype=np.int64), classes, kind_tf, inst
     )
     ds.fonts = inst
+    ds.domains = np.asarray(domains, dtype=str)
+    ds.ids = ids
     ds.homoglyphs = dict(catalog.homoglyphs)
     ds.catalog = catalog
     return ds

@@ -65,3 +65,30 @@ __all__ = [
     "threshold_at_far",
     "threshold_consistency",
 ]
+
+from tcm.metrics.bootstrap import (  # issue 13: verification + bootstrap
+    Interval,
+    bootstrap_epsilon_opis,
+    bootstrap_opis,
+    bootstrap_ratio,
+    bootstrap_statistic,
+    class_bootstrap_indices,
+    class_bootstrap_weights,
+    percentile_interval,
+)
+from tcm.metrics.verification import ROC, FoldAccuracy, Verification, verification
+
+__all__ += [
+    "ROC",
+    "FoldAccuracy",
+    "Interval",
+    "Verification",
+    "bootstrap_epsilon_opis",
+    "bootstrap_opis",
+    "bootstrap_ratio",
+    "bootstrap_statistic",
+    "class_bootstrap_indices",
+    "class_bootstrap_weights",
+    "percentile_interval",
+    "verification",
+]

@@ -1,0 +1,121 @@
+"""``tcm verify EMB --pairs FILE [--json OUT]``: 1:1 verification on a pair list.
+
+``EMB`` is an embeddings file (``.npz`` / ``.safetensors``, as written by ``tcm embed``) with
+``embeddings`` and ``ids``; ``FILE`` is an LFW ``pairs.txt`` (ids ``name/name_%04d.jpg``) or a CSV
+``a,b,same[,fold]`` (:mod:`tcm.data.pairs`). Prints TAR@FAR (FAR 1e-4 .. 1e-1, the threshold being
+the exact impostor-similarity quantile), the EER and, for lists with folds, the cross-validated
+accuracy (LFW rule); ``--json`` writes :meth:`tcm.metrics.Verification.to_dict` atomically.
+Bad input (unknown id, malformed line, ...) exits with status 2 and one ``error:`` line.
+
+Example:
+    >>> from tcm.cli.main import main
+    >>> main(["verify", "emb.npz", "--pairs", "pairs.txt", "--json", "v.json"])  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = ["add_parser", "format_table", "run_verify"]
+
+
+def run_verify(
+    embeddings: str | Path, pairs: str | Path, fars: tuple[float, ...] | None = None
+) -> dict[str, Any]:
+    """Load ``embeddings`` and ``pairs``, resolve the ids and compute the verification metrics.
+
+    Returns ``Verification.to_dict()`` plus ``embeddings``, ``pairs`` (the paths), and
+    ``num_pairs``, ``num_folds``.
+    """
+    from tcm.data.embedding_file import read_embedding_file
+    from tcm.data.pairs import read_pairs, resolve_pairs
+    from tcm.metrics.verification import DEFAULT_VERIFICATION_FARS, verification
+
+    f = read_embedding_file(embeddings)
+    if f.ids is None:
+        raise ValueError(
+            f"{f.path} has no sample 'ids' (re-create it with `tcm embed`, which stores them, or "
+            "add an (N,) string array 'ids')"
+        )
+    pl = read_pairs(pairs)
+    ia, ib = resolve_pairs(pl, f.ids)
+    emb = np.asarray(f.embeddings)
+    res = verification(
+        (emb[ia], emb[ib]),
+        pl.same,
+        folds=pl.folds,
+        fars=DEFAULT_VERIFICATION_FARS if fars is None else fars,
+    )
+    out = {
+        "embeddings": str(embeddings),
+        "pairs": str(pairs),
+        "num_pairs": len(pl),
+        "num_folds": 0 if pl.folds is None else int(np.unique(pl.folds).size),
+        **res.to_dict(),
+    }
+    return out
+
+
+def format_table(res: dict[str, Any]) -> str:
+    """Human-readable table of :func:`run_verify`'s result."""
+    lines = [
+        f"pairs: {res['num_pairs']} ({res['num_genuine']} genuine, {res['num_impostor']} "
+        f"impostor)" + (f", {res['num_folds']} folds" if res["num_folds"] else ""),
+        "similarity = cosine; a pair is accepted when similarity >= threshold",
+        "",
+        f"{'metric':<22} {'value':>9} {'threshold':>10}",
+        f"{'-' * 22} {'-' * 9} {'-' * 10}",
+    ]
+    for key, tar in res["tar_at_far"].items():
+        thr = res["thresholds_at_far"][key]
+        lines.append(f"{'TAR @ FAR ' + f'{float(key):.0e}':<22} {tar:>9.4f} {thr:>10.4f}")
+    lines.append(f"{'EER':<22} {res['eer']:>9.4f} {res['eer_threshold']:>10.4f}")
+    acc = res.get("accuracy")
+    if acc is not None:
+        lines.append(
+            f"{'accuracy (' + str(len(acc['folds'])) + '-fold)':<22} {acc['mean']:>9.4f} "
+            f"{'':>10}  ± {acc['std']:.4f} (std), ± {acc['stderr']:.4f} (s.e.)"
+        )
+    return "\n".join(lines)
+
+
+def _cmd_verify(args: argparse.Namespace) -> int:
+    from tcm.train.checkpoint import atomic_write
+
+    fars = tuple(args.far) if args.far else None
+    res = run_verify(args.embeddings, args.pairs, fars)
+    print(format_table(res), flush=True)
+    if args.json:
+        data = json.dumps(res, indent=2).encode()
+        atomic_write(args.json, lambda fh: fh.write(data))
+        print(f"wrote {args.json}", flush=True)
+    return 0
+
+
+def add_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Register ``verify`` on the ``tcm`` sub-command parsers; returns its parser."""
+    v: argparse.ArgumentParser = subparsers.add_parser(
+        "verify", help="1:1 verification on a pair list: TAR@FAR, EER, 10-fold accuracy"
+    )
+    v.add_argument("embeddings", metavar="EMB", help=".npz / .safetensors with embeddings + ids")
+    v.add_argument(
+        "--pairs",
+        required=True,
+        metavar="FILE",
+        help="LFW pairs.txt (ids name/name_%%04d.jpg) or CSV a,b,same[,fold]",
+    )
+    v.add_argument("--json", metavar="OUT.json", help="also write the result as JSON")
+    v.add_argument(
+        "--far",
+        type=float,
+        nargs="+",
+        metavar="F",
+        help="target FARs for TAR@FAR (default 1e-4 1e-3 1e-2 1e-1)",
+    )
+    v.set_defaults(func=_cmd_verify)
+    return v
