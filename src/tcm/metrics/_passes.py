@@ -345,6 +345,10 @@ class Buckets:
         self.c0h = self.dt(c64[0] - 0.5 * step)
         self.inv = self.dt(1.0 / step)
         delta = float(np.max(np.abs(c64 - (c64[0] + np.arange(self.k) * step)))) / step
+        # the float64 evaluation of that distance is itself off by up to ~2 ulps of the largest
+        # threshold: count it (a grid only a few ulps wide, e.g. three thresholds within 2e-16,
+        # then falls back to the binary search)
+        delta += 4.0 * float(np.finfo(np.float64).eps) * float(np.max(np.abs(c64))) / step
         u = float(np.finfo(self.dt).eps) / 2  # unit roundoff
         eps = 3.01 * u * (self.k + 2) + abs(float(self.c0h) - (c64[0] - 0.5 * step)) / step
         if delta + eps + 1e-6 < 0.5:
