@@ -268,32 +268,22 @@ def _cmd_embed(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _report_metrics(m: dict[str, float]) -> dict[str, float]:
-    keys = {
-        "recall_at_1": "R@1",
-        "map_at_r": "MAP@R",
-        "opis": "OPIS",
-        "epsilon_opis_0.05": "eps-OPIS@5%",
-        "epsilon_opis_0.1": "eps-OPIS@10%",
-    }
-    return {v: float(m[k]) for k, v in keys.items() if k in m}
-
-
 def _cmd_report(args: argparse.Namespace) -> int:
     from tcm.report import ReportRun, write_report
-    from tcm.train.evaluation import compute_metrics
 
     runs = []
     seen: dict[str, int] = {}
     for src in args.sources:
-        emb, lab, _ = _load_source(args, src)
+        emb, lab, names = _load_source(args, src)
         p = Path(src)
         name = p.name if p.is_dir() else p.stem
         seen[name] = seen.get(name, 0) + 1
         if seen[name] > 1:
             name = f"{name} ({seen[name]})"
-        metrics = compute_metrics(emb, lab)
-        runs.append(ReportRun(name, emb, lab, metrics=_report_metrics(metrics)))
+        # one evaluation per source; the embeddings are not kept
+        runs.append(
+            ReportRun.from_embeddings(name, emb, lab, class_names=names, threshold=args.threshold)
+        )
     index = write_report(args.out, runs, threshold=args.threshold)
     _out(f"report: {index}")
     return EXIT_OK
@@ -365,14 +355,15 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     report_path: Path | None = None
     if not args.no_report:
         try:
-            from tcm.report import ReportRun, write_report
+            from tcm.report import METRIC_KEYS, ReportRun, write_report
         except ImportError as exc:  # pragma: no cover - report module missing
             _out(f"[demo] report skipped: {exc}")
         else:
             runs = []
             for name, npz in report_runs:
-                emb, lab, _ = _load_array_file(npz)
-                runs.append(ReportRun(name, emb, lab, metrics=_report_metrics(results[name])))
+                emb, lab, names = _load_array_file(npz)
+                best = {k: v for k, v in results[name].items() if k in METRIC_KEYS}
+                runs.append(ReportRun(name, emb, lab, metrics=best, class_names=names))
             report_path = write_report(Path(args.out) / "report", runs)
     if report_path is not None:
         _out(f"\nreport: {report_path}")
