@@ -253,7 +253,9 @@ def test_to_dict_is_json_with_required_keys() -> None:
     text = json.dumps(d, allow_nan=False)
     back = json.loads(text)
     assert list(back["tar_at_far"]) == ["0.0001", "0.001", "0.01", "0.1"]
-    assert set(back["accuracy"]) >= {"mean", "std", "folds"} and len(back["accuracy"]["folds"]) == 10
+    assert (
+        set(back["accuracy"]) >= {"mean", "std", "folds"} and len(back["accuracy"]["folds"]) == 10
+    )
     assert set(back["roc"]) == {"thresholds", "far", "tar"}
     assert isinstance(back["eer"], float)
     assert isinstance(verification((a, b), same), Verification)

@@ -92,3 +92,24 @@ __all__ += [
     "percentile_interval",
     "verification",
 ]
+
+from tcm.metrics.groups import (  # issue 13: groups and calibration transfer
+    GroupConsistency,
+    GroupOperatingPoint,
+    gini,
+    group_consistency,
+    group_operating_point,
+    group_summary,
+)
+from tcm.metrics.transfer import CalibrationTransfer, calibration_transfer
+
+__all__ += [
+    "CalibrationTransfer",
+    "GroupConsistency",
+    "GroupOperatingPoint",
+    "calibration_transfer",
+    "gini",
+    "group_consistency",
+    "group_operating_point",
+    "group_summary",
+]

@@ -44,7 +44,12 @@ import numpy as np
 
 from tcm._validation import ArrayLike
 from tcm.metrics._checks import check_epsilon, check_finite, check_fraction
-from tcm.metrics.bootstrap import Interval, class_bootstrap_weights, percentile_interval
+from tcm.metrics.bootstrap import (
+    Interval,
+    check_bootstrap_args,
+    class_bootstrap_weights,
+    interval_from_samples,
+)
 from tcm.metrics.results import jsonable
 from tcm.metrics.statistics import (
     PairIndex,
@@ -245,27 +250,6 @@ def _rates_from(tables: dict[str, np.ndarray], w: np.ndarray | None) -> dict[str
     }
 
 
-def _check_boot(ci: float | None, n_boot: int) -> None:
-    if ci is not None:
-        if isinstance(ci, bool) or not isinstance(ci, (int, float)) or not 0.0 < float(ci) < 1.0:
-            raise ValueError(f"ci must be in the open interval (0, 1); got {ci!r}")
-    if isinstance(n_boot, bool) or not isinstance(n_boot, (int, np.integer)) or n_boot < 1:
-        raise ValueError(f"n_boot must be an integer >= 1; got {n_boot!r}")
-
-
-def _interval(samples: np.ndarray, ci: float, point: Any) -> Interval:
-    lo, hi = percentile_interval(samples, ci)
-    valid = np.isfinite(samples).sum(axis=0)
-    return Interval(
-        lo=lo,
-        hi=hi,
-        ci=float(ci),
-        n_boot=int(samples.shape[0]),
-        point=point,
-        n_valid=int(np.min(valid)),
-    )
-
-
 def group_operating_point_view(
     stats: PairStats,
     threshold: float,
@@ -279,7 +263,7 @@ def group_operating_point_view(
     ``threshold`` among the FAR thresholds or given thresholds (no pass over the pairs)."""
     names, _, _ = _require_groups(stats)
     t = check_finite(threshold, "threshold")
-    _check_boot(ci, n_boot)
+    check_bootstrap_args(ci, n_boot)
     cross = stats.cross_thresholds if stats.cross_thresholds is not None else np.empty(0)
     xcols = np.flatnonzero(cross == t)
     if xcols.shape[0] == 0:
@@ -296,12 +280,14 @@ def group_operating_point_view(
     if ci is not None:
         w = class_bootstrap_weights(stats.classes.shape[0], n_boot, seed).astype(np.float64)
         rb = _rates_from(tables, w)
-        intervals["far"] = _interval(rb["far"], ci, far)
-        intervals["frr"] = _interval(1.0 - rb["tar"], ci, 1.0 - tar)
+        intervals["far"] = interval_from_samples(rb["far"], ci, far)
+        intervals["frr"] = interval_from_samples(1.0 - rb["tar"], ci, 1.0 - tar)
         sums = [group_summary(rb["far"][b], 1.0 - rb["tar"][b], alpha) for b in range(n_boot)]
         for key in SUMMARY_KEYS:
             vals = np.array([s[key] for s in sums], dtype=np.float64)
-            intervals[key] = _interval(np.where(np.isinf(vals), np.nan, vals), ci, summary[key])
+            intervals[key] = interval_from_samples(
+                np.where(np.isinf(vals), np.nan, vals), ci, summary[key]
+            )
     return GroupOperatingPoint(
         threshold=t,
         groups=names,
@@ -366,7 +352,7 @@ def group_consistency_view(
     """:class:`GroupConsistency` from statistics counted with groups (no pass)."""
     names, n_cg, gs = _require_groups(stats)
     eps_l = [check_epsilon(e) for e in epsilons]
-    _check_boot(ci, n_boot)
+    check_bootstrap_args(ci, n_boot)
     if grid not in stats.grids:
         raise ValueError(f"no threshold grid {grid!r} was counted (have {sorted(stats.grids)})")
     g = stats.grids[grid]
@@ -404,12 +390,12 @@ def group_consistency_view(
         ub = table(w)[:, inc, :]  # (B, G', K)
         ok = np.isfinite(ub).all(axis=(1, 2))
         ob = np.array([opis_from_utility(ub[b]) if ok[b] else np.nan for b in range(n_boot)])
-        intervals["opis"] = _interval(ob, ci, res_opis)
+        intervals["opis"] = interval_from_samples(ob, ci, res_opis)
         for e in eps_l:
             eb = np.array(
                 [epsilon_opis_from_utility(ub[b], e) if ok[b] else np.nan for b in range(n_boot)]
             )
-            intervals[f"epsilon_opis_{e:g}"] = _interval(eb, ci, res_eps[e])
+            intervals[f"epsilon_opis_{e:g}"] = interval_from_samples(eb, ci, res_eps[e])
     return GroupConsistency(
         groups=names[inc],
         excluded_groups=names[~inc],
