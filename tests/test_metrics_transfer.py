@@ -25,7 +25,7 @@ def _pairs(x: np.ndarray, y: np.ndarray):
 
 
 def test_transfer_equals_brute_force() -> None:
-    xs, ys, gs = _set(0, 0.6)
+    xs, ys, _ = _set(0, 0.6)
     xt, yt, gt = _set(1, 1.0)
     f = 0.02
     tr = calibration_transfer(xs, ys, xt, yt, far=f, target_groups=gt, block_size=16)
