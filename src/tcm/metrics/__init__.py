@@ -12,37 +12,67 @@ when ``similarity >= threshold``.
 """
 
 from tcm.metrics._checks import MAX_TABLE_BYTES, MAX_THRESHOLDS
+from tcm.metrics.bootstrap import (
+    Interval,
+    bootstrap_epsilon_opis,
+    bootstrap_opis,
+    bootstrap_ratio,
+    bootstrap_statistic,
+    class_bootstrap_indices,
+    class_bootstrap_weights,
+    percentile_interval,
+)
 from tcm.metrics.calibration import Calibration, calibrate, spread
 from tcm.metrics.consistency import (
+    epsilon_opis,
+    operating_point,
+    opis,
+    similarity_histogram,
+    threshold_at_far,
+    threshold_consistency,
+)
 from tcm.metrics.distributed import Communicator, TorchCommunicator, default_communicator
 from tcm.metrics.evaluation import (
+    DEFAULT_TAR_FARS,
+    SECTIONS,
+    Evaluation,
+    evaluate,
+    far_key,
+    metric_label,
+)
+from tcm.metrics.groups import (
+    GroupConsistency,
+    GroupOperatingPoint,
+    gini,
+    group_consistency,
+    group_operating_point,
+    group_summary,
+)
 from tcm.metrics.results import OperatingPoint, SimilarityHistogram, ThresholdConsistency
 from tcm.metrics.retrieval import RetrievalMetrics, retrieval_metrics
 from tcm.metrics.statistics import Grid, PairIndex, PairStats, pair_statistics
-from tcm.metrics.bootstrap import (
-from tcm.metrics.verification import ROC, FoldAccuracy, Verification, verification
-from tcm.metrics.groups import (
 from tcm.metrics.transfer import CalibrationTransfer, calibration_transfer
+from tcm.metrics.verification import ROC, FoldAccuracy, Verification, verification
 
 __all__ = [
+    "DEFAULT_TAR_FARS",
+    "MAX_TABLE_BYTES",
+    "MAX_THRESHOLDS",
+    "ROC",
+    "SECTIONS",
     "Calibration",
     "CalibrationTransfer",
     "Communicator",
-    "DEFAULT_TAR_FARS",
     "Evaluation",
     "FoldAccuracy",
     "Grid",
     "GroupConsistency",
     "GroupOperatingPoint",
     "Interval",
-    "MAX_TABLE_BYTES",
-    "MAX_THRESHOLDS",
     "OperatingPoint",
     "PairIndex",
     "PairStats",
-    "ROC",
     "RetrievalMetrics",
-    "SECTIONS",
     "SimilarityHistogram",
     "ThresholdConsistency",
     "TorchCommunicator",
