@@ -187,3 +187,30 @@ def test_group_errors() -> None:
     gop = group_operating_point(x, y, g2, threshold=0.3)
     k = gop.groups.tolist().index("lonely")
     assert math.isnan(gop.far[k]) and gop.summary["groups_left_out"] == 1
+
+
+def test_evaluate_with_groups_and_intervals_matches_the_views() -> None:
+    from tcm.metrics import evaluate, threshold_consistency
+
+    x, y, g = _data(8, n_cls=25, per=8)
+    ev = evaluate(x, y, groups=g, calibration_far=0.01, tar_fars=(0.01,), ci=0.9, n_boot=200)
+    assert ev.calibration is not None and ev.groups is not None
+    ref = group_operating_point(x, y, g, threshold=ev.calibration.threshold)
+    np.testing.assert_array_equal(ev.groups.far_matrix, ref.far_matrix)
+    assert ev.group_consistency is not None
+    assert ev.group_consistency.opis == group_consistency(x, y, g).opis
+    m = ev.metrics()
+    assert m["group_garbe"] == ref.summary["garbe"] and "group_opis" in m
+    # grouping does not change the class figures
+    assert m["opis"] == threshold_consistency(x, y).opis
+    for key in ("opis", "epsilon_opis_0.05", "tar_at_far_1e-02", "calibration_global_far"):
+        iv = ev.intervals[key]
+        # the point can be an extreme of the resamples (eps-OPIS of the full set is the
+        # largest gap); resampled means differ from it only by float64 reordering
+        tol = 1e-12 * abs(m[key])
+        assert iv.lo - tol <= m[key] <= iv.hi + tol, key
+    again = evaluate(x, y, groups=g, calibration_far=0.01, tar_fars=(0.01,), ci=0.9, n_boot=200)
+    assert again.intervals["opis"] == ev.intervals["opis"]
+    import json
+
+    json.dumps(ev.to_dict())
