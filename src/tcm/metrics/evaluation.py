@@ -36,8 +36,8 @@ With ``ci=`` each figure of the first block that has an interval appears in
 
 Sections (``include=`` / ``exclude=``): ``"retrieval"``, ``"consistency"``, ``"tar_at_far"``,
 ``"calibration"``, ``"operating_point"`` (needs ``threshold=``), ``"histogram"`` (needs
-``bins > 0``), ``"groups"`` (needs ``groups=``). A section that is not selected costs nothing; without ``"retrieval"`` there is no
-kNN pass, without any pair section no pair pass.
+``bins > 0``), ``"groups"`` (needs ``groups=``). A section that is not selected costs
+nothing; without ``"retrieval"`` there is no kNN pass, without any pair section no pair pass.
 
 Under ``torch.distributed`` (``distributed=None`` detects it) each rank evaluates its share of
 the retrieval queries and of the pair blocks; the exact states are exchanged and every rank
