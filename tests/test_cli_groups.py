@@ -63,3 +63,20 @@ def test_group_errors_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str])
     assert "--on TARGET needs --far" in capsys.readouterr().err
     assert main(["evaluate", str(plain), "--ci", "1.5"]) == 2
     assert "ci must" in capsys.readouterr().err
+
+
+def test_calibrate_across_groups_of_one_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    src = _write(tmp_path / "a.npz", 2, 0.8)
+    js = tmp_path / "tr.json"
+    args = ["calibrate", str(src), "--far", "0.02", "--on", str(src), "--json", str(js)]
+    assert main([*args, "--source-group", "DejaVu", "--target-group", "STIX"]) == 0
+    d = json.loads(js.read_text())
+    with np.load(src) as z:
+        x, y, g = z["embeddings"], z["labels"], z["groups"]
+    a, b = g == "DejaVu", g == "STIX"
+    ref = calibration_transfer(x[a], y[a], x[b], y[b], 0.02)
+    assert d["far_ratio"] == ref.far_ratio and d["target_groups"]["groups"] == ["STIX"]
+    assert main([*args, "--source-group", "Nope"]) == 2
+    assert "has no group 'Nope'" in capsys.readouterr().err

@@ -144,6 +144,24 @@ def _load_groups(args: argparse.Namespace, source: str) -> tuple[Any, ...]:
     return emb, lab, names, None if groups is None else np.asarray(groups)
 
 
+def _select_groups(
+    loaded: tuple[Any, ...], keep: Sequence[str] | None, source: str
+) -> tuple[np.ndarray, np.ndarray, Any, Any]:
+    """Keep only the samples whose group is in ``keep`` (None: all) of a :func:`_load_groups`
+    result."""
+    emb, lab, names, groups = loaded
+    if not keep:
+        return emb, lab, names, groups
+    g = _require_groups(groups, source)
+    unknown = sorted(set(keep) - {str(v) for v in np.unique(g)})
+    if unknown:
+        raise ValueError(
+            f"{source} has no group {unknown[0]!r} (groups: {sorted(map(str, np.unique(g)))})"
+        )
+    m = np.isin(g.astype(str), list(keep))
+    return emb[m], lab[m], names, g[m]
+
+
 def _require_groups(groups: Any, source: str) -> np.ndarray:
     if groups is None:
         raise ValueError(
@@ -337,8 +355,12 @@ def _calibrate_transfer(args: argparse.Namespace) -> int:
 
     if args.far is None:
         raise ValueError("--on TARGET needs --far F (the threshold is calibrated on SOURCE)")
-    s_emb, s_lab, _, s_groups = _load_groups(args, args.source)
-    t_emb, t_lab, _, t_groups = _load_groups(args, args.on)
+    s_emb, s_lab, _, s_groups = _select_groups(
+        _load_groups(args, args.source), args.source_group, args.source
+    )
+    t_emb, t_lab, _, t_groups = _select_groups(
+        _load_groups(args, args.on), args.target_group, args.on
+    )
     tr = calibration_transfer(
         s_emb,
         s_lab,
@@ -578,6 +600,18 @@ def build_parser() -> argparse.ArgumentParser:
         "--on",
         metavar="TARGET",
         help="evaluate the threshold calibrated on SOURCE (--far) on another set (transfer)",
+    )
+    c.add_argument(
+        "--source-group",
+        action="append",
+        metavar="NAME",
+        help="with --on: calibrate on these groups of SOURCE only (repeatable)",
+    )
+    c.add_argument(
+        "--target-group",
+        action="append",
+        metavar="NAME",
+        help="with --on: evaluate on these groups of TARGET only (repeatable)",
     )
     _add_ci_args(c)
     c.add_argument("--json", metavar="OUT.json", help="also write the result as JSON")
