@@ -448,14 +448,7 @@ def evaluate(
     grids = {}
     if "calibration" in sections and max_utility:
         grids[SEARCH_GRID] = (float(search_range[0]), float(search_range[1]), search_thresholds)
-    pair_sections = {
-        "consistency",
-        "tar_at_far",
-        "calibration",
-        "operating_point",
-        "histogram",
-        "groups",
-    }
+    pair_sections = set(SECTIONS) - {"retrieval"}
     if "groups" in sections and "consistency" not in sections:
         sections.add("consistency")  # group OPIS needs the calibration grid
     stats = None

@@ -389,19 +389,8 @@ def retrieval_per_query(
         k_all = min(max(kmax, int(r_all.max())), n_avail)
         pre: torch.Tensor | None = None
         kk = min(k_all + 8, n_avail)
-        if shared is not None:
-            vq = torch.from_numpy(sel[valid_pos]).to(device)
-            pre = exact_topk(
-                searcher,
-                qn[vq],
-                gn,
-                k_all,
-                vq,
-                initial=(shared[0][vq], shared[1][vq]),
-                initial_unit_roundoff=shared[2],
-                max_rows=chunk,
-            )
-        elif (
+        cand: tuple[torch.Tensor, torch.Tensor, float] | None = shared
+        if cand is None and (
             loo
             and backend_used == "torch"
             and query_indices is None
@@ -413,8 +402,9 @@ def retrieval_per_query(
             # float32 error bound, and only near-ties are re-ranked in float64
             xs = gn.float() if device.type == "cpu" else gn
             u0 = float(torch.finfo(xs.dtype).eps) * (1.0 if xs.dtype == gn.dtype else 2.0)
-            cand = symmetric_candidates(xs, kk, block)
+            cand = (*symmetric_candidates(xs, kk, block), u0)
             del xs
+        if cand is not None:
             vq = torch.from_numpy(sel[valid_pos]).to(device)
             pre = exact_topk(
                 searcher,
@@ -423,7 +413,7 @@ def retrieval_per_query(
                 k_all,
                 vq,
                 initial=(cand[0][vq], cand[1][vq]),
-                initial_unit_roundoff=u0,
+                initial_unit_roundoff=cand[2],
                 max_rows=chunk,
             )
             del cand
