@@ -422,24 +422,67 @@ def _cmd_embed(args: argparse.Namespace) -> int:
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
+    """``tcm report SOURCES... --out DIR [--groups] [--ci L --n-boot N] [--transfer S:T]``.
+
+    Each source is evaluated once. Sources named in ``--transfer`` keep their embeddings until
+    the transfer table is computed (``tcm.metrics.calibration_transfer``); the others are
+    evaluated right away and keep only their Evaluation."""
     from tcm.report import ReportRun, write_report
 
-    runs = []
+    loaded = []
     seen: dict[str, int] = {}
     for src in args.sources:
-        emb, lab, names = _load_source(args, src)
+        emb, lab, names, groups = _load_groups(args, src)
+        if args.groups:
+            groups = _require_groups(groups, src)
         p = Path(src)
         name = p.name if p.is_dir() else p.stem
         seen[name] = seen.get(name, 0) + 1
         if seen[name] > 1:
             name = f"{name} ({seen[name]})"
-        # one evaluation per source; the embeddings are not kept
-        runs.append(
-            ReportRun.from_embeddings(name, emb, lab, class_names=names, threshold=args.threshold)
-        )
-    index = write_report(args.out, runs, threshold=args.threshold)
+        loaded.append((name, emb, lab, names, groups if args.groups else None))
+    run_names = [item[0] for item in loaded]
+    transfer = [_split_transfer(spec, run_names) for spec in args.transfer or ()]
+    in_transfer = {n for pair in transfer for n in pair}
+    runs = []
+    for name, emb, lab, names, groups in loaded:
+        if name in in_transfer:  # evaluated once by write_report; embeddings kept for transfer
+            runs.append(ReportRun(name, emb, lab, class_names=names, groups=groups))
+        else:  # one evaluation per source; the embeddings are not kept
+            runs.append(
+                ReportRun.from_embeddings(
+                    name,
+                    emb,
+                    lab,
+                    class_names=names,
+                    threshold=args.threshold,
+                    groups=groups,
+                    ci=args.ci,
+                    n_boot=args.n_boot,
+                )
+            )
+    index = write_report(
+        args.out,
+        runs,
+        threshold=args.threshold,
+        ci=args.ci,
+        n_boot=args.n_boot,
+        transfer=transfer or None,
+    )
     _out(f"report: {index}")
     return EXIT_OK
+
+
+def _split_transfer(spec: str, names: Sequence[str]) -> tuple[str, str]:
+    """``SRC_NAME:TGT_NAME`` -> the pair of run names (split at the ``:`` where both sides are
+    run names, so names may contain ``:``)."""
+    for i, ch in enumerate(spec):
+        if ch == ":" and spec[:i] in names and spec[i + 1 :] in names:
+            return spec[:i], spec[i + 1 :]
+    raise ValueError(
+        f"--transfer {spec!r}: expected SOURCE_NAME:TARGET_NAME with run names from {list(names)}"
+        " (a run's name is its file stem or directory name)"
+    )
 
 
 def demo_configs(out_dir: str | Path, overrides: Sequence[str] = ()) -> list[tuple[str, Any]]:
@@ -629,6 +672,19 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--out", required=True, help="output directory")
     r.add_argument(
         "--threshold", type=float, help="deployment threshold (default: per run at FAR 1e-3)"
+    )
+    r.add_argument(
+        "--groups",
+        action="store_true",
+        help="per-group FAR heatmap and table from the sources' per-sample groups",
+    )
+    _add_ci_args(r)
+    r.add_argument(
+        "--transfer",
+        action="append",
+        metavar="SRC_NAME:TGT_NAME",
+        help="calibration-transfer row: threshold of FAR 1e-3 on run SRC applied to run TGT "
+        "(run name = file stem or directory name; repeatable)",
     )
     r.set_defaults(func=_cmd_report)
 

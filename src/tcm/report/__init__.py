@@ -20,14 +20,16 @@ Example:
 
 from tcm.report.compute import RunAnalysis, analyse_run
 from tcm.report.run import METRIC_KEYS, ReportRun, report_evaluation
-from tcm.report.writer import format_metric, write_report
+from tcm.report.writer import TransferRow, format_metric, transfer_rows, write_report
 
 __all__ = [
     "METRIC_KEYS",
     "ReportRun",
     "RunAnalysis",
+    "TransferRow",
     "analyse_run",
     "format_metric",
     "report_evaluation",
+    "transfer_rows",
     "write_report",
 ]

@@ -9,23 +9,64 @@ Sections read (cosine similarity; a pair is accepted when ``s >= t``):
 * ``calibration`` (``threshold=None``: the threshold of global FAR ``target_far``) or
   ``operating_point`` (a given threshold) -> per-class ``FAR_c(t)``, ``FRR_c(t)``;
 * ``histogram`` -> positive / negative cosine-similarity counts;
-* ``retrieval`` -> Recall@1 and MAP@R, unless the caller supplied both.
+* ``retrieval`` -> Recall@1 and MAP@R, unless the caller supplied both;
+* ``groups`` (when present) -> per-group FAR_g / FRR_g, the cross-group FAR matrix and the
+  differential summaries at the deployment threshold; ``group_consistency`` -> group OPIS;
+* ``intervals`` (when present) -> class-bootstrap intervals of the computed metrics.
 
 A missing section is a :class:`ValueError` that names it.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from tcm.metrics import Evaluation, OperatingPoint
+from tcm.metrics import Evaluation, GroupOperatingPoint, Interval, OperatingPoint
+from tcm.report.plots import far_log_ratio
 from tcm.report.run import METRIC_KEYS, ReportRun
 
-__all__ = ["RunAnalysis", "analyse_run", "class_display_names"]
+__all__ = ["RunAnalysis", "analyse_run", "class_display_names", "json_value"]
+
+
+def json_value(x: Any) -> Any:
+    """``x`` (float, NumPy array / scalar, nested lists / dicts) as strict JSON values: NaN ->
+    ``None``, ``±inf`` -> the strings ``"inf"`` / ``"-inf"``, arrays -> lists.
+
+    Example:
+        >>> json_value({"a": np.array([1.0, np.nan, np.inf]), "b": -math.inf})
+        {'a': [1.0, None, 'inf'], 'b': '-inf'}
+    """
+    if isinstance(x, dict):
+        return {str(k): json_value(v) for k, v in x.items()}
+    if isinstance(x, np.ndarray):
+        return [json_value(v) for v in x.tolist()]
+    if isinstance(x, list | tuple):
+        return [json_value(v) for v in x]
+    if isinstance(x, np.generic):
+        x = x.item()
+    if isinstance(x, float):
+        if math.isnan(x):
+            return None
+        if math.isinf(x):
+            return "inf" if x > 0 else "-inf"
+    return x
+
+
+def interval_json(iv: Interval) -> dict[str, Any]:
+    """``{"lo", "hi", "ci", "n_boot"}`` of an interval, strict JSON (:func:`json_value`)."""
+    return {
+        "lo": json_value(iv.lo),
+        "hi": json_value(iv.hi),
+        "ci": float(iv.ci),
+        "n_boot": int(iv.n_boot),
+    }
+
 
 #: Number of classes listed in the worst-classes tables / ``report.json``.
 WORST_CLASSES = 5
@@ -55,6 +96,12 @@ class RunAnalysis:
         global_far, global_tar: global FAR and TAR at ``threshold``.
         hist_edges: ``(B+1,)`` similarity bin edges; ``hist_pos``, ``hist_neg``: ``(B,)`` counts
             of positive / negative pairs.
+        intervals: ``{metric key: Interval}`` class-bootstrap intervals of the Evaluation's
+            figures (``opis``, ``epsilon_opis_*``, ``calibration_global_far`` / ``_tar``, ...;
+            empty without ``ci``). Keys whose table value came from the caller are dropped.
+        groups: per-group rates at ``threshold`` (the Evaluation's ``groups``), or ``None``.
+        group_opis: group OPIS (``group_consistency``) and ``group_opis_interval`` its
+            interval, when present.
     """
 
     name: str
@@ -79,6 +126,49 @@ class RunAnalysis:
     hist_edges: np.ndarray
     hist_pos: np.ndarray
     hist_neg: np.ndarray
+    intervals: dict[str, Interval] = dataclasses.field(default_factory=dict)
+    groups: GroupOperatingPoint | None = None
+    group_opis: float | None = None
+    group_opis_interval: Interval | None = None
+
+    def group_far_log_ratio(self, target_far: float) -> np.ndarray:
+        """``(G, G)`` ``log10(FAR_{g,h} / target_far)``: the colour values of the group FAR
+        heatmap (``-inf`` for FAR 0, NaN without impostor pairs).
+
+        Raises:
+            ValueError: the run has no groups.
+        """
+        if self.groups is None:
+            raise ValueError(f"run {self.name!r} has no groups")
+        return far_log_ratio(self.groups.far_matrix, target_far)
+
+    def groups_left_out(self) -> list[str]:
+        """Groups whose FAR_g or FRR_g is NaN (no impostor or no genuine pairs): left out of
+        the summaries."""
+        if self.groups is None:
+            return []
+        bad = ~(np.isfinite(self.groups.far) & np.isfinite(self.groups.frr))
+        return [str(g) for g in self.groups.groups[bad].tolist()]
+
+    def groups_summary(self, target_far: float) -> dict[str, Any] | None:
+        """JSON-serialisable group section (strict JSON via :func:`json_value`), or ``None``."""
+        gop = self.groups
+        if gop is None:
+            return None
+        return {
+            "threshold": float(gop.threshold),
+            "groups": [str(g) for g in gop.groups.tolist()],
+            "num_genuine": json_value(gop.num_genuine),
+            "num_impostor": json_value(gop.num_impostor),
+            "far": json_value(gop.far),
+            "frr": json_value(gop.frr),
+            "far_matrix": json_value(gop.far_matrix),
+            "far_log10_ratio": json_value(self.group_far_log_ratio(target_far)),
+            "summary": json_value(dict(gop.summary)),
+            "groups_left_out": self.groups_left_out(),
+            "group_opis": json_value(self.group_opis),
+            "intervals": {k: interval_json(v) for k, v in gop.intervals.items()},
+        }
 
     def far_exceeding(self, factor: float, target_far: float) -> int:
         """Number of classes whose ``FAR_c(t)`` exceeds ``factor * target_far``."""
@@ -129,6 +219,8 @@ class RunAnalysis:
             ],
             "calibration_thresholds": [float(self.thresholds[0]), float(self.thresholds[-1])],
             "far_range": list(self.far_range),
+            "intervals": {k: interval_json(v) for k, v in self.intervals.items()},
+            "groups": self.groups_summary(target_far),
         }
 
 
@@ -198,6 +290,8 @@ def analyse_run(
     threshold: float | None = None,
     target_far: float | None = None,
     far_range: tuple[float, float] | None = None,
+    ci: float | None = None,
+    n_boot: int | None = None,
 ) -> RunAnalysis:
     """The report's numbers for one run, read from ``run.evaluation`` (no computation on pairs).
 
@@ -209,6 +303,11 @@ def analyse_run(
             ``evaluation.calibration`` (the threshold of a target global FAR).
         target_far: if given (with ``threshold=None``), the calibration's target FAR must be it.
         far_range: if given, the consistency section's calibration range must be it.
+        ci, n_boot: if ``ci`` is given, the Evaluation must carry intervals at this level (and
+            with ``n_boot`` resamples, if given). Intervals present are read either way.
+
+    Per-group figures are read from ``evaluation.groups`` when present; they must be at the
+    deployment threshold.
 
     Raises:
         ValueError: the run has no evaluation, the evaluation lacks a needed section (named) or
@@ -227,7 +326,7 @@ def analyse_run(
         ((10, 101), 'calibrated', True)
     """
     try:
-        return _analyse(run, threshold, target_far, far_range)
+        return _analyse(run, threshold, target_far, far_range, ci, n_boot)
     except ValueError as exc:
         raise ValueError(f"run {run.name!r}: {exc}") from exc
 
@@ -237,6 +336,8 @@ def _analyse(
     threshold: float | None,
     target_far: float | None,
     far_range: tuple[float, float] | None,
+    ci: float | None = None,
+    n_boot: int | None = None,
 ) -> RunAnalysis:
     ev = run.evaluation
     if ev is None:
@@ -275,6 +376,15 @@ def _analyse(
     for key, val in given.items():
         if key not in table:
             table[key], sources[key] = val, "caller"
+    _check_intervals(ev, ci, n_boot)
+    intervals = {k: v for k, v in ev.intervals.items() if sources.get(k) != "caller"}
+    gop = ev.groups
+    if gop is not None and gop.threshold != op.threshold:
+        raise ValueError(
+            f"its Evaluation's group rates are at threshold {gop.threshold!r}, the deployment "
+            f"threshold is {op.threshold!r}"
+        )
+    gc = ev.group_consistency
 
     return RunAnalysis(
         name=run.name,
@@ -299,4 +409,21 @@ def _analyse(
         hist_edges=np.asarray(hist.edges, dtype=np.float64),
         hist_pos=np.asarray(hist.pos, dtype=np.float64),
         hist_neg=np.asarray(hist.neg, dtype=np.float64),
+        intervals=intervals,
+        groups=gop,
+        group_opis=None if gc is None else float(gc.opis),
+        group_opis_interval=None if gc is None else gc.intervals.get("opis"),
     )
+
+
+def _check_intervals(ev: Evaluation, ci: float | None, n_boot: int | None) -> None:
+    if ci is None:
+        return
+    if not ev.intervals:
+        raise _missing("intervals", f"evaluate(..., ci={ci!r}, n_boot={n_boot or 1000!r})")
+    iv = next(iter(ev.intervals.values()))
+    if iv.ci != ci or (n_boot is not None and iv.n_boot != n_boot):
+        raise ValueError(
+            f"its Evaluation's intervals are at ci={iv.ci!r} with n_boot={iv.n_boot!r}, the "
+            f"report asks for ci={ci!r} with n_boot={n_boot!r}"
+        )

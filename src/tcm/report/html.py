@@ -85,6 +85,7 @@ div.scroll { overflow-x: auto; max-width: 100%; }
 tbody tr:nth-child(even) { background: #fafbfc; }
 td.best, td .best { font-weight: 700; color: #16733a; }
 sup { color: #8a5a00; }
+span.ci { color: #6b7385; font-size: 0.85em; }
 .swatch { display: inline-block; width: 0.8em; height: 0.8em; border-radius: 2px;
           margin-right: 6px; vertical-align: -0.05em; }
 .grid { display: grid; grid-template-columns: repeat(auto-fit, minmax(520px, 1fr));

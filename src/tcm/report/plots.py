@@ -22,13 +22,16 @@ import matplotlib
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.collections import LineCollection
+from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter
 
 __all__ = [
+    "far_log_ratio",
     "figure_to_png",
     "plot_accuracy_consistency",
     "plot_far_frr_spread",
+    "plot_group_far_heatmap",
     "plot_similarity_distributions",
     "plot_utility_curves",
     "run_color",
@@ -307,11 +310,14 @@ def plot_accuracy_consistency(
     opis: Sequence[float],
     *,
     colors: Sequence[str] | None = None,
+    opis_intervals: Sequence[tuple[float, float] | None] | None = None,
 ) -> Figure:
     """The accuracy-consistency plot: R@1 (y, higher = better) against OPIS (x, lower = better).
 
     One annotated point per run; the best corner is the upper left. R@1 is a fraction in
-    ``[0, 1]``; OPIS is dimensionless (mean squared utility deviation).
+    ``[0, 1]``; OPIS is dimensionless (mean squared utility deviation). ``opis_intervals``
+    (one ``(lo, hi)`` or ``None`` per run) are drawn as horizontal error bars (e.g. the
+    class-bootstrap interval of OPIS).
     """
     n = len(names)
     if not (len(recall_at_1) == len(opis) == n) or n == 0:
@@ -319,11 +325,30 @@ def plot_accuracy_consistency(
             f"need one R@1 and one OPIS value per run; got {n} names, {len(recall_at_1)} R@1, "
             f"{len(opis)} OPIS values"
         )
+    if opis_intervals is not None and len(opis_intervals) != n:
+        raise ValueError(f"need one OPIS interval (or None) per run; got {len(opis_intervals)}")
     cols = list(colors) if colors is not None else [run_color(i) for i in range(n)]
     x = np.asarray(opis, dtype=np.float64)
     y = np.asarray(recall_at_1, dtype=np.float64)
     fig = _new_figure(6.4, 4.6)
     ax = fig.add_subplot()
+    x_min, x_max = float(x.min()), float(x.max())
+    for i, iv in enumerate(opis_intervals or ()):
+        if iv is None or not (np.isfinite(iv[0]) and np.isfinite(iv[1])):
+            continue
+        lo, hi = float(iv[0]), float(iv[1])
+        err = np.array([[max(x[i] - lo, 0.0)], [max(hi - x[i], 0.0)]])
+        ax.errorbar(
+            [x[i]],
+            [y[i]],
+            xerr=err,
+            fmt="none",
+            ecolor=cols[i],
+            elinewidth=1.6,
+            capsize=4,
+            zorder=2,
+        )
+        x_min, x_max = min(x_min, lo), max(x_max, hi)
     ax.scatter(x, y, s=70, c=cols, edgecolor="black", zorder=3)
     for i in range(n):
         ax.annotate(
@@ -333,10 +358,10 @@ def plot_accuracy_consistency(
             textcoords="offset points",
             fontsize=9,
         )
-    xr = float(x.max() - x.min()) or max(float(x.max()), 1e-4)
+    xr = (x_max - x_min) or max(x_max, 1e-4)
     yr = float(y.max() - y.min()) or 0.05
-    x_hi = float(x.max()) + 0.6 * xr
-    x_lo = float(x.min()) - 0.25 * xr
+    x_hi = x_max + 0.6 * xr
+    x_lo = x_min - 0.25 * xr
     if x_lo < 0.0:  # OPIS >= 0: keep a small margin left of 0 so markers are not clipped
         x_lo = -0.04 * x_hi
     ax.set_xlim(x_lo, x_hi)
@@ -346,4 +371,95 @@ def plot_accuracy_consistency(
     ax.set_ylabel("Recall@1  (higher = better)")
     ax.set_title("Accuracy vs. threshold consistency (best: upper left)", fontsize=11)
     ax.grid(alpha=0.3)
+    return fig
+
+
+def far_log_ratio(far: np.ndarray, target_far: float) -> np.ndarray:
+    """``log10(FAR / target_far)`` elementwise: 0 at the target, +1 at ten times it; ``-inf``
+    where FAR is 0 and NaN where FAR is undefined (no impostor pairs).
+
+    Example:
+        >>> far_log_ratio(np.array([1e-2, 1e-3, 0.0, np.nan]), 1e-3).tolist()
+        [1.0, 0.0, -inf, nan]
+    """
+    f = np.asarray(far, dtype=np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.asarray(np.log10(f / float(target_far)))
+
+
+#: Colour range of the group FAR heatmap: ``|log10(FAR / target)|`` up to this many decades
+#: (or the largest finite value, if larger, capped at :data:`_HEATMAP_MAX_DECADES`).
+_HEATMAP_MIN_DECADES = 1.0
+_HEATMAP_MAX_DECADES = 4.0
+
+
+def plot_group_far_heatmap(
+    groups: Sequence[str],
+    far_matrix: np.ndarray,
+    *,
+    target_far: float,
+    title: str,
+    threshold: float | None = None,
+) -> Figure:
+    """NIST FRVT report-card style heatmap of the ``(G, G)`` cross-group FAR matrix.
+
+    Cell ``(g, h)`` is ``FAR_{g,h}(t)``: the share of impostor pairs (different labels) with one
+    sample in group ``g`` and one in ``h`` accepted at the deployment threshold ``t`` (cosine
+    similarity, ``s >= t``); the diagonal holds the within-group ``FAR_g``. Colour is
+    ``log10(FAR / target_far)`` (:func:`far_log_ratio`) on a diverging colormap centred at 0
+    (white = on target, red = more false accepts, blue = fewer), symmetric, at least
+    ±1 decade; each cell is annotated with its FAR. ``FAR = 0`` cells take the bluest colour
+    and read ``0``; NaN cells (no impostor pairs) are grey and read ``n/a``. The image data is
+    the log ratio itself (NaN masked, ``-inf`` shown at the lower end of the range).
+    """
+    names = [str(g) for g in groups]
+    f = np.asarray(far_matrix, dtype=np.float64)
+    g = len(names)
+    if f.shape != (g, g) or g == 0:
+        raise ValueError(f"far_matrix must have shape ({g}, {g}) for {g} groups; got {f.shape}")
+    ratio = far_log_ratio(f, target_far)
+    finite = ratio[np.isfinite(ratio)]
+    lim = _HEATMAP_MIN_DECADES
+    if finite.size:
+        lim = min(max(lim, float(np.ceil(np.abs(finite).max() * 2.0) / 2.0)), _HEATMAP_MAX_DECADES)
+    shown = np.where(np.isneginf(ratio), -lim, ratio)
+    data = np.ma.masked_invalid(shown)
+    cmap = matplotlib.colormaps["RdBu_r"].with_extremes(bad="#c8c8c8")
+    norm = Normalize(vmin=-lim, vmax=lim)
+    side = float(np.clip(1.6 + 0.75 * g, 4.4, 14.0))
+    fig = _new_figure(side + 1.6, side)
+    ax = fig.add_subplot()
+    im = ax.imshow(data, cmap=cmap, norm=norm, interpolation="nearest", aspect="equal")
+    font = float(np.clip(11.0 - 0.35 * g, 5.0, 9.0))
+    for r in range(g):
+        for c in range(g):
+            v = f[r, c]
+            if np.isnan(v):
+                text, dark = "n/a", False
+            else:
+                text = "0" if v == 0 else f"{v:.1e}"
+                dark = abs(float(np.clip(shown[r, c], -lim, lim))) > 0.6 * lim
+            ax.text(
+                c,
+                r,
+                text,
+                ha="center",
+                va="center",
+                fontsize=font,
+                color="white" if dark else "black",
+                fontweight="bold" if r == c else "normal",
+            )
+    labels = [_txt(n, 22) for n in names]
+    ax.set_xticks(
+        np.arange(g), labels, rotation=45 if g > 3 else 0, ha="right" if g > 3 else "center"
+    )
+    ax.set_yticks(np.arange(g), labels)
+    ax.set_xlabel("group h (other sample of the impostor pair)")
+    ax.set_ylabel("group g")
+    t_txt = "" if threshold is None else f" at t = {threshold:.3f}"
+    ax.set_title(_txt(f"{title}: cross-group FAR{t_txt}", 64), fontsize=10)
+    cbar = fig.colorbar(im, ax=ax, shrink=0.85, extend="both")
+    ticks = np.arange(-np.floor(lim), np.floor(lim) + 1.0)
+    cbar.set_ticks(list(ticks), labels=[f"{10.0**k:g}×" for k in ticks])
+    cbar.set_label(f"FAR / target FAR {target_far:g}  (log10 scale)", fontsize=8)
     return fig

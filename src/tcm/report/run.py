@@ -24,6 +24,7 @@ from typing import Any
 
 from tcm._validation import ArrayLike
 from tcm.metrics import Evaluation, evaluate
+from tcm.metrics.bootstrap import check_bootstrap_args
 
 __all__ = [
     "HISTOGRAM_BINS",
@@ -109,15 +110,20 @@ def report_evaluation(
     target_far: float = 1e-3,
     far_range: tuple[float, float] = (1e-2, 1e-1),
     retrieval: bool = True,
+    groups: ArrayLike | None = None,
+    ci: float | None = None,
+    n_boot: int = 1000,
 ) -> Evaluation:
     """The one :func:`tcm.metrics.evaluate` call a report needs for one run.
 
     Sections: ``consistency`` (OPIS, eps-OPIS 5 % / 10 %, utility curves on
     :data:`NUM_THRESHOLDS` thresholds spanning ``far_range``), ``histogram``
     (:data:`HISTOGRAM_BINS` bins), the deployment threshold (``operating_point`` at
-    ``threshold`` when given, else ``calibration`` at global FAR ``target_far``) and, when
-    ``retrieval``, Recall@1 / MAP@R (leave-one-out). One kNN pass (if retrieval) and at most two
-    pair passes.
+    ``threshold`` when given, else ``calibration`` at global FAR ``target_far``), ``groups``
+    when ``groups`` is given (per-group and cross-group rates and summaries at the deployment
+    threshold, group OPIS; counted in the same sweep) and, when ``retrieval``, Recall@1 / MAP@R
+    (leave-one-out). With ``ci``, class-bootstrap intervals from the count tables (no further
+    pass). One kNN pass (if retrieval) and at most two pair passes.
 
     Args:
         embeddings: ``(N, D)`` NumPy array or torch tensor, any float dtype.
@@ -126,15 +132,21 @@ def report_evaluation(
         target_far: global FAR the threshold is calibrated for when ``threshold`` is ``None``.
         far_range: ``(f_lo, f_hi)`` global-FAR range of the utility curves / OPIS.
         retrieval: also compute Recall@1 and MAP@R.
+        groups: optional ``(N,)`` group id per sample (data distribution / sub-population).
+        ci, n_boot: confidence level in ``(0, 1)`` and number of class-bootstrap resamples of
+            the intervals (``None``: no intervals).
 
     Raises:
         ValueError: bad options or inputs (from :func:`tcm.metrics.evaluate`).
     """
     t, far, (lo, hi) = check_report_options(threshold, target_far, far_range)
+    check_bootstrap_args(ci, n_boot)
     include = ["consistency", "histogram"]
     include.append("calibration" if t is None else "operating_point")
     if retrieval:
         include.append("retrieval")
+    if groups is not None:
+        include.append("groups")
     return evaluate(
         embeddings,
         labels,
@@ -145,6 +157,9 @@ def report_evaluation(
         calibration_far=far if t is None else None,
         threshold=t,
         bins=HISTOGRAM_BINS,
+        groups=groups,
+        ci=ci,
+        n_boot=n_boot,
         include=include,
     )
 
@@ -172,6 +187,10 @@ class ReportRun:
             ``map_at_r``). Give either ``evaluation`` or ``embeddings`` + ``labels``.
         class_names: optional display names of the classes, ``class_names[c]`` for the integer
             label ``c`` (as in the embeddings files of ``tcm embed``); used in per-class tables.
+        groups: optional ``(N,)`` group id per sample (a data distribution or sub-population:
+            font family, camera, site; the ``groups`` array of ``tcm embed`` files), with
+            embeddings only: the evaluation then adds per-group rates (the report's groups
+            section). An Evaluation computed with ``groups=`` already carries them.
 
     Raises:
         ValueError: empty or non-string name, neither or both of embeddings/labels and
@@ -191,6 +210,7 @@ class ReportRun:
     metrics: dict[str, float] | None = None
     evaluation: Evaluation | None = None
     class_names: Sequence[str] | None = None
+    groups: ArrayLike | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name.strip():
@@ -205,6 +225,11 @@ class ReportRun:
             if has_data:
                 raise ValueError(
                     f"run {self.name!r}: give either evaluation= or embeddings and labels, not both"
+                )
+            if self.groups is not None:
+                raise ValueError(
+                    f"run {self.name!r}: groups= goes with embeddings; an Evaluation carries its "
+                    "own groups (evaluate(..., groups=...))"
                 )
         elif self.embeddings is None or self.labels is None:
             raise ValueError(
@@ -237,6 +262,17 @@ class ReportRun:
                 f"run {self.name!r}: {emb_shape[0]} embeddings but {lab_shape[0]} labels "
                 "(lengths must match)"
             )
+        if self.groups is not None:
+            grp_shape = _shape_of(self.groups)
+            if grp_shape is not None and len(grp_shape) != 1:
+                raise ValueError(
+                    f"run {self.name!r}: groups must be 1-D of shape (N,); got shape {grp_shape}"
+                )
+            if grp_shape is not None and emb_shape is not None and grp_shape[0] != emb_shape[0]:
+                raise ValueError(
+                    f"run {self.name!r}: {emb_shape[0]} embeddings but {grp_shape[0]} groups "
+                    "(lengths must match)"
+                )
 
     @classmethod
     def from_embeddings(
@@ -250,13 +286,17 @@ class ReportRun:
         threshold: float | None = None,
         target_far: float = 1e-3,
         far_range: tuple[float, float] = (1e-2, 1e-1),
+        groups: ArrayLike | None = None,
+        ci: float | None = None,
+        n_boot: int = 1000,
     ) -> ReportRun:
         """Evaluate embeddings now (one :func:`report_evaluation`) and return the run holding
         the :class:`~tcm.metrics.Evaluation` (the embeddings are not kept).
 
-        ``threshold``, ``target_far`` and ``far_range`` must be the ones later passed to
-        :func:`~tcm.report.write_report`. Retrieval is skipped when ``metrics`` already has
-        ``recall_at_1`` and ``map_at_r``.
+        ``threshold``, ``target_far``, ``far_range``, ``ci`` and ``n_boot`` must be the ones
+        later passed to :func:`~tcm.report.write_report`. Retrieval is skipped when ``metrics``
+        already has ``recall_at_1`` and ``map_at_r``. ``groups`` (``(N,)``, one group id per
+        sample) adds the per-group rates to the Evaluation.
 
         Raises:
             ValueError: as :class:`ReportRun` and :func:`report_evaluation`, prefixed with
@@ -271,7 +311,9 @@ class ReportRun:
             >>> run.embeddings is None, run.evaluation.calibration.target_far
             (True, 0.01)
         """
-        check = cls(name, embeddings, labels, metrics=metrics, class_names=class_names)
+        check = cls(
+            name, embeddings, labels, metrics=metrics, class_names=class_names, groups=groups
+        )
         given = check.caller_metrics()
         try:
             ev = report_evaluation(
@@ -281,6 +323,9 @@ class ReportRun:
                 target_far=target_far,
                 far_range=far_range,
                 retrieval=not all(k in given for k in _RETRIEVAL_KEYS),
+                groups=groups,
+                ci=ci,
+                n_boot=n_boot,
             )
         except ValueError as exc:
             raise ValueError(f"run {name!r}: {exc}") from exc
