@@ -68,6 +68,7 @@ def test_percentile_interval_matches_loop_quantiles() -> None:
     assert hi == pytest.approx(loop_quantile(x.tolist(), 0.95), abs=1e-12)
     x2 = np.stack([x, 2 * x], axis=1)
     lo2, hi2 = percentile_interval(x2, ci=0.9)
+    assert isinstance(hi2, np.ndarray)
     assert isinstance(lo2, np.ndarray)
     np.testing.assert_allclose(lo2, [lo, 2 * lo], rtol=1e-12)
 

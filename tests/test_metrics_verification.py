@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 
@@ -65,7 +66,7 @@ def brute_eer(s: list[float], same: list[bool]) -> float:
     """Walk the (FAR, FRR) polyline from (0, 1) and intersect it with FAR = FRR."""
     _, far, tar = brute_roc(s, same)
     pts = [(0.0, 1.0)] + [(f, 1.0 - t) for f, t in zip(far, tar, strict=True)]
-    for (f0, r0), (f1, r1) in zip(pts[:-1], pts[1:], strict=True):
+    for (f0, r0), (f1, r1) in itertools.pairwise(pts):
         if f0 < r0 and f1 >= r1:
             # f0 + lam (f1 - f0) == r0 + lam (r1 - r0)
             lam = (r0 - f0) / ((f1 - f0) - (r1 - r0))
@@ -253,7 +254,9 @@ def test_to_dict_is_json_with_required_keys() -> None:
     text = json.dumps(d, allow_nan=False)
     back = json.loads(text)
     assert list(back["tar_at_far"]) == ["0.0001", "0.001", "0.01", "0.1"]
-    assert set(back["accuracy"]) >= {"mean", "std", "folds"} and len(back["accuracy"]["folds"]) == 10
+    assert (
+        set(back["accuracy"]) >= {"mean", "std", "folds"} and len(back["accuracy"]["folds"]) == 10
+    )
     assert set(back["roc"]) == {"thresholds", "far", "tar"}
     assert isinstance(back["eer"], float)
     assert isinstance(verification((a, b), same), Verification)
@@ -274,7 +277,7 @@ def test_no_genuine_pairs() -> None:
 
 @pytest.mark.parametrize("bad", [math.nan, math.inf])
 def test_nan_or_inf_similarity(bad: float) -> None:
-    with pytest.raises(ValueError, match="NaN or inf.*pair 1"):
+    with pytest.raises(ValueError, match=r"NaN or inf.*pair 1"):
         verification(np.array([0.1, bad, 0.3]), [1, 0, 1])
 
 
