@@ -12,6 +12,7 @@ from tcm.metrics import (
     Interval,
     bootstrap_epsilon_opis,
     bootstrap_opis,
+    bootstrap_rates,
     bootstrap_ratio,
     bootstrap_statistic,
     class_bootstrap_indices,
@@ -214,3 +215,61 @@ def test_bad_tables() -> None:
         class_bootstrap_indices(0, 5)
     with pytest.raises(ValueError, match="T >= 1"):
         bootstrap_statistic(np.ones((0, 3)), np.mean)
+
+
+def loop_gini(r: list[float]) -> float:
+    g = len(r)
+    mean = sum(r) / g
+    total = sum(abs(a - b) for a in r for b in r)
+    return g / (g - 1) * total / (2 * g * g * mean)
+
+
+def test_rates_group_summary_against_explicit_loop() -> None:
+    rng = np.random.default_rng(6)
+    t, g = 30, 3
+    imp = rng.integers(5, 40, size=(t, g))  # per (class, group) impostor pairs
+    acc = rng.binomial(imp, [0.01, 0.05, 0.2])  # accepted impostor pairs
+    gen = rng.integers(1, 10, size=(t, g))
+    rej = rng.binomial(gen, [0.3, 0.1, 0.05])
+
+    def garbe(r: dict[str, np.ndarray]) -> np.ndarray:
+        def gini(x: np.ndarray) -> np.ndarray:
+            diff = np.abs(x[:, :, None] - x[:, None, :]).sum(axis=(1, 2))
+            k = x.shape[1]
+            return k / (k - 1) * diff / (2 * k * k * x.mean(axis=1))
+
+        return 0.5 * gini(r["far"]) + 0.5 * gini(r["frr"])
+
+    iv = bootstrap_rates({"far": (acc, imp), "frr": (rej, gen)}, garbe, ci=0.9, n_boot=150, seed=1)
+    idx = class_bootstrap_indices(t, 150, seed=1)
+    samples = []
+    for b in range(150):
+        far = [
+            sum(int(acc[c, h]) for c in idx[b]) / sum(int(imp[c, h]) for c in idx[b])
+            for h in range(g)
+        ]
+        frr = [
+            sum(int(rej[c, h]) for c in idx[b]) / sum(int(gen[c, h]) for c in idx[b])
+            for h in range(g)
+        ]
+        samples.append(0.5 * loop_gini(far) + 0.5 * loop_gini(frr))
+    assert iv.lo == pytest.approx(loop_quantile(samples, 0.05), rel=1e-10)
+    assert iv.hi == pytest.approx(loop_quantile(samples, 0.95), rel=1e-10)
+    far0 = (acc.sum(0) / imp.sum(0)).tolist()
+    frr0 = (rej.sum(0) / gen.sum(0)).tolist()
+    assert iv.point == pytest.approx(0.5 * loop_gini(far0) + 0.5 * loop_gini(frr0), rel=1e-12)
+    assert iv.lo <= iv.point <= iv.hi
+
+
+def test_rates_errors() -> None:
+    ones = (np.ones((3, 2)), np.ones((3, 2)))
+    with pytest.raises(ValueError, match="at least one"):
+        bootstrap_rates({}, lambda r: r)
+    with pytest.raises(ValueError, match="same number of classes"):
+        bootstrap_rates({"a": ones, "b": (np.ones(4), np.ones(4))}, lambda r: r["a"][:, 0])
+    with pytest.raises(ValueError, match="keep axis 0"):
+        bootstrap_rates({"a": ones}, lambda r: float(r["a"].mean()), n_boot=10)
+    with pytest.raises(ValueError, match="n_boot"):
+        bootstrap_rates({"a": ones}, lambda r: r["a"][:, 0], n_boot=0)
+    with pytest.raises(ValueError, match="ci must"):
+        bootstrap_rates({"a": ones}, lambda r: r["a"][:, 0], ci=1.0)
