@@ -100,8 +100,10 @@ class Interval:
         ci: confidence level in ``(0, 1)``.
         n_boot: number of bootstrap resamples.
         point: the figure on the original (not resampled) data, when known.
-        n_valid: resamples on which the figure was defined (not NaN); the minimum over the
-            entries of a vector-valued figure.
+        n_valid: resamples on which the figure was finite (NaN: undefined, e.g. a resampled
+            denominator of 0; inf: e.g. a ratio with a zero rate); the minimum over the entries
+            of a vector-valued figure. NaN samples are left out of the percentiles, inf ones
+            are kept.
     """
 
     lo: FloatOrArray
