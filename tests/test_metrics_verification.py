@@ -189,6 +189,19 @@ def test_best_threshold_tie_break_takes_largest() -> None:
     assert best_accuracy_threshold(s, y) == 0.9
 
 
+@pytest.mark.parametrize("m", [11, 50, 777, 3000])
+def test_far_reached_is_within_one_over_m(m: int) -> None:
+    rng = np.random.default_rng(m)
+    s = np.r_[rng.normal(size=m), rng.normal(size=40) + 2.0]
+    y = np.r_[np.zeros(m, bool), np.ones(40, bool)]
+    fars = (1e-4, 1e-3, 0.01, 0.1, 0.37)
+    v = verification(s, y, fars=fars)
+    for f in fars:
+        expected = (math.floor((m - 1) * f + 1e-9) + 1) / m  # continuous data: no ties
+        assert v.far_at_far[f] == pytest.approx(expected, abs=1e-15)
+        assert abs(v.far_at_far[f] - f) <= 1.0 / m
+
+
 def test_roc_is_monotone_and_ends_at_one() -> None:
     a, b, same = random_pairs(5, n=300)
     r = verification((a, b), same).roc
