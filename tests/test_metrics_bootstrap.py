@@ -7,6 +7,8 @@ import math
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from tcm.metrics import (
     Interval,
@@ -273,3 +275,21 @@ def test_rates_errors() -> None:
         bootstrap_rates({"a": ones}, lambda r: r["a"][:, 0], n_boot=0)
     with pytest.raises(ValueError, match="ci must"):
         bootstrap_rates({"a": ones}, lambda r: r["a"][:, 0], ci=1.0)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    st.lists(st.tuples(st.integers(0, 30), st.integers(1, 30)), min_size=1, max_size=25),
+    st.integers(0, 2**31 - 1),
+    st.integers(-3, 3),
+)
+def test_ratio_properties(rows: list[tuple[int, int]], seed: int, k: int) -> None:
+    denom = np.array([d for _, d in rows], dtype=np.int64)
+    numer = np.array([min(n, d) for n, d in rows], dtype=np.int64)
+    iv = bootstrap_ratio(numer, denom, ci=0.9, n_boot=50, seed=seed)
+    rates = numer / denom
+    # a pooled rate is a weighted mean of the per-class rates: inside their range
+    assert rates.min() - 1e-12 <= iv.lo <= iv.hi <= rates.max() + 1e-12
+    # multiplying every count by 2**k changes no rate (exact in floating point)
+    scaled = bootstrap_ratio(numer * 2.0**k, denom * 2.0**k, ci=0.9, n_boot=50, seed=seed)
+    assert (scaled.lo, scaled.hi, scaled.point) == (iv.lo, iv.hi, iv.point)
