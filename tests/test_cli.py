@@ -311,12 +311,53 @@ def test_embed_missing_data_root(
 
 
 def test_report_calls_write_report(
-    trained: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    trained: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    import tcm.metrics.evaluation as evaluation_mod
+    import tcm.report.run as report_run
+
+    calls: list[dict[str, Any]] = []
+    real = report_run.evaluate
+
+    def spy(*args: Any, **kwargs: Any) -> Any:
+        calls.append(kwargs)
+        return real(*args, **kwargs)
+
+    passes: list[int] = []
+    real_stats = evaluation_mod.pair_statistics
+
+    def stats_spy(*args: Any, **kwargs: Any) -> Any:
+        passes.append(1)
+        return real_stats(*args, **kwargs)
+
+    monkeypatch.setattr(report_run, "evaluate", spy)
+    monkeypatch.setattr(evaluation_mod, "pair_statistics", stats_spy)
     out = tmp_path / "rep"
     assert main(["report", str(trained), str(trained / "embeddings.npz"), "--out", str(out)]) == 0
     assert (out / "index.html").is_file()
     assert str(out / "index.html") in capsys.readouterr().out
+    assert len(calls) == len(passes) == 2  # one evaluation per source
+    assert all(c["calibration_far"] == 1e-3 and c["bins"] == 200 for c in calls)
+    summary = json.loads((out / "report.json").read_text())
+    assert [r["name"] for r in summary["runs"]] == [trained.name, "embeddings"]
+    names = np.load(trained / "embeddings.npz")["class_names"].tolist()
+    for run in summary["runs"]:
+        assert set(run["metrics"]) >= {"recall_at_1", "map_at_r", "opis", "epsilon_opis_0.05"}
+        assert run["metric_sources"]["recall_at_1"] == "computed"
+        worst = run["worst_classes_by_far"]
+        assert worst and [w["name"] for w in worst] == [names[w["class"]] for w in worst]
+    html = (out / "index.html").read_text(encoding="utf-8")
+    assert f"<td>{names[summary['runs'][0]['worst_classes_by_far'][0]['class']]}</td>" in html
+
+
+def test_report_given_threshold(trained: Path, tmp_path: Path) -> None:
+    out = tmp_path / "rep"
+    assert main(["report", str(trained), "--out", str(out), "--threshold", "0.25"]) == 0
+    (run,) = json.loads((out / "report.json").read_text())["runs"]
+    assert run["threshold"] == 0.25 and run["threshold_source"] == "given"
 
 
 def test_demo_tiny(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -327,6 +368,18 @@ def test_demo_tiny(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert set(res) == {"base", "base+tcm"}
     assert res["base"] != res["base+tcm"]  # TCM changes training (same seed otherwise)
     assert (tmp_path / "report" / "index.html").is_file()
+    summary = json.loads((tmp_path / "report" / "report.json").read_text())
+    for run in summary["runs"]:  # the best checkpoint's metrics, under the vocabulary keys
+        best = {k: v for k, v in res[run["name"]].items() if k in run["metrics"]}
+        assert run["metrics"] == best and set(best) == {
+            "recall_at_1",
+            "map_at_r",
+            "opis",
+            "epsilon_opis_0.05",
+            "epsilon_opis_0.1",
+        }
+        assert set(run["metric_sources"].values()) == {"caller"}
+        assert all(w["name"].startswith("c1") for w in run["worst_classes_by_far"])
 
 
 def test_module_entry_point_help() -> None:

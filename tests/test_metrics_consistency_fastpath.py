@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 import tcm.metrics._pairs as pairs_mod
@@ -111,6 +111,7 @@ def test_buckets_match_float64_searchsorted(kind, dtype):
     seed=st.integers(0, 10**6),
     single=st.booleans(),
 )
+@example(lo=1.0, width=2.220446049250313e-16, k=3, seed=0, single=False)  # a grid 1 ulp wide
 def test_buckets_property(lo, width, k, seed, single):
     th = np.linspace(lo, lo + width, k)
     dtype = torch.float32 if single else torch.float64

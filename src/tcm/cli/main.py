@@ -123,6 +123,83 @@ def _load_source(
     return _embed_checkpoint(path, args.data, args.split, args.root, args.batch_size, args.device)
 
 
+def _load_groups(args: argparse.Namespace, source: str) -> tuple[Any, ...]:
+    """``(embeddings, labels, class_names, groups)``; ``groups`` is the per-sample domain array
+    of the embeddings file / dataset, or None when it has none."""
+    path = Path(source)
+    if path.is_dir():
+        path = path / "embeddings.npz"
+    if path.suffix in (".npz", ".safetensors") and path.exists():
+        from tcm.data.embedding_file import read_embedding_file
+
+        emb, lab, names = _load_array_file(path)
+        return emb, lab, names, read_embedding_file(path).groups
+    if not path.exists():
+        raise ValueError(f"file not found: {source}")
+    info: dict[str, Any] = {}
+    emb, lab, names = _embed_checkpoint(
+        path, args.data, args.split, args.root, args.batch_size, args.device, info
+    )
+    groups = info.get("groups")
+    return emb, lab, names, None if groups is None else np.asarray(groups)
+
+
+def _select_groups(
+    loaded: tuple[Any, ...], keep: Sequence[str] | None, source: str
+) -> tuple[np.ndarray, np.ndarray, Any, Any]:
+    """Keep only the samples whose group is in ``keep`` (None: all) of a :func:`_load_groups`
+    result."""
+    emb, lab, names, groups = loaded
+    if not keep:
+        return emb, lab, names, groups
+    g = _require_groups(groups, source)
+    unknown = sorted(set(keep) - {str(v) for v in np.unique(g)})
+    if unknown:
+        raise ValueError(
+            f"{source} has no group {unknown[0]!r} (groups: {sorted(map(str, np.unique(g)))})"
+        )
+    m = np.isin(g.astype(str), list(keep))
+    return emb[m], lab[m], names, g[m]
+
+
+def _require_groups(groups: Any, source: str) -> np.ndarray:
+    if groups is None:
+        raise ValueError(
+            f"{source} has no per-sample groups: write it with `tcm embed` from a dataset with "
+            "domains (glyphs: font family, emoji: vendor, cjk_glyphs: design) or add a 'groups' "
+            "array to the .npz"
+        )
+    return np.asarray(groups)
+
+
+def _print_groups(gop: Any) -> None:
+    """The per-group table and summaries of a GroupOperatingPoint."""
+    iv = gop.intervals
+    _out(f"\nper-group rates at threshold {gop.threshold:.6f} (within-group pairs):")
+    _out(f"{'group':<24} {'genuine':>9} {'impostor':>10} {'FAR':>10} {'FRR':>8}")
+    for k, name in enumerate(gop.groups.tolist()):
+        ci_txt = ""
+        if "far" in iv:
+            lo, hi = np.atleast_1d(iv["far"].lo)[k], np.atleast_1d(iv["far"].hi)[k]
+            ci_txt = f"  FAR {iv['far'].ci:.0%} CI [{lo:.3e}, {hi:.3e}]"
+        _out(
+            f"{str(name)[:24]:<24} {int(gop.num_genuine[k]):>9} {int(gop.num_impostor[k]):>10} "
+            f"{gop.far[k]:>10.3e} {gop.frr[k]:>8.4f}{ci_txt}"
+        )
+    s = gop.summary
+    _out(
+        f"FAR max/min {s['far_max_min']:.3g}  Max/GeoMean {s['far_max_geomean']:.3g}  "
+        f"Gini {s['far_gini']:.3g} | FRR max/min {s['frr_max_min']:.3g}  Max/GeoMean "
+        f"{s['frr_max_geomean']:.3g}  Gini {s['frr_gini']:.3g} | GARBE {s['garbe']:.3g}  "
+        f"FDR {s['fdr']:.4f}"
+    )
+    if s.get("groups_left_out"):
+        _out(
+            f"groups left out of the summaries (no genuine or impostor pairs): "
+            f"{int(s['groups_left_out'])}"
+        )
+
+
 def _add_source_args(p: argparse.ArgumentParser, *, data_help: str) -> None:
     p.add_argument("--data", metavar="NAME", help=data_help)
     p.add_argument("--root", help="dataset root directory (default: the dataset's own default)")
@@ -158,15 +235,35 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    from tcm.metrics import DEFAULT_TAR_FARS, evaluate
+    from tcm.metrics import DEFAULT_TAR_FARS, evaluate, metric_label
     from tcm.train.evaluation import metric_table
 
-    emb, lab, names = _load_source(args, args.source)
-    ev = evaluate(emb, lab, far_range=tuple(args.far_range), tar_fars=DEFAULT_TAR_FARS)
+    emb, lab, names, groups = _load_groups(args, args.source)
+    if args.groups:
+        groups = _require_groups(groups, args.source)
+    ev = evaluate(
+        emb,
+        lab,
+        far_range=tuple(args.far_range),
+        tar_fars=DEFAULT_TAR_FARS,
+        groups=groups if args.groups else None,
+        ci=args.ci,
+        n_boot=args.n_boot,
+    )
     if _rank() == 0:
         metrics = ev.metrics()
-        shown = {k: v for k, v in metrics.items() if not k.startswith("threshold_at_far")}
+        shown = {
+            k: v
+            for k, v in metrics.items()
+            if not k.startswith(("threshold_at_far", "group_")) or k == "group_opis"
+        }
         _out(metric_table({Path(args.source).name: shown}))
+        if ev.intervals:
+            _out(f"\n{ev.intervals[next(iter(ev.intervals))].ci:.0%} class-bootstrap intervals:")
+            for key, iv in ev.intervals.items():
+                _out(f"  {metric_label(key):<24} [{float(iv.lo):.4g}, {float(iv.hi):.4g}]")
+        if ev.groups is not None:
+            _print_groups(ev.groups)
         if args.json:
             _write_json(args.json, {"source": args.source, **ev.to_dict(names)})
             _out(f"wrote {args.json}")
@@ -201,6 +298,8 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
         raise ValueError("choose a target: --far F (e.g. 1e-3) or --max-utility")
     if args.far is not None and not (0 < args.far < 1):
         raise ValueError(f"--far must lie in (0, 1); got {args.far}")
+    if args.on is not None:
+        return _calibrate_transfer(args)
     emb, lab, names = _load_source(args, args.source)
     ev = evaluate(
         emb,
@@ -250,6 +349,60 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _calibrate_transfer(args: argparse.Namespace) -> int:
+    """``tcm calibrate SOURCE --far F --on TARGET``: the source threshold on the target."""
+    from tcm.metrics import calibration_transfer
+
+    if args.far is None:
+        raise ValueError("--on TARGET needs --far F (the threshold is calibrated on SOURCE)")
+    s_emb, s_lab, _, s_groups = _select_groups(
+        _load_groups(args, args.source), args.source_group, args.source
+    )
+    t_emb, t_lab, _, t_groups = _select_groups(
+        _load_groups(args, args.on), args.target_group, args.on
+    )
+    tr = calibration_transfer(
+        s_emb,
+        s_lab,
+        t_emb,
+        t_lab,
+        far=args.far,
+        source_groups=s_groups,
+        target_groups=t_groups,
+        ci=args.ci,
+        n_boot=args.n_boot,
+    )
+    _out(f"threshold calibrated on {args.source} for FAR {args.far:g}: {tr.threshold:.6f}")
+    _out(f"{'':<22} {'source':>10} {'target':>10}")
+    _out(f"{'global FAR':<22} {tr.source_far:>10.3e} {tr.target_far:>10.3e}")
+    _out(f"{'global TAR':<22} {tr.source_tar:>10.4f} {tr.target_tar:>10.4f}")
+    ratio = f"FAR ratio (target / {args.far:g}): {tr.far_ratio:.3f}"
+    if "far_ratio" in tr.intervals:
+        iv = tr.intervals["far_ratio"]
+        ratio += f"  {iv.ci:.0%} CI [{float(iv.lo):.3f}, {float(iv.hi):.3f}]"
+    _out(ratio)
+    _out(f"TAR change: {tr.tar_change:+.4f}")
+    _out(
+        f"threshold for FAR {args.far:g} on the target: {tr.target_threshold:.6f} "
+        f"(calibrated threshold is off by {tr.threshold_offset:+.6f})"
+    )
+    c = tr.class_far
+    _out(
+        f"target per-class FAR: min {c['min']:.3e}  median {c['p50']:.3e}  p90 {c['p90']:.3e}  "
+        f"p99 {c['p99']:.3e}  max {c['max']:.3e}"
+    )
+    _out(
+        f"target classes with FAR > 2x target ({2 * args.far:.3e}): {tr.classes_over_2x} of "
+        f"{tr.num_target_classes}"
+    )
+    if tr.target_groups is not None:
+        _print_groups(tr.target_groups)
+    if args.json:
+        _write_json(args.json, {"source": args.source, "target": args.on, **tr.to_dict()})
+        _out(f"wrote {args.json}")
+    return EXIT_OK
+
+
 def _cmd_embed(args: argparse.Namespace) -> int:
     from tcm.train.loop import save_embeddings
 
@@ -268,32 +421,22 @@ def _cmd_embed(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _report_metrics(m: dict[str, float]) -> dict[str, float]:
-    keys = {
-        "recall_at_1": "R@1",
-        "map_at_r": "MAP@R",
-        "opis": "OPIS",
-        "epsilon_opis_0.05": "eps-OPIS@5%",
-        "epsilon_opis_0.1": "eps-OPIS@10%",
-    }
-    return {v: float(m[k]) for k, v in keys.items() if k in m}
-
-
 def _cmd_report(args: argparse.Namespace) -> int:
     from tcm.report import ReportRun, write_report
-    from tcm.train.evaluation import compute_metrics
 
     runs = []
     seen: dict[str, int] = {}
     for src in args.sources:
-        emb, lab, _ = _load_source(args, src)
+        emb, lab, names = _load_source(args, src)
         p = Path(src)
         name = p.name if p.is_dir() else p.stem
         seen[name] = seen.get(name, 0) + 1
         if seen[name] > 1:
             name = f"{name} ({seen[name]})"
-        metrics = compute_metrics(emb, lab)
-        runs.append(ReportRun(name, emb, lab, metrics=_report_metrics(metrics)))
+        # one evaluation per source; the embeddings are not kept
+        runs.append(
+            ReportRun.from_embeddings(name, emb, lab, class_names=names, threshold=args.threshold)
+        )
     index = write_report(args.out, runs, threshold=args.threshold)
     _out(f"report: {index}")
     return EXIT_OK
@@ -365,14 +508,15 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     report_path: Path | None = None
     if not args.no_report:
         try:
-            from tcm.report import ReportRun, write_report
+            from tcm.report import METRIC_KEYS, ReportRun, write_report
         except ImportError as exc:  # pragma: no cover - report module missing
             _out(f"[demo] report skipped: {exc}")
         else:
             runs = []
             for name, npz in report_runs:
-                emb, lab, _ = _load_array_file(npz)
-                runs.append(ReportRun(name, emb, lab, metrics=_report_metrics(results[name])))
+                emb, lab, names = _load_array_file(npz)
+                best = {k: v for k, v in results[name].items() if k in METRIC_KEYS}
+                runs.append(ReportRun(name, emb, lab, metrics=best, class_names=names))
             report_path = write_report(Path(args.out) / "report", runs)
     if report_path is not None:
         _out(f"\nreport: {report_path}")
@@ -385,6 +529,11 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 def _floats2(s: str) -> float:
     return float(s)
+
+
+def _add_ci_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--ci", type=float, metavar="LEVEL", help="class-bootstrap intervals, e.g. 0.95")
+    p.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples (default 1000)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -422,6 +571,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar=("LO", "HI"),
         help="OPIS calibration range of global FAR (default 1e-2 1e-1)",
     )
+    e.add_argument(
+        "--groups",
+        action="store_true",
+        help="per-group FAR/FRR, cross-group matrices and summaries (needs per-sample groups)",
+    )
+    _add_ci_args(e)
     e.add_argument("--json", metavar="OUT.json", help="also write the metrics as JSON")
     e.set_defaults(func=_cmd_evaluate)
 
@@ -441,6 +596,24 @@ def build_parser() -> argparse.ArgumentParser:
     )
     c.add_argument("--num-thresholds", type=int, default=201, help="grid size for --max-utility")
     c.add_argument("--top", type=int, default=10, help="number of worst classes to list")
+    c.add_argument(
+        "--on",
+        metavar="TARGET",
+        help="evaluate the threshold calibrated on SOURCE (--far) on another set (transfer)",
+    )
+    c.add_argument(
+        "--source-group",
+        action="append",
+        metavar="NAME",
+        help="with --on: calibrate on these groups of SOURCE only (repeatable)",
+    )
+    c.add_argument(
+        "--target-group",
+        action="append",
+        metavar="NAME",
+        help="with --on: evaluate on these groups of TARGET only (repeatable)",
+    )
+    _add_ci_args(c)
     c.add_argument("--json", metavar="OUT.json", help="also write the result as JSON")
     c.set_defaults(func=_cmd_calibrate)
 

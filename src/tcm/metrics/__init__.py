@@ -12,6 +12,17 @@ when ``similarity >= threshold``.
 """
 
 from tcm.metrics._checks import MAX_TABLE_BYTES, MAX_THRESHOLDS
+from tcm.metrics.bootstrap import (
+    Interval,
+    bootstrap_epsilon_opis,
+    bootstrap_opis,
+    bootstrap_rates,
+    bootstrap_ratio,
+    bootstrap_statistic,
+    class_bootstrap_indices,
+    class_bootstrap_weights,
+    percentile_interval,
+)
 from tcm.metrics.calibration import Calibration, calibrate, spread
 from tcm.metrics.consistency import (
     epsilon_opis,
@@ -30,19 +41,35 @@ from tcm.metrics.evaluation import (
     far_key,
     metric_label,
 )
+from tcm.metrics.groups import (
+    GroupConsistency,
+    GroupOperatingPoint,
+    gini,
+    group_consistency,
+    group_operating_point,
+    group_summary,
+)
 from tcm.metrics.results import OperatingPoint, SimilarityHistogram, ThresholdConsistency
 from tcm.metrics.retrieval import RetrievalMetrics, retrieval_metrics
 from tcm.metrics.statistics import Grid, PairIndex, PairStats, pair_statistics
+from tcm.metrics.transfer import CalibrationTransfer, calibration_transfer
+from tcm.metrics.verification import ROC, FoldAccuracy, Verification, verification
 
 __all__ = [
     "DEFAULT_TAR_FARS",
     "MAX_TABLE_BYTES",
     "MAX_THRESHOLDS",
+    "ROC",
     "SECTIONS",
     "Calibration",
+    "CalibrationTransfer",
     "Communicator",
     "Evaluation",
+    "FoldAccuracy",
     "Grid",
+    "GroupConsistency",
+    "GroupOperatingPoint",
+    "Interval",
     "OperatingPoint",
     "PairIndex",
     "PairStats",
@@ -50,47 +77,33 @@ __all__ = [
     "SimilarityHistogram",
     "ThresholdConsistency",
     "TorchCommunicator",
-    "calibrate",
-    "default_communicator",
-    "epsilon_opis",
-    "evaluate",
-    "far_key",
-    "metric_label",
-    "operating_point",
-    "opis",
-    "pair_statistics",
-    "retrieval_metrics",
-    "similarity_histogram",
-    "spread",
-    "threshold_at_far",
-    "threshold_consistency",
-]
-
-from tcm.metrics.bootstrap import (  # issue 13: verification + bootstrap
-    Interval,
-    bootstrap_epsilon_opis,
-    bootstrap_opis,
-    bootstrap_rates,
-    bootstrap_ratio,
-    bootstrap_statistic,
-    class_bootstrap_indices,
-    class_bootstrap_weights,
-    percentile_interval,
-)
-from tcm.metrics.verification import ROC, FoldAccuracy, Verification, verification
-
-__all__ += [
-    "ROC",
-    "FoldAccuracy",
-    "Interval",
     "Verification",
     "bootstrap_epsilon_opis",
     "bootstrap_opis",
     "bootstrap_rates",
     "bootstrap_ratio",
     "bootstrap_statistic",
+    "calibrate",
+    "calibration_transfer",
     "class_bootstrap_indices",
     "class_bootstrap_weights",
+    "default_communicator",
+    "epsilon_opis",
+    "evaluate",
+    "far_key",
+    "gini",
+    "group_consistency",
+    "group_operating_point",
+    "group_summary",
+    "metric_label",
+    "operating_point",
+    "opis",
+    "pair_statistics",
     "percentile_interval",
+    "retrieval_metrics",
+    "similarity_histogram",
+    "spread",
+    "threshold_at_far",
+    "threshold_consistency",
     "verification",
 ]

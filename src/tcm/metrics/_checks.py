@@ -105,13 +105,19 @@ def check_size(value: Any, name: str, minimum: int, maximum: int = MAX_THRESHOLD
     return v
 
 
-def check_table_memory(num_classes: int, num_columns: int, workers: int) -> None:
-    """Raise if the count tables of a sweep would exceed :data:`MAX_TABLE_BYTES`."""
-    need = 2 * 8 * num_classes * (num_columns + 1) * (workers + 1)
+def check_table_memory(
+    num_classes: int, num_columns: int, workers: int, num_groups: int = 0, num_cross: int = 0
+) -> None:
+    """Raise if the count tables of a sweep would exceed :data:`MAX_TABLE_BYTES` (per-class
+    tables, plus per-(class, group) and per-(class, group, group) tables with groups)."""
+    cells = num_classes * (num_columns + 1) * (1 + num_groups)
+    cells += num_classes * num_groups * num_groups * (num_cross + 1)
+    need = 2 * 8 * cells * (workers + 1)
     if need > MAX_TABLE_BYTES:
         raise ValueError(
             f"the per-class count tables would need about {need / 2**30:.1f} GiB "
-            f"({num_classes:,} classes x {num_columns:,} thresholds x 2 tables x "
-            f"{workers + 1} copies of int64; limit {MAX_TABLE_BYTES / 2**30:.0f} GiB): "
+            f"({num_classes:,} classes x {num_columns:,} thresholds x {num_groups} groups x "
+            f"2 tables x {workers + 1} copies of int64; limit "
+            f"{MAX_TABLE_BYTES / 2**30:.0f} GiB): "
             "use fewer thresholds or evaluate a subsample of the classes"
         )

@@ -288,8 +288,15 @@ def _merge_lines(
     run_i[lo:hi] = ci.gather(1, pos)
 
 
-def symmetric_candidates(x: torch.Tensor, kk: int, block: int) -> tuple[torch.Tensor, torch.Tensor]:
+def symmetric_candidates(
+    x: torch.Tensor, kk: int, block: int, shard: tuple[int, int] = (0, 1)
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Leave-one-out top-``kk`` candidates of every row of ``x`` against all other rows.
+
+    With ``shard=(r, W)`` only the tiles ``t`` with ``t % W == r`` are visited; the row-wise
+    top-``kk`` of the union of the shards' candidates (e.g. gathered over ``torch.distributed``)
+    is then the unsharded result (up to ids of exact ties at the ``kk`` boundary). Rows without
+    any visited tile keep score ``-inf`` (torch) / ``-FLT_MAX`` (faiss heaps).
 
     Uses the symmetry ``s(i, j) = s(j, i)``: each ``(block x block)`` tile ``X_I X_J^T`` with
     ``J >= I`` is computed once and feeds the running top-``kk`` of the rows of ``I`` (row-wise)
@@ -311,15 +318,19 @@ def symmetric_candidates(x: torch.Tensor, kk: int, block: int) -> tuple[torch.Te
     if block < 1:
         raise ValueError(f"block must be >= 1; got {block}")
     if x.device.type == "cpu" and x.dtype == torch.float32 and faiss_available():
-        return _symmetric_candidates_heap(x, kk, block)
-    return _symmetric_candidates_torch(x, kk, block)
+        return _symmetric_candidates_heap(x, kk, block, shard=shard)
+    return _symmetric_candidates_torch(x, kk, block, shard=shard)
 
 
 _THREADED_HEAP_BYTES = 256 << 20  # all workers' (N, kk) heaps together at most this large
 
 
 def _symmetric_candidates_heap(
-    x: torch.Tensor, kk: int, block: int, workers: int | None = None
+    x: torch.Tensor,
+    kk: int,
+    block: int,
+    workers: int | None = None,
+    shard: tuple[int, int] = (0, 1),
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """:func:`symmetric_candidates` for float32 CPU ``x`` with faiss ``float_minheap_array_t``.
 
@@ -347,7 +358,8 @@ def _symmetric_candidates_heap(
         w = 1
     b = min(block // 2 if (w > 1 and block >= 512) else block, n)
     tiles = [(i0, j0) for i0 in range(0, n, b) for j0 in range(i0, n, b)]
-    w = min(w, len(tiles))
+    tiles = tiles[shard[0] :: shard[1]]
+    w = max(1, min(w, len(tiles)))
 
     def work(widx: int) -> tuple[np.ndarray, np.ndarray]:
         vals = np.empty((n, kk), dtype=np.float32)
@@ -387,7 +399,7 @@ def _symmetric_candidates_heap(
 
 
 def _symmetric_candidates_torch(
-    x: torch.Tensor, kk: int, block: int
+    x: torch.Tensor, kk: int, block: int, shard: tuple[int, int] = (0, 1)
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """:func:`symmetric_candidates` in torch (any device and float dtype)."""
     n = x.shape[0]
@@ -397,7 +409,7 @@ def _symmetric_candidates_torch(
     # diagonal tiles first: afterwards every row has a finite running threshold, so all
     # off-diagonal tiles take the cheap comparison path
     pairs = [(i0, i0) for i0 in starts] + [(i0, j0) for i0 in starts for j0 in starts if j0 > i0]
-    for i0, j0 in pairs:
+    for i0, j0 in pairs[shard[0] :: shard[1]]:
         s = x[i0 : i0 + block] @ x[j0 : j0 + block].T  # (bi, bj) cosine similarities
         if j0 == i0:
             s.fill_diagonal_(-torch.inf)

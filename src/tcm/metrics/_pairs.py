@@ -184,6 +184,8 @@ class Block:
         pos_sims: ``(P_b,)`` similarities of the positive pairs (``i < j``, same class), in
             row-major order (so their class codes are non-decreasing).
         pos_codes: ``(P_b,)`` int64 class code of each positive pair.
+        pos_rows, pos_cols: ``(P_b,)`` int64 NumPy global (class-sorted) row / column of each
+            positive pair.
     """
 
     row0: int
@@ -193,6 +195,8 @@ class Block:
     cstart: np.ndarray | None
     pos_sims: torch.Tensor
     pos_codes: torch.Tensor
+    pos_rows: np.ndarray
+    pos_cols: np.ndarray
 
     def negative_indices(self, cut: float, mbuf: np.ndarray) -> np.ndarray:
         """CPU only: ascending flat (row-major) indices of the negative pairs with
@@ -291,6 +295,7 @@ def make_block(prep: Prepared, spec: BlockSpec, buf: torch.Tensor) -> Block:
         flat = torch.as_tensor(rows * w + cols, device=dev)
         pos = s.reshape(-1).index_select(0, flat)
         pos_codes = torch.as_tensor(codes[i0 + rows], device=dev)
+        prow, pcol = rows + i0, cols + i0
     elif codes[i1 - 1] == codes[j0]:
         c = int(codes[j0])
         r0 = max(i0, int(starts[c])) - i0
@@ -298,11 +303,22 @@ def make_block(prep: Prepared, spec: BlockSpec, buf: torch.Tensor) -> Block:
         rect = (r0, c1)
         pos = s[r0:, :c1].reshape(-1).clone()
         pos_codes = torch.full((pos.shape[0],), c, dtype=torch.int64, device=dev)
+        prow = np.repeat(np.arange(i0 + r0, i1, dtype=np.int64), c1)
+        pcol = np.tile(np.arange(j0, j0 + c1, dtype=np.int64), h - r0)
     else:
         pos = s[:0, :0].reshape(-1)
         pos_codes = prep.codes_t[:0]
+        prow = pcol = np.empty(0, dtype=np.int64)
     return Block(
-        row0=i0, col0=j0, sims=s, rect=rect, cstart=cstart, pos_sims=pos, pos_codes=pos_codes
+        row0=i0,
+        col0=j0,
+        sims=s,
+        rect=rect,
+        cstart=cstart,
+        pos_sims=pos,
+        pos_codes=pos_codes,
+        pos_rows=np.asarray(prow, dtype=np.int64),
+        pos_cols=np.asarray(pcol, dtype=np.int64),
     )
 
 

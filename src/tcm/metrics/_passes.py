@@ -27,9 +27,11 @@ passes use torch ops (:data:`FORCE_TORCH` selects that path on CPU too, for test
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -48,6 +50,7 @@ __all__ = [
     "FORCE_TORCH",
     "Buckets",
     "CountState",
+    "GroupState",
     "HistState",
     "MultiBuckets",
     "Scratch",
@@ -345,6 +348,10 @@ class Buckets:
         self.c0h = self.dt(c64[0] - 0.5 * step)
         self.inv = self.dt(1.0 / step)
         delta = float(np.max(np.abs(c64 - (c64[0] + np.arange(self.k) * step)))) / step
+        # the float64 evaluation of that distance is itself off by up to ~2 ulps of the largest
+        # threshold: count it (a grid only a few ulps wide, e.g. three thresholds within 2e-16,
+        # then falls back to the binary search)
+        delta += 4.0 * float(np.finfo(np.float64).eps) * float(np.max(np.abs(c64))) / step
         u = float(np.finfo(self.dt).eps) / 2  # unit roundoff
         eps = 3.01 * u * (self.k + 2) + abs(float(self.c0h) - (c64[0] - 0.5 * step)) / step
         if delta + eps + 1e-6 < 0.5:
@@ -634,6 +641,122 @@ def _fold_hist(slots: np.ndarray) -> np.ndarray:
     return out
 
 
+@dataclass
+class GroupState:
+    """Per-(class, group) bucket counts (mergeable by summation).
+
+    ``G`` groups, ``K`` union thresholds, ``P`` cross thresholds (a sorted subset of values at
+    which the cross-group matrices are counted). Buckets as in :class:`CountState`:
+    ``#{t <= s}`` over the union (``gpos`` / ``gneg``) or over the cross thresholds (``x*``).
+
+    Attributes:
+        gpos: ``(C, G, K + 1)`` positive pairs of class ``c`` with both samples in group ``g``.
+        gneg: ``(C, G, K + 1)`` negative pairs with both samples in ``g``, counted once for each
+            of the two classes.
+        xpos: ``(C, G, G, P + 1)`` positive pairs of class ``c`` with one sample in ``g`` and
+            one in ``h``, counted at ``[c, g_i, g_j]`` and at ``[c, g_j, g_i]`` (so a pair
+            within one group is counted twice on the diagonal).
+        xneg: ``(C, G, G, P + 1)`` negative pairs ``(i, j)`` counted at ``[c_i, g_i, g_j]`` and
+            at ``[c_j, g_j, g_i]``.
+    """
+
+    gpos: np.ndarray
+    gneg: np.ndarray
+    xpos: np.ndarray
+    xneg: np.ndarray
+
+    def merge(self, other: GroupState) -> GroupState:
+        """Combine two shards' states (same thresholds and groups)."""
+        return GroupState(
+            gpos=self.gpos + other.gpos,
+            gneg=self.gneg + other.gneg,
+            xpos=self.xpos + other.xpos,
+            xneg=self.xneg + other.xneg,
+        )
+
+
+class _GroupCounter:
+    """Accumulates one worker's :class:`GroupState` block by block (torch ops, any device;
+    comparisons in float64 against float64 thresholds, hence exact)."""
+
+    def __init__(
+        self,
+        prep: Prepared,
+        gcodes: np.ndarray,
+        num_groups: int,
+        grids: Sequence[np.ndarray],
+        cross: np.ndarray,
+    ) -> None:
+        dev = prep.x.device
+        self.prep = prep
+        self.g = torch.as_tensor(np.asarray(gcodes, dtype=np.int64), device=dev)
+        self.ng = int(num_groups)
+        self.grids = [torch.as_tensor(np.asarray(t, np.float64), device=dev) for t in grids]
+        self.cross = torch.as_tensor(np.sort(np.asarray(cross, np.float64)), device=dev)
+        self.kp1 = sum(int(t.shape[0]) for t in self.grids) + 1
+        self.pp1 = int(self.cross.shape[0]) + 1
+        lowest = min(
+            [float(t.min()) for t in self.grids if t.shape[0]]
+            + ([float(self.cross[0])] if self.cross.shape[0] else []),
+            default=math.inf,
+        )
+        self.cut = ceil_to_dtype(lowest, prep.x.dtype)
+        c = prep.num_classes
+        z = functools.partial(torch.zeros, dtype=torch.int64, device=dev)
+        self.gpos, self.gneg = z(c * self.ng * self.kp1), z(c * self.ng * self.kp1)
+        self.xpos = z(c * self.ng * self.ng * self.pp1)
+        self.xneg = z(c * self.ng * self.ng * self.pp1)
+
+    def _add(
+        self, v: torch.Tensor, ci: torch.Tensor, cj: torch.Tensor, gi: torch.Tensor,
+        gj: torch.Tensor, both_classes: bool,
+    ) -> None:  # fmt: skip
+        b = multi_bucketize(self.grids, v)
+        xb = torch.searchsorted(self.cross, v, right=True)
+        ng, kp1, pp1 = self.ng, self.kp1, self.pp1
+        m = gi == gj
+        within = [(ci[m] * ng + gi[m]) * kp1 + b[m]]
+        cross = [((ci * ng + gi) * ng + gj) * pp1 + xb, ((cj * ng + gj) * ng + gi) * pp1 + xb]
+        if both_classes:
+            within.append((cj[m] * ng + gi[m]) * kp1 + b[m])
+        gt, xt = (self.gneg, self.xneg) if both_classes else (self.gpos, self.xpos)
+        gt += torch.bincount(torch.cat(within), minlength=gt.shape[0])
+        xt += torch.bincount(torch.cat(cross), minlength=xt.shape[0])
+
+    def add(self, blk: Block, mbuf: np.ndarray | None) -> None:
+        """Count one block (``mbuf``: the CPU mask buffer, or None on the torch path)."""
+        if self.cut == math.inf:
+            return
+        dev = self.g.device
+        codes = self.prep.codes_t
+        if blk.pos_sims.numel():
+            r = torch.as_tensor(blk.pos_rows, device=dev)
+            c = torch.as_tensor(blk.pos_cols, device=dev)
+            cls = blk.pos_codes
+            self._add(blk.pos_sims.to(torch.float64), cls, cls, self.g[r], self.g[c], False)
+        if mbuf is not None:
+            flat = torch.from_numpy(blk.negative_indices(self.cut, mbuf))
+            v = blk.sims.reshape(-1).index_select(0, flat)
+        else:
+            flat, v = _select_ge_torch(blk.mask_non_negatives_(), self.cut)
+        if flat.shape[0] == 0:
+            return
+        w = blk.sims.shape[1]
+        rows = torch.div(flat, w, rounding_mode="floor") + blk.row0
+        cols = flat - (rows - blk.row0) * w + blk.col0
+        self._add(v.to(torch.float64), codes[rows], codes[cols], self.g[rows], self.g[cols], True)
+
+    def state(self) -> GroupState:
+        """The counts so far as NumPy arrays."""
+        c, ng = self.prep.num_classes, self.ng
+        return GroupState(
+            gpos=self.gpos.cpu().numpy().reshape(c, ng, self.kp1),
+            gneg=self.gneg.cpu().numpy().reshape(c, ng, self.kp1),
+            xpos=self.xpos.cpu().numpy().reshape(c, ng, ng, self.pp1),
+            xneg=self.xneg.cpu().numpy().reshape(c, ng, ng, self.pp1),
+        )
+
+
 def sweep(
     prep: Prepared,
     grids: Sequence[np.ndarray],
@@ -641,11 +764,14 @@ def sweep(
     shard: tuple[int, int] = (0, 1),
     *,
     edges: np.ndarray | None = None,
-) -> tuple[CountState, HistState | None]:
+    groups: tuple[np.ndarray, int, np.ndarray] | None = None,
+) -> tuple[CountState, HistState | None, GroupState | None]:
     """One pass over the pairs of ``shard``: per-class bucket counts on the sorted union of
     ``grids`` (see :class:`CountState`; only pairs at or above the smallest threshold are
     touched) and, when ``edges`` (float64, increasing, ``B + 1`` values) is given, the exact
-    positive / negative similarity histograms over all pairs."""
+    positive / negative similarity histograms over all pairs. With ``groups = (codes, G,
+    cross)`` (group code of every class-sorted row, number of groups, cross thresholds) it also
+    fills a :class:`GroupState`."""
     c = prep.num_classes
     dtype = prep.x.dtype
     if _use_numpy(prep):
@@ -655,7 +781,8 @@ def sweep(
         eb = Buckets(np.asarray(edges, dtype=np.float64), dtype) if edges is not None else None
         nb2 = 0 if edges is None else int(np.asarray(edges).shape[0]) + 1
 
-        def work(blocks: Iterator[Block]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        def work(blocks: Iterator[Block]) -> tuple[Any, ...]:
+            gc = _GroupCounter(prep, groups[0], groups[1], grids, groups[2]) if groups else None
             neg = np.zeros(c * kp1, dtype=np.int64)
             pos = np.zeros(c * kp1, dtype=np.int64)
             hneg = np.zeros(nb2, dtype=np.int64)
@@ -667,7 +794,9 @@ def sweep(
                     _count_block_numpy(blk, bk, spans, mbuf, sc, neg, pos)
                 if eb is not None:
                     _hist_block_numpy(blk, eb, mbuf, sc, hneg, hpos)
-            return neg, pos, hneg, hpos
+                if gc is not None:
+                    gc.add(blk, mbuf)
+            return neg, pos, hneg, hpos, None if gc is None else gc.state()
 
         parts = map_blocks(prep, block_size, shard, work)
         tot = [np.asarray(np.sum([p[i] for p in parts], axis=0, dtype=np.int64)) for i in range(4)]
@@ -676,7 +805,10 @@ def sweep(
         if edges is not None:
             e64 = np.asarray(edges, dtype=np.float64)
             hist = HistState(edges=e64, pos=_fold_hist(tot[3]), neg=_fold_hist(tot[2]))
-        return state, hist
+        gstate = None
+        if groups is not None:
+            gstate = functools.reduce(GroupState.merge, [p[4] for p in parts])
+        return state, hist, gstate
     device = prep.x.device
     grids_t = [torch.as_tensor(np.asarray(g, dtype=np.float64), device=device) for g in grids]
     union = MultiBuckets(grids, dtype)  # only for k and the cut
@@ -688,6 +820,7 @@ def sweep(
     nb = 0 if e_t is None else int(e_t.shape[0]) - 1
     hpos_t = torch.zeros(nb, dtype=torch.int64, device=device)
     hneg_t = torch.zeros(nb, dtype=torch.int64, device=device)
+    gc = _GroupCounter(prep, groups[0], groups[1], grids, groups[2]) if groups else None
     for blk in iter_blocks(prep, block_size, shard):
         if e_t is not None and blk.pos_sims.numel():
             lo, hi = float(e_t[0]), float(e_t[-1])
@@ -698,6 +831,8 @@ def sweep(
             lo, hi = float(e_t[0]), float(e_t[-1])
             v = sims[sims > float("-inf")].to(torch.float64).clamp_(lo, hi)
             hneg_t += torch.bincount(_bin_index(v, e_t), minlength=nb)
+        if gc is not None:
+            gc.add(blk, None)
     state = CountState(
         neg=neg_t.cpu().numpy().reshape(c, kp1), pos=pos_t.cpu().numpy().reshape(c, kp1)
     )
@@ -708,7 +843,7 @@ def sweep(
             pos=hpos_t.cpu().numpy(),
             neg=hneg_t.cpu().numpy(),
         )
-    return state, hist_t
+    return state, hist_t, None if gc is None else gc.state()
 
 
 def count_pass(

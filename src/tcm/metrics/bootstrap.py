@@ -430,3 +430,15 @@ def bootstrap_epsilon_opis(
     srt = np.sort(u, axis=0)
     point = float(np.mean((srt[-m:].mean(axis=0) - srt[:m].mean(axis=0)) ** 2))
     return _interval(samples, c, w.shape[0], np.asarray(point))
+
+
+def check_bootstrap_args(ci: float | None, n_boot: int) -> None:
+    """Validate ``ci`` (None = no interval, else in ``(0, 1)``) and ``n_boot >= 1``."""
+    if ci is not None:
+        _check_ci(ci)
+    _check_n_boot(n_boot)
+
+
+def interval_from_samples(samples: np.ndarray, ci: float, point: Any) -> Interval:
+    """:class:`Interval` of bootstrap ``samples`` ``(n_boot, ...)`` around ``point``."""
+    return _interval(np.asarray(samples, dtype=np.float64), ci, int(samples.shape[0]), point)

@@ -25,12 +25,19 @@ key                                   value
 ``calibration_classes_far_above_2x``  classes with FAR above twice the reference FAR
 ``threshold``                         the given operating threshold ``threshold=``
 ``global_far`` / ``global_tar``       global FAR / TAR at it
+``group_opis``                        OPIS across groups (with ``groups=``)
+``group_{summary}``                   group summaries at the calibrated threshold:
+                                      ``group_far_max_min``, ``group_far_max_geomean``,
+                                      ``group_far_gini``, ``group_garbe``, ``group_fdr``, ...
 ====================================  =========================================================
+
+With ``ci=`` each figure of the first block that has an interval appears in
+:attr:`Evaluation.intervals` under the same key.
 
 Sections (``include=`` / ``exclude=``): ``"retrieval"``, ``"consistency"``, ``"tar_at_far"``,
 ``"calibration"``, ``"operating_point"`` (needs ``threshold=``), ``"histogram"`` (needs
-``bins > 0``). A section that is not selected costs nothing; without ``"retrieval"`` there is no
-kNN pass, without any pair section no pair pass.
+``bins > 0``), ``"groups"`` (needs ``groups=``). A section that is not selected costs
+nothing; without ``"retrieval"`` there is no kNN pass, without any pair section no pair pass.
 
 Under ``torch.distributed`` (``distributed=None`` detects it) each rank evaluates its share of
 the retrieval queries and of the pair blocks; the exact states are exchanged and every rank
@@ -66,8 +73,22 @@ from tcm.metrics._checks import (
     check_int,
     check_num_thresholds,
 )
+from tcm.metrics.bootstrap import (
+    Interval,
+    bootstrap_epsilon_opis,
+    bootstrap_opis,
+    bootstrap_ratio,
+    check_bootstrap_args,
+)
 from tcm.metrics.calibration import SEARCH_GRID, Calibration, calibrate
 from tcm.metrics.distributed import Communicator, default_communicator
+from tcm.metrics.groups import SUMMARY_KEYS as GROUP_SUMMARY_KEYS
+from tcm.metrics.groups import (
+    GroupConsistency,
+    GroupOperatingPoint,
+    group_consistency_view,
+    group_operating_point_view,
+)
 from tcm.metrics.results import OperatingPoint, SimilarityHistogram, ThresholdConsistency
 from tcm.metrics.retrieval import (
     Backend,
@@ -77,7 +98,7 @@ from tcm.metrics.retrieval import (
     retrieval_per_query,
     shard_query_indices,
 )
-from tcm.metrics.statistics import PairIndex, PairStats, pair_statistics
+from tcm.metrics.statistics import DEFAULT_SAMPLE_SIZE, PairIndex, PairStats, pair_statistics
 
 __all__ = [
     "DEFAULT_TAR_FARS",
@@ -96,6 +117,7 @@ SECTIONS: tuple[str, ...] = (
     "calibration",
     "operating_point",
     "histogram",
+    "groups",
 )
 
 
@@ -166,6 +188,9 @@ class Evaluation:
         operating_point: per-class rates at the given ``threshold``.
         histogram: positive / negative similarity histogram.
         stats: the count tables all pair figures were read from (for further views).
+        groups: per-group rates, cross-group matrices and summaries (with ``groups=``).
+        group_consistency: group OPIS / eps-OPIS (with ``groups=``).
+        intervals: ``{metric key: Interval}`` class-bootstrap intervals (with ``ci=``).
         options: the arguments that produced it (JSON-serialisable).
     """
 
@@ -179,6 +204,9 @@ class Evaluation:
     operating_point: OperatingPoint | None = None
     histogram: SimilarityHistogram | None = None
     stats: PairStats | None = None
+    groups: GroupOperatingPoint | None = None
+    group_consistency: GroupConsistency | None = None
+    intervals: dict[str, Interval] = field(default_factory=dict)
     options: dict[str, Any] = field(default_factory=dict)
 
     def metrics(self) -> dict[str, float]:
@@ -210,6 +238,11 @@ class Evaluation:
             out["threshold"] = float(op.threshold)
             out["global_far"] = float(op.global_far)
             out["global_tar"] = float(op.global_tar)
+        if self.group_consistency is not None:
+            out["group_opis"] = float(self.group_consistency.opis)
+        if self.groups is not None:
+            for key in GROUP_SUMMARY_KEYS:
+                out[f"group_{key}"] = float(self.groups.summary[key])
         return out
 
     def to_dict(self, class_names: Sequence[str] | None = None) -> dict[str, Any]:
@@ -227,6 +260,12 @@ class Evaluation:
             out["operating_point"] = self.operating_point.to_dict()
         if self.retrieval is not None:
             out["per_class_retrieval"] = self.retrieval.per_class.to_dict()
+        if self.groups is not None:
+            out["groups"] = self.groups.to_dict()
+        if self.group_consistency is not None:
+            out["group_consistency"] = self.group_consistency.to_dict()
+        if self.intervals:
+            out["intervals"] = {k: v.to_dict() for k, v in self.intervals.items()}
         return out
 
 
@@ -256,12 +295,52 @@ def _retrieval(
         ks=tuple(ks),
         backend=backend,
         query_indices=shard_query_indices(n, comm.rank, comm.world),
+        comm=comm,
     )
     import torch.distributed as dist
 
     parts: list[PerQueryRetrieval | None] = [None] * comm.world
     dist.all_gather_object(parts, part)
     return merge_per_query([p for p in parts if p is not None])
+
+
+def _intervals(
+    stats: PairStats,
+    consistency: ThresholdConsistency | None,
+    th_at_far: dict[float, float],
+    calibration: Calibration | None,
+    ci: float,
+    n_boot: int,
+    seed: int,
+) -> dict[str, Interval]:
+    """Class-bootstrap intervals of the pair figures, from the count tables only."""
+    out: dict[str, Interval] = {}
+    if consistency is not None:
+        u = consistency.utility
+        out["opis"] = bootstrap_opis(u, ci=ci, n_boot=n_boot, seed=seed)
+        for eps in consistency.epsilon_opis:
+            out[f"epsilon_opis_{eps_key(eps)}"] = bootstrap_epsilon_opis(
+                u, eps, ci=ci, n_boot=n_boot, seed=seed
+            )
+    inc = stats.included
+    n_c = stats.class_sizes[inc].astype(np.float64)
+    pos_acc, neg_acc = stats.accepted()
+    pos_den = n_c * (n_c - 1) / 2
+    neg_den = n_c * (stats.num_samples - n_c)
+    for far, t in th_at_far.items():
+        col = int(stats.columns_of([t])[0])
+        out[f"tar_at_far_{far_key(far)}"] = bootstrap_ratio(
+            pos_acc[inc, col], pos_den, ci=ci, n_boot=n_boot, seed=seed
+        )
+    if calibration is not None:
+        col = int(stats.columns_of([calibration.threshold])[0])
+        out["calibration_global_far"] = bootstrap_ratio(
+            neg_acc[inc, col], neg_den, ci=ci, n_boot=n_boot, seed=seed
+        )
+        out["calibration_global_tar"] = bootstrap_ratio(
+            pos_acc[inc, col], pos_den, ci=ci, n_boot=n_boot, seed=seed
+        )
+    return out
 
 
 def evaluate(
@@ -279,11 +358,15 @@ def evaluate(
     search_thresholds: int = 201,
     threshold: float | None = None,
     bins: int = 0,
+    groups: ArrayLike | None = None,
+    ci: float | None = None,
+    n_boot: int = 1000,
     include: Sequence[str] | None = None,
     exclude: Sequence[str] = (),
     distributed: bool | None = None,
     backend: Backend = "auto",
     block_size: int | None = None,
+    sample_size: int = DEFAULT_SAMPLE_SIZE,
     seed: int = 0,
 ) -> Evaluation:
     """Evaluate ``(N, D)`` embeddings with ``(N,)`` labels (module docstring for the keys).
@@ -299,11 +382,21 @@ def evaluate(
             ``search_thresholds`` thresholds spanning the global FARs ``search_range``.
         threshold: also report per-class rates at this cosine-similarity threshold.
         bins: ``B > 0`` adds the exact similarity histogram of all pairs.
+        groups: ``(N,)`` group id per sample (a data distribution or sub-population): adds
+            the per-group rates, cross-group matrices and summaries at the calibrated (else
+            the given) threshold and group OPIS (sections ``"groups"``; see
+            :mod:`tcm.metrics.groups`). Counted in the same sweep.
+        ci, n_boot: with ``ci`` in ``(0, 1)``, class-bootstrap intervals (``n_boot``
+            resamples, seeded by ``seed``) of OPIS, eps-OPIS, TAR@FAR, the calibrated global FAR
+            and the group figures, from the count tables (no further pass).
         include, exclude: sections to compute (default all that the options allow).
         distributed: ``None`` = use ``torch.distributed`` when a group with more than one rank
             is initialised; ``False`` = never; ``True`` = require it.
         backend: retrieval kNN backend (``"auto"``, ``"torch"``, ``"faiss"``).
         block_size: rows per similarity block of the pair passes.
+        sample_size: negatives sampled to bracket the exact quantiles (larger = fewer values
+            collected and exchanged at very large ``N``, see docs/scaling.md; results do not
+            depend on it).
         seed: seed of the sampled quantile bracket (results do not depend on it).
 
     Raises:
@@ -332,6 +425,9 @@ def evaluate(
         sections.discard("histogram")
     if "calibration" in sections and cal_far is None and not max_utility:
         sections.discard("calibration")
+    if groups is None:
+        sections.discard("groups")
+    check_bootstrap_args(ci, n_boot)
     if distributed is False:
         comm: Communicator | None = None
     else:
@@ -339,7 +435,9 @@ def evaluate(
         if distributed and comm is None:
             raise ValueError("distributed=True but no torch.distributed group with >1 rank")
 
-    index = PairIndex(embeddings, labels, block_size=block_size)
+    index = PairIndex(
+        embeddings, labels, groups if "groups" in sections else None, block_size=block_size
+    )
     retrieval = None
     if "retrieval" in sections:
         retrieval = _retrieval(embeddings, labels, ks, backend, index.num_samples, comm)
@@ -350,7 +448,16 @@ def evaluate(
     grids = {}
     if "calibration" in sections and max_utility:
         grids[SEARCH_GRID] = (float(search_range[0]), float(search_range[1]), search_thresholds)
-    pair_sections = {"consistency", "tar_at_far", "calibration", "operating_point", "histogram"}
+    pair_sections = {
+        "consistency",
+        "tar_at_far",
+        "calibration",
+        "operating_point",
+        "histogram",
+        "groups",
+    }
+    if "groups" in sections and "consistency" not in sections:
+        sections.add("consistency")  # group OPIS needs the calibration grid
     stats = None
     if sections & pair_sections:
         stats = pair_statistics(
@@ -363,6 +470,7 @@ def evaluate(
             bins=nbins if "histogram" in sections else 0,
             shard=(0, 1) if comm is None else (comm.rank, comm.world),
             comm=comm,
+            sample_size=sample_size,
             seed=seed,
         )
     consistency = (
@@ -385,6 +493,15 @@ def evaluate(
     if stats is not None and "operating_point" in sections and t_given is not None:
         op = stats.operating_point(t_given)
     hist = stats.histogram() if stats is not None and "histogram" in sections else None
+    group_op = group_cons = None
+    if stats is not None and "groups" in sections:
+        t_groups = calibration.threshold if calibration is not None else t_given
+        if t_groups is not None:
+            group_op = group_operating_point_view(stats, t_groups, ci=ci, n_boot=n_boot, seed=seed)
+        group_cons = group_consistency_view(stats, epsilons=eps_l, ci=ci, n_boot=n_boot, seed=seed)
+    intervals: dict[str, Interval] = {}
+    if ci is not None and stats is not None:
+        intervals = _intervals(stats, consistency, th_at_far, calibration, ci, n_boot, seed)
     options: dict[str, Any] = {
         "sections": sorted(sections),
         "ks": [int(v) for v in ks],
@@ -396,6 +513,9 @@ def evaluate(
         "max_utility": bool(max_utility),
         "threshold": t_given,
         "bins": nbins,
+        "groups": groups is not None,
+        "ci": ci,
+        "n_boot": n_boot if ci is not None else None,
         "world_size": 1 if comm is None else comm.world,
     }
     if max_utility:
@@ -412,5 +532,8 @@ def evaluate(
         operating_point=op,
         histogram=hist,
         stats=stats,
+        groups=group_op,
+        group_consistency=group_cons,
+        intervals=intervals,
         options=options,
     )

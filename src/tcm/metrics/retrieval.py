@@ -59,6 +59,7 @@ from tcm.metrics._knn import (
     faiss_available,
     symmetric_candidates,
 )
+from tcm.metrics.distributed import Communicator
 
 __all__ = [
     "PerClassRetrieval",
@@ -293,11 +294,16 @@ def retrieval_per_query(
     backend: Backend = "auto",
     chunk_size: int | None = None,
     query_indices: ArrayLike | slice | None = None,
+    comm: Communicator | None = None,
 ) -> PerQueryRetrieval:
     """Per-query Recall@k hits, MAP@R and R-precision for a subset of the queries.
 
     Arguments are those of :func:`retrieval_metrics` plus ``query_indices`` (``None`` = all
-    queries, a slice, or a 1-D int array of positions in the query set). Always pass the *full*
+    queries, a slice, or a 1-D int array of positions in the query set) and ``comm``: in
+    leave-one-out mode, every shard of a :class:`~tcm.metrics.distributed.Communicator` calls
+    this with the same data and its own ``query_indices``; the symmetric candidate search is
+    then split over the shards by tiles and its candidates exchanged (so the similarity work is
+    divided, not repeated) before each shard ranks its own queries exactly. Always pass the *full*
     query and gallery sets: in leave-one-out mode the gallery is the whole query set, and the
     labels of all items are needed to compute ``R``. Results for disjoint subsets can be combined
     with :func:`merge_per_query` and give exactly the numbers of one call on all queries.
@@ -346,6 +352,29 @@ def retrieval_per_query(
     r_prec = np.full(m, np.nan)
 
     valid_pos = np.flatnonzero(r_all > 0)
+    shared = None
+    if comm is not None and loo and backend_used == "torch" and comm.world > 1:
+        # decided from global quantities only: every shard takes the same branch
+        r_glob = counts[q_codes_np] - 1
+        n_avail_g = ng - 1
+        k_glob = min(max(ks_t[-1], int(r_glob.max())), n_avail_g)
+        kk_g = min(k_glob + 8, n_avail_g)
+        if int(r_glob.max()) > 0 and _use_symmetric(ng, kk_g, device):
+            xs = gn.float() if device.type == "cpu" else gn
+            block = chunk_size or _sym_block(device)
+            cv, ci = symmetric_candidates(xs, kk_g, block, shard=(comm.rank, comm.world))
+            vals = comm.concat(cv.cpu().numpy().reshape(-1)).reshape(comm.world, ng, kk_g)
+            ids = comm.concat(ci.cpu().numpy().reshape(-1)).reshape(comm.world, ng, kk_g)
+            v_all = torch.from_numpy(np.concatenate(list(vals), axis=1))
+            i_all = torch.from_numpy(np.concatenate(list(ids), axis=1))
+            top = torch.topk(v_all, kk_g, dim=1, sorted=True)
+            u0g = float(torch.finfo(xs.dtype).eps) * (1.0 if xs.dtype == gn.dtype else 2.0)
+            shared = (
+                top.values.to(device),
+                torch.gather(i_all, 1, top.indices).to(device),
+                u0g,
+            )
+            del xs
     if valid_pos.size:
         searcher: Searcher = FaissSearcher(gn) if backend_used == "faiss" else TorchSearcher(gn)
         g_codes = torch.from_numpy(g_codes_np).to(device)
@@ -360,7 +389,19 @@ def retrieval_per_query(
         k_all = min(max(kmax, int(r_all.max())), n_avail)
         pre: torch.Tensor | None = None
         kk = min(k_all + 8, n_avail)
-        if (
+        if shared is not None:
+            vq = torch.from_numpy(sel[valid_pos]).to(device)
+            pre = exact_topk(
+                searcher,
+                qn[vq],
+                gn,
+                k_all,
+                vq,
+                initial=(shared[0][vq], shared[1][vq]),
+                initial_unit_roundoff=shared[2],
+                max_rows=chunk,
+            )
+        elif (
             loo
             and backend_used == "torch"
             and query_indices is None

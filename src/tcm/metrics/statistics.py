@@ -60,7 +60,7 @@ from tcm.metrics._checks import (
     check_table_memory,
 )
 from tcm.metrics._pairs import Prepared, check_block_size, check_shard, num_workers, prepare
-from tcm.metrics._passes import CountState, TailState, negative_quantiles, sweep
+from tcm.metrics._passes import CountState, GroupState, TailState, negative_quantiles, sweep
 from tcm.metrics.distributed import Communicator
 from tcm.metrics.results import OperatingPoint, SimilarityHistogram, ThresholdConsistency
 
@@ -242,6 +242,12 @@ class PairStats:
         far_thresholds: ``{far: t}`` exact global-FAR thresholds ``quantile(neg, 1 - far)``.
         hist_edges, hist_pos, hist_neg: similarity histogram of all pairs (``(B + 1,)`` edges,
             ``(B,)`` int64 counts; ``np.histogram`` bins after clipping to the edges) or None.
+        group_names: ``(G,)`` sorted group ids when the index had groups, else None.
+        class_group_sizes: ``(C, G)`` int64 ``n_{c,g}`` samples of class ``c`` in group ``g``.
+        groups: the per-(class, group) tables (:class:`~tcm.metrics._passes.GroupState`):
+            within-group tables on all thresholds, cross-group tables on ``cross_thresholds``.
+        cross_thresholds: ``(P,)`` sorted thresholds of the cross-group tables (the FAR
+            thresholds and the given thresholds).
     """
 
     classes: np.ndarray
@@ -255,6 +261,10 @@ class PairStats:
     hist_edges: np.ndarray | None = None
     hist_pos: np.ndarray | None = None
     hist_neg: np.ndarray | None = None
+    group_names: np.ndarray | None = None
+    class_group_sizes: np.ndarray | None = None
+    groups: GroupState | None = None
+    cross_thresholds: np.ndarray | None = None
 
     # ------------------------------------------------------------------ merging
 
@@ -268,6 +278,8 @@ class PairStats:
             and np.array_equal(self.class_sizes, other.class_sizes)
             and np.array_equal(self.thresholds, other.thresholds)
             and _same_optional(self.hist_edges, other.hist_edges)
+            and _same_optional(self.group_names, other.group_names)
+            and _same_optional(self.cross_thresholds, other.cross_thresholds)
         )
         if not same:
             raise ValueError(
@@ -285,6 +297,14 @@ class PairStats:
             hist_edges=self.hist_edges,
             hist_pos=None if self.hist_pos is None else self.hist_pos + other.hist_pos,
             hist_neg=None if self.hist_neg is None else self.hist_neg + other.hist_neg,
+            group_names=self.group_names,
+            class_group_sizes=self.class_group_sizes,
+            groups=(
+                None
+                if self.groups is None or other.groups is None
+                else self.groups.merge(other.groups)
+            ),
+            cross_thresholds=self.cross_thresholds,
         )
 
     # ------------------------------------------------------------------ totals
@@ -538,9 +558,13 @@ def pair_statistics(
     k_total = sum(int(c.shape[0]) for c in components)
     check_size(k_total, "total number of counted thresholds", 0)
     workers = num_workers(prep)
-    check_table_memory(prep.num_classes, k_total, workers)
+    ng = 0 if index.group_names is None else int(index.group_names.shape[0])
+    check_table_memory(prep.num_classes, k_total, workers, ng, int(extras.shape[0]))
     edges = np.linspace(-1.0, 1.0, nbins + 1) if nbins else None
-    state, hist = sweep(prep, components, bs, shard_t, edges=edges)
+    gspec = None
+    if index.group_codes is not None:
+        gspec = (index.group_codes, ng, extras)
+    state, hist, gstate = sweep(prep, components, bs, shard_t, edges=edges, groups=gspec)
     pos, neg = state.pos, state.neg
     hpos = hneg = None
     if hist is not None:
@@ -549,6 +573,17 @@ def pair_statistics(
         pos, neg = comm.sum(pos), comm.sum(neg)
         if hpos is not None and hneg is not None:
             hpos, hneg = comm.sum(hpos), comm.sum(hneg)
+        if gstate is not None:
+            gstate = GroupState(
+                gpos=comm.sum(gstate.gpos),
+                gneg=comm.sum(gstate.gneg),
+                xpos=comm.sum(gstate.xpos),
+                xneg=comm.sum(gstate.xneg),
+            )
+    cgs = None
+    if index.group_codes is not None:
+        cgs = np.zeros((prep.num_classes, ng), dtype=np.int64)
+        np.add.at(cgs, (prep.codes, index.group_codes), 1)
     union = np.sort(np.concatenate(components)) if components else np.empty(0)
     grid_objs = {}
     for name, th in grid_th.items():
@@ -567,4 +602,8 @@ def pair_statistics(
         hist_edges=edges,
         hist_pos=hpos,
         hist_neg=hneg,
+        group_names=index.group_names,
+        class_group_sizes=cgs,
+        groups=gstate,
+        cross_thresholds=extras if gstate is not None else None,
     )

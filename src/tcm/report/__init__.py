@@ -1,7 +1,8 @@
 """Self-contained HTML (+ PNG, JSON) report on the threshold consistency of embedding runs.
 
 Convention: embeddings are L2-normalised, compared by cosine similarity; a pair is accepted when
-``similarity >= threshold``.
+``similarity >= threshold``. Each run is one :class:`tcm.metrics.Evaluation` (given, or computed
+once from embeddings); metric keys are those of :meth:`tcm.metrics.Evaluation.metrics`.
 
 Example:
     >>> import numpy as np, tempfile
@@ -11,10 +12,14 @@ Example:
     >>> x = rng.normal(size=(8, 16))[y] + 0.6 * rng.normal(size=(48, 16))
     >>> write_report(tempfile.mkdtemp(), [ReportRun("demo", x, y)], target_far=1e-2).name
     'index.html'
+    >>> from tcm.metrics import evaluate
+    >>> ev = evaluate(x, y, ks=(1,), calibration_far=1e-2, bins=200)
+    >>> write_report(tempfile.mkdtemp(), [ReportRun("demo", evaluation=ev)], target_far=1e-2).name
+    'index.html'
 """
 
 from tcm.report.compute import RunAnalysis, analyse_run
-from tcm.report.run import METRIC_KEYS, ReportRun, canonical_metric_key
+from tcm.report.run import METRIC_KEYS, ReportRun, report_evaluation
 from tcm.report.writer import format_metric, write_report
 
 __all__ = [
@@ -22,7 +27,7 @@ __all__ = [
     "ReportRun",
     "RunAnalysis",
     "analyse_run",
-    "canonical_metric_key",
     "format_metric",
+    "report_evaluation",
     "write_report",
 ]

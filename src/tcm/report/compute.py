@@ -1,29 +1,34 @@
-"""Numbers behind the report: one :class:`RunAnalysis` per :class:`~tcm.report.run.ReportRun`.
+"""Numbers behind the report: one :class:`RunAnalysis` per evaluated
+:class:`~tcm.report.run.ReportRun`, read from its :class:`~tcm.metrics.Evaluation` (no pair
+pass, no kNN pass, nothing recomputed here).
 
-Everything is computed with the scalable public functions of :mod:`tcm.metrics` (blocked, never
-an ``N x N`` similarity matrix held here):
+Sections read (cosine similarity; a pair is accepted when ``s >= t``):
 
-* ``threshold_consistency`` -> per-class utility ``U_c(t)`` on the calibration grid, OPIS,
-  ε-OPIS (5 %, 10 %);
-* ``threshold_at_far`` -> the deployment threshold ``t`` for a target global FAR (unless given);
-* ``operating_point`` -> per-class ``FAR_c(t)``, ``FRR_c(t)`` at that threshold;
-* ``similarity_histogram`` -> positive / negative cosine-similarity counts;
-* ``retrieval_metrics`` -> R@1 and MAP@R, only when the caller did not supply them.
+* ``consistency`` -> per-class utility ``U_c(t)`` on the calibration grid, the grid's global FAR,
+  OPIS and eps-OPIS (5 %, 10 %);
+* ``calibration`` (``threshold=None``: the threshold of global FAR ``target_far``) or
+  ``operating_point`` (a given threshold) -> per-class ``FAR_c(t)``, ``FRR_c(t)``;
+* ``histogram`` -> positive / negative cosine-similarity counts;
+* ``retrieval`` -> Recall@1 and MAP@R, unless the caller supplied both.
+
+A missing section is a :class:`ValueError` that names it.
 """
 
 from __future__ import annotations
 
-import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from tcm.metrics import Evaluation, OperatingPoint
 from tcm.report.run import METRIC_KEYS, ReportRun
 
-__all__ = ["RunAnalysis", "analyse_run"]
+__all__ = ["RunAnalysis", "analyse_run", "class_display_names"]
 
-_EPSILONS = {"eps-OPIS@5%": 0.05, "eps-OPIS@10%": 0.10}
+#: Number of classes listed in the worst-classes tables / ``report.json``.
+WORST_CLASSES = 5
 
 
 @dataclass
@@ -32,8 +37,8 @@ class RunAnalysis:
 
     Attributes:
         name: the run's display name (not escaped).
-        metrics: table metrics under canonical keys (:data:`~tcm.report.run.METRIC_KEYS` first,
-            then any extra caller keys).
+        metrics: table metrics under the keys of :meth:`tcm.metrics.Evaluation.metrics`
+            (:data:`~tcm.report.run.METRIC_KEYS` first, then any extra caller keys).
         sources: for every key of ``metrics``: ``"caller"`` or ``"computed"``.
         threshold: deployment threshold ``t`` (cosine similarity; accepted when ``s >= t``).
         threshold_source: ``"given"`` or ``"calibrated"`` (global FAR = ``target_far``).
@@ -43,6 +48,8 @@ class RunAnalysis:
         grid_global_far: ``(K,)`` global FAR at each grid threshold.
         far_range: the calibration range ``(f_lo, f_hi)`` of global FAR.
         classes: ``(T,)`` included class labels; ``class_sizes``: ``(T,)`` their sizes.
+        class_names: ``(T,)`` display names of ``classes`` (the run's ``class_names`` if it has
+            them, else the labels as text).
         num_excluded: classes with fewer than 2 samples (not in ``utility``/``far``/``frr``).
         far, frr: ``(T,)`` per-class ``FAR_c(t)`` and ``FRR_c(t)`` at ``threshold``.
         global_far, global_tar: global FAR and TAR at ``threshold``.
@@ -63,6 +70,7 @@ class RunAnalysis:
     far_range: tuple[float, float]
     classes: np.ndarray
     class_sizes: np.ndarray
+    class_names: np.ndarray
     num_excluded: int
     far: np.ndarray
     frr: np.ndarray
@@ -76,8 +84,14 @@ class RunAnalysis:
         """Number of classes whose ``FAR_c(t)`` exceeds ``factor * target_far``."""
         return int(np.count_nonzero(self.far > factor * target_far))
 
+    def worst_classes(self, count: int = WORST_CLASSES) -> np.ndarray:
+        """Positions (into ``classes``) of the ``count`` classes with the highest ``FAR_c``
+        (ties in class order)."""
+        return np.argsort(-self.far, kind="stable")[:count]
+
     def summary(self, target_far: float) -> dict[str, Any]:
-        """JSON-serialisable summary (metrics, operating point, spread statistics)."""
+        """JSON-serialisable summary (metrics, operating point, spread statistics, the worst
+        classes by ``FAR_c`` with their names)."""
 
         def q(x: np.ndarray) -> dict[str, float]:
             return {
@@ -103,142 +117,186 @@ class RunAnalysis:
             "per_class_far": q(self.far),
             "per_class_frr": q(self.frr),
             "classes_far_above_2x_target": self.far_exceeding(2.0, target_far),
+            "worst_classes_by_far": [
+                {
+                    "class": self.classes[j : j + 1].tolist()[0],
+                    "name": str(self.class_names[j]),
+                    "size": int(self.class_sizes[j]),
+                    "far": float(self.far[j]),
+                    "frr": float(self.frr[j]),
+                }
+                for j in self.worst_classes()
+            ],
             "calibration_thresholds": [float(self.thresholds[0]), float(self.thresholds[-1])],
             "far_range": list(self.far_range),
         }
 
 
-def _import_metrics() -> Any:
-    try:
-        import tcm.metrics as metrics
-    except ImportError as exc:  # pragma: no cover - only while the package is incomplete
-        raise RuntimeError(f"tcm.report needs tcm.metrics, which failed to import: {exc}") from exc
-    return metrics
+def class_display_names(classes: np.ndarray, class_names: Sequence[str] | None) -> np.ndarray:
+    """Display names of class labels: ``class_names[c]`` for integer labels ``c`` when names are
+    given, else the labels as text.
+
+    Raises:
+        ValueError: names given but a label is not an integer in ``[0, len(class_names))``.
+
+    Example:
+        >>> class_display_names(np.array([0, 2]), ["cat", "dog", "emu"]).tolist()
+        ['cat', 'emu']
+        >>> class_display_names(np.array(["a", "b"]), None).tolist()
+        ['a', 'b']
+    """
+    labels = np.asarray(classes)
+    if class_names is None:
+        return np.asarray([str(c) for c in labels.tolist()], dtype=object)
+    if labels.size and labels.dtype.kind not in "iu":
+        raise ValueError(
+            f"class_names need integer labels (codes into class_names); got {labels.dtype} labels"
+        )
+    bad = labels[(labels < 0) | (labels >= len(class_names))]
+    if bad.size:
+        raise ValueError(
+            f"label {int(bad[0])} has no entry in class_names ({len(class_names)} names)"
+        )
+    return np.asarray([class_names[int(c)] for c in labels.tolist()], dtype=object)
 
 
-def _lookup_eps(values: Any, eps: float) -> float:
-    for key, val in dict(values).items():
-        if math.isclose(float(key), eps, rel_tol=1e-9, abs_tol=1e-12):
-            return float(val)
-    raise KeyError(eps)
+def _missing(section: str, how: str) -> ValueError:
+    return ValueError(f"its Evaluation has no {section!r} section ({how})")
 
 
-def _np(x: Any) -> np.ndarray:
-    if hasattr(x, "detach"):
-        x = x.detach().cpu().numpy()
-    return np.asarray(x)
+def _deployment(
+    ev: Evaluation, threshold: float | None, target_far: float | None
+) -> tuple[OperatingPoint, str]:
+    if threshold is not None:
+        op = ev.operating_point
+        if op is None:
+            raise _missing(
+                "operating_point", f"evaluate(..., threshold={threshold!r}) for a given threshold"
+            )
+        if op.threshold != threshold:
+            raise ValueError(
+                f"its Evaluation's operating point is at threshold {op.threshold!r}, the report's "
+                f"threshold is {threshold!r}"
+            )
+        return op, "given"
+    cal = ev.calibration
+    if cal is None:
+        raise _missing(
+            "calibration", "evaluate(..., calibration_far=target_far), or give a threshold"
+        )
+    if cal.mode != "target_far" or (target_far is not None and cal.target_far != target_far):
+        raise ValueError(
+            f"its Evaluation was calibrated by {cal.mode} (target FAR {cal.target_far!r}), the "
+            f"report calibrates for target FAR {target_far!r}"
+        )
+    return cal.operating_point, "calibrated"
 
 
 def analyse_run(
     run: ReportRun,
     *,
-    threshold: float | None,
-    target_far: float,
-    far_range: tuple[float, float],
-    num_thresholds: int = 101,
-    bins: int = 200,
+    threshold: float | None = None,
+    target_far: float | None = None,
+    far_range: tuple[float, float] | None = None,
 ) -> RunAnalysis:
-    """Compute the report's numbers for one run (see the module docstring for the formulas).
+    """The report's numbers for one run, read from ``run.evaluation`` (no computation on pairs).
 
     Args:
-        run: the run (embeddings ``(N, D)``, labels ``(N,)``, optional known metrics).
-        threshold: cosine-similarity threshold to evaluate per-class FAR/FRR at, or ``None`` to
-            calibrate it per run as ``threshold_at_far(embeddings, labels, target_far)``.
-        target_far: target global FAR used for calibration.
-        far_range: global-FAR calibration range of the utility curves / OPIS.
+        run: a run carrying an :class:`~tcm.metrics.Evaluation` (``ReportRun(name,
+            evaluation=ev)`` or :meth:`~tcm.report.run.ReportRun.from_embeddings`).
+        threshold: the report's deployment threshold (cosine similarity): per-class FAR/FRR come
+            from ``evaluation.operating_point``, which must be at this threshold. ``None``: from
+            ``evaluation.calibration`` (the threshold of a target global FAR).
+        target_far: if given (with ``threshold=None``), the calibration's target FAR must be it.
+        far_range: if given, the consistency section's calibration range must be it.
 
     Raises:
-        ValueError: bad embeddings/labels (from :mod:`tcm.metrics`), re-raised with the run name.
+        ValueError: the run has no evaluation, the evaluation lacks a needed section (named) or
+            was computed with other options, class names that do not fit the labels; the
+            message starts with ``run '<name>': ``.
 
     Example:
         >>> import numpy as np
+        >>> from tcm.metrics import evaluate
         >>> rng = np.random.default_rng(0)
         >>> labels = np.repeat(np.arange(10), 8)
         >>> emb = rng.normal(size=(10, 16))[labels] + 0.5 * rng.normal(size=(80, 16))
-        >>> a = analyse_run(ReportRun("demo", emb, labels), threshold=None, target_far=1e-2,
-        ...                 far_range=(1e-2, 1e-1))
-        >>> a.utility.shape
-        (10, 101)
+        >>> ev = evaluate(emb, labels, ks=(1,), calibration_far=1e-2, bins=200)
+        >>> a = analyse_run(ReportRun("demo", evaluation=ev), target_far=1e-2)
+        >>> a.utility.shape, a.threshold_source, a.metrics["opis"] == ev.metrics()["opis"]
+        ((10, 101), 'calibrated', True)
     """
-    metrics = _import_metrics()
-    emb, labels = run.embeddings, run.labels
-    given = run.normalized_metrics()
     try:
-        tc = metrics.threshold_consistency(
-            emb,
-            labels,
-            far_range=far_range,
-            num_thresholds=num_thresholds,
-            epsilons=tuple(_EPSILONS.values()),
-        )
-        if threshold is None:
-            t = float(metrics.threshold_at_far(emb, labels, far=target_far))
-            t_source = "calibrated"
-        else:
-            t = float(threshold)
-            t_source = "given"
-        op = metrics.operating_point(emb, labels, t)
-        hist = metrics.similarity_histogram(emb, labels, bins=bins)
-        need_retrieval = "R@1" not in given or "MAP@R" not in given
-        ret = metrics.retrieval_metrics(emb, labels, ks=(1,)) if need_retrieval else None
+        return _analyse(run, threshold, target_far, far_range)
     except ValueError as exc:
         raise ValueError(f"run {run.name!r}: {exc}") from exc
 
-    computed: dict[str, float] = {"OPIS": float(tc.opis)}
-    for key, eps in _EPSILONS.items():
-        computed[key] = _lookup_eps(tc.epsilon_opis, eps)
-    if ret is not None:
-        computed["R@1"] = float(dict(ret.recall_at_k)[1])
-        computed["MAP@R"] = float(ret.map_at_r)
 
+def _analyse(
+    run: ReportRun,
+    threshold: float | None,
+    target_far: float | None,
+    far_range: tuple[float, float] | None,
+) -> RunAnalysis:
+    ev = run.evaluation
+    if ev is None:
+        raise ValueError(
+            "it has no Evaluation; use ReportRun.from_embeddings(...), ReportRun(name, "
+            "evaluation=tcm.metrics.evaluate(...)) or write_report, which evaluates embeddings"
+        )
+    tc = ev.consistency
+    if tc is None:
+        raise _missing("consistency", "OPIS and the utility curves")
+    if far_range is not None and tuple(tc.far_range) != tuple(far_range):
+        raise ValueError(
+            f"its Evaluation's calibration range is far_range={tc.far_range!r}, the report's is "
+            f"{tuple(far_range)!r}"
+        )
+    hist = ev.histogram
+    if hist is None:
+        raise _missing("histogram", "evaluate(..., bins=200)")
+    op, t_source = _deployment(ev, threshold, target_far)
+    if not np.array_equal(op.classes, tc.classes):
+        raise ValueError("its operating point and consistency sections cover different classes")
+
+    given = run.caller_metrics()
+    computed = ev.metrics()
     table: dict[str, float] = {}
     sources: dict[str, str] = {}
     for key in METRIC_KEYS:
         if key in given:
             table[key], sources[key] = given[key], "caller"
-        else:
+        elif key in computed:
             table[key], sources[key] = computed[key], "computed"
+        elif key.startswith("epsilon_opis_"):
+            raise ValueError(f"its Evaluation has no {key!r} (evaluate(..., epsilons=(0.05, 0.1)))")
+        else:
+            raise _missing("retrieval", f"{key!r}; or pass it in ReportRun(metrics=...)")
     for key, val in given.items():
         if key not in table:
             table[key], sources[key] = val, "caller"
 
-    labels_np = _np(labels)
-    num_classes = int(np.unique(labels_np).size)
-    op_classes = _np(op.classes)
-    tc_classes = _np(tc.classes)
-    if op_classes.shape != tc_classes.shape or not np.array_equal(op_classes, tc_classes):
-        raise RuntimeError(  # pragma: no cover - a tcm.metrics contract violation
-            f"run {run.name!r}: threshold_consistency and operating_point disagree on the "
-            "included classes"
-        )
     return RunAnalysis(
         name=run.name,
         metrics=table,
         sources=sources,
-        threshold=t,
+        threshold=float(op.threshold),
         threshold_source=t_source,
-        num_samples=int(labels_np.shape[0]),
-        num_classes=num_classes,
-        thresholds=_np(tc.thresholds).astype(np.float64),
-        utility=_np(tc.utility).astype(np.float64),
-        grid_global_far=_np(tc.global_far).astype(np.float64),
-        far_range=(float(far_range[0]), float(far_range[1])),
-        classes=tc_classes,
-        class_sizes=_np(tc.class_sizes),
-        num_excluded=int(_np(tc.excluded_classes).size),
-        far=_np(op.far).astype(np.float64),
-        frr=_np(op.frr).astype(np.float64),
+        num_samples=ev.num_samples,
+        num_classes=ev.num_classes,
+        thresholds=np.asarray(tc.thresholds, dtype=np.float64),
+        utility=np.asarray(tc.utility, dtype=np.float64),
+        grid_global_far=np.asarray(tc.global_far, dtype=np.float64),
+        far_range=(float(tc.far_range[0]), float(tc.far_range[1])),
+        classes=np.asarray(tc.classes),
+        class_sizes=np.asarray(tc.class_sizes),
+        class_names=class_display_names(np.asarray(tc.classes), run.class_names),
+        num_excluded=int(np.asarray(tc.excluded_classes).size),
+        far=np.asarray(op.far, dtype=np.float64),
+        frr=np.asarray(op.frr, dtype=np.float64),
         global_far=float(op.global_far),
         global_tar=float(op.global_tar),
-        hist_edges=_np(hist.edges).astype(np.float64),
-        hist_pos=_np(_field(hist, "pos", "pos_counts", "positive")).astype(np.float64),
-        hist_neg=_np(_field(hist, "neg", "neg_counts", "negative")).astype(np.float64),
+        hist_edges=np.asarray(hist.edges, dtype=np.float64),
+        hist_pos=np.asarray(hist.pos, dtype=np.float64),
+        hist_neg=np.asarray(hist.neg, dtype=np.float64),
     )
-
-
-def _field(obj: Any, *names: str) -> Any:
-    """First attribute of ``obj`` among ``names`` (histogram field names vary in wording)."""
-    for name in names:
-        if hasattr(obj, name):
-            return getattr(obj, name)
-    raise AttributeError(f"{type(obj).__name__} has none of the fields {names}")

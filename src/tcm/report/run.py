@@ -1,117 +1,227 @@
-"""The input of a report: one named embedding run, plus the names of the metrics it can carry.
+"""The input of a report: one named run, carrying (or evaluated into) one
+:class:`~tcm.metrics.Evaluation`.
 
-A *run* is the result of embedding one test set with one model: an ``(N, D)`` matrix of
-embeddings (any scale: they are L2-normalised internally and compared by cosine *similarity*) and
-the ``(N,)`` class labels. The caller may attach metrics it has already computed (for example
-Recall@1 from a separate query/gallery evaluation); the report computes only the missing ones.
+A *run* is the result of embedding one test set with one model. It reaches the report in one of
+two forms:
+
+* ``ReportRun(name, evaluation=ev)``: an :class:`~tcm.metrics.Evaluation` computed beforehand
+  (e.g. by :func:`tcm.metrics.evaluate` with ``bins=200``); the report only reads it;
+* ``ReportRun(name, embeddings, labels)``: ``(N, D)`` embeddings (any scale: L2-normalised and
+  compared by cosine *similarity*) and ``(N,)`` labels; :func:`~tcm.report.write_report`
+  evaluates it once with :func:`report_evaluation` (or call :meth:`ReportRun.from_embeddings`
+  to evaluate it right away and drop the embeddings).
+
+The caller may attach metrics it already has (e.g. Recall@1 from a separate query / gallery
+evaluation) under the keys of :meth:`tcm.metrics.Evaluation.metrics`; they are shown as given.
 """
 
 from __future__ import annotations
 
 import math
-import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from tcm._validation import ArrayLike
+from tcm.metrics import Evaluation, evaluate
 
 __all__ = [
+    "HISTOGRAM_BINS",
     "METRIC_KEYS",
+    "NUM_THRESHOLDS",
     "ReportRun",
-    "canonical_metric_key",
+    "check_report_options",
+    "report_evaluation",
 ]
 
-#: Canonical metric keys shown in the report's metrics table, in column order.
-#: ``R@1`` and ``MAP@R`` are fractions in ``[0, 1]`` (not percent); ``OPIS`` and the ε-OPIS values
-#: are mean squared utility deviations (dimensionless, ``>= 0``; lower = more threshold-consistent).
-METRIC_KEYS: tuple[str, ...] = ("R@1", "MAP@R", "OPIS", "eps-OPIS@5%", "eps-OPIS@10%")
+#: Metric keys of the report's metrics table, in column order: the vocabulary of
+#: :meth:`tcm.metrics.Evaluation.metrics` (display names: :func:`tcm.metrics.metric_label`).
+#: ``recall_at_1`` and ``map_at_r`` are fractions in ``[0, 1]`` (not percent); ``opis`` and the
+#: eps-OPIS values are mean squared utility deviations (dimensionless, ``>= 0``; lower = more
+#: threshold-consistent).
+METRIC_KEYS: tuple[str, ...] = (
+    "recall_at_1",
+    "map_at_r",
+    "opis",
+    "epsilon_opis_0.05",
+    "epsilon_opis_0.1",
+)
+#: The report's eps values of eps-OPIS (the suffixes of the two ``epsilon_opis_*`` keys).
+EPSILONS: tuple[float, ...] = (0.05, 0.10)
+#: Number of thresholds of the utility curves / OPIS grid.
+NUM_THRESHOLDS = 101
+#: Bins of the similarity histogram over ``[-1, 1]``.
+HISTOGRAM_BINS = 200
 
-# Accepted spellings (compared after lower-casing and removing spaces, "_", "-" and "ε").
-_ALIASES: dict[str, str] = {
-    "r@1": "R@1",
-    "recall@1": "R@1",
-    "recallat1": "R@1",
-    "recall1": "R@1",
-    "map@r": "MAP@R",
-    "mapatr": "MAP@R",
-    "mapr": "MAP@R",
-    "opis": "OPIS",
-    "epsopis@5%": "eps-OPIS@5%",
-    "epsopis@0.05": "eps-OPIS@5%",
-    "epsopis5%": "eps-OPIS@5%",
-    "epsilonopis@5%": "eps-OPIS@5%",
-    "epsilonopis@0.05": "eps-OPIS@5%",
-    "opis@5%": "eps-OPIS@5%",
-    "epsopis0.05": "eps-OPIS@5%",
-    "epsilonopis0.05": "eps-OPIS@5%",
-    "epsopis@10%": "eps-OPIS@10%",
-    "epsopis@0.1": "eps-OPIS@10%",
-    "epsopis@0.10": "eps-OPIS@10%",
-    "epsopis10%": "eps-OPIS@10%",
-    "epsilonopis@10%": "eps-OPIS@10%",
-    "epsilonopis@0.1": "eps-OPIS@10%",
-    "epsilonopis@0.10": "eps-OPIS@10%",
-    "opis@10%": "eps-OPIS@10%",
-    "epsopis0.1": "eps-OPIS@10%",
-    "epsopis0.10": "eps-OPIS@10%",
-    "epsilonopis0.1": "eps-OPIS@10%",
-    "epsilonopis0.10": "eps-OPIS@10%",
-}
-
-_FRACTION_KEYS = ("R@1", "MAP@R")
+_RETRIEVAL_KEYS = ("recall_at_1", "map_at_r")
 
 
-def canonical_metric_key(key: str) -> str:
-    """Map a metric name to its canonical key in :data:`METRIC_KEYS`, or return it unchanged.
+def _is_fraction_key(key: str) -> bool:
+    return key.startswith("recall_at_") or key in ("map_at_r", "r_precision")
 
-    Matching ignores case, spaces, ``_``, ``-`` and the letter ``ε``.
+
+def _is_opis_key(key: str) -> bool:
+    return key == "opis" or key.startswith("epsilon_opis_")
+
+
+def check_report_options(
+    threshold: float | None, target_far: float, far_range: Sequence[float]
+) -> tuple[float | None, float, tuple[float, float]]:
+    """Validate the report options; return them as floats.
+
+    Args:
+        threshold: deployment threshold, a cosine similarity in ``[-1, 1]``, or ``None``.
+        target_far: target global FAR in ``(0, 1)``.
+        far_range: ``(f_lo, f_hi)`` global-FAR calibration range, ``0 < f_lo < f_hi < 1``.
+
+    Raises:
+        ValueError: naming the option and the value.
 
     Example:
-        >>> canonical_metric_key("recall@1"), canonical_metric_key("epsilon_opis@0.05")
-        ('R@1', 'eps-OPIS@5%')
-        >>> canonical_metric_key("R@2")
-        'R@2'
+        >>> check_report_options(None, 1e-3, [0.01, 0.1])
+        (None, 0.001, (0.01, 0.1))
     """
-    norm = re.sub(r"[\s_\-ε]", "", key.lower())
-    return _ALIASES.get(norm, key)
+    if threshold is not None:
+        if isinstance(threshold, bool) or not isinstance(threshold, int | float):
+            raise ValueError(f"threshold must be a float or None; got {threshold!r}")
+        if not (math.isfinite(threshold) and -1.0 <= threshold <= 1.0):
+            raise ValueError(
+                f"threshold is a cosine similarity and must lie in [-1, 1]; got {threshold}"
+            )
+    if isinstance(target_far, bool) or not isinstance(target_far, int | float):
+        raise ValueError(f"target_far must be a float in (0, 1); got {target_far!r}")
+    if not (math.isfinite(target_far) and 0.0 < target_far < 1.0):
+        raise ValueError(f"target_far must lie in (0, 1); got {target_far}")
+    try:
+        lo, hi = (float(v) for v in far_range)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"far_range must be a pair (f_lo, f_hi); got {far_range!r}") from exc
+    if not (0.0 < lo < hi < 1.0):
+        raise ValueError(f"far_range must satisfy 0 < f_lo < f_hi < 1; got {far_range!r}")
+    return (None if threshold is None else float(threshold)), float(target_far), (lo, hi)
+
+
+def report_evaluation(
+    embeddings: ArrayLike,
+    labels: ArrayLike,
+    *,
+    threshold: float | None = None,
+    target_far: float = 1e-3,
+    far_range: tuple[float, float] = (1e-2, 1e-1),
+    retrieval: bool = True,
+) -> Evaluation:
+    """The one :func:`tcm.metrics.evaluate` call a report needs for one run.
+
+    Sections: ``consistency`` (OPIS, eps-OPIS 5 % / 10 %, utility curves on
+    :data:`NUM_THRESHOLDS` thresholds spanning ``far_range``), ``histogram``
+    (:data:`HISTOGRAM_BINS` bins), the deployment threshold (``operating_point`` at
+    ``threshold`` when given, else ``calibration`` at global FAR ``target_far``) and, when
+    ``retrieval``, Recall@1 / MAP@R (leave-one-out). One kNN pass (if retrieval) and at most two
+    pair passes.
+
+    Args:
+        embeddings: ``(N, D)`` NumPy array or torch tensor, any float dtype.
+        labels: ``(N,)`` integer or string class ids.
+        threshold: cosine-similarity deployment threshold (accept when ``s >= t``) or ``None``.
+        target_far: global FAR the threshold is calibrated for when ``threshold`` is ``None``.
+        far_range: ``(f_lo, f_hi)`` global-FAR range of the utility curves / OPIS.
+        retrieval: also compute Recall@1 and MAP@R.
+
+    Raises:
+        ValueError: bad options or inputs (from :func:`tcm.metrics.evaluate`).
+    """
+    t, far, (lo, hi) = check_report_options(threshold, target_far, far_range)
+    include = ["consistency", "histogram"]
+    include.append("calibration" if t is None else "operating_point")
+    if retrieval:
+        include.append("retrieval")
+    return evaluate(
+        embeddings,
+        labels,
+        ks=(1,),
+        far_range=(lo, hi),
+        num_thresholds=NUM_THRESHOLDS,
+        epsilons=EPSILONS,
+        calibration_far=far if t is None else None,
+        threshold=t,
+        bins=HISTOGRAM_BINS,
+        include=include,
+    )
 
 
 @dataclass
 class ReportRun:
-    """One embedding run to put into a report.
+    """One run to put into a report: an :class:`~tcm.metrics.Evaluation`, or embeddings and
+    labels to evaluate.
 
     Attributes:
         name: display name (any text; it is HTML-escaped in the report). Must be non-empty and
             unique within one report.
-        embeddings: shape ``(N, D)``, NumPy array or torch tensor (CPU or CUDA), any float dtype;
-            L2-normalised internally, compared by cosine similarity.
-        labels: shape ``(N,)``, integer or string class ids.
-        metrics: optional already-computed metrics, e.g. ``{"R@1": 0.81, "MAP@R": 0.42}``.
-            Keys are matched to :data:`METRIC_KEYS` with :func:`canonical_metric_key`; other keys
-            are shown as extra table columns. ``R@1``/``MAP@R`` are fractions in ``[0, 1]``.
-            Missing table metrics are computed by the report with :mod:`tcm.metrics`.
+        embeddings: ``(N, D)``, NumPy array or torch tensor (CPU or CUDA), any float dtype;
+            L2-normalised internally, compared by cosine similarity. ``None`` with
+            ``evaluation``.
+        labels: ``(N,)``, integer or string class ids (``None`` with ``evaluation``).
+        metrics: optional already-computed metrics under the keys of
+            :meth:`tcm.metrics.Evaluation.metrics`, e.g. ``{"recall_at_1": 0.81,
+            "map_at_r": 0.42}``; they replace the computed values (marked † in the report).
+            Other keys are shown as extra table columns, untranslated. Recall / MAP@R /
+            R-precision values are fractions in ``[0, 1]``.
+        evaluation: the run's precomputed :class:`~tcm.metrics.Evaluation`; it must hold the
+            sections the report reads (``consistency``, ``histogram``, the deployment
+            threshold, and ``retrieval`` unless ``metrics`` has ``recall_at_1`` and
+            ``map_at_r``). Give either ``evaluation`` or ``embeddings`` + ``labels``.
+        class_names: optional display names of the classes, ``class_names[c]`` for the integer
+            label ``c`` (as in the embeddings files of ``tcm embed``); used in per-class tables.
 
     Raises:
-        ValueError: empty or non-string name, embeddings not 2-D, labels not 1-D, length mismatch
-            between embeddings and labels, non-finite or out-of-range metric values, or two keys
-            naming the same metric.
+        ValueError: empty or non-string name, neither or both of embeddings/labels and
+            evaluation, embeddings not 2-D, labels not 1-D, a length mismatch, a non-finite or
+            out-of-range metric value, ``class_names`` not a sequence of strings.
 
     Example:
         >>> import numpy as np
-        >>> run = ReportRun("baseline", np.eye(4, 3), [0, 0, 1, 1], metrics={"recall@1": 0.5})
-        >>> run.normalized_metrics()
-        {'R@1': 0.5}
+        >>> run = ReportRun("baseline", np.eye(4, 3), [0, 0, 1, 1], metrics={"recall_at_1": 0.5})
+        >>> run.caller_metrics()
+        {'recall_at_1': 0.5}
     """
 
     name: str
-    embeddings: ArrayLike
-    labels: ArrayLike
+    embeddings: ArrayLike | None = None
+    labels: ArrayLike | None = None
     metrics: dict[str, float] | None = None
+    evaluation: Evaluation | None = None
+    class_names: Sequence[str] | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name.strip():
             raise ValueError(f"ReportRun name must be a non-empty string; got {self.name!r}")
+        has_data = self.embeddings is not None or self.labels is not None
+        if self.evaluation is not None:
+            if not isinstance(self.evaluation, Evaluation):
+                raise ValueError(
+                    f"run {self.name!r}: evaluation must be a tcm.metrics.Evaluation; got "
+                    f"{type(self.evaluation).__name__}"
+                )
+            if has_data:
+                raise ValueError(
+                    f"run {self.name!r}: give either evaluation= or embeddings and labels, not both"
+                )
+        elif self.embeddings is None or self.labels is None:
+            raise ValueError(
+                f"run {self.name!r}: needs embeddings and labels, or evaluation= (a "
+                "tcm.metrics.Evaluation)"
+            )
+        else:
+            self._check_shapes()
+        if self.class_names is not None and (
+            isinstance(self.class_names, str | bytes)
+            or not isinstance(self.class_names, Sequence)
+            or not all(isinstance(s, str) for s in self.class_names)
+        ):
+            raise ValueError(f"run {self.name!r}: class_names must be a sequence of strings")
+        self.caller_metrics()  # validates the metric values
+
+    def _check_shapes(self) -> None:
         emb_shape = _shape_of(self.embeddings)
         lab_shape = _shape_of(self.labels)
         if emb_shape is not None and len(emb_shape) != 2:
@@ -127,14 +237,61 @@ class ReportRun:
                 f"run {self.name!r}: {emb_shape[0]} embeddings but {lab_shape[0]} labels "
                 "(lengths must match)"
             )
-        self.normalized_metrics()  # validates the metric values
 
-    def normalized_metrics(self) -> dict[str, float]:
-        """Return the caller's metrics under canonical keys, validated, as Python floats.
+    @classmethod
+    def from_embeddings(
+        cls,
+        name: str,
+        embeddings: ArrayLike,
+        labels: ArrayLike,
+        *,
+        metrics: dict[str, float] | None = None,
+        class_names: Sequence[str] | None = None,
+        threshold: float | None = None,
+        target_far: float = 1e-3,
+        far_range: tuple[float, float] = (1e-2, 1e-1),
+    ) -> ReportRun:
+        """Evaluate embeddings now (one :func:`report_evaluation`) and return the run holding
+        the :class:`~tcm.metrics.Evaluation` (the embeddings are not kept).
+
+        ``threshold``, ``target_far`` and ``far_range`` must be the ones later passed to
+        :func:`~tcm.report.write_report`. Retrieval is skipped when ``metrics`` already has
+        ``recall_at_1`` and ``map_at_r``.
 
         Raises:
-            ValueError: a non-numeric or non-finite value, ``R@1``/``MAP@R`` outside ``[0, 1]``,
-                a negative OPIS value, or two keys that name the same metric.
+            ValueError: as :class:`ReportRun` and :func:`report_evaluation`, prefixed with
+                ``run '<name>': `` for errors of the evaluation.
+
+        Example:
+            >>> import numpy as np
+            >>> rng = np.random.default_rng(0)
+            >>> y = np.repeat(np.arange(6), 5)
+            >>> x = rng.normal(size=(6, 8))[y] + 0.5 * rng.normal(size=(30, 8))
+            >>> run = ReportRun.from_embeddings("demo", x, y, target_far=1e-2)
+            >>> run.embeddings is None, run.evaluation.calibration.target_far
+            (True, 0.01)
+        """
+        check = cls(name, embeddings, labels, metrics=metrics, class_names=class_names)
+        given = check.caller_metrics()
+        try:
+            ev = report_evaluation(
+                embeddings,
+                labels,
+                threshold=threshold,
+                target_far=target_far,
+                far_range=far_range,
+                retrieval=not all(k in given for k in _RETRIEVAL_KEYS),
+            )
+        except ValueError as exc:
+            raise ValueError(f"run {name!r}: {exc}") from exc
+        return cls(name, metrics=metrics, evaluation=ev, class_names=class_names)
+
+    def caller_metrics(self) -> dict[str, float]:
+        """The caller's metrics, validated, as Python floats (keys unchanged).
+
+        Raises:
+            ValueError: a non-string key, a non-numeric or non-finite value, a recall / MAP@R /
+                R-precision value outside ``[0, 1]``, or a negative OPIS / eps-OPIS value.
         """
         if self.metrics is None:
             return {}
@@ -147,9 +304,10 @@ class ReportRun:
         for key, value in self.metrics.items():
             if not isinstance(key, str) or not key:
                 raise ValueError(f"run {self.name!r}: metric names must be strings; got {key!r}")
-            canon = canonical_metric_key(key)
-            if canon in out:
-                raise ValueError(f"run {self.name!r}: metric {canon!r} given twice (as {key!r})")
+            if isinstance(value, bool):
+                raise ValueError(
+                    f"run {self.name!r}: metric {key!r} must be a number; got {value!r}"
+                )
             try:
                 val = float(value)
             except (TypeError, ValueError) as exc:
@@ -158,14 +316,14 @@ class ReportRun:
                 ) from exc
             if not math.isfinite(val):
                 raise ValueError(f"run {self.name!r}: metric {key!r} is not finite: {val}")
-            if canon in _FRACTION_KEYS and not 0.0 <= val <= 1.0:
+            if _is_fraction_key(key) and not 0.0 <= val <= 1.0:
                 raise ValueError(
                     f"run {self.name!r}: metric {key!r} must be a fraction in [0, 1] (not "
                     f"percent); got {val}"
                 )
-            if canon in METRIC_KEYS and "OPIS" in canon and val < 0.0:
+            if _is_opis_key(key) and val < 0.0:
                 raise ValueError(f"run {self.name!r}: metric {key!r} must be >= 0; got {val}")
-            out[canon] = val
+            out[key] = val
         return out
 
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
-import math
 import os
 import re
 import shutil
@@ -26,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 import tcm
+from tcm.metrics import metric_label
 from tcm.report import html as H
 from tcm.report.compute import RunAnalysis, analyse_run
 from tcm.report.plots import (
@@ -36,30 +36,24 @@ from tcm.report.plots import (
     plot_utility_curves,
     run_color,
 )
-from tcm.report.run import METRIC_KEYS, ReportRun
+from tcm.report.run import METRIC_KEYS, ReportRun, check_report_options
 
 __all__ = ["format_metric", "write_report"]
 
-_HEADER = {
-    "R@1": "R@1",
-    "MAP@R": "MAP@R",
-    "OPIS": "OPIS",
-    "eps-OPIS@5%": "ε-OPIS 5%",
-    "eps-OPIS@10%": "ε-OPIS 10%",
-}
-_HIGHER_IS_BETTER = {"R@1", "MAP@R"}
+_HIGHER_IS_BETTER = {"recall_at_1", "map_at_r"}
 
 
 def format_metric(key: str, value: float) -> str:
-    """Table text of a metric: fractions with 4 decimals, (ε-)OPIS values as ``x.xxxe-yy``.
+    """Table text of a metric (key of :meth:`tcm.metrics.Evaluation.metrics`): recall, MAP@R and
+    R-precision (fractions) with 4 decimals, OPIS / eps-OPIS as ``x.xxxe-yy``, others ``%.4g``.
 
     Example:
-        >>> format_metric("R@1", 0.81234), format_metric("eps-OPIS@5%", 0.0012346)
+        >>> format_metric("recall_at_1", 0.81234), format_metric("epsilon_opis_0.05", 0.0012346)
         ('0.8123', '1.235e-03')
     """
-    if key in ("R@1", "MAP@R"):
+    if key.startswith("recall_at_") or key in ("map_at_r", "r_precision"):
         return f"{value:.4f}"
-    if "OPIS" in key:
+    if key == "opis" or key.startswith("epsilon_opis_"):
         return f"{value:.3e}"
     return f"{value:.4g}"
 
@@ -69,32 +63,26 @@ def _slug(name: str) -> str:
     return s or "run"
 
 
-def _check_options(
+def _evaluated(
+    run: ReportRun,
     threshold: float | None,
     target_far: float,
-    far_range: Sequence[float],
-    title: str,
-) -> tuple[float, float]:
-    if threshold is not None:
-        if isinstance(threshold, bool) or not isinstance(threshold, int | float):
-            raise ValueError(f"threshold must be a float or None; got {threshold!r}")
-        if not (math.isfinite(threshold) and -1.0 <= threshold <= 1.0):
-            raise ValueError(
-                f"threshold is a cosine similarity and must lie in [-1, 1]; got {threshold}"
-            )
-    if isinstance(target_far, bool) or not isinstance(target_far, int | float):
-        raise ValueError(f"target_far must be a float in (0, 1); got {target_far!r}")
-    if not (math.isfinite(target_far) and 0.0 < target_far < 1.0):
-        raise ValueError(f"target_far must lie in (0, 1); got {target_far}")
-    try:
-        lo, hi = (float(v) for v in far_range)
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f"far_range must be a pair (f_lo, f_hi); got {far_range!r}") from exc
-    if not (0.0 < lo < hi < 1.0):
-        raise ValueError(f"far_range must satisfy 0 < f_lo < f_hi < 1; got {far_range!r}")
-    if not isinstance(title, str):
-        raise ValueError(f"title must be a string; got {type(title).__name__}")
-    return lo, hi
+    far_range: tuple[float, float],
+) -> ReportRun:
+    """``run`` itself if it carries an Evaluation, else it evaluated once (embeddings dropped)."""
+    if run.evaluation is not None:
+        return run
+    assert run.embeddings is not None and run.labels is not None  # checked by ReportRun
+    return ReportRun.from_embeddings(
+        run.name,
+        run.embeddings,
+        run.labels,
+        metrics=run.metrics,
+        class_names=run.class_names,
+        threshold=threshold,
+        target_far=target_far,
+        far_range=far_range,
+    )
 
 
 def _check_runs(runs: Sequence[ReportRun]) -> list[ReportRun]:
@@ -126,21 +114,27 @@ def write_report(
 ) -> Path:
     """Write a self-contained ``index.html``, the figures as PNGs and ``report.json`` to out_dir.
 
-    Contents: (1) metrics table (R@1, MAP@R, OPIS, ε-OPIS 5 %/10 %; caller-supplied values are
-    used as given and marked †, missing ones are computed with :mod:`tcm.metrics`); (2) per-class
+    Contents: (1) metrics table (Recall@1, MAP@R, OPIS, eps-OPIS 5 %/10 %; caller-supplied
+    values are used as given and marked †, the others come from the run's
+    :class:`~tcm.metrics.Evaluation`); (2) per-class
     utility curves ``U_c(t)`` over the calibration range (thresholds whose global FAR lies in
     ``far_range``) per run; (3) spread of per-class ``FAR_c``/``FRR_c`` at the deployment threshold
     (``threshold`` if given, else calibrated per run so that global FAR = ``target_far``);
     (4) positive/negative cosine-similarity distributions; (5) R@1 vs OPIS over all runs.
 
-    Only the blocked metric functions are used (memory ``O(N·D + T·K)``, never ``N x N``). Every
+    A run given as embeddings + labels is evaluated once with
+    :func:`~tcm.report.run.report_evaluation` (one :func:`tcm.metrics.evaluate` call: blocked,
+    memory ``O(N·D + T·K)``, never ``N x N``); a run carrying an Evaluation is only read, which
+    needs its ``consistency`` section on ``far_range``, its ``histogram``, the deployment
+    threshold (``operating_point`` at ``threshold``, or ``calibration`` at ``target_far``) and
+    ``retrieval`` unless the caller gave ``recall_at_1`` and ``map_at_r``. Every
     number is computed before anything is written; files are written to a temporary directory
     inside ``out_dir`` and moved into place with :func:`os.replace`, ``index.html`` last, so a
     crash never leaves a half-written file.
 
     Args:
         out_dir: output directory (created if missing; existing report files are replaced).
-        runs: one or more :class:`ReportRun` with unique names.
+        runs: one or more :class:`ReportRun` with unique names (embeddings or an Evaluation).
         threshold: cosine-similarity threshold in ``[-1, 1]`` or ``None`` (calibrate per run).
         target_far: target global FAR in ``(0, 1)`` (calibration, and the line in the FAR plot).
         far_range: ``(f_lo, f_hi)`` with ``0 < f_lo < f_hi < 1``: the calibration range.
@@ -151,7 +145,8 @@ def write_report(
 
     Raises:
         ValueError: no runs, a non-:class:`ReportRun` entry, duplicate names, mismatched lengths
-            or bad embeddings/labels (message names the run), bad option values.
+            or bad embeddings/labels, an Evaluation lacking a section or computed with other
+            options (message names the run and the section), bad option values.
 
     Example:
         >>> import numpy as np, tempfile
@@ -162,18 +157,22 @@ def write_report(
         >>> path.name
         'index.html'
     """
-    far_lo, far_hi = _check_options(threshold, target_far, far_range, title)
+    threshold, target_far, (far_lo, far_hi) = check_report_options(threshold, target_far, far_range)
+    if not isinstance(title, str):
+        raise ValueError(f"title must be a string; got {type(title).__name__}")
     run_list = _check_runs(runs)
-    if threshold is not None:
-        threshold = float(threshold)
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise ValueError(f"out_dir exists and is not a directory: {str(out)!r}")
 
-    analyses = [
-        analyse_run(run, threshold=threshold, target_far=target_far, far_range=(far_lo, far_hi))
-        for run in run_list
-    ]
+    analyses = []
+    for run in run_list:
+        ev_run = _evaluated(run, threshold, target_far, (far_lo, far_hi))
+        analyses.append(
+            analyse_run(
+                ev_run, threshold=threshold, target_far=target_far, far_range=(far_lo, far_hi)
+            )
+        )
     files: dict[str, bytes] = {}
     body = _render_body(analyses, files, title, threshold, target_far, (far_lo, far_hi))
     files["index.html"] = H.page(title, body).encode("utf-8")
@@ -265,14 +264,14 @@ def _render_body(
     parts.append("<h2>1. Metrics</h2>")
     parts.append(
         '<div class="scroll">'
-        + H.table(["run", "N", "classes"] + [_HEADER.get(k, k) for k in keys], rows)
+        + H.table(["run", "N", "classes"] + [metric_label(k) for k in keys], rows)
         + "</div>"
     )
     note = (
-        "R@1 and MAP@R: leave-one-out retrieval on the run's own embeddings (higher = better). "
-        "OPIS: mean over the calibration thresholds of the variance of per-class utility; "
-        "ε-OPIS: mean squared gap between the best and worst ε share of classes (lower = more "
-        "threshold-consistent). Best value per column in bold."
+        "Recall@1 and MAP@R: leave-one-out retrieval on the run's own embeddings (higher = "
+        "better). OPIS: mean over the calibration thresholds of the variance of per-class "
+        "utility; eps-OPIS: mean squared gap between the best and worst ε share of classes "
+        "(lower = more threshold-consistent). Best value per column in bold."
     )
     if any_caller:
         note += " † value supplied by the caller, not recomputed."
@@ -338,8 +337,8 @@ def _render_body(
     files["accuracy_consistency.png"] = figure_to_png(
         plot_accuracy_consistency(
             names,
-            [a.metrics["R@1"] for a in analyses],
-            [a.metrics["OPIS"] for a in analyses],
+            [a.metrics["recall_at_1"] for a in analyses],
+            [a.metrics["opis"] for a in analyses],
             colors=colors,
         )
     )
@@ -431,13 +430,13 @@ def _render_body(
             + "</div>"
         )
         if a.far.size:
-            worst = np.argsort(-a.far, kind="stable")[:5]
+            worst = a.worst_classes()
             parts.append(
                 H.table(
                     ["worst classes by FAR_c", "size", "FAR_c", "FRR_c"],
                     [
                         [
-                            str(a.classes[j]),
+                            str(a.class_names[j]),
                             f"{int(a.class_sizes[j]):,}",
                             f"{a.far[j]:.2e}",
                             f"{a.frr[j]:.4f}",
