@@ -128,3 +128,13 @@ def test_resolve_duplicate_ids(tmp_path: Path) -> None:
     csv = read_pairs_csv(write(tmp_path, "x,y,1\n", "p.csv"))
     with pytest.raises(ValueError, match="occurs twice"):
         resolve_pairs(csv, ["x", "y", "x"])
+
+
+def test_resolve_by_path_suffix(tmp_path: Path) -> None:
+    pl = read_lfw_pairs(write(tmp_path, "1\nAda 1 2\nAda 1 Bob 1\n"))
+    ids = ["/data/lfw/Ada/Ada_0001.jpg", "/data/lfw/Ada/Ada_0002.jpg", "/data/lfw/Bob/Bob_0001.jpg"]
+    ia, ib = resolve_pairs(pl, ids)
+    assert ia.tolist() == [0, 0] and ib.tolist() == [1, 2]
+    two = [*ids, "/other/Bob/Bob_0001.jpg"]
+    with pytest.raises(ValueError, match=r"line 3: id 'Bob/Bob_0001\.jpg' matches several of"):
+        resolve_pairs(pl, two)

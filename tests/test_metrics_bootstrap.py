@@ -7,11 +7,14 @@ import math
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from tcm.metrics import (
     Interval,
     bootstrap_epsilon_opis,
     bootstrap_opis,
+    bootstrap_rates,
     bootstrap_ratio,
     bootstrap_statistic,
     class_bootstrap_indices,
@@ -68,6 +71,7 @@ def test_percentile_interval_matches_loop_quantiles() -> None:
     assert hi == pytest.approx(loop_quantile(x.tolist(), 0.95), abs=1e-12)
     x2 = np.stack([x, 2 * x], axis=1)
     lo2, hi2 = percentile_interval(x2, ci=0.9)
+    assert isinstance(hi2, np.ndarray)
     assert isinstance(lo2, np.ndarray)
     np.testing.assert_allclose(lo2, [lo, 2 * lo], rtol=1e-12)
 
@@ -213,3 +217,79 @@ def test_bad_tables() -> None:
         class_bootstrap_indices(0, 5)
     with pytest.raises(ValueError, match="T >= 1"):
         bootstrap_statistic(np.ones((0, 3)), np.mean)
+
+
+def loop_gini(r: list[float]) -> float:
+    g = len(r)
+    mean = sum(r) / g
+    total = sum(abs(a - b) for a in r for b in r)
+    return g / (g - 1) * total / (2 * g * g * mean)
+
+
+def test_rates_group_summary_against_explicit_loop() -> None:
+    rng = np.random.default_rng(6)
+    t, g = 30, 3
+    imp = rng.integers(5, 40, size=(t, g))  # per (class, group) impostor pairs
+    acc = rng.binomial(imp, [0.01, 0.05, 0.2])  # accepted impostor pairs
+    gen = rng.integers(1, 10, size=(t, g))
+    rej = rng.binomial(gen, [0.3, 0.1, 0.05])
+
+    def garbe(r: dict[str, np.ndarray]) -> np.ndarray:
+        def gini(x: np.ndarray) -> np.ndarray:
+            diff = np.abs(x[:, :, None] - x[:, None, :]).sum(axis=(1, 2))
+            k = x.shape[1]
+            return k / (k - 1) * diff / (2 * k * k * x.mean(axis=1))
+
+        return 0.5 * gini(r["far"]) + 0.5 * gini(r["frr"])
+
+    iv = bootstrap_rates({"far": (acc, imp), "frr": (rej, gen)}, garbe, ci=0.9, n_boot=150, seed=1)
+    idx = class_bootstrap_indices(t, 150, seed=1)
+    samples = []
+    for b in range(150):
+        far = [
+            sum(int(acc[c, h]) for c in idx[b]) / sum(int(imp[c, h]) for c in idx[b])
+            for h in range(g)
+        ]
+        frr = [
+            sum(int(rej[c, h]) for c in idx[b]) / sum(int(gen[c, h]) for c in idx[b])
+            for h in range(g)
+        ]
+        samples.append(0.5 * loop_gini(far) + 0.5 * loop_gini(frr))
+    assert iv.lo == pytest.approx(loop_quantile(samples, 0.05), rel=1e-10)
+    assert iv.hi == pytest.approx(loop_quantile(samples, 0.95), rel=1e-10)
+    far0 = (acc.sum(0) / imp.sum(0)).tolist()
+    frr0 = (rej.sum(0) / gen.sum(0)).tolist()
+    assert iv.point == pytest.approx(0.5 * loop_gini(far0) + 0.5 * loop_gini(frr0), rel=1e-12)
+    assert iv.lo <= iv.point <= iv.hi
+
+
+def test_rates_errors() -> None:
+    ones = (np.ones((3, 2)), np.ones((3, 2)))
+    with pytest.raises(ValueError, match="at least one"):
+        bootstrap_rates({}, lambda r: r)
+    with pytest.raises(ValueError, match="same number of classes"):
+        bootstrap_rates({"a": ones, "b": (np.ones(4), np.ones(4))}, lambda r: r["a"][:, 0])
+    with pytest.raises(ValueError, match="keep axis 0"):
+        bootstrap_rates({"a": ones}, lambda r: float(r["a"].mean()), n_boot=10)
+    with pytest.raises(ValueError, match="n_boot"):
+        bootstrap_rates({"a": ones}, lambda r: r["a"][:, 0], n_boot=0)
+    with pytest.raises(ValueError, match="ci must"):
+        bootstrap_rates({"a": ones}, lambda r: r["a"][:, 0], ci=1.0)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    st.lists(st.tuples(st.integers(0, 30), st.integers(1, 30)), min_size=1, max_size=25),
+    st.integers(0, 2**31 - 1),
+    st.integers(-3, 3),
+)
+def test_ratio_properties(rows: list[tuple[int, int]], seed: int, k: int) -> None:
+    denom = np.array([d for _, d in rows], dtype=np.int64)
+    numer = np.array([min(n, d) for n, d in rows], dtype=np.int64)
+    iv = bootstrap_ratio(numer, denom, ci=0.9, n_boot=50, seed=seed)
+    rates = numer / denom
+    # a pooled rate is a weighted mean of the per-class rates: inside their range
+    assert rates.min() - 1e-12 <= iv.lo <= iv.hi <= rates.max() + 1e-12
+    # multiplying every count by 2**k changes no rate (exact in floating point)
+    scaled = bootstrap_ratio(numer * 2.0**k, denom * 2.0**k, ci=0.9, n_boot=50, seed=seed)
+    assert (scaled.lo, scaled.hi, scaled.point) == (iv.lo, iv.hi, iv.point)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 
@@ -65,7 +66,7 @@ def brute_eer(s: list[float], same: list[bool]) -> float:
     """Walk the (FAR, FRR) polyline from (0, 1) and intersect it with FAR = FRR."""
     _, far, tar = brute_roc(s, same)
     pts = [(0.0, 1.0)] + [(f, 1.0 - t) for f, t in zip(far, tar, strict=True)]
-    for (f0, r0), (f1, r1) in zip(pts[:-1], pts[1:], strict=True):
+    for (f0, r0), (f1, r1) in itertools.pairwise(pts):
         if f0 < r0 and f1 >= r1:
             # f0 + lam (f1 - f0) == r0 + lam (r1 - r0)
             lam = (r0 - f0) / ((f1 - f0) - (r1 - r0))
@@ -188,6 +189,19 @@ def test_best_threshold_tie_break_takes_largest() -> None:
     assert best_accuracy_threshold(s, y) == 0.9
 
 
+@pytest.mark.parametrize("m", [11, 50, 777, 3000])
+def test_far_reached_is_within_one_over_m(m: int) -> None:
+    rng = np.random.default_rng(m)
+    s = np.r_[rng.normal(size=m), rng.normal(size=40) + 2.0]
+    y = np.r_[np.zeros(m, bool), np.ones(40, bool)]
+    fars = (1e-4, 1e-3, 0.01, 0.1, 0.37)
+    v = verification(s, y, fars=fars)
+    for f in fars:
+        expected = (math.floor((m - 1) * f + 1e-9) + 1) / m  # continuous data: no ties
+        assert v.far_at_far[f] == pytest.approx(expected, abs=1e-15)
+        assert abs(v.far_at_far[f] - f) <= 1.0 / m
+
+
 def test_roc_is_monotone_and_ends_at_one() -> None:
     a, b, same = random_pairs(5, n=300)
     r = verification((a, b), same).roc
@@ -276,7 +290,7 @@ def test_no_genuine_pairs() -> None:
 
 @pytest.mark.parametrize("bad", [math.nan, math.inf])
 def test_nan_or_inf_similarity(bad: float) -> None:
-    with pytest.raises(ValueError, match="NaN or inf.*pair 1"):
+    with pytest.raises(ValueError, match=r"NaN or inf.*pair 1"):
         verification(np.array([0.1, bad, 0.3]), [1, 0, 1])
 
 

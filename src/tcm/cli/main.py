@@ -106,7 +106,7 @@ def _embed_checkpoint(
     ds = tdata.load(name, split=split, root=root, image_size=size, transform=transform, **options)
     emb, lab = embed_dataset(model, ds, batch_size=batch_size, device=dev, progress=True)
     if info is not None:  # per-sample ids / domains for `tcm embed`
-        info.update(ids=ds.ids, groups=ds.domains)
+        info.update(ids=getattr(ds, "ids", None), groups=getattr(ds, "domains", None))
     return emb, lab, list(ds.class_names)
 
 

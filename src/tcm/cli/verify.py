@@ -71,15 +71,24 @@ def format_table(res: dict[str, Any]) -> str:
         f"{'metric':<22} {'value':>9} {'threshold':>10}",
         f"{'-' * 22} {'-' * 9} {'-' * 10}",
     ]
+    coarse = False
     for key, tar in res["tar_at_far"].items():
         thr = res["thresholds_at_far"][key]
-        lines.append(f"{'TAR @ FAR ' + f'{float(key):.0e}':<22} {tar:>9.4f} {thr:>10.4f}")
+        mark = "*" if float(key) * res["num_impostor"] < 1 else ""
+        coarse = coarse or bool(mark)
+        name = f"TAR @ FAR {float(key):.0e}{mark}"
+        lines.append(f"{name:<22} {tar:>9.4f} {thr:>10.4f}")
     lines.append(f"{'EER':<22} {res['eer']:>9.4f} {res['eer_threshold']:>10.4f}")
     acc = res.get("accuracy")
     if acc is not None:
         lines.append(
             f"{'accuracy (' + str(len(acc['folds'])) + '-fold)':<22} {acc['mean']:>9.4f} "
             f"{'':>10}  ± {acc['std']:.4f} (std), ± {acc['stderr']:.4f} (s.e.)"
+        )
+    if coarse:
+        lines.append(
+            f"* FAR < 1 / {res['num_impostor']} impostor pairs: the threshold is interpolated "
+            "between the two highest impostor similarities"
         )
     return "\n".join(lines)
 

@@ -267,11 +267,15 @@ def resolve_pairs(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Row indices ``(ia, ib)`` ``(N,)`` int64 of each pair's samples in ``ids``.
 
-    Ids are compared as strings after turning ``\\`` into ``/`` and dropping a leading ``./``.
+    Ids are compared as strings after turning ``\\`` into ``/`` and dropping a leading ``./``. A
+    pair id matches the sample id equal to it or, failing that, the one sample id that ends in
+    ``"/" + id`` (so ``Ada/Ada_0001.jpg`` finds ``/data/lfw/Ada/Ada_0001.jpg`` when the
+    embeddings file stores full paths).
 
     Raises:
         ValueError: an empty pair list; an id of ``ids`` that occurs twice (ambiguous); a pair id
-            not in ``ids`` (naming the id, the line and an example of the available ids).
+            not in ``ids`` or matching several of them by suffix (naming the id, the line and an
+            example of the available ids).
     """
     if len(pairs) == 0:
         raise ValueError(f"{pairs.source}: empty pair list")
@@ -286,17 +290,34 @@ def resolve_pairs(
         table[key] = i
     if not table:
         raise ValueError("the embeddings file has no sample ids")
+    suffixes: dict[str, int] | None = None  # built on the first miss: suffix -> row (-1: many)
     out = []
     for side in (pairs.a, pairs.b):
         idx = np.empty(len(side), dtype=np.int64)
         for k, raw in enumerate(side):
-            hit = table.get(_normalise_id(raw))
+            key = _normalise_id(raw)
+            hit = table.get(key)
             if hit is None:
+                if suffixes is None:
+                    suffixes = _suffix_index(table)
+                hit = suffixes.get(key)
+            if hit is None or hit < 0:
                 example = next(iter(table))
+                why = "is not in" if hit is None else "matches several of"
                 raise ValueError(
-                    f"{pairs.source} line {int(pairs.lines[k])}: id {raw!r} is not in the "
+                    f"{pairs.source} line {int(pairs.lines[k])}: id {raw!r} {why} the "
                     f"embeddings file's ids ({len(table)} ids, e.g. {example!r})"
                 )
             idx[k] = hit
         out.append(idx)
     return out[0], out[1]
+
+
+def _suffix_index(table: dict[str, int]) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for key, row in table.items():
+        parts = key.split("/")
+        for k in range(1, len(parts)):
+            suffix = "/".join(parts[k:])
+            out[suffix] = row if suffix not in out else -1
+    return out

@@ -10,7 +10,9 @@ interpolation; resamples where the figure is undefined, NaN, are left out).
 
 * Pooled rates (global TAR / FAR at a threshold, group rates from per-(class, group) counts):
   ``rate_b = sum_c w_bc numer_c / sum_c w_bc denom_c``, i.e. ``(W @ numer) / (W @ denom)`` - one
-  matrix product for all resamples (:func:`bootstrap_ratio`).
+  matrix product for all resamples (:func:`bootstrap_ratio`); figures of several such rates
+  (group summaries such as Gini, max/min, GARBE; a FAR ratio) on the same resamples:
+  :func:`bootstrap_rates`.
 * OPIS / ε-OPIS: the rows of the per-class utility table ``U`` ``(T, K)`` are resampled
   (:func:`bootstrap_opis`, :func:`bootstrap_epsilon_opis`, vectorised with the weights; any
   other figure: :func:`bootstrap_statistic` with a function of the resampled table).
@@ -31,7 +33,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,6 +43,7 @@ __all__ = [
     "Interval",
     "bootstrap_epsilon_opis",
     "bootstrap_opis",
+    "bootstrap_rates",
     "bootstrap_ratio",
     "bootstrap_statistic",
     "class_bootstrap_indices",
@@ -97,8 +100,10 @@ class Interval:
         ci: confidence level in ``(0, 1)``.
         n_boot: number of bootstrap resamples.
         point: the figure on the original (not resampled) data, when known.
-        n_valid: resamples on which the figure was defined (not NaN); the minimum over the
-            entries of a vector-valued figure.
+        n_valid: resamples on which the figure was finite (NaN: undefined, e.g. a resampled
+            denominator of 0; inf: e.g. a ratio with a zero rate); the minimum over the entries
+            of a vector-valued figure. NaN samples are left out of the percentiles, inf ones
+            are kept.
     """
 
     lo: FloatOrArray
@@ -219,16 +224,7 @@ def bootstrap_ratio(
         >>> iv.point, 0.25 <= iv.lo <= iv.hi <= 0.75
         (0.5, True)
     """
-    n = np.asarray(numer, dtype=np.float64)
-    d = np.asarray(denom, dtype=np.float64)
-    if n.ndim == 0 or n.shape != d.shape:
-        raise ValueError(
-            f"numer and denom must have the same shape (T, ...); got {n.shape} and {d.shape}"
-        )
-    if not (np.isfinite(n).all() and np.isfinite(d).all()):
-        raise ValueError("numer and denom must be finite counts")
-    if (d < 0).any():
-        raise ValueError("denom must be >= 0 (pair counts)")
+    n, d = _check_counts(numer, denom, "bootstrap_ratio")
     c = _check_ci(ci)
     w = class_bootstrap_weights(n.shape[0], n_boot, seed).astype(np.float64)
     t = n.shape[0]
@@ -238,6 +234,83 @@ def bootstrap_ratio(
     samples = _safe_divide(num_b, den_b).reshape((w.shape[0], *tail))
     point = _safe_divide(n.sum(axis=0), d.sum(axis=0))
     return _interval(samples, c, w.shape[0], point)
+
+
+def bootstrap_rates(
+    tables: Mapping[str, tuple[np.ndarray, np.ndarray]],
+    fn: Callable[[dict[str, np.ndarray]], Any],
+    ci: float = 0.95,
+    n_boot: int = 1000,
+    seed: int = 0,
+) -> Interval:
+    """Interval of a figure of several pooled rates, all on the same class resamples.
+
+    Args:
+        tables: ``{name: (numer, denom)}``, each pair ``(T, ...)`` per-class counts (the same
+            ``T`` classes in every table; e.g. ``"far": (accepted impostors (T, G), impostors
+            (T, G))`` and ``"frr": (rejected genuines (T, G), genuines (T, G))``).
+        fn: maps ``{name: rates}`` to the figure; it is called once with rates of shape
+            ``(n_boot, ...)`` (axis 0 = resample; NaN where a resampled denominator is 0) and
+            must return shape ``(n_boot, ...)``, and once with ``(1, ...)`` for the point
+            estimate. E.g. the Gini of per-group FARs, ``max/min``, ``FAR_T / f``.
+
+    Every rate is ``(W @ numer) / (W @ denom)`` with ``W`` = :func:`class_bootstrap_weights`.
+
+    Example:
+        >>> acc = np.array([[1, 4], [2, 3], [0, 5]])      # per class, per group: accepted
+        >>> tot = np.array([[10, 10], [10, 10], [10, 10]])
+        >>> ratio = lambda r: r["far"][:, 1] / r["far"][:, 0]
+        >>> iv = bootstrap_rates({"far": (acc, tot)}, ratio, n_boot=200, seed=0)
+        >>> iv.point
+        4.0
+    """
+    if not tables:
+        raise ValueError("tables must hold at least one (numer, denom) pair")
+    c = _check_ci(ci)
+    checked: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    t = -1
+    for name, (numer, denom) in tables.items():
+        n, d = _check_counts(numer, denom, name)
+        if t >= 0 and n.shape[0] != t:
+            raise ValueError(
+                f"every table must have the same number of classes T; {name!r} has "
+                f"{n.shape[0]}, another has {t}"
+            )
+        t = n.shape[0]
+        checked[name] = (n, d)
+    w = class_bootstrap_weights(t, n_boot, seed).astype(np.float64)
+    rates: dict[str, np.ndarray] = {}
+    points: dict[str, np.ndarray] = {}
+    for name, (n, d) in checked.items():
+        tail = n.shape[1:]
+        rates[name] = _safe_divide(w @ n.reshape(t, -1), w @ d.reshape(t, -1)).reshape(
+            (w.shape[0], *tail)
+        )
+        points[name] = _safe_divide(n.sum(axis=0), d.sum(axis=0))[None]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        samples = np.asarray(fn(rates), dtype=np.float64)
+        point = np.asarray(fn(points), dtype=np.float64)
+    if samples.ndim == 0 or samples.shape[0] != w.shape[0] or point.shape[:1] != (1,):
+        raise ValueError(
+            f"fn must keep axis 0 (the resamples): got {samples.shape} for {w.shape[0]} "
+            f"resamples and {point.shape} for the point estimate"
+        )
+    return _interval(samples, c, w.shape[0], point[0])
+
+
+def _check_counts(numer: np.ndarray, denom: np.ndarray, name: str) -> tuple[np.ndarray, np.ndarray]:
+    n = np.asarray(numer, dtype=np.float64)
+    d = np.asarray(denom, dtype=np.float64)
+    if n.ndim == 0 or n.shape != d.shape or n.shape[0] == 0:
+        raise ValueError(
+            f"{name}: numer and denom must have the same shape (T, ...) with T >= 1; got "
+            f"{n.shape} and {d.shape}"
+        )
+    if not (np.isfinite(n).all() and np.isfinite(d).all()):
+        raise ValueError(f"{name}: numer and denom must be finite counts")
+    if (d < 0).any():
+        raise ValueError(f"{name}: denom must be >= 0 (pair counts)")
+    return n, d
 
 
 def bootstrap_statistic(

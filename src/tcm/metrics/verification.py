@@ -9,8 +9,9 @@ impostor pairs:
   ``FRR(t) = 1 - TAR(t)``.
 * **TAR@FAR f**: the threshold is the exact quantile of the impostor similarities
   ``t_f = quantile(impostor_sims, 1 - f)`` with linear interpolation (NumPy's default
-  ``np.quantile`` method), and ``TAR@FAR f = TAR(t_f)``. The FAR actually reached at ``t_f`` is
-  ``<= f`` up to ties and the discreteness of ``M`` pairs.
+  ``np.quantile`` method), and ``TAR@FAR f = TAR(t_f)``. The FAR actually reached at ``t_f``
+  (``far_at_far``) is ``(floor((M - 1) f) + 1) / M`` without ties: within ``1/M`` of ``f``, so
+  FARs below ``1/M`` are not resolved by a list of ``M`` impostor pairs.
 * **ROC**: ``(FAR(u), TAR(u))`` at every distinct similarity ``u`` of the list, thresholds in
   descending order (so FAR and TAR are non-decreasing). Computed exactly by one sort,
   ``O(N log N)``. The point ``(0, 0)`` (a threshold above every similarity) is implied and not
