@@ -187,6 +187,8 @@ def test_find_homoglyphs_synthetic() -> None:
 def test_render_geometry(catalog: G.GlyphCatalog) -> None:
     r = G.render_glyphs(catalog.fonts, 32)
     i = r.chars.index("H")
+    # integer ink-box rows/columns on the 32-px grid, not float comparisons: the tolerances are
+    # in pixels (anti-aliasing and each font's own side bearings move an edge by about 1 px)
     for f in range(len(r.fonts)):
         img = r.images[r.rows[i, f]].astype(np.float64)
         cols = np.flatnonzero(img.max(0) > 0)

@@ -22,6 +22,12 @@ Split by ``sha256("tcm-cjk:" + ch)`` (train / test halves, test split again into
 evaluation). With all packages: ~10,400 classes in >= 10 designs.
 
 Example:
+    >>> is_cjk_char("国"), is_cjk_char("A"), is_cjk_char("\uf900")  # U+F900: a compatibility form
+    (True, False, False)
+
+    Loading needs the Debian font packages above, which a fresh checkout does not have, so this
+    line is not run as a doctest:
+
     >>> ds = load_cjk_glyphs("train")  # doctest: +SKIP
 """
 

