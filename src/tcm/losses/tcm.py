@@ -197,8 +197,16 @@ class TCMLoss(nn.Module):
         labels: Any,
         ref_emb: torch.Tensor | None = None,
         ref_labels: Any = None,
+        *,
+        ref_includes_batch: bool = False,
     ) -> torch.Tensor:
-        """Return the TCM loss (scalar tensor) for ``embeddings (B, D)`` and ``labels (B,)``."""
+        """Return the TCM loss (scalar tensor) for ``embeddings (B, D)`` and ``labels (B,)``.
+
+        ``ref_includes_batch=True`` declares that the first ``B`` rows of ``ref_emb`` are the batch
+        itself (a cross-batch memory's reference set ``batch ∪ memory``): the self pairs
+        ``(i, i)`` are then excluded, so with an empty memory the value equals the batch-only
+        loss.
+        """
         emb = check_embeddings(embeddings)
         if (ref_emb is None) != (ref_labels is None):
             raise ValueError(
@@ -228,6 +236,13 @@ class TCMLoss(nn.Module):
             b = normalized_float(ref.to(emb.device), "ref_emb").to(a.dtype)
             pos_mask = lab[:, None] == rlab[None, :]
             neg_mask = ~pos_mask
+            if ref_includes_batch:
+                if ref.shape[0] < emb.shape[0]:
+                    raise ValueError(
+                        "ref_includes_batch=True needs ref_emb to start with the batch; got "
+                        f"{ref.shape[0]} reference rows for {emb.shape[0]} embeddings"
+                    )
+                pos_mask[:, : emb.shape[0]].fill_diagonal_(False)
         if not self._warned_no_pos and not bool(pos_mask.any()):
             self._warned_no_pos = True
             warnings.warn(
