@@ -137,8 +137,10 @@ def test_multi_similarity_memory_matches_pml_cross_batch_memory() -> None:
     from pytorch_metric_learning.losses import CrossBatchMemory as PMLXBM
     from pytorch_metric_learning.losses import MultiSimilarityLoss
 
-    ours = build_loss("multi_similarity", memory_size=16)
-    ref = PMLXBM(MultiSimilarityLoss(), embedding_size=4, memory_size=16)
+    # pml enqueues first and then compares with its M rows; ours compares with [batch; last M]
+    # and then enqueues: the two reference sets coincide until the memory overflows (30 < 64)
+    ours = build_loss("multi_similarity", memory_size=64)
+    ref = PMLXBM(MultiSimilarityLoss(), embedding_size=4, memory_size=64)
     for emb0, y in _batches(5, 6, 4):
         a = ours(emb0.float(), y)
         b = ref(emb0.float(), y)
