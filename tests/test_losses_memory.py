@@ -101,7 +101,7 @@ def test_tcm_with_memory_equals_brute_force(memory_size: int) -> None:
 
 
 def test_empty_memory_equals_batch_only_loss() -> None:
-    (emb, y), = _batches(1, 8, 5)
+    ((emb, y),) = _batches(1, 8, 5)
     with_mem = CombinedLoss({"t": TCMLoss()}, memory_size=32)(emb, y)
     plain = TCMLoss()(emb, y)
     assert abs(float(with_mem) - float(plain)) <= RTOL * max(float(plain), 1e-3)
@@ -121,7 +121,7 @@ def test_ref_emb_passed_to_supporting_terms_only() -> None:
 
 
 def test_weights_and_named_terms() -> None:
-    (emb, y), = _batches(1, 8, 4)
+    ((emb, y),) = _batches(1, 8, 4)
     fn = CombinedLoss({"a": TCMLoss(), "b": TCMLoss(margin_neg=0.2)}, weights={"b": 0.25})
     total = fn(emb, y)
     a, b = TCMLoss()(emb, y), TCMLoss(margin_neg=0.2)(emb, y)

@@ -15,6 +15,7 @@ import pytest
 import torch
 
 import tcm.losses as tlosses
+from conftest import TINY_OVERRIDES, tiny_dataset
 from tcm.train.checkpoint import load_checkpoint, save_checkpoint
 from tcm.train.config import load_config
 from tcm.train.evaluation import compute_metrics, metric_table
@@ -26,9 +27,6 @@ from tcm.train.loop import (
     save_embeddings,
     train,
 )
-
-
-from conftest import TINY_OVERRIDES, tiny_dataset
 
 
 @pytest.fixture(autouse=True)

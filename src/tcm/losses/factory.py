@@ -7,8 +7,8 @@ interface and one ``.parameters()`` (proxy/classifier weights included) to give 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
 import math
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -238,9 +238,7 @@ class CombinedLoss(nn.Module):
     ) -> None:
         super().__init__()
         named = (
-            dict(terms)
-            if isinstance(terms, Mapping)
-            else {str(i): m for i, m in enumerate(terms)}
+            dict(terms) if isinstance(terms, Mapping) else {str(i): m for i, m in enumerate(terms)}
         )
         if not named:
             raise ValueError("CombinedLoss needs at least one loss term")
@@ -293,7 +291,9 @@ class CombinedLoss(nn.Module):
         if isinstance(term, TCMLoss):
             return cast(
                 torch.Tensor,
-                term(emb, lab, ref_emb=ref_emb, ref_labels=ref_lab, ref_includes_batch=ref_is_batch),
+                term(
+                    emb, lab, ref_emb=ref_emb, ref_labels=ref_lab, ref_includes_batch=ref_is_batch
+                ),
             )
         if pml:
             idx = indices_tuple

@@ -128,7 +128,9 @@ class CrossBatchMemory(nn.Module):
     def set_extra_state(self, state: Any) -> None:
         if not isinstance(state, dict) or int(state.get("size", -1)) != self.size:
             got = state.get("size") if isinstance(state, dict) else state
-            raise ValueError(f"cross-batch memory state of size {got} does not fit size {self.size}")
+            raise ValueError(
+                f"cross-batch memory state of size {got} does not fit size {self.size}"
+            )
         self.reset()
         emb, lab = state["embeddings"], state["labels"]
         if emb.numel():

@@ -219,4 +219,3 @@ class TrainingState:
     def load(cls, path: str | Path, map_location: str | torch.device = "cpu") -> TrainingState:
         """Load and verify a training checkpoint. Raises ValueError (corrupt / not tcm)."""
         return cls.from_dict(load_checkpoint(path, map_location), str(path))
-

@@ -260,8 +260,6 @@ def check_loss(loss: LossConfig, embedding_dim: int) -> None:
             ) from None
 
 
-
-
 def _format_errors(exc: ValidationError, source: str) -> str:
     lines = []
     for err in exc.errors():

@@ -129,7 +129,7 @@ def split_validation_classes(
     lab = np.asarray(labels, dtype=np.int64)
     codes, counts = np.unique(lab, return_counts=True)
     eligible = codes[counts >= 2]
-    n_val = max(2, int(round(float(fraction) * codes.shape[0])))
+    n_val = max(2, round(float(fraction) * codes.shape[0]))
     if eligible.shape[0] < n_val or codes.shape[0] - n_val < min_train_classes:
         raise ValueError(
             f"data.val_classes={fraction}: the training split has {codes.shape[0]} classes "

@@ -183,14 +183,14 @@ class _Signals:
     def installed(self) -> Iterator[None]:
         main = threading.current_thread() is threading.main_thread()
         if main:
-            for s in (signal.SIGINT, signal.SIGTERM):
-                self._old[s] = signal.signal(s, self._handler)
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._old[int(sig)] = signal.signal(sig, self._handler)
         try:
             yield
         finally:
             if main:
-                for s, h in self._old.items():
-                    signal.signal(s, h)
+                for num, h in self._old.items():
+                    signal.signal(num, h)
 
 
 def config_differences(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
@@ -631,10 +631,7 @@ class Trainer:
         """Run the remaining steps; returns the stop signal's name or ``None`` when done."""
         cfg, d = self.cfg, self.cfg.data
         if (
-            self.resume
-            and self.step > 0
-            and self.evaluated_at != self.step
-            and self._eval_due()
+            self.resume and self.step > 0 and self.evaluated_at != self.step and self._eval_due()
         ):  # stopped after the last step of an epoch, before its evaluation
             self._validate()
         while self.step < self.total and self.epoch < cfg.train.epochs:
@@ -811,6 +808,4 @@ def train(
         ValueError: bad configuration, output directory, data or checkpoint; resume refused.
         TrainingDivergedError: NaN/inf loss (message names the step, suggests a lower LR).
     """
-    return Trainer(
-        cfg, resume=resume, force=force, datasets=datasets, hooks=hooks, echo=echo
-    ).run()
+    return Trainer(cfg, resume=resume, force=force, datasets=datasets, hooks=hooks, echo=echo).run()
