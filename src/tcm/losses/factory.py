@@ -279,22 +279,27 @@ class CombinedLoss(nn.Module):
         labels: Any,
         indices_tuple: Any,
         ref: tuple[torch.Tensor, torch.Tensor] | None,
-        ref_is_batch: bool,
+        memory: tuple[torch.Tensor, torch.Tensor] | None,
     ) -> torch.Tensor:
         lab = self.term_labels(name, labels, emb)
         pml = _is_pml(term)
-        if ref is None or not _supports_ref(term):
+        if (ref is None and memory is None) or not _supports_ref(term):
             if pml:
                 return cast(torch.Tensor, term(emb, lab, indices_tuple))
             return cast(torch.Tensor, term(emb, lab))
+        if memory is not None and isinstance(term, TCMLoss):
+            # the reference set [batch; memory] is assembled inside TCM (no gradient for the
+            # memory rows: one matmul less in backward)
+            m_emb, m_lab = memory
+            return cast(torch.Tensor, term(emb, lab, m_emb, m_lab, batch_in_ref=True))
+        ref_is_batch = memory is not None
+        if memory is not None:
+            lab_t = torch.as_tensor(lab, device=emb.device).to(torch.int64)
+            ref = (torch.cat([emb, memory[0]]), torch.cat([lab_t, memory[1]]))
+        assert ref is not None
         ref_emb, ref_lab = ref
         if isinstance(term, TCMLoss):
-            return cast(
-                torch.Tensor,
-                term(
-                    emb, lab, ref_emb=ref_emb, ref_labels=ref_lab, ref_includes_batch=ref_is_batch
-                ),
-            )
+            return cast(torch.Tensor, term(emb, lab, ref_emb=ref_emb, ref_labels=ref_lab))
         if pml:
             idx = indices_tuple
             if idx is None and ref_is_batch:
@@ -326,7 +331,7 @@ class CombinedLoss(nn.Module):
         if (ref_emb is None) != (ref_labels is None):
             raise ValueError("ref_emb and ref_labels must be given together")
         ref: tuple[torch.Tensor, torch.Tensor] | None = None
-        ref_is_batch = False
+        memory: tuple[torch.Tensor, torch.Tensor] | None = None
         mem_labels: torch.Tensor | None = None
         if self.memory is not None:
             if ref_emb is not None:
@@ -342,19 +347,17 @@ class CombinedLoss(nn.Module):
                 )
             mem_labels = mem_labels.to(torch.int64)
             labels = mem_labels
-            m_emb, m_lab = self.memory.contents()
+            m_emb, m_lab = self.memory.contents(ordered=False)
             if m_emb.numel():
-                m_emb = m_emb.to(device=emb.device, dtype=emb.dtype)
-                ref = (torch.cat([emb, m_emb]), torch.cat([mem_labels, m_lab.to(emb.device)]))
+                memory = (m_emb.to(device=emb.device, dtype=emb.dtype), m_lab.to(emb.device))
             else:
-                ref = (emb, mem_labels)
-            ref_is_batch = True
+                memory = (emb.new_zeros((0, emb.shape[1])), mem_labels.new_zeros((0,)))
         elif ref_emb is not None:
             ref = (ref_emb, torch.as_tensor(ref_labels))
         values: dict[str, torch.Tensor] = {}
         total: torch.Tensor | None = None
         for name, term in self.terms.items():
-            v = self._call(name, term, emb, labels, indices_tuple, ref, ref_is_batch)
+            v = self._call(name, term, emb, labels, indices_tuple, ref, memory)
             values[name] = v.detach()
             weighted = v if self.weights[name] == 1.0 else v * self.weights[name]
             total = weighted if total is None else total + weighted

@@ -104,8 +104,9 @@ class CrossBatchMemory(nn.Module):
         self._ptr = end % self.size
         self._count = min(self.size, self._count + n)
 
-    def contents(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """The stored rows, oldest first: ``(embeddings (M', D) float32, labels (M',) int64)``.
+    def contents(self, ordered: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+        """The stored rows: ``(embeddings (M', D), labels (M',) int64)``, oldest first (or, with
+        ``ordered=False``, in storage order: no copy; what a loss needs).
 
         Empty memory: ``(0, 0)`` and ``(0,)`` tensors.
         """
@@ -113,6 +114,8 @@ class CrossBatchMemory(nn.Module):
             return torch.zeros((0, 0)), torch.zeros((0,), dtype=torch.int64)
         if self._count < self.size:
             return self._emb[: self._count], self._lab[: self._count]
+        if not ordered or self._ptr == 0:
+            return self._emb, self._lab
         order = torch.cat(
             [
                 torch.arange(self._ptr, self.size, device=self._emb.device),
