@@ -93,7 +93,7 @@ def test_tcm_with_memory_equals_brute_force(memory_size: int) -> None:
         want.backward()
         assert emb2.grad is not None
         scale = max(float(want.detach().abs()), 1e-3)
-        assert abs(float(got) - float(want)) <= RTOL * scale
+        assert abs(float(got.detach()) - float(want.detach())) <= RTOL * scale
         gs = max(float(emb2.grad.abs().max()), 1e-12)
         assert float((g_got - emb2.grad).abs().max()) <= RTOL * gs
         assert torch.equal(loss_fn.last_terms["tcm"], got.detach())

@@ -153,7 +153,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, overrides)
     result = train(cfg, resume=args.resume, force=args.force)
     if result.interrupted:
-        if result.checkpoint_saved:
+        if not result.last_checkpoint.is_file():
+            _out("stopped before the first checkpoint; start again (without --resume)")
+        elif result.checkpoint_saved:
             _out(f"stopped at step {result.steps}; resume with: {_resume_hint(args)}")
         else:
             _out(f"stopped without a new checkpoint; resume with: {_resume_hint(args)}")

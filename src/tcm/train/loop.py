@@ -752,15 +752,17 @@ class Trainer:
                             f"\ninterrupted again during step {self.step + 1}: exiting without "
                             f"writing a checkpoint ({rd.last} is unchanged)"
                         )
-                        stop = stop or "SIGINT"
-                    else:
-                        stop = stop or "SIGINT"
                 if stop is not None and saved:
-                    self._save_last()
-                    self.say(
-                        f"\n{stop}: stopped at step {self.step}; saved {rd.last} "
-                        "(continue with --resume)"
-                    )
+                    try:
+                        self._save_last()
+                    except KeyboardInterrupt:  # a second signal while saving: atomic, no file
+                        saved = False
+                        self.say(f"\ninterrupted while saving: {rd.last} is unchanged")
+                    else:
+                        self.say(
+                            f"\n{stop}: stopped at step {self.step}; saved {rd.last} "
+                            "(continue with --resume)"
+                        )
         finally:
             self.bar.close()
             if self.csv is not None:
