@@ -156,7 +156,8 @@ class TCMLoss(nn.Module):
     is a closed form (first-order gradients only; no double backward).
 
     A batch without any positive pair makes the positive term 0; a one-time warning (per loss
-    instance) then names the fix: sample several images per class.
+    instance; checked on the first call and every 100th, as the check synchronises with the
+    device) then names the fix: sample several images per class.
 
     Args:
         lambda_pos: weight ``λ+ >= 0`` of the positive term.
@@ -204,6 +205,7 @@ class TCMLoss(nn.Module):
                 f"margin_pos={self.margin_pos}"
             )
         self._warned_no_pos = False
+        self._calls = 0
 
     def extra_repr(self) -> str:
         return (
@@ -274,7 +276,10 @@ class TCMLoss(nn.Module):
             if batch_in_ref:
                 pos_mask[:, :n_self].fill_diagonal_(False)
         in_ref = ref_emb is None or batch_in_ref
-        if not self._warned_no_pos and not _has_positive(lab, rlab_other, in_ref):
+        # the positive-pair check costs a host sync on CUDA: first call, then every 100th
+        check = not self._warned_no_pos and self._calls % 100 == 0
+        self._calls += 1
+        if check and not _has_positive(lab, rlab_other, in_ref):
             self._warned_no_pos = True
             warnings.warn(
                 "TCMLoss: the batch has no positive pair (no two samples share a label), so the "
