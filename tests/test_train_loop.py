@@ -291,3 +291,21 @@ def test_compute_metrics_against_brute_force() -> None:
     assert m["tar_at_far_1e-01"] == pytest.approx(tar)
     table = metric_table({"run": m})
     assert "Recall@1" in table and "eps-OPIS 5%" in table and "TAR@FAR=1e-01" in table
+
+
+def test_training_state_schema_round_trip_and_errors(tmp_path: Path) -> None:
+    from tcm.train.checkpoint import TrainingState
+
+    train(tiny_cfg(tmp_path, "train.epochs=1", "train.tensorboard=false"), echo=None)
+    st = TrainingState.load(tmp_path / "last.pt")
+    assert st.step == 2 and st.selection["split"] == "validation" and st.rng
+    st.save(tmp_path / "copy.pt")
+    again = TrainingState.load(tmp_path / "copy.pt")
+    assert again.to_dict().keys() == st.to_dict().keys()
+    d = st.to_dict()
+    del d["optimizer"]
+    save_checkpoint(d, tmp_path / "partial.pt")
+    with pytest.raises(
+        ValueError, match=r"not a complete tcm training checkpoint: no \['optimizer'\]"
+    ):
+        TrainingState.load(tmp_path / "partial.pt")
