@@ -526,7 +526,7 @@ class Trainer:
         metrics = ev.metrics
         self.history.append({"step": self.step, "epoch": self.epoch, "metrics": metrics})
         value = metrics[self.cfg.train.select_metric]
-        improved = value > self.best["value"]
+        improved = value >= self.best["value"]  # ties: the later (longer-trained) checkpoint
         if improved:
             self.best = {"value": value, "step": self.step, "metrics": metrics}
             self.best_model_state = copy.deepcopy(_unwrap(self.net).state_dict())

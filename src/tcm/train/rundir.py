@@ -3,7 +3,7 @@
 Files in ``output_dir``:
 
 * ``last.pt`` / ``best.pt``: checkpoints (:class:`tcm.train.checkpoint.TrainingState`); ``best``
-  is selected on the *validation* classes,
+  is selected on the *validation* classes (ties go to the later evaluation),
 * ``log.csv``: one row per logged step, per validation evaluation and the final test report,
 * ``tb/``: TensorBoard events, ``config.yaml``: the resolved configuration,
 * ``metrics.json``: validation history, best, ``selection`` (split + class names) and ``test``
