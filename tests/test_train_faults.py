@@ -417,3 +417,17 @@ def test_selection_split_disjoint_from_training_and_test(tmp_path: Path) -> None
     assert res.test_metrics is not None and res.test_metrics == summary["test"]["metrics"]
     # the validation metrics are not the test metrics (different classes)
     assert res.best_metrics != res.test_metrics
+
+
+def test_disk_full_while_saving_exits_2_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def full(obj: Any, fh: Any) -> None:
+        fh.write(b"\0" * 10)
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr("tcm.train.checkpoint.torch.save", full)
+    assert main(["train", *TINY_OVERRIDES, f"output_dir={tmp_path}"]) == 2
+    lines = _err_lines(capsys)
+    assert lines == ["tcm train: error: [Errno 28] No space left on device"]
+    assert not list(tmp_path.glob("*.tmp-*")) and not (tmp_path / "last.pt").exists()
