@@ -13,8 +13,8 @@ import pytest
 import torch
 
 import tcm.data as tdata
+from conftest import tiny_dataset
 from tcm.cli.main import main
-from tcm.data.base import TensorImageDataset
 from tcm.data.samplers import ClassBalancedBatchSampler
 
 TINY = [
@@ -38,20 +38,12 @@ def fake_load(
     image_size: Any = None,
     transform: Any = "default",
     **kw: Any,
-) -> TensorImageDataset:
-    """Tiny stand-in for tcm.data.load (class prototypes + noise, 6 images per class)."""
+) -> Any:
+    """``tcm.data.load`` for the tiny dataset: ``evaluate`` / ``embed`` of a checkpoint load data
+    through ``tcm.data.load`` (training uses the ``tcm.train`` dataset seam instead)."""
     if root is not None and not Path(root).exists():
         raise ValueError(f"dataset root not found: {root}")
-    size = image_size or 16
-    n_cls, per, off = (8, 6, 0) if split == "train" else (6, 6, 100)
-    g = torch.Generator().manual_seed(off + 7)
-    protos = torch.rand(n_cls, 3, size, size, generator=g)
-    imgs = protos.repeat_interleave(per, 0) + 0.3 * torch.rand(
-        n_cls * per, 3, size, size, generator=g
-    )
-    imgs = (imgs.clamp(0, 1.3) / 1.3 * 255).to(torch.uint8)
-    labels = np.repeat(np.arange(n_cls), per)
-    return TensorImageDataset(name, split, imgs, labels, [f"c{off + i}" for i in range(n_cls)])
+    return tiny_dataset(split, image_size, augment=False)
 
 
 @pytest.fixture(autouse=True)

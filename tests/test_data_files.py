@@ -459,3 +459,49 @@ def test_available_datasets() -> None:
     for n in ("glyphs", "cjk_glyphs", "emoji", "cub200", "cars196", "sop", "inaturalist2018"):
         assert n in names
     assert {"inshop", "folder", "csv"} <= set(names)
+
+
+# ---------------------------------------------------------------- the shared photo reader
+def test_photo_loaders_share_one_reader_with_ids_relative_to_root(tmp_path: Path) -> None:
+    from tcm.data._files import ParsedSplit, read_photo_split
+    from tcm.data.sop import parse_sop
+
+    _sop(tmp_path)
+    ds = load("sop", "test", root=tmp_path, image_size=16)
+    ids = ds.ids  # type: ignore[attr-defined]
+    assert len(ids) == len(ds) and not any(os.path.isabs(i) for i in ids)
+    assert [os.path.join(str(tmp_path), i) for i in ids] == ds.paths
+    parsed = parse_sop(str(tmp_path), "test")
+    assert isinstance(parsed, ParsedSplit) and parsed.paths == ds.paths
+    # halves go through the same reader: whole test classes, disjoint, covering the test split
+    cal = load("sop", "calibration", root=tmp_path, image_size=16)
+    ev = load("sop", "evaluation", root=tmp_path, image_size=16)
+    assert not set(cal.class_names) & set(ev.class_names)
+    assert sorted(cal.ids + ev.ids) == sorted(ids)  # type: ignore[attr-defined]
+
+    def parse_two(root: str, split: str) -> ParsedSplit:
+        return ParsedSplit(ds.paths[:4], ["a", "a", "b", "b"])
+
+    own = read_photo_split(
+        "mine",
+        "train",
+        tmp_path,
+        parse_two,
+        splits=("train",),
+        root_hint="x",
+        image_size=16,
+        transform=None,
+        on_error="raise",
+        verify=False,
+    )
+    assert own.class_names == ["a", "b"] and own.labels.tolist() == [0, 0, 1, 1]
+
+
+def test_inshop_query_and_gallery_share_the_coding(tmp_path: Path) -> None:
+    _inshop(tmp_path)
+    q = load("inshop", "query", root=tmp_path, image_size=16)
+    g = load("inshop", "gallery", root=tmp_path, image_size=16)
+    assert q.class_names == g.class_names
+    for ds in (q, g):
+        names = [ds.class_names[c] for c in ds.labels]
+        assert all(f"/{n}/" in p for n, p in zip(names, ds.paths, strict=True))

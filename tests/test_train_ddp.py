@@ -16,34 +16,17 @@ LAUNCHER = textwrap.dedent(
     """
     import json, os, sys
     import numpy as np, torch
-    import tcm.data as tdata
-    from tcm.data.base import TensorImageDataset
-    from tcm.data.samplers import ClassBalancedBatchSampler
+    sys.path.insert(0, sys.argv[2])  # the tests folder: shared fixtures
+    from conftest import TINY_OVERRIDES, tiny_provider
+    from tcm.train.datasets import register_dataset
 
-    def fake_load(name, split="train", root=None, image_size=None, transform="default", **kw):
-        size = image_size or 16
-        n_cls, per, off = (8, 6, 0) if split == "train" else (6, 5, 100)
-        g = torch.Generator().manual_seed(off + 7)
-        protos = torch.rand(n_cls, 3, size, size, generator=g)
-        noise = torch.rand(n_cls * per, 3, size, size, generator=g)
-        imgs = protos.repeat_interleave(per, 0) + 0.3 * noise
-        imgs = (imgs.clamp(0, 1.3) / 1.3 * 255).to(torch.uint8)
-        tf = None
-        if split == "train":
-            tf = lambda im: im.float() / 255 + 0.05 * torch.rand(im.shape)
-        return TensorImageDataset(name, split, imgs, np.repeat(np.arange(n_cls), per),
-                                  [f"c{off + i}" for i in range(n_cls)], transform=tf)
-
-    tdata.load = fake_load
-    if not hasattr(tdata, "ClassBalancedBatchSampler"):
-        tdata.ClassBalancedBatchSampler = ClassBalancedBatchSampler
+    register_dataset("tiny", tiny_provider)
     import torch.distributed as dist
     from tcm.train import load_config, train
     out = sys.argv[1]
-    cfg = load_config(None, [f"output_dir={out}", "data.image_size=16", "data.batch_size=8",
-        "data.m_per_class=2", "model.embedding_dim=8", "train.epochs=2", "train.steps_per_epoch=1",
-        "train.progress=false", "train.device=cpu", "train.tensorboard=false",
-        "eval.num_thresholds=11", "loss.tcm.enabled=true", "loss.name=proxy_anchor"])
+    cfg = load_config(None, [f"output_dir={out}", *TINY_OVERRIDES, "train.epochs=2",
+        "train.steps_per_epoch=1", "train.tensorboard=false", "loss.tcm.enabled=true",
+        "loss.name=proxy_anchor", "loss.memory_size=24"])
     seen = []
     res = train(cfg, hooks=[lambda info: seen.append(info.loss)], echo=None)
     rank = int(os.environ["RANK"])
@@ -96,7 +79,9 @@ LAUNCHER = textwrap.dedent(
 def test_two_process_gloo_training_ranks_agree(tmp_path: Path) -> None:
     script = tmp_path / "launch.py"
     script.write_text(LAUNCHER)
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    src = str(Path(__file__).resolve().parents[1] / "src")
+    pp = os.pathsep.join([src, os.environ.get("PYTHONPATH", "")])
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": pp}
     cmd = [
         sys.executable,
         "-m",
@@ -106,6 +91,7 @@ def test_two_process_gloo_training_ranks_agree(tmp_path: Path) -> None:
         "--nproc_per_node=2",
         str(script),
         str(tmp_path / "run"),
+        str(Path(__file__).resolve().parent),
     ]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=170, env=env)
     assert r.returncode == 0, r.stderr[-3000:]

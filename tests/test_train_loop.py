@@ -14,10 +14,8 @@ import numpy as np
 import pytest
 import torch
 
-import tcm.data as tdata
 import tcm.losses as tlosses
-from tcm.data.base import TensorImageDataset
-from tcm.data.samplers import ClassBalancedBatchSampler
+from conftest import TINY_OVERRIDES, tiny_dataset
 from tcm.train.checkpoint import load_checkpoint, save_checkpoint
 from tcm.train.config import load_config
 from tcm.train.evaluation import compute_metrics, metric_table
@@ -31,61 +29,13 @@ from tcm.train.loop import (
 )
 
 
-def fake_load(
-    name: str,
-    split: str = "train",
-    root: Any = None,
-    image_size: Any = None,
-    transform: Any = "default",
-    **kw: Any,
-) -> TensorImageDataset:
-    """Tiny stand-in for tcm.data.load: class prototypes + noise, 6 per class, uint8 images."""
-    if name == "missing":
-        raise ValueError(f"dataset root not found: {root}")
-    size = image_size or 16
-    n_cls, per = (8, 6) if split == "train" else (6, 6)
-    off = 0 if split == "train" else 100
-    g = torch.Generator().manual_seed(off + 7)
-    protos = torch.rand(n_cls, 3, size, size, generator=g)
-    imgs = protos.repeat_interleave(per, 0) + 0.3 * torch.rand(
-        n_cls * per, 3, size, size, generator=g
-    )
-    imgs = (imgs.clamp(0, 1.3) / 1.3 * 255).to(torch.uint8)
-    labels = np.repeat(np.arange(n_cls), per)
-    # a random train-time transform drawing from the global torch RNG (like real augmentation)
-    tf = (lambda im: im.float() / 255 + 0.05 * torch.rand(im.shape)) if split == "train" else None
-    names = [f"c{off + i}" for i in range(n_cls)]
-    return TensorImageDataset(name, split, imgs, labels, names, transform=tf)
-
-
 @pytest.fixture(autouse=True)
-def tiny_data(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(tdata, "load", fake_load, raising=False)
-    if not hasattr(tdata, "ClassBalancedBatchSampler"):
-        monkeypatch.setattr(
-            tdata, "ClassBalancedBatchSampler", ClassBalancedBatchSampler, raising=False
-        )
+def _tiny(tiny_data: None) -> None:
+    """Every test here trains on the tiny synthetic dataset (``data.name=tiny``)."""
 
 
 def tiny_cfg(out: Path, *extra: str) -> Any:
-    return load_config(
-        None,
-        [
-            f"output_dir={out}",
-            "data.image_size=16",
-            "data.batch_size=8",
-            "data.m_per_class=2",
-            "model.embedding_dim=8",
-            "loss.name=multi_similarity",
-            "train.epochs=2",
-            "train.steps_per_epoch=2",
-            "train.progress=false",
-            "train.log_every=1",
-            "train.device=cpu",
-            "eval.num_thresholds=11",
-            *extra,
-        ],
-    )
+    return load_config(None, [f"output_dir={out}", *TINY_OVERRIDES, *extra])
 
 
 def params_of(path: Path) -> dict[str, torch.Tensor]:
@@ -101,15 +51,20 @@ def test_train_writes_all_outputs(tmp_path: Path) -> None:
     rows = list(csv.DictReader(open(tmp_path / "log.csv")))
     assert [r["step"] for r in rows if r["kind"] == "train"] == ["1", "2", "3", "4"]
     assert [r["step"] for r in rows if r["kind"] == "eval"] == ["2", "4"]
+    assert {r["split"] for r in rows if r["kind"] == "eval"} == {"validation"}
+    assert [r["kind"] for r in rows][-1] == "test"
     summary = json.loads((tmp_path / "metrics.json").read_text())
     assert summary["best"]["metrics"] == res.best_metrics
+    assert summary["test"]["metrics"] == res.test_metrics
+    assert summary["test"]["step"] == summary["best"]["step"]
+    assert summary["selection"]["split"] == "validation"
     assert set(res.best_metrics or {}) >= {"recall_at_1", "map_at_r", "opis", "epsilon_opis_0.05"}
     with np.load(tmp_path / "embeddings.npz") as z:
         assert z["embeddings"].shape == (36, 8) and z["labels"].shape == (36,)
         assert list(z["class_names"][:2]) == ["c100", "c101"]
         # the stored embeddings are those of the best checkpoint on the test split
         model, _ = load_model(tmp_path / "best.pt")
-        ds = fake_load("x", "test", image_size=16)
+        ds = tiny_dataset("test", 16)
         x = torch.stack([ds[i][0] for i in range(len(ds))])
         with torch.no_grad():
             np.testing.assert_allclose(model(x).numpy(), z["embeddings"], atol=1e-5)
@@ -168,6 +123,7 @@ def test_sigint_saves_and_exits_cleanly(tmp_path: Path) -> None:
 
 def test_nan_loss_stops_naming_step_and_lr(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     real = tlosses.build_loss
+    cfg = tiny_cfg(tmp_path, "train.tensorboard=false", "optim.lr=0.001")
 
     class NaNAfter(torch.nn.Module):
         def __init__(self, inner: torch.nn.Module) -> None:
@@ -183,7 +139,7 @@ def test_nan_loss_stops_naming_step_and_lr(tmp_path: Path, monkeypatch: pytest.M
     with pytest.raises(
         TrainingDivergedError, match=r"step 3 .*lower learning rate.*optim.lr=0.0001"
     ):
-        train(tiny_cfg(tmp_path, "train.tensorboard=false", "optim.lr=0.001"), echo=None)
+        train(cfg, echo=None)
 
 
 def test_resume_without_checkpoint_is_an_error(tmp_path: Path) -> None:
@@ -201,8 +157,8 @@ def test_resume_with_other_architecture_is_an_error(tmp_path: Path) -> None:
         )
 
 
-def test_missing_dataset_root_error_propagates(tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match="root not found"):
+def test_unknown_dataset_error_propagates(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="unknown dataset 'missing'"):
         train(tiny_cfg(tmp_path, "data.name=missing"), echo=None)
 
 
@@ -248,10 +204,11 @@ def test_crash_during_training_checkpoint_keeps_previous(
         raise KeyboardInterrupt  # e.g. a kill arriving mid-write
 
     monkeypatch.setattr("tcm.train.checkpoint.torch.save", killed)
-    with pytest.raises(KeyboardInterrupt):
-        train(
-            tiny_cfg(tmp_path, "train.epochs=2", "train.tensorboard=false"), resume=True, echo=None
-        )
+    res = train(
+        tiny_cfg(tmp_path, "train.epochs=2", "train.tensorboard=false"), resume=True, echo=None
+    )
+    # every save is interrupted: the run stops and says that no new checkpoint was written
+    assert res.interrupted and not res.checkpoint_saved
     monkeypatch.undo()
     after = load_checkpoint(tmp_path / "last.pt")
     assert after["step"] == before["step"] == 2
@@ -335,3 +292,21 @@ def test_compute_metrics_against_brute_force() -> None:
     assert m["tar_at_far_1e-01"] == pytest.approx(tar)
     table = metric_table({"run": m})
     assert "Recall@1" in table and "eps-OPIS 5%" in table and "TAR@FAR=1e-01" in table
+
+
+def test_training_state_schema_round_trip_and_errors(tmp_path: Path) -> None:
+    from tcm.train.checkpoint import TrainingState
+
+    train(tiny_cfg(tmp_path, "train.epochs=1", "train.tensorboard=false"), echo=None)
+    st = TrainingState.load(tmp_path / "last.pt")
+    assert st.step == 2 and st.selection["split"] == "validation" and st.rng
+    st.save(tmp_path / "copy.pt")
+    again = TrainingState.load(tmp_path / "copy.pt")
+    assert again.to_dict().keys() == st.to_dict().keys()
+    d = st.to_dict()
+    del d["optimizer"]
+    save_checkpoint(d, tmp_path / "partial.pt")
+    with pytest.raises(
+        ValueError, match=r"not a complete tcm training checkpoint: no \['optimizer'\]"
+    ):
+        TrainingState.load(tmp_path / "partial.pt")

@@ -1,8 +1,9 @@
 """``tcm`` console script: train, evaluate, calibrate, embed, report, demo.
 
 Convention everywhere: L2-normalised embeddings, cosine similarity, a pair is accepted when
-``similarity >= threshold``. Exit codes: 0 ok, 1 training diverged (NaN loss), 2 bad input
-(message on stderr), 130 interrupted by Ctrl-C (checkpoint saved).
+``similarity >= threshold``. Exit codes: 0 ok, 1 training diverged (NaN loss), 2 any bad input or
+environment problem (one ``error:`` line on stderr; the traceback only with ``--debug``), 130
+interrupted by Ctrl-C, 143 stopped by SIGTERM (checkpoint saved at the next step boundary).
 
 Example:
     >>> from tcm.cli.main import main
@@ -25,7 +26,7 @@ import tcm
 
 __all__ = ["build_parser", "main"]
 
-EXIT_OK, EXIT_DIVERGED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
+EXIT_OK, EXIT_DIVERGED, EXIT_BAD_INPUT, EXIT_INTERRUPTED, EXIT_TERMINATED = 0, 1, 2, 130, 143
 DEMO_KEYS = ("recall_at_1", "map_at_r", "opis", "epsilon_opis_0.05", "epsilon_opis_0.1")
 
 
@@ -211,6 +212,20 @@ def _add_source_args(p: argparse.ArgumentParser, *, data_help: str) -> None:
 # ----------------------------------------------------------------------------- commands
 
 
+def _resume_hint(args: argparse.Namespace) -> str:
+    """The command that continues an interrupted ``tcm train`` (all options and overrides)."""
+    import shlex
+
+    parts = ["tcm", "train"]
+    if args.config is not None:
+        parts += ["--config", args.config]
+    if args.pretrained:
+        parts += ["--pretrained", args.pretrained]
+    parts += list(args.overrides)
+    parts.append("--resume")
+    return " ".join(shlex.quote(p) for p in parts)
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
     from tcm.train.config import load_config
     from tcm.train.evaluation import metric_table
@@ -220,17 +235,25 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if args.pretrained:
         overrides.append(f"model.pretrained={args.pretrained}")
     cfg = load_config(args.config, overrides)
-    result = train(cfg, resume=args.resume)
+    result = train(cfg, resume=args.resume, force=args.force)
     if result.interrupted:
-        _out(f"interrupted; resume with: tcm train --config {args.config} --resume")
-        return EXIT_INTERRUPTED
+        if not result.last_checkpoint.is_file():
+            _out("stopped before the first checkpoint; start again (without --resume)")
+        elif result.checkpoint_saved:
+            _out(f"stopped at step {result.steps}; resume with: {_resume_hint(args)}")
+        else:
+            _out(f"stopped without a new checkpoint; resume with: {_resume_hint(args)}")
+        return EXIT_TERMINATED if result.stop_signal == "SIGTERM" else EXIT_INTERRUPTED
     if result.best_metrics:
-        _out(
-            metric_table(
-                {"best": result.best_metrics, "last": result.last_metrics or {}}, DEMO_KEYS
-            )
-        )
-    _out(f"checkpoints: {result.best_checkpoint} (best), {result.last_checkpoint} (last)")
+        runs = {"validation (best)": result.best_metrics}
+        if result.test_metrics:
+            runs["test (same ckpt)"] = result.test_metrics
+        _out(metric_table(runs, DEMO_KEYS))
+        _out(result.selection.get("description", ""))
+    _out(
+        f"checkpoints: {result.best_checkpoint} (best on validation), "
+        f"{result.last_checkpoint} (last)"
+    )
     return EXIT_OK
 
 
@@ -532,6 +555,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
     t0 = time.monotonic()
     results: dict[str, dict[str, float]] = {}
+    selection = ""
     report_runs = []
     for name, cfg in demo_configs(args.out, args.overrides):
         tcm_txt = " + TCM" if cfg.loss.tcm.enabled else ""
@@ -541,11 +565,15 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         )
         res = train(cfg)
         if res.interrupted:
-            return EXIT_INTERRUPTED
-        results[name] = res.best_metrics or {}
+            return EXIT_TERMINATED if res.stop_signal == "SIGTERM" else EXIT_INTERRUPTED
+        results[name] = res.test_metrics or {}
+        selection = res.selection.get("description", "")
         _out(f"[demo] '{name}' done after {time.monotonic() - t0:.0f} s")
         report_runs.append((name, Path(cfg.output_dir) / "embeddings.npz"))
-    _out("\nunseen test classes (glyphs), best checkpoint of each run:")
+    _out(
+        "\nunseen test classes (glyphs), each run's checkpoint selected on held-out training "
+        f"classes ({selection}); test classes used only for this table:"
+    )
     _out(metric_table(results, DEMO_KEYS))
     _write_json(Path(args.out) / "comparison.json", results)
     report_path: Path | None = None
@@ -587,6 +615,9 @@ def build_parser() -> argparse.ArgumentParser:
         "embed, report. Embeddings are L2-normalised; similarity = cosine; accept if >= threshold.",
     )
     p.add_argument("--version", action="version", version=f"tcm {tcm.__version__}")
+    p.add_argument(
+        "--debug", action="store_true", help="show the traceback of an error (any command)"
+    )
     sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     t = sub.add_parser("train", help="train a model from a YAML config")
@@ -595,6 +626,14 @@ def build_parser() -> argparse.ArgumentParser:
         "overrides", nargs="*", metavar="key=value", help="dotted overrides, e.g. optim.lr=1e-4"
     )
     t.add_argument("--resume", action="store_true", help="continue from OUTPUT_DIR/last.pt")
+    t.add_argument(
+        "--force",
+        action="store_true",
+        help="with --resume: continue even if seed / data / model / loss / optimiser changed",
+    )
+    t.add_argument(
+        "--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks"
+    )
     t.add_argument(
         "--pretrained",
         metavar="PATH",
@@ -699,25 +738,41 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    if not isinstance(exc, ValueError | OSError):
+        text = f"{type(exc).__name__}: {text}"
+    if isinstance(exc, OSError) and exc.filename and str(exc.filename) not in text:
+        text = f"{text} ({exc.filename})"
+    return text
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``tcm`` console script; returns the exit code."""
+    """Entry point of the ``tcm`` console script; returns the exit code.
+
+    Exit codes: 0 ok; 1 training diverged; 2 any other error (bad config, data, file, output
+    directory, checkpoint, ...): one ``tcm COMMAND: error: ...`` message on stderr, plus the
+    traceback with ``--debug``; 130 Ctrl-C; 143 SIGTERM.
+    """
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.command in ("evaluate", "calibrate"):
-        _init_distributed()
+    debug = bool(getattr(args, "debug", False))
     try:
+        if args.command in ("evaluate", "calibrate"):
+            _init_distributed()
         code: int = args.func(args)
-    except RuntimeError as exc:
-        from tcm.train.loop import TrainingDivergedError
-
-        if not isinstance(exc, TrainingDivergedError):
-            raise
-        print(f"tcm {args.command}: error: {exc}", file=sys.stderr)
-        return EXIT_DIVERGED
-    except ValueError as exc:
-        print(f"tcm {args.command}: error: {exc}", file=sys.stderr)
-        return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         print(f"tcm {args.command}: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except Exception as exc:
+        from tcm.train.step import TrainingDivergedError
+
+        if debug:
+            import traceback
+
+            traceback.print_exc()
+        print(f"tcm {args.command}: error: {_one_line(exc)}", file=sys.stderr)
+        if isinstance(exc, TrainingDivergedError):
+            return EXIT_DIVERGED
+        return EXIT_BAD_INPUT
     return code

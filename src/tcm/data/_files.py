@@ -1,21 +1,32 @@
-"""Helpers shared by the on-disk dataset loaders (CUB, Cars196, SOP, iNaturalist, In-Shop, ...)."""
+"""The one reader shared by the on-disk photo loaders (CUB, Cars196, SOP, iNaturalist, In-Shop,
+folder, CSV).
+
+Each dataset only knows its own layout: a ``parse(root, split) -> ParsedSplit`` function listing
+the image paths and class ids of ``"train"`` or ``"test"`` (or its own extra splits).
+:func:`read_photo_split` does everything else the same way for all of them: split / option checks,
+the root check, the disjoint test halves ``calibration`` / ``evaluation``, the transform, missing
+and corrupt files, dense labels and per-sample ``ids`` (paths relative to the root).
+"""
 
 from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
-from tcm.data.base import FileImageDataset
+from tcm.data.base import FileImageDataset, check_on_error
 from tcm.data.transforms import resolve_transform
 
 __all__ = [
     "DEFAULT_PHOTO_SIZE",
+    "ParsedSplit",
     "build_file_dataset",
     "half_of",
     "read_lines",
+    "read_photo_split",
     "require_file",
     "require_root",
 ]
@@ -99,3 +110,102 @@ def check_split(name: str, split: str, allowed: tuple[str, ...]) -> None:
     """ValueError unless ``split`` is one of ``allowed``."""
     if split not in allowed:
         raise ValueError(f"{name}: split must be one of {allowed}; got {split!r}")
+
+
+@dataclass(frozen=True)
+class ParsedSplit:
+    """What a dataset's ``parse(root, split)`` returns, one entry per image.
+
+    ``class_names``: optional ``{class id: readable name}``. ``shared_classes``: a fixed class
+    coding (label = position in this list) shared by several splits, e.g. In-Shop's query and
+    gallery; ``None``: dense codes of the split's own sorted class ids.
+    """
+
+    paths: list[str]
+    class_ids: list[str]
+    class_names: dict[str, str] | None = None
+    shared_classes: list[str] | None = None
+
+
+Parser = Callable[[str, str], ParsedSplit]
+
+
+def read_photo_split(
+    name: str,
+    split: str,
+    root: str | os.PathLike[str] | None,
+    parse: Parser,
+    *,
+    splits: tuple[str, ...],
+    root_hint: str,
+    image_size: int | None,
+    transform: object,
+    on_error: str,
+    verify: bool,
+    resolve_root: Callable[[str | os.PathLike[str] | None], str] | None = None,
+) -> FileImageDataset:
+    """Load ``split`` of dataset ``name`` laid out under ``root`` as ``parse`` describes.
+
+    ``resolve_root`` replaces the default root check (a directory; e.g. a CSV file instead);
+    ``ids`` are then relative to the folder holding that file.
+
+    ``parse`` is called with the base split: ``"test"`` for the halves ``calibration`` /
+    ``evaluation`` (whole test classes, split by a stable hash), ``split`` otherwise. The
+    returned dataset has ``.ids``: each sample's path relative to ``root``.
+
+    Raises:
+        ValueError: bad split / option / image size, root missing, no samples, bad layout.
+        FileNotFoundError: a required listing file or (``on_error="raise"``) an image is missing.
+    """
+    check_split(name, split, splits)
+    check_on_error(on_error)
+    r = resolve_root(root) if resolve_root is not None else require_root(root, name, root_hint)
+    parsed = parse(r, "test" if split in HALVES else split)
+    if parsed.shared_classes is None:
+        ds = build_file_dataset(
+            name,
+            split,
+            parsed.paths,
+            parsed.class_ids,
+            image_size=image_size,
+            transform=transform,
+            on_error=on_error,
+            verify=verify,
+            class_name_map=parsed.class_names,
+        )
+    else:
+        ds = _shared_coding(name, split, parsed, image_size, transform, on_error, verify)
+    base = r if os.path.isdir(r) else os.path.dirname(os.path.abspath(r))
+    ds.ids = [os.path.relpath(p, base) for p in ds.paths]  # type: ignore[attr-defined]
+    return ds
+
+
+def _shared_coding(
+    name: str,
+    split: str,
+    parsed: ParsedSplit,
+    image_size: int | None,
+    transform: object,
+    on_error: str,
+    verify: bool,
+) -> FileImageDataset:
+    classes = list(parsed.shared_classes or [])
+    if not parsed.paths:
+        raise ValueError(f"{name}: split {split!r} has no samples")
+    size = DEFAULT_PHOTO_SIZE if image_size is None else image_size
+    if isinstance(size, bool) or not isinstance(size, int) or size < 8:
+        raise ValueError(f"image_size must be an int >= 8 (pixels); got {image_size!r}")
+    code = {c: i for i, c in enumerate(classes)}
+    ds = FileImageDataset(
+        name,
+        split,
+        parsed.paths,
+        np.array([code[c] for c in parsed.class_ids], dtype=np.int64),
+        resolve_transform(transform, "photo", split, size),
+        on_error=on_error,
+        verify=verify,
+    )
+    raw_codes = np.array([int(c) for c in ds.class_ids], dtype=np.int64)
+    ds.labels = raw_codes[ds.labels]  # label = position in the shared class list
+    ds.class_names = classes
+    return ds

@@ -20,10 +20,10 @@ from typing import Any
 
 import numpy as np
 
-from tcm.data._files import build_file_dataset, check_split, require_file, require_root
-from tcm.data.base import FileImageDataset, check_on_error
+from tcm.data._files import ParsedSplit, read_photo_split, require_file
+from tcm.data.base import FileImageDataset
 
-__all__ = ["load_cars196"]
+__all__ = ["load_cars196", "parse_cars196"]
 
 SPLITS = ("train", "test", "calibration", "evaluation")
 
@@ -36,22 +36,11 @@ def _field(ann: Any, name: str) -> list[Any]:
     return [np.asarray(v).reshape(-1)[0] if np.ndim(v) else v for v in np.ravel(col)]
 
 
-def load_cars196(
-    split: str = "train",
-    root: str | os.PathLike[str] | None = None,
-    image_size: int | None = None,
-    transform: object = "default",
-    *,
-    on_error: str = "raise",
-    verify: bool = False,
-) -> FileImageDataset:
-    """Load Cars196 (see module doc). ``on_error``: ``"raise"`` or ``"skip"``."""
+def parse_cars196(root: str, split: str) -> ParsedSplit:
+    """Images of ``split`` (``"train"``: classes 1-98, ``"test"``: 99-196) from cars_annos.mat."""
     import scipy.io
 
-    check_split("cars196", split, SPLITS)
-    check_on_error(on_error)
-    r = require_root(root, "cars196", "the folder with cars_annos.mat and car_ims/")
-    mat_path = require_file(os.path.join(r, "cars_annos.mat"), "cars196")
+    mat_path = require_file(os.path.join(root, "cars_annos.mat"), "cars196")
     try:
         mat = scipy.io.loadmat(mat_path, squeeze_me=True)
     except (ValueError, OSError, TypeError) as exc:
@@ -71,16 +60,30 @@ def load_cars196(
         if not 1 <= c <= 196:
             raise ValueError(f"cars196: class id must be in 1..196; got {c} for {rel!r}")
         if (c <= 98) == want_train:
-            paths.append(os.path.join(r, rel))
+            paths.append(os.path.join(root, rel))
             ids.append(f"{c:03d}")
-    return build_file_dataset(
+    return ParsedSplit(paths, ids, name_map)
+
+
+def load_cars196(
+    split: str = "train",
+    root: str | os.PathLike[str] | None = None,
+    image_size: int | None = None,
+    transform: object = "default",
+    *,
+    on_error: str = "raise",
+    verify: bool = False,
+) -> FileImageDataset:
+    """Load Cars196 (see module doc). ``on_error``: ``"raise"`` or ``"skip"``."""
+    return read_photo_split(
         "cars196",
         split,
-        paths,
-        ids,
+        root,
+        parse_cars196,
+        splits=SPLITS,
+        root_hint="the folder with cars_annos.mat and car_ims/",
         image_size=image_size,
         transform=transform,
         on_error=on_error,
         verify=verify,
-        class_name_map=name_map,
     )

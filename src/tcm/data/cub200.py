@@ -17,27 +17,17 @@ from __future__ import annotations
 
 import os
 
-from tcm.data._files import build_file_dataset, check_split, read_lines, require_file, require_root
-from tcm.data.base import FileImageDataset, check_on_error
+from tcm.data._files import ParsedSplit, read_lines, read_photo_split, require_file
+from tcm.data.base import FileImageDataset
 
-__all__ = ["load_cub200"]
+__all__ = ["load_cub200", "parse_cub200"]
 
 SPLITS = ("train", "test", "calibration", "evaluation")
 
 
-def load_cub200(
-    split: str = "train",
-    root: str | os.PathLike[str] | None = None,
-    image_size: int | None = None,
-    transform: object = "default",
-    *,
-    on_error: str = "raise",
-    verify: bool = False,
-) -> FileImageDataset:
-    """Load CUB-200-2011 (see module doc). ``on_error``: ``"raise"`` or ``"skip"``."""
-    check_split("cub200", split, SPLITS)
-    check_on_error(on_error)
-    r = require_root(root, "cub200", "the CUB_200_2011 folder with images.txt")
+def parse_cub200(root: str, split: str) -> ParsedSplit:
+    """Images of ``split`` (``"train"``: classes 1-100, ``"test"``: 101-200) under ``root``."""
+    r = root
     if not os.path.isfile(os.path.join(r, "images.txt")) and os.path.isfile(
         os.path.join(r, "CUB_200_2011", "images.txt")
     ):
@@ -67,14 +57,28 @@ def load_cub200(
             paths.append(os.path.join(r, "images", images[img_id]))
             ids.append(f"{c:03d}")
     name_map = {f"{int(k):03d}": v for k, v in names.items()} if names else None
-    return build_file_dataset(
+    return ParsedSplit(paths, ids, name_map)
+
+
+def load_cub200(
+    split: str = "train",
+    root: str | os.PathLike[str] | None = None,
+    image_size: int | None = None,
+    transform: object = "default",
+    *,
+    on_error: str = "raise",
+    verify: bool = False,
+) -> FileImageDataset:
+    """Load CUB-200-2011 (see module doc). ``on_error``: ``"raise"`` or ``"skip"``."""
+    return read_photo_split(
         "cub200",
         split,
-        paths,
-        ids,
+        root,
+        parse_cub200,
+        splits=SPLITS,
+        root_hint="the CUB_200_2011 folder with images.txt",
         image_size=image_size,
         transform=transform,
         on_error=on_error,
         verify=verify,
-        class_name_map=name_map,
     )

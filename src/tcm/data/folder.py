@@ -22,12 +22,14 @@ import hashlib
 import os
 import warnings
 
-from tcm.data._files import build_file_dataset, require_file, require_root
+from tcm.data._files import ParsedSplit, read_photo_split, require_file
 from tcm.data.base import FileImageDataset, check_on_error
 
-__all__ = ["IMAGE_EXTENSIONS", "load_csv", "load_folder"]
+__all__ = ["IMAGE_EXTENSIONS", "load_csv", "load_folder", "parse_csv", "parse_folder"]
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+FOLDER_SPLITS = ("train", "test", "calibration", "evaluation", "all")
+CSV_SPLITS = ("train", "test", "calibration", "evaluation", "all")
 
 
 def _is_test_class(name: str, salt: str, test_fraction: float) -> bool:
@@ -66,25 +68,9 @@ def _scan(directory: str) -> tuple[list[str], list[str]]:
     return paths, ids
 
 
-def load_folder(
-    split: str = "train",
-    root: str | os.PathLike[str] | None = None,
-    image_size: int | None = None,
-    transform: object = "default",
-    *,
-    on_error: str = "raise",
-    verify: bool = False,
-    test_fraction: float = 0.5,
-) -> FileImageDataset:
-    """Load an ImageFolder-style tree (see module doc)."""
-    check_on_error(on_error)
-    _check_fraction(test_fraction)
-    if split not in ("train", "test", "calibration", "evaluation", "all"):
-        raise ValueError(
-            f"folder: split must be train, test, calibration, evaluation or all; got {split!r}"
-        )
-    r = require_root(root, "folder", "a folder of class sub-folders")
-    tr, te = os.path.join(r, "train"), os.path.join(r, "test")
+def parse_folder(root: str, split: str, test_fraction: float = 0.5) -> ParsedSplit:
+    """Images of ``split`` (train / test / all) of an ImageFolder-style tree (see module doc)."""
+    tr, te = os.path.join(root, "train"), os.path.join(root, "test")
     if os.path.isdir(tr) and os.path.isdir(te):
         ptr, itr = _scan(tr)
         pte, ite = _scan(te)
@@ -100,26 +86,17 @@ def load_folder(
         else:
             paths, ids = pte, ite
     else:
-        paths, ids = _scan(r)
+        paths, ids = _scan(root)
         keep = _hash_split("folder", split, ids, test_fraction)
         paths, ids = [paths[i] for i in keep], [ids[i] for i in keep]
     if not paths:
         raise ValueError(
             f"folder: no images with extensions {IMAGE_EXTENSIONS} for split {split!r}"
         )
-    return build_file_dataset(
-        "folder",
-        split,
-        paths,
-        ids,
-        image_size=image_size,
-        transform=transform,
-        on_error=on_error,
-        verify=verify,
-    )
+    return ParsedSplit(paths, ids)
 
 
-def load_csv(
+def load_folder(
     split: str = "train",
     root: str | os.PathLike[str] | None = None,
     image_size: int | None = None,
@@ -129,12 +106,29 @@ def load_csv(
     verify: bool = False,
     test_fraction: float = 0.5,
 ) -> FileImageDataset:
-    """Load a ``path,label[,split]`` CSV file; ``root`` is the CSV file path (see module doc)."""
+    """Load an ImageFolder-style tree (see module doc)."""
     check_on_error(on_error)
     _check_fraction(test_fraction)
-    if root is None:
-        raise ValueError("csv: pass root=<path to the .csv file>")
-    csv_path = require_file(os.fspath(root), "csv")
+    if split not in FOLDER_SPLITS:
+        raise ValueError(
+            f"folder: split must be train, test, calibration, evaluation or all; got {split!r}"
+        )
+    return read_photo_split(
+        "folder",
+        split,
+        root,
+        lambda r, s: parse_folder(r, s, test_fraction),
+        splits=FOLDER_SPLITS,
+        root_hint="a folder of class sub-folders",
+        image_size=image_size,
+        transform=transform,
+        on_error=on_error,
+        verify=verify,
+    )
+
+
+def parse_csv(csv_path: str, split: str, test_fraction: float = 0.5) -> ParsedSplit:
+    """Rows of ``split`` of a ``path,label[,split]`` CSV file (see module doc)."""
     base = os.path.dirname(os.path.abspath(csv_path))
     with open(csv_path, newline="", encoding="utf-8") as fh:
         reader = csv.DictReader(fh)
@@ -155,8 +149,7 @@ def load_csv(
         ids.append(row["label"])
         splits.append(row.get("split", ""))
     if "split" in fields:
-        base_split = "test" if split in ("calibration", "evaluation") else split
-        keep = [i for i, s in enumerate(splits) if s == base_split or split == "all"]
+        keep = [i for i, s in enumerate(splits) if s == split or split == "all"]
         tr_cls = {ids[i] for i, s in enumerate(splits) if s == "train"}
         te_cls = {ids[i] for i, s in enumerate(splits) if s == "test"}
         if tr_cls & te_cls:
@@ -164,19 +157,46 @@ def load_csv(
                 f"csv: {len(tr_cls & te_cls)} class(es) appear in both train and test rows "
                 "(not an open-world split)",
                 UserWarning,
-                stacklevel=2,
+                stacklevel=5,
             )
     else:
         keep = _hash_split("csv", split, ids, test_fraction)
     if not keep:
         raise ValueError(f"csv: no rows for split {split!r} in {csv_path!r}")
-    return build_file_dataset(
+    return ParsedSplit([paths[i] for i in keep], [ids[i] for i in keep])
+
+
+def _csv_root(root: str | os.PathLike[str] | None) -> str:
+    if root is None:
+        raise ValueError("csv: pass root=<path to the .csv file>")
+    return require_file(os.fspath(root), "csv")
+
+
+def load_csv(
+    split: str = "train",
+    root: str | os.PathLike[str] | None = None,
+    image_size: int | None = None,
+    transform: object = "default",
+    *,
+    on_error: str = "raise",
+    verify: bool = False,
+    test_fraction: float = 0.5,
+) -> FileImageDataset:
+    """Load a ``path,label[,split]`` CSV file; ``root`` is the CSV file path (see module doc)."""
+    check_on_error(on_error)
+    _check_fraction(test_fraction)
+    if root is None:
+        raise ValueError("csv: pass root=<path to the .csv file>")
+    return read_photo_split(
         "csv",
         split,
-        [paths[i] for i in keep],
-        [ids[i] for i in keep],
+        root,
+        lambda r, s: parse_csv(r, s, test_fraction),
+        splits=CSV_SPLITS if split in CSV_SPLITS else (split,),
+        root_hint="the .csv file",
         image_size=image_size,
         transform=transform,
         on_error=on_error,
         verify=verify,
+        resolve_root=_csv_root,
     )

@@ -19,10 +19,10 @@ from __future__ import annotations
 
 import os
 
-from tcm.data._files import build_file_dataset, check_split, read_lines, require_root
-from tcm.data.base import FileImageDataset, check_on_error
+from tcm.data._files import ParsedSplit, read_lines, read_photo_split
+from tcm.data.base import FileImageDataset
 
-__all__ = ["load_inaturalist2018"]
+__all__ = ["load_inaturalist2018", "parse_inaturalist2018"]
 
 SPLITS = ("train", "test", "calibration", "evaluation")
 TRAIN_FILE = "Inaturalist_train_set1.txt"
@@ -38,6 +38,24 @@ def _find(root: str, name: str) -> str:
     raise FileNotFoundError(f"inaturalist2018: split file {name!r} not found; looked at {cands}")
 
 
+def parse_inaturalist2018(
+    root: str, split: str, train_file: str = TRAIN_FILE, test_file: str = TEST_FILE
+) -> ParsedSplit:
+    """Images of ``split`` listed in the Smooth-AP split files; class = category folder."""
+    path = _find(root, train_file if split == "train" else test_file)
+    paths, ids = [], []
+    for k, ln in enumerate(read_lines(path), start=1):
+        rel = ln.split()[0]
+        cls = os.path.basename(os.path.dirname(rel.replace("\\", "/")))
+        if not cls:
+            raise ValueError(
+                f"inaturalist2018: {path!r} line {k}: path {rel!r} has no category folder"
+            )
+        paths.append(rel if os.path.isabs(rel) else os.path.join(root, rel))
+        ids.append(cls)
+    return ParsedSplit(paths, ids)
+
+
 def load_inaturalist2018(
     split: str = "train",
     root: str | os.PathLike[str] | None = None,
@@ -50,25 +68,13 @@ def load_inaturalist2018(
     test_file: str = TEST_FILE,
 ) -> FileImageDataset:
     """Load iNaturalist-2018 (see module doc). ``on_error``: ``"raise"`` or ``"skip"``."""
-    check_split("inaturalist2018", split, SPLITS)
-    check_on_error(on_error)
-    r = require_root(root, "inaturalist2018", "the folder with train_val2018/ and split files")
-    path = _find(r, train_file if split == "train" else test_file)
-    paths, ids = [], []
-    for k, ln in enumerate(read_lines(path), start=1):
-        rel = ln.split()[0]
-        cls = os.path.basename(os.path.dirname(rel.replace("\\", "/")))
-        if not cls:
-            raise ValueError(
-                f"inaturalist2018: {path!r} line {k}: path {rel!r} has no category folder"
-            )
-        paths.append(rel if os.path.isabs(rel) else os.path.join(r, rel))
-        ids.append(cls)
-    return build_file_dataset(
+    return read_photo_split(
         "inaturalist2018",
         split,
-        paths,
-        ids,
+        root,
+        lambda r, s: parse_inaturalist2018(r, s, train_file, test_file),
+        splits=SPLITS,
+        root_hint="the folder with train_val2018/ and split files",
         image_size=image_size,
         transform=transform,
         on_error=on_error,

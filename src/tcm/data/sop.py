@@ -16,12 +16,29 @@ from __future__ import annotations
 
 import os
 
-from tcm.data._files import build_file_dataset, check_split, read_lines, require_file, require_root
-from tcm.data.base import FileImageDataset, check_on_error
+from tcm.data._files import ParsedSplit, read_lines, read_photo_split, require_file
+from tcm.data.base import FileImageDataset
 
-__all__ = ["load_sop"]
+__all__ = ["load_sop", "parse_sop"]
 
 SPLITS = ("train", "test", "calibration", "evaluation")
+
+
+def parse_sop(root: str, split: str) -> ParsedSplit:
+    """Images of ``split`` from ``Ebay_train.txt`` / ``Ebay_test.txt``."""
+    fname = "Ebay_train.txt" if split == "train" else "Ebay_test.txt"
+    path = require_file(os.path.join(root, fname), "sop")
+    lines = read_lines(path)
+    if not lines or not lines[0].lower().startswith("image_id"):
+        raise ValueError(f"sop: {path!r} must start with the header 'image_id class_id ...'")
+    paths, ids = [], []
+    for k, ln in enumerate(lines[1:], start=2):
+        parts = ln.split()
+        if len(parts) != 4:
+            raise ValueError(f"sop: {path!r} line {k}: expected 4 columns, got {ln!r}")
+        paths.append(os.path.join(root, parts[3]))
+        ids.append(parts[1])
+    return ParsedSplit(paths, ids)
 
 
 def load_sop(
@@ -34,26 +51,13 @@ def load_sop(
     verify: bool = False,
 ) -> FileImageDataset:
     """Load SOP (see module doc). ``on_error``: ``"raise"`` or ``"skip"``."""
-    check_split("sop", split, SPLITS)
-    check_on_error(on_error)
-    r = require_root(root, "sop", "the Stanford_Online_Products folder with Ebay_train.txt")
-    fname = "Ebay_train.txt" if split == "train" else "Ebay_test.txt"
-    path = require_file(os.path.join(r, fname), "sop")
-    lines = read_lines(path)
-    if not lines or not lines[0].lower().startswith("image_id"):
-        raise ValueError(f"sop: {path!r} must start with the header 'image_id class_id ...'")
-    paths, ids = [], []
-    for k, ln in enumerate(lines[1:], start=2):
-        parts = ln.split()
-        if len(parts) != 4:
-            raise ValueError(f"sop: {path!r} line {k}: expected 4 columns, got {ln!r}")
-        paths.append(os.path.join(r, parts[3]))
-        ids.append(parts[1])
-    return build_file_dataset(
+    return read_photo_split(
         "sop",
         split,
-        paths,
-        ids,
+        root,
+        parse_sop,
+        splits=SPLITS,
+        root_hint="the Stanford_Online_Products folder with Ebay_train.txt",
         image_size=image_size,
         transform=transform,
         on_error=on_error,

@@ -58,8 +58,21 @@ def tcm_loss_from_similarities(
     return lambda_pos * (pos_sum / pos_cnt) + lambda_neg * (neg_sum / neg_cnt)
 
 
+def _has_positive(lab: torch.Tensor, ref_lab: torch.Tensor | None, batch: bool = True) -> bool:
+    """Whether a positive pair exists, from the label vectors only (``O((B + R) log)``, not a
+    pass over the ``B x R`` mask): a label repeated in the batch (when the batch is part of the
+    reference set) or shared with ``ref_lab``."""
+    if ref_lab is not None and ref_lab.numel() and bool(torch.isin(lab, ref_lab).any()):
+        return True
+    return batch and int(torch.unique(lab).numel()) < int(lab.numel())
+
+
 class _TCMFromEmbeddings(torch.autograd.Function):
     """TCM on normalised embeddings ``a (N, D)`` vs ``b (R, D)`` (``b is None``: ``b = a``).
+
+    ``n_self = N`` declares ``b = [a.detach(); constant rows]``: the gradient then also flows
+    through the copy of ``a`` in ``b`` (``dL/da += G[:, :N]^T a``) without a gradient for the
+    constant rows (one ``N x R`` matmul in backward instead of two).
 
     Forward builds ``S = a b^T`` once; backward uses the closed form
     ``dL/dS = -λ+/n+ on positive violators, +λ-/n- on negative violators, 0 elsewhere``, so only
@@ -78,36 +91,43 @@ class _TCMFromEmbeddings(torch.autograd.Function):
         lambda_neg: float,
         margin_pos: float,
         margin_neg: float,
+        n_self: int = 0,
     ) -> torch.Tensor:
         sims = a @ (a if b is None else b).T
         pos_viol = pos_mask & (sims <= margin_pos)
         neg_viol = neg_mask & (sims >= margin_neg)
+        n_pos_raw = pos_viol.sum()
+        n_neg_raw = neg_viol.sum()
+        n_pos = n_pos_raw.clamp(min=1).to(sims.dtype)
+        n_neg = n_neg_raw.clamp(min=1).to(sims.dtype)
         zero = sims.new_zeros(())
-        n_pos = pos_viol.sum().clamp(min=1).to(sims.dtype)
-        n_neg = neg_viol.sum().clamp(min=1).to(sims.dtype)
-        pos_sum = torch.where(pos_viol, margin_pos - sims, zero).sum()
-        neg_sum = torch.where(neg_viol, sims - margin_neg, zero).sum()
-        ctx.save_for_backward(a, b, pos_viol, neg_viol, n_pos, n_neg)
-        ctx.lambdas = (lambda_pos, lambda_neg)
-        return lambda_pos * (pos_sum / n_pos) + lambda_neg * (neg_sum / n_neg)
+        # g = dL/dS (closed form, kept for backward); the loss is sum(g * S) plus the margins'
+        # constants: lp/n+ · Σ(m+ - s) = lp·m+ - lp/n+ · Σ s over the positive violators, etc.
+        g = torch.where(pos_viol, -lambda_pos / n_pos, zero)
+        g = torch.where(neg_viol, lambda_neg / n_neg, g)
+        const = lambda_pos * margin_pos * (n_pos_raw > 0).to(sims.dtype) - lambda_neg * (
+            margin_neg * (n_neg_raw > 0).to(sims.dtype)
+        )
+        ctx.save_for_backward(a, b, g)
+        ctx.n_self = n_self
+        return torch.dot(g.reshape(-1), sims.reshape(-1)) + const
 
     @staticmethod
     @once_differentiable  # first-order only (the loss is piecewise linear in S)
     def backward(ctx: Any, grad_out: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-        a, b, pos_viol, neg_viol, n_pos, n_neg = ctx.saved_tensors
-        lambda_pos, lambda_neg = ctx.lambdas
-        zero = grad_out.new_zeros((), dtype=a.dtype)
-        g = torch.where(pos_viol, -lambda_pos / n_pos, zero)
-        g = torch.where(neg_viol, lambda_neg / n_neg, g) * grad_out
+        a, b, g0 = ctx.saved_tensors
+        g = g0 * grad_out
         grad_a = grad_b = None
         if b is None:
             grad_a = (g + g.T) @ a
         else:
             if ctx.needs_input_grad[0]:
                 grad_a = g @ b
+                if ctx.n_self:  # b[:n_self] is a itself (constant copy): its side of the pairs
+                    grad_a = grad_a + g[:, : ctx.n_self].T @ a
             if ctx.needs_input_grad[1]:
                 grad_b = g.T @ a
-        return grad_a, grad_b, None, None, None, None, None, None
+        return grad_a, grad_b, None, None, None, None, None, None, None
 
 
 class TCMLoss(nn.Module):
@@ -136,7 +156,8 @@ class TCMLoss(nn.Module):
     is a closed form (first-order gradients only; no double backward).
 
     A batch without any positive pair makes the positive term 0; a one-time warning (per loss
-    instance) then names the fix: sample several images per class.
+    instance; checked on the first call and every 100th, as the check synchronises with the
+    device) then names the fix: sample several images per class.
 
     Args:
         lambda_pos: weight ``λ+ >= 0`` of the positive term.
@@ -184,6 +205,7 @@ class TCMLoss(nn.Module):
                 f"margin_pos={self.margin_pos}"
             )
         self._warned_no_pos = False
+        self._calls = 0
 
     def extra_repr(self) -> str:
         return (
@@ -197,8 +219,17 @@ class TCMLoss(nn.Module):
         labels: Any,
         ref_emb: torch.Tensor | None = None,
         ref_labels: Any = None,
+        *,
+        batch_in_ref: bool = False,
     ) -> torch.Tensor:
-        """Return the TCM loss (scalar tensor) for ``embeddings (B, D)`` and ``labels (B,)``."""
+        """Return the TCM loss (scalar tensor) for ``embeddings (B, D)`` and ``labels (B,)``.
+
+        ``batch_in_ref=True`` (a cross-batch memory): the reference set is ``[embeddings;
+        ref_emb]``, the batch itself followed by ``ref_emb (M, D)`` treated as constants
+        (detached). The self pairs ``(i, i)`` are excluded and the batch-batch pairs get their
+        gradient through both sides, so with ``M = 0`` (``ref_emb`` of shape ``(0, D)``) the value
+        and gradient equal the batch-only loss.
+        """
         emb = check_embeddings(embeddings)
         if (ref_emb is None) != (ref_labels is None):
             raise ValueError(
@@ -206,6 +237,8 @@ class TCMLoss(nn.Module):
                 f"{'None' if ref_emb is None else 'tensor'}, ref_labels="
                 f"{'None' if ref_labels is None else 'given'}"
             )
+        n_self = 0
+        rlab_other: torch.Tensor | None = None  # reference labels other than the batch itself
         if ref_emb is None:
             lab, _ = label_codes(labels, emb.shape[0], emb.device)
             a = normalized_float(emb)
@@ -214,7 +247,9 @@ class TCMLoss(nn.Module):
             neg_mask = ~pos_mask
             pos_mask.fill_diagonal_(False)
         else:
-            ref = check_embeddings(ref_emb, "ref_emb")
+            empty_memory = batch_in_ref and isinstance(ref_emb, torch.Tensor) and ref_emb.ndim == 2
+            empty_memory = empty_memory and ref_emb.shape[0] == 0
+            ref = ref_emb if empty_memory else check_embeddings(ref_emb, "ref_emb")
             if ref.shape[1] != emb.shape[1]:
                 raise ValueError(
                     f"ref_emb has dimension {ref.shape[1]} but embeddings have dimension "
@@ -225,10 +260,26 @@ class TCMLoss(nn.Module):
             )
             assert rlab is not None
             a = normalized_float(emb)
-            b = normalized_float(ref.to(emb.device), "ref_emb").to(a.dtype)
+            if batch_in_ref:
+                n_self = emb.shape[0]
+                b = a.detach()
+                if ref.shape[0]:
+                    m = normalized_float(ref.detach().to(emb.device), "ref_emb").to(a.dtype)
+                    b = torch.cat([b, m])
+                rlab_other = rlab
+                rlab = torch.cat([lab, rlab])
+            else:
+                b = normalized_float(ref.to(emb.device), "ref_emb").to(a.dtype)
+                rlab_other = rlab
             pos_mask = lab[:, None] == rlab[None, :]
             neg_mask = ~pos_mask
-        if not self._warned_no_pos and not bool(pos_mask.any()):
+            if batch_in_ref:
+                pos_mask[:, :n_self].fill_diagonal_(False)
+        in_ref = ref_emb is None or batch_in_ref
+        # the positive-pair check costs a host sync on CUDA: first call, then every 100th
+        check = not self._warned_no_pos and self._calls % 100 == 0
+        self._calls += 1
+        if check and not _has_positive(lab, rlab_other, in_ref):
             self._warned_no_pos = True
             warnings.warn(
                 "TCMLoss: the batch has no positive pair (no two samples share a label), so the "
@@ -246,5 +297,6 @@ class TCMLoss(nn.Module):
                 self.lambda_neg,
                 self.margin_pos,
                 self.margin_neg,
+                n_self,
             )
         return out

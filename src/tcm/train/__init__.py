@@ -1,4 +1,11 @@
-"""Training: config schema, training loop, checkpoints, evaluation helpers.
+"""Training: config schema, the training loop and its components.
+
+* :func:`train` / :class:`Trainer` (``loop``): the run; :class:`TrainResult`.
+* :class:`TrainingState` (``checkpoint``): the checkpoint schema (content hash verified on load).
+* :class:`RunDir` (``rundir``): files of a run, preflight checks, the CSV log.
+* :class:`EvaluationRunner` (``runner``): embed + metrics; :class:`TrainStep` (``step``).
+* :func:`register_dataset` / ``datasets=`` (``datasets``): where training gets its data, and
+  :func:`split_validation_classes` (model selection on held-out training classes).
 
 Example:
     >>> from tcm.train import load_config
@@ -6,23 +13,42 @@ Example:
     1
 """
 
-from tcm.train.checkpoint import atomic_write, load_checkpoint, save_checkpoint
+from tcm.train.checkpoint import TrainingState, atomic_write, load_checkpoint, save_checkpoint
 from tcm.train.config import TrainingConfig, apply_overrides, dump_config, load_config
+from tcm.train.datasets import (
+    DatasetProvider,
+    SelectionSplit,
+    register_dataset,
+    split_validation_classes,
+    unregister_dataset,
+)
 from tcm.train.evaluation import compute_metrics, embed_dataset, metric_table
 from tcm.train.loop import (
     StepInfo,
+    Trainer,
     TrainingDivergedError,
     TrainResult,
     load_model,
     save_embeddings,
     train,
 )
+from tcm.train.rundir import RunDir
+from tcm.train.runner import Evaluation, EvaluationRunner
+from tcm.train.step import TrainStep
 
 __all__ = [
+    "DatasetProvider",
+    "Evaluation",
+    "EvaluationRunner",
+    "RunDir",
+    "SelectionSplit",
     "StepInfo",
     "TrainResult",
+    "TrainStep",
+    "Trainer",
     "TrainingConfig",
     "TrainingDivergedError",
+    "TrainingState",
     "apply_overrides",
     "atomic_write",
     "compute_metrics",
@@ -32,7 +58,10 @@ __all__ = [
     "load_config",
     "load_model",
     "metric_table",
+    "register_dataset",
     "save_checkpoint",
     "save_embeddings",
+    "split_validation_classes",
     "train",
+    "unregister_dataset",
 ]

@@ -1,8 +1,21 @@
-"""Atomic checkpoint files.
+"""Checkpoint files: atomic writes, a content hash verified on load, one typed training schema.
 
-A checkpoint is written to ``<name>.tmp-<pid>`` in the same directory, flushed and fsync'ed, then
-moved over the target with :func:`os.replace` (atomic on POSIX and Windows). A crash, kill or full
-disk while writing leaves the previous checkpoint intact; the temporary file is removed on error.
+File format (``save_checkpoint``)::
+
+    b"TCMCKPT1 " + sha256(payload) as 64 hex digits + b"\\n" + payload
+
+where ``payload`` is the ``torch.save`` serialisation of the state mapping. :func:`load_checkpoint`
+recomputes the hash before unpickling (``weights_only=True``): a flipped byte, a truncated file or a
+file overwritten by something else is a :class:`ValueError` naming the file. Files without the
+header (plain ``torch.save`` output, older tcm checkpoints) are still read, unverified.
+
+Writes go to ``<name>.tmp-<pid>`` in the same directory, are flushed and fsync'ed, then moved over
+the target with :func:`os.replace` (atomic on POSIX and Windows): a crash, kill or full disk leaves
+the previous file intact; the temporary file is removed on error (``tcm train`` also removes stale
+``*.tmp-*`` files left by a killed process when it starts).
+
+:class:`TrainingState` is the *only* description of what a training checkpoint holds
+(``last.pt`` / ``best.pt``); the loop, ``load_model`` and the CLI go through it.
 
 Example:
     >>> import tempfile, torch
@@ -10,19 +23,49 @@ Example:
     >>> p = save_checkpoint({"step": 3, "w": torch.zeros(2)}, d + "/last.pt")
     >>> load_checkpoint(p)["step"]
     3
+    >>> blob = bytearray(p.read_bytes()); blob[-20] ^= 0xFF; _ = p.write_bytes(bytes(blob))
+    >>> load_checkpoint(p)  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    ValueError: checkpoint ... is corrupt: content hash mismatch ...
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import io
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import IO, Any
 
 import torch
 
-__all__ = ["atomic_write", "load_checkpoint", "save_checkpoint"]
+__all__ = [
+    "CHECKPOINT_FORMAT",
+    "TrainingState",
+    "atomic_write",
+    "load_checkpoint",
+    "remove_stale_temporaries",
+    "save_checkpoint",
+]
+
+CHECKPOINT_FORMAT = "tcm-checkpoint-v1"
+_MAGIC = b"TCMCKPT1 "
+_HEADER_LEN = len(_MAGIC) + 64 + 1
+_REQUIRED = (
+    "model",
+    "model_spec",
+    "loss",
+    "optimizer",
+    "scheduler",
+    "step",
+    "epoch",
+    "in_epoch",
+    "config",
+)
 
 
 def atomic_write(path: str | Path, write: Callable[[IO[bytes]], object]) -> Path:
@@ -47,24 +90,132 @@ def atomic_write(path: str | Path, write: Callable[[IO[bytes]], object]) -> Path
     return target
 
 
-def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
-    """Atomically ``torch.save`` a state dict (tensors, numbers, strings, lists, dicts)."""
-    return atomic_write(path, lambda fh: torch.save(state, fh))
+def remove_stale_temporaries(directory: str | Path) -> list[Path]:
+    """Delete ``*.tmp-<pid>`` files (left by :func:`atomic_write` in a killed process) in
+    ``directory`` (not recursive); returns the removed paths. Our own process's files are kept."""
+    d = Path(directory)
+    removed: list[Path] = []
+    if not d.is_dir():
+        return removed
+    mine = f".tmp-{os.getpid()}"
+    for p in sorted(d.glob("*.tmp-*")):
+        suffix = p.name.rsplit(".tmp-", 1)[-1]
+        if suffix.isdigit() and not p.name.endswith(mine) and p.is_file():
+            with contextlib.suppress(FileNotFoundError):
+                p.unlink()
+                removed.append(p)
+    return removed
+
+
+def save_checkpoint(state: Mapping[str, Any], path: str | Path) -> Path:
+    """Atomically write a state mapping (tensors, numbers, strings, lists, dicts) with its hash."""
+    buf = io.BytesIO()
+    torch.save(dict(state), buf)
+    payload = buf.getbuffer()
+    digest = hashlib.sha256(payload).hexdigest().encode()
+
+    def write(fh: IO[bytes]) -> None:
+        fh.write(_MAGIC + digest + b"\n")
+        fh.write(payload)
+
+    return atomic_write(path, write)
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Load a checkpoint written by :func:`save_checkpoint` (``weights_only=True``, no pickle code).
+    """Load a checkpoint written by :func:`save_checkpoint`, verifying its content hash.
+
+    Unpickling uses ``weights_only=True`` (no code runs from the file).
 
     Raises:
-        ValueError: file missing, truncated/corrupt, or not a tcm checkpoint mapping.
+        ValueError: file missing, unreadable, truncated / corrupt (hash mismatch), or not a
+            mapping.
     """
     p = Path(path)
     if not p.is_file():
         raise ValueError(f"checkpoint not found: {p}")
     try:
-        obj = torch.load(p, map_location=map_location, weights_only=True)
+        data = p.read_bytes()
+    except OSError as exc:
+        raise ValueError(f"checkpoint {p} is unreadable: {exc}") from exc
+    payload: bytes | memoryview = data
+    if data.startswith(_MAGIC):
+        want = data[len(_MAGIC) : _HEADER_LEN - 1]
+        payload = memoryview(data)[_HEADER_LEN:]
+        got = hashlib.sha256(payload).hexdigest().encode()
+        if len(data) < _HEADER_LEN or data[_HEADER_LEN - 1 : _HEADER_LEN] != b"\n" or got != want:
+            raise ValueError(
+                f"checkpoint {p} is corrupt: content hash mismatch (stored {want[:12].decode()}"
+                f"..., computed {got[:12].decode()}...); the file was truncated or modified "
+                "after it was written"
+            )
+    try:
+        obj = torch.load(io.BytesIO(payload), map_location=map_location, weights_only=True)
     except Exception as exc:
         raise ValueError(f"checkpoint {p} is unreadable or corrupt: {exc}") from exc
     if not isinstance(obj, dict):
         raise ValueError(f"checkpoint {p} is not a mapping (got {type(obj).__name__})")
     return obj
+
+
+@dataclass
+class TrainingState:
+    """Everything a training checkpoint (``last.pt`` / ``best.pt``) holds.
+
+    Attributes:
+        model: ``EmbeddingModel.state_dict()``; ``model_spec``: ``ModelSpec.to_dict()``.
+        loss, optimizer, scheduler, scaler: state dicts (``scaler`` empty without float16 AMP).
+        step: optimiser steps done; ``epoch`` / ``in_epoch``: position of the next batch.
+        best: ``{"value", "step", "metrics"}`` of the best validation evaluation so far.
+        history: one ``{"step", "epoch", "metrics"}`` per validation evaluation.
+        rng: per-rank RNG states (torch / numpy / python / cuda) at the step boundary.
+        config: the resolved ``TrainingConfig`` as JSON-able dict; ``world_size``: ranks.
+        selection: ``{"split", "class_names"}`` of the validation (model-selection) classes.
+    """
+
+    model: dict[str, Any]
+    model_spec: dict[str, Any]
+    loss: dict[str, Any]
+    optimizer: dict[str, Any]
+    scheduler: dict[str, Any]
+    step: int
+    epoch: int
+    in_epoch: int
+    config: dict[str, Any]
+    scaler: dict[str, Any] = field(default_factory=dict)
+    best: dict[str, Any] = field(default_factory=dict)
+    history: list[dict[str, Any]] = field(default_factory=list)
+    rng: list[dict[str, Any]] = field(default_factory=list)
+    world_size: int = 1
+    selection: dict[str, Any] = field(default_factory=dict)
+    format: str = CHECKPOINT_FORMAT
+
+    def to_dict(self) -> dict[str, Any]:
+        """The mapping written to disk (shallow: tensors are not copied)."""
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any], source: str = "<checkpoint>") -> TrainingState:
+        """Validate a loaded mapping. Raises ValueError naming what is missing."""
+        if d.get("format") != CHECKPOINT_FORMAT:
+            raise ValueError(
+                f"{source} is not a tcm training checkpoint (format {d.get('format')!r}, "
+                f"expected {CHECKPOINT_FORMAT!r})"
+            )
+        names = {f.name for f in fields(cls)}
+        missing = sorted(n for n in _REQUIRED if n not in d)
+        if missing:
+            raise ValueError(f"{source} is not a complete tcm training checkpoint: no {missing}")
+        kw = {k: v for k, v in d.items() if k in names}
+        for k in ("step", "epoch", "in_epoch", "world_size"):
+            if k in kw:
+                kw[k] = int(kw[k])
+        return cls(**kw)
+
+    def save(self, path: str | Path) -> Path:
+        """Atomically write this state with its content hash (see :func:`save_checkpoint`)."""
+        return save_checkpoint(self.to_dict(), path)
+
+    @classmethod
+    def load(cls, path: str | Path, map_location: str | torch.device = "cpu") -> TrainingState:
+        """Load and verify a training checkpoint. Raises ValueError (corrupt / not tcm)."""
+        return cls.from_dict(load_checkpoint(path, map_location), str(path))

@@ -34,6 +34,7 @@ __all__ = [
     "TrainConfig",
     "TrainingConfig",
     "apply_overrides",
+    "check_loss",
     "config_from_dict",
     "dump_config",
     "load_config",
@@ -46,7 +47,12 @@ class _Strict(BaseModel):
 
 
 class DataConfig(_Strict):
-    """Dataset and batching. ``batch_size`` is per process (rank)."""
+    """Dataset and batching. ``batch_size`` is per process (rank).
+
+    ``val_classes``: fraction of the *training* classes held out (whole classes, chosen with
+    ``seed``) as the validation split on which ``best.pt`` is selected; the test classes are
+    evaluated only to report the selected checkpoint (docs/definitions.md, model selection).
+    """
 
     name: str = "glyphs"
     root: str | None = None
@@ -56,6 +62,7 @@ class DataConfig(_Strict):
     batch_size: int = Field(default=64, ge=2)
     m_per_class: int = Field(default=4, ge=2)
     num_workers: int = Field(default=0, ge=0)
+    val_classes: float = Field(default=0.1, gt=0, lt=1)
     options: dict[str, Any] = Field(default_factory=dict)
 
     @field_validator("root")
@@ -102,11 +109,26 @@ class TCMConfig(_Strict):
 
 
 class LossConfig(_Strict):
-    """Base loss (``tcm.losses.available_losses()``) + its parameters + the TCM term."""
+    """Base loss (``tcm.losses.available_losses()``) + its parameters + the TCM term.
+
+    ``memory_size``: rows of a cross-batch memory (0 = none; see ``tcm.losses.CombinedLoss``).
+    The base loss is built and run once on a tiny random batch when the whole config is
+    validated, so a bad ``loss.params`` value is an error at load time.
+    """
 
     name: str = "multi_similarity"
     params: dict[str, Any] = Field(default_factory=dict)
     tcm: TCMConfig = Field(default_factory=lambda: TCMConfig(enabled=False))
+    memory_size: int = Field(default=0, ge=0, le=10_000_000)
+
+    @model_validator(mode="after")
+    def _tcm_margins(self) -> LossConfig:
+        if self.tcm.enabled and self.tcm.margin_neg >= self.tcm.margin_pos:
+            raise ValueError(
+                f"loss.tcm.margin_neg ({self.tcm.margin_neg}) must be < loss.tcm.margin_pos "
+                f"({self.tcm.margin_pos})"
+            )
+        return self
 
 
 class OptimConfig(_Strict):
@@ -150,20 +172,33 @@ class TrainConfig(_Strict):
 
 
 class EvalConfig(_Strict):
-    """Evaluation on the (unseen) test classes; ``max_classes`` evaluates a seeded subset of
-    whole classes (faster; every kept class keeps all its samples)."""
+    """Evaluation (validation classes for selection, test classes for the final report).
+
+    ``far_range``: global-FAR calibration range of OPIS, ``0 < lo < hi < 1``;
+    ``num_thresholds``: grid size ``K`` in [2, 100000]; ``epsilons``: each in (0, 0.5];
+    ``max_classes`` evaluates a seeded subset of whole classes (faster; every kept class keeps
+    all its samples).
+    """
 
     batch_size: int = Field(default=256, ge=1)
     far_range: tuple[float, float] = (1e-2, 1e-1)
-    num_thresholds: int = Field(default=101, ge=2)
-    epsilons: tuple[float, ...] = (0.05, 0.10)
+    num_thresholds: int = Field(default=101, ge=2, le=100_000)
+    epsilons: tuple[float, ...] = Field(default=(0.05, 0.10), min_length=1)
     max_classes: int | None = Field(default=None, ge=2)
 
     @field_validator("far_range")
     @classmethod
     def _range(cls, v: tuple[float, float]) -> tuple[float, float]:
-        if not (0 < v[0] < v[1] < 1):
+        if not all(math.isfinite(x) for x in v) or not (0 < v[0] < v[1] < 1):
             raise ValueError(f"far_range must satisfy 0 < lo < hi < 1; got {v}")
+        return v
+
+    @field_validator("epsilons")
+    @classmethod
+    def _eps(cls, v: tuple[float, ...]) -> tuple[float, ...]:
+        bad = [e for e in v if not (math.isfinite(e) and 0 < e <= 0.5)]
+        if bad:
+            raise ValueError(f"every epsilon must lie in (0, 0.5]; bad: {bad}")
         return v
 
 
@@ -179,6 +214,51 @@ class TrainingConfig(_Strict):
     train: TrainConfig = Field(default_factory=TrainConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
 
+    @model_validator(mode="after")
+    def _loss_builds(self) -> TrainingConfig:
+        check_loss(self.loss, self.model.embedding_dim)
+        return self
+
+
+def check_loss(loss: LossConfig, embedding_dim: int) -> None:
+    """Build the configured loss and run it once (forward + backward) on a tiny random batch.
+
+    Uses its own RNG (the global torch RNG is left untouched). Proxy losses get 4 classes.
+
+    Raises:
+        ValueError: unknown loss / parameter, or a parameter value the loss rejects; the
+            message names ``loss.name`` / ``loss.params``.
+    """
+    import torch
+
+    from tcm.losses import build_loss
+
+    tcm_arg: bool | dict[str, float] = False
+    if loss.tcm.enabled:
+        tcm_arg = loss.tcm.model_dump(exclude={"enabled"})
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        try:
+            fn = build_loss(
+                loss.name,
+                tcm=tcm_arg,
+                num_classes=4,
+                embedding_dim=embedding_dim,
+                memory_size=min(loss.memory_size, 16),
+                **loss.params,
+            )
+            emb = torch.randn(8, embedding_dim, requires_grad=True)
+            labels = torch.tensor([0, 0, 1, 1, 2, 2, 3, 3])
+            out = fn(emb, labels)
+            out = fn(emb, labels)  # second call: with a non-empty memory
+            out.backward()
+        except Exception as exc:
+            detail = f"{type(exc).__name__}: {exc}" if not isinstance(exc, ValueError) else exc
+            raise ValueError(
+                f"loss.params: loss {loss.name!r} with params {dict(loss.params)} does not work: "
+                f"{detail}"
+            ) from None
+
 
 def _format_errors(exc: ValidationError, source: str) -> str:
     lines = []
@@ -188,8 +268,10 @@ def _format_errors(exc: ValidationError, source: str) -> str:
         if err["type"] == "extra_forbidden":
             msg = "unknown key"
         value = err.get("input")
-        shown = "" if err["type"] == "extra_forbidden" else f" (got {value!r})"
-        lines.append(f"  {key}: {msg}{shown}")
+        hide = err["type"] == "extra_forbidden" or isinstance(value, Mapping)
+        shown = "" if hide else f" (got {value!r})"
+        msg = msg.removeprefix("Value error, ")
+        lines.append(f"  {msg}" if key == "<root>" else f"  {key}: {msg}{shown}")
     return f"invalid config {source}:\n" + "\n".join(lines)
 
 

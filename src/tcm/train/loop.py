@@ -1,19 +1,33 @@
-"""The training loop: class-balanced batches, base loss + TCM, periodic open-world evaluation.
+"""The training loop: class-balanced batches, base loss + TCM, selection on validation classes.
 
 ``train(cfg)`` trains an :class:`~tcm.models.EmbeddingModel` (L2-normalised embeddings, cosine
-similarity) on the training classes of ``cfg.data`` and evaluates R@1, MAP@R, OPIS and eps-OPIS on
-the disjoint test classes. Files in ``cfg.output_dir``:
+similarity, a pair accepted when ``similarity >= threshold``) on the training classes of
+``cfg.data``. A seeded fraction ``data.val_classes`` of whole training classes is held out:
+``best.pt`` is chosen by ``train.select_metric`` on them, and the disjoint *test* classes are
+evaluated once, at the end, only to report the selected checkpoint (``metrics.json["test"]``,
+``embeddings.npz``). Output files: :mod:`tcm.train.rundir`.
 
-* ``last.pt`` / ``best.pt``: checkpoints (atomic writes; ``best`` by ``train.select_metric``),
-* ``log.csv``: one row per logged step and per evaluation; ``tb/``: TensorBoard events,
-* ``metrics.json``: evaluation history and the best result; ``embeddings.npz``: test embeddings of
-  the best model (``embeddings``, ``labels``, ``class_names``), the input of ``tcm report``,
-* ``config.yaml``: the resolved configuration.
+Components: :class:`~tcm.train.rundir.RunDir` (files, preflight, CSV log),
+:class:`~tcm.train.checkpoint.TrainingState` (the checkpoint schema, hash-verified),
+:class:`~tcm.train.runner.EvaluationRunner` (metrics), :class:`~tcm.train.step.TrainStep` (one
+optimiser step), :mod:`tcm.train.datasets` (the data seam: ``datasets=`` / ``register_dataset``
+and the validation split). :class:`Trainer` wires them together.
 
-Resuming (``resume=True``) restores model, loss, optimiser, schedule, step position and RNG
-states, so on CPU with ``data.num_workers=0`` a resumed run gives bit-identical weights to an
-uninterrupted one. SIGINT (Ctrl-C) finishes the current step, writes ``last.pt`` and returns
-with ``interrupted=True``; a NaN/inf loss raises :class:`TrainingDivergedError`.
+Faults:
+
+* Before any data is loaded: the config is fully validated (``load_config``), the output
+  directory is checked (not a file, writable), stale ``*.tmp-*`` files are removed and, with
+  ``resume=True``, the checkpoint is verified and compared with the config (seed, data, model,
+  loss, optimiser): a difference is an error naming each key unless ``force=True``.
+* Checkpoints are written only at step boundaries, and ``last.pt`` before every evaluation.
+  The first SIGINT (Ctrl-C) or SIGTERM finishes the current step, writes ``last.pt`` and returns
+  (``interrupted=True``, ``stop_signal``); a second signal stops at once *without* writing
+  (the previous ``last.pt`` stays valid). ``log.csv`` is truncated to the resumed step.
+* A NaN/inf loss raises :class:`TrainingDivergedError`.
+
+Resuming restores model, loss (incl. a cross-batch memory), optimiser, schedule, step position
+and RNG states, so on CPU with ``data.num_workers=0`` a resumed run gives bit-identical weights
+to an uninterrupted one.
 
 Under ``torchrun`` (env ``WORLD_SIZE > 1``) the model is wrapped in DDP (gloo on CPU, nccl on
 CUDA); the loss sees every rank's embeddings via ``tcm.losses.gather_with_grad`` and is scaled by
@@ -27,20 +41,19 @@ Example:
 from __future__ import annotations
 
 import atexit
-import csv
+import copy
 import json
 import math
 import os
-import random
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import AbstractContextManager, contextmanager, nullcontext
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
-from typing import IO, Any
+from typing import Any
 
 import numpy as np
 import torch
@@ -49,46 +62,56 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from tcm.models import EmbeddingModel, build_model, model_from_spec
-from tcm.train.checkpoint import atomic_write, load_checkpoint, save_checkpoint
+from tcm.train.checkpoint import CHECKPOINT_FORMAT, TrainingState, atomic_write
 from tcm.train.config import TrainingConfig, config_from_dict, dump_config
-from tcm.train.evaluation import compute_metrics, embed_dataset
+from tcm.train.datasets import (
+    DatasetProvider,
+    SelectionSplit,
+    TransformedView,
+    default_provider,
+    split_validation_classes,
+)
+from tcm.train.rundir import CsvLog, RunDir
+from tcm.train.runner import Evaluation, EvaluationRunner
+from tcm.train.state import get_rng_state, seed_everything, set_rng_state
+from tcm.train.step import (
+    TrainingDivergedError,
+    TrainStep,
+    backward_global,
+    build_optimizer,
+    global_batch_loss,
+    lr_lambda,
+)
 
 __all__ = [
+    "CHECKPOINT_FORMAT",
     "StepInfo",
     "TrainResult",
+    "Trainer",
     "TrainingDivergedError",
     "backward_global",
+    "config_differences",
     "global_batch_loss",
     "load_model",
     "save_embeddings",
     "train",
 ]
 
-CHECKPOINT_FORMAT = "tcm-checkpoint-v1"
-_CSV_FIELDS = [
-    "kind",
-    "step",
-    "epoch",
-    "loss",
-    "base",
-    "tcm",
-    "lr",
-    "recall_at_1",
-    "map_at_r",
-    "opis",
-    "epsilon_opis_0.05",
-    "epsilon_opis_0.1",
-    "elapsed_s",
-]
+_lr_lambda = lr_lambda  # backwards-compatible private name
 
-
-class TrainingDivergedError(RuntimeError):
-    """The loss became NaN or infinite; the message names the step and suggests a lower LR."""
+#: config keys whose change makes ``--resume`` refuse (unless forced): (section, excluded keys)
+_RESUME_KEYS: dict[str, tuple[str, ...]] = {
+    "seed": (),
+    "data": ("root", "num_workers"),
+    "model": ("pretrained",),
+    "loss": (),
+    "optim": (),
+}
 
 
 @dataclass
 class StepInfo:
-    """Passed to ``hooks`` after every optimiser step."""
+    """Passed to ``hooks`` after every optimiser step (a step boundary)."""
 
     step: int
     epoch: int
@@ -98,7 +121,14 @@ class StepInfo:
 
 @dataclass
 class TrainResult:
-    """What :func:`train` returns (metrics dicts use the keys of ``compute_metrics``)."""
+    """What :func:`train` returns (metrics dicts use the keys of ``compute_metrics``).
+
+    ``best_metrics`` / ``last_metrics`` / ``history``: *validation* classes; ``test_metrics``:
+    the test classes, of the selected (best) checkpoint, ``None`` when the run was interrupted.
+    ``stop_signal``: ``"SIGINT"`` / ``"SIGTERM"`` when stopped by a signal (or a
+    ``KeyboardInterrupt`` raised by a hook: ``"SIGINT"``); ``checkpoint_saved``: whether
+    ``last.pt`` holds the stop step (``False`` after a second signal).
+    """
 
     output_dir: Path
     steps: int
@@ -109,6 +139,10 @@ class TrainResult:
     best_checkpoint: Path | None
     last_checkpoint: Path
     history: list[dict[str, Any]] = field(default_factory=list)
+    test_metrics: dict[str, float] | None = None
+    selection: dict[str, Any] = field(default_factory=dict)
+    stop_signal: str | None = None
+    checkpoint_saved: bool = True
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -130,114 +164,52 @@ def _resolve_device(cfg: TrainingConfig, local_rank: int) -> torch.device:
     return torch.device("cpu")
 
 
-def _rng_state() -> dict[str, Any]:
-    np_state: tuple[Any, ...] = np.random.get_state(legacy=True)  # type: ignore[assignment]  # noqa: NPY002 - global state is saved
-    py_state = random.getstate()
-    state: dict[str, Any] = {
-        "torch": torch.get_rng_state(),
-        "numpy": {
-            "keys": torch.from_numpy(np.asarray(np_state[1], dtype=np.int64)),
-            "pos": int(np_state[2]),
-            "has_gauss": int(np_state[3]),
-            "cached": float(np_state[4]),
-        },
-        "python": [py_state[0], list(py_state[1]), py_state[2]],
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"].cpu())
-    n = state["numpy"]
-    np.random.set_state(  # noqa: NPY002
-        ("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached"])
-    )
-    py = state["python"]
-    random.setstate((py[0], tuple(py[1]), py[2]))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def _seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % (2**32))  # noqa: NPY002 - seeds user code too
-    torch.manual_seed(seed)
-
-
-def _lr_lambda(cfg: TrainingConfig, total_steps: int) -> Callable[[int], float]:
-    o = cfg.optim
-
-    def f(step: int) -> float:
-        if o.warmup_steps and step < o.warmup_steps:
-            return (step + 1) / o.warmup_steps
-        if o.schedule == "constant":
-            return 1.0
-        if o.schedule == "step":
-            return float(o.gamma ** ((step - o.warmup_steps) // o.step_size))
-        span = max(1, total_steps - o.warmup_steps)
-        progress = min(1.0, (step - o.warmup_steps) / span)
-        cos = 0.5 * (1.0 + math.cos(math.pi * progress))
-        return o.min_lr_ratio + (1.0 - o.min_lr_ratio) * cos
-
-    return f
-
-
-def _build_optimizer(
-    cfg: TrainingConfig, model: EmbeddingModel, loss_fn: nn.Module
-) -> torch.optim.Optimizer:
-    o = cfg.optim
-    groups: list[dict[str, Any]] = [
-        {"params": list(model.backbone.parameters()), "lr": o.lr * o.backbone_lr_mult},
-        {"params": list(model.head.parameters()), "lr": o.lr},
-    ]
-    loss_params = [p for p in loss_fn.parameters() if p.requires_grad]
-    if loss_params:
-        groups.append({"params": loss_params, "lr": o.lr * o.loss_lr_mult})
-    if o.name == "adamw":
-        return torch.optim.AdamW(groups, lr=o.lr, weight_decay=o.weight_decay)
-    return torch.optim.SGD(groups, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay)
-
-
-class _SigintFlag:
-    """Turns the first SIGINT into a flag checked between steps; a second one interrupts now."""
+class _Signals:
+    """SIGINT / SIGTERM: the first sets ``requested`` (checked at step boundaries); a second one
+    sets ``hard`` and raises ``KeyboardInterrupt`` at once."""
 
     def __init__(self) -> None:
-        self.hit = False
-        self._old: Any = None
+        self.requested: str | None = None
+        self.hard = False
+        self._old: dict[int, Any] = {}
 
     def _handler(self, signum: int, frame: FrameType | None) -> None:
-        if self.hit:
+        if self.requested is not None:
+            self.hard = True
             raise KeyboardInterrupt
-        self.hit = True
+        self.requested = signal.Signals(signum).name
 
     @contextmanager
     def installed(self) -> Iterator[None]:
         main = threading.current_thread() is threading.main_thread()
         if main:
-            self._old = signal.signal(signal.SIGINT, self._handler)
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._old[int(sig)] = signal.signal(sig, self._handler)
         try:
             yield
         finally:
             if main:
-                signal.signal(signal.SIGINT, self._old)
+                for num, h in self._old.items():
+                    signal.signal(num, h)
 
 
-class _CsvLog:
-    def __init__(self, path: Path, append: bool) -> None:
-        new = not (append and path.is_file())
-        self._fh: IO[str] = open(path, "a" if not new else "w", newline="", encoding="utf-8")
-        self._w = csv.DictWriter(self._fh, fieldnames=_CSV_FIELDS, extrasaction="ignore")
-        if new:
-            self._w.writeheader()
+def config_differences(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
+    """``["data.batch_size: 8 -> 16", ...]``: keys that make a resume refuse (see
+    ``_RESUME_KEYS``), comparing two ``TrainingConfig.model_dump(mode="json")`` mappings."""
+    out: list[str] = []
 
-    def row(self, **kw: Any) -> None:
-        self._w.writerow({k: ("" if v is None else v) for k, v in kw.items()})
-        self._fh.flush()
+    def walk(prefix: str, a: Any, b: Any, skip: tuple[str, ...]) -> None:
+        if isinstance(a, Mapping) and isinstance(b, Mapping):
+            for k in sorted(set(a) | set(b)):
+                if k in skip:
+                    continue
+                walk(f"{prefix}.{k}", a.get(k), b.get(k), ())
+        elif a != b:
+            out.append(f"{prefix}: {a!r} -> {b!r}")
 
-    def close(self) -> None:
-        self._fh.close()
+    for section, skip in _RESUME_KEYS.items():
+        walk(section, old.get(section), new.get(section), skip)
+    return out
 
 
 def save_embeddings(
@@ -270,456 +242,24 @@ def load_model(
     """Rebuild the model stored in a tcm checkpoint; returns ``(model in eval mode, checkpoint)``.
 
     Raises:
-        ValueError: not a tcm checkpoint, or weights that do not fit the stored architecture.
+        ValueError: not a tcm checkpoint, corrupt (hash mismatch), or weights that do not fit
+            the stored architecture.
     """
-    ckpt = load_checkpoint(path)
-    if ckpt.get("format") != CHECKPOINT_FORMAT or "model_spec" not in ckpt:
-        raise ValueError(f"{path} is not a tcm training checkpoint (no 'model_spec')")
-    model = model_from_spec(ckpt["model_spec"])
+    state = TrainingState.load(path)
+    model = model_from_spec(state.model_spec)
     try:
-        model.load_state_dict(ckpt["model"])
+        model.load_state_dict(state.model)
     except RuntimeError as exc:
         raise ValueError(
-            f"checkpoint {path} does not fit architecture {ckpt['model_spec']}: {exc}"
+            f"checkpoint {path} does not fit architecture {state.model_spec}: {exc}"
         ) from exc
-    return model.to(device).eval(), ckpt
-
-
-# ----------------------------------------------------------------------------- training
-
-
-def global_batch_loss(
-    net: nn.Module,
-    loss_fn: nn.Module,
-    images: torch.Tensor,
-    labels: torch.Tensor,
-    amp: AbstractContextManager[Any] | None = None,
-) -> torch.Tensor:
-    """Loss on the *global* batch: ``loss_fn(concat_r emb_r, concat_r labels_r)``.
-
-    Under ``torch.distributed`` the embeddings of all ranks are gathered with
-    ``tcm.losses.gather_with_grad`` (the local rows keep their graph), so every rank computes the
-    same scalar; single process: ``loss_fn(net(images), labels)``. ``amp`` (an autocast
-    context) covers the network only; the loss runs in float32.
-    """
-    from tcm import losses as tlosses
-
-    with amp if amp is not None else nullcontext():
-        emb = net(images)
-    emb = emb.float()
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        emb = tlosses.gather_with_grad(emb)
-        labels = tlosses.gather_no_grad(labels)
-    out: torch.Tensor = loss_fn(emb, labels)
-    return out
-
-
-def backward_global(loss: torch.Tensor, loss_fn: nn.Module) -> None:
-    """Backward of a :func:`global_batch_loss` giving single-process gradients under DDP.
-
-    Each rank back-propagates only through its own rows and DDP averages over ``W`` ranks, so
-    the model gradient is ``(1/W) dL/dθ``: we backward ``W·L``. Parameters of the loss itself
-    (e.g. proxies, not wrapped by DDP) receive the full ``dL/dp`` on every rank; the factor ``W``
-    is divided out of them again.
-    """
-    world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
-    torch.autograd.backward(loss * world)
-    if world > 1:
-        for p in loss_fn.parameters():
-            if p.grad is not None:
-                p.grad.div_(world)
+    return model.to(device).eval(), state.to_dict()
 
 
 def _unwrap(m: nn.Module) -> EmbeddingModel:
     inner = m.module if isinstance(m, nn.parallel.DistributedDataParallel) else m
     assert isinstance(inner, EmbeddingModel)
     return inner
-
-
-def train(
-    cfg: TrainingConfig,
-    *,
-    resume: bool = False,
-    hooks: Sequence[Callable[[StepInfo], None]] = (),
-    echo: Callable[[str], None] | None = print,
-) -> TrainResult:
-    """Train according to ``cfg`` (see the module docstring). Returns a :class:`TrainResult`.
-
-    Raises:
-        ValueError: bad configuration or data (e.g. missing data root), nothing to resume.
-        TrainingDivergedError: NaN/inf loss (message names the step, suggests a lower LR).
-    """
-    from tcm import data as tdata
-    from tcm import losses as tlosses
-
-    rank, world, local_rank = _dist_env()
-    device = _resolve_device(cfg, local_rank)
-    if world > 1 and not dist.is_initialized():
-        # kept for the life of the process (a second train() call, e.g. `tcm demo`, reuses it)
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-        atexit.register(_destroy_process_group)
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
-
-    def say(text: str) -> None:
-        if echo is None or rank != 0:
-            return
-        if echo is print:  # keep the tqdm bar intact
-            from tqdm.auto import tqdm as _tqdm
-
-            _tqdm.write(text)
-        else:
-            echo(text)
-
-    out = Path(cfg.output_dir)
-    last_path, best_path = out / "last.pt", out / "best.pt"
-    det_before = (
-        torch.are_deterministic_algorithms_enabled(),
-        torch.is_deterministic_algorithms_warn_only_enabled(),
-    )
-    try:
-        if resume and not last_path.is_file():
-            raise ValueError(f"cannot resume: no checkpoint at {last_path}")
-        if cfg.train.deterministic:
-            torch.use_deterministic_algorithms(True, warn_only=True)
-            if device.type == "cuda":
-                torch.backends.cudnn.benchmark = False
-        _seed_everything(cfg.seed)
-
-        d = cfg.data
-        kw = dict(d.options)
-        say(f"loading dataset {d.name!r} (splits {d.train_split}/{d.test_split}) ...")
-        train_ds = tdata.load(
-            d.name,
-            split=d.train_split,
-            root=d.root,
-            image_size=d.image_size,
-            transform="default",
-            **kw,
-        )
-        test_ds = tdata.load(
-            d.name,
-            split=d.test_split,
-            root=d.root,
-            image_size=d.image_size,
-            transform="default",
-            **kw,
-        )
-        model = build_model(
-            cfg.model.backbone,
-            cfg.model.embedding_dim,
-            cfg.model.pretrained,
-            d.image_size,
-            head=cfg.model.head,
-        ).to(device)
-        tcm_arg: bool | dict[str, float] = False
-        if cfg.loss.tcm.enabled:
-            tcm_arg = cfg.loss.tcm.model_dump(exclude={"enabled"})
-        loss_fn = tlosses.build_loss(
-            cfg.loss.name,
-            tcm=tcm_arg,
-            num_classes=int(train_ds.num_classes),
-            embedding_dim=cfg.model.embedding_dim,
-            **cfg.loss.params,
-        ).to(device)
-        optimizer = _build_optimizer(cfg, model, loss_fn)
-        sampler = tdata.ClassBalancedBatchSampler(
-            train_ds.labels, d.batch_size, d.m_per_class, seed=cfg.seed, rank=rank, world_size=world
-        )
-        per_epoch = len(sampler)
-        if cfg.train.steps_per_epoch is not None:
-            per_epoch = min(per_epoch, cfg.train.steps_per_epoch)
-        total = cfg.train.epochs * per_epoch
-        if cfg.train.max_steps is not None:
-            total = min(total, cfg.train.max_steps)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(cfg, total))
-        use_amp = cfg.train.amp and device.type == "cuda"
-        amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
-        scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
-
-        step, epoch, in_epoch = 0, 0, 0
-        best: dict[str, Any] = {"value": -math.inf, "step": -1, "metrics": None}
-        history: list[dict[str, Any]] = []
-        if resume:
-            ck = load_checkpoint(last_path)
-            if ck.get("format") != CHECKPOINT_FORMAT:
-                raise ValueError(f"{last_path} is not a tcm training checkpoint")
-            try:
-                model.load_state_dict(ck["model"])
-                loss_fn.load_state_dict(ck["loss"])
-            except RuntimeError as exc:
-                raise ValueError(
-                    f"cannot resume from {last_path}: the config's model/loss differs ({exc})"
-                ) from exc
-            optimizer.load_state_dict(ck["optimizer"])
-            scheduler.load_state_dict(ck["scheduler"])
-            if ck.get("scaler"):
-                scaler.load_state_dict(ck["scaler"])
-            step, epoch, in_epoch = int(ck["step"]), int(ck["epoch"]), int(ck["in_epoch"])
-            best = dict(ck["best"])
-            history = list(ck["history"])
-            _set_rng_state(ck["rng"][rank] if rank < len(ck["rng"]) else ck["rng"][0])
-            say(f"resumed from {last_path} at step {step} (epoch {epoch + 1}, batch {in_epoch})")
-        else:
-            torch.manual_seed(cfg.seed + 1000 * rank)  # per-rank augmentation stream
-        if rank == 0:
-            out.mkdir(parents=True, exist_ok=True)
-            atomic_write(out / "config.yaml", lambda fh: fh.write(dump_config(cfg).encode()))
-
-        net: nn.Module = model
-        if world > 1:
-            net = nn.parallel.DistributedDataParallel(
-                model, device_ids=[device.index] if device.type == "cuda" else None
-            )
-        csv_log = _CsvLog(out / "log.csv", append=resume) if rank == 0 else None
-        tb: Any = None
-        if rank == 0 and cfg.train.tensorboard:
-            from torch.utils.tensorboard import SummaryWriter
-
-            tb = SummaryWriter(str(out / "tb"), purge_step=step if resume else None)
-        t0 = time.monotonic()
-        sig = _SigintFlag()
-        rng_snapshot = _rng_state()
-        pos_snapshot = (step, epoch, in_epoch)
-        interrupted = False
-        last_metrics: dict[str, float] | None = history[-1]["metrics"] if history else None
-
-        def all_rng() -> list[dict[str, Any]]:
-            if world == 1:
-                return [rng_snapshot]
-            gathered: list[Any] = [None] * world
-            dist.all_gather_object(gathered, rng_snapshot)
-            return gathered
-
-        def write_ckpt(path: Path, rngs: list[dict[str, Any]]) -> None:
-            s, e, i = pos_snapshot
-            state = {
-                "format": CHECKPOINT_FORMAT,
-                "model": _unwrap(net).state_dict(),
-                "model_spec": model.spec.to_dict(),
-                "loss": loss_fn.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
-                "scaler": scaler.state_dict() if scaler.is_enabled() else {},
-                "step": s,
-                "epoch": e,
-                "in_epoch": i,
-                "best": best,
-                "history": history,
-                "rng": rngs,
-                "config": cfg.model_dump(mode="json"),
-                "data": {"name": cfg.data.name, "image_size": cfg.data.image_size},
-                "world_size": world,
-            }
-            save_checkpoint(state, path)
-
-        def evaluate() -> dict[str, float]:
-            saved = _rng_state()  # evaluation must not perturb the training RNG streams
-            try:
-                return _evaluate()
-            finally:
-                _set_rng_state(saved)
-
-        def _evaluate() -> dict[str, float]:
-            idx = None
-            mc = cfg.eval.max_classes
-            if mc is not None and test_ds.num_classes > mc:
-                keep = np.random.default_rng(cfg.seed).choice(
-                    test_ds.num_classes, mc, replace=False
-                )
-                idx = np.flatnonzero(np.isin(np.asarray(test_ds.labels), keep))
-            emb, lab = embed_dataset(
-                _unwrap(net),
-                test_ds,
-                batch_size=cfg.eval.batch_size,
-                device=device,
-                rank=rank,
-                world_size=world,
-                indices=idx,
-            )
-            metrics = compute_metrics(
-                emb,
-                lab,
-                far_range=cfg.eval.far_range,
-                num_thresholds=cfg.eval.num_thresholds,
-                epsilons=cfg.eval.epsilons,
-            )
-            evaluate.last = (emb, lab)  # type: ignore[attr-defined]
-            return metrics
-
-        def on_eval(metrics: dict[str, float]) -> None:
-            nonlocal last_metrics
-            last_metrics = metrics
-            history.append({"step": step, "epoch": epoch, "metrics": metrics})
-            value = metrics[cfg.train.select_metric]
-            improved = value > best["value"]
-            if improved:
-                best.update(value=value, step=step, metrics=metrics)
-            rngs = all_rng()
-            if rank != 0:
-                return
-            say(
-                f"eval step {step}: R@1 {metrics['recall_at_1']:.4f}"
-                f"  MAP@R {metrics['map_at_r']:.4f}"
-                f"  OPIS {metrics['opis']:.4g}"
-                f"  eps-OPIS(5%) {metrics.get('epsilon_opis_0.05', float('nan')):.4g}"
-                + ("  (best)" if improved else "")
-            )
-            assert csv_log is not None
-            csv_log.row(
-                kind="eval",
-                step=step,
-                epoch=epoch,
-                elapsed_s=round(time.monotonic() - t0, 2),
-                **metrics,
-            )
-            if tb is not None:
-                for k, v in metrics.items():
-                    tb.add_scalar(f"eval/{k}", v, step)
-            if improved:
-                write_ckpt(best_path, rngs)
-                emb, lab = evaluate.last  # type: ignore[attr-defined]
-                save_embeddings(out / "embeddings.npz", emb, lab, list(test_ds.class_names))
-            write_ckpt(last_path, rngs)
-            summary = {"history": history, "best": best, "last": metrics, "steps": step}
-            atomic_write(
-                out / "metrics.json", lambda fh: fh.write(json.dumps(summary, indent=2).encode())
-            )
-
-        from tqdm.auto import tqdm
-
-        bar = tqdm(
-            total=total,
-            initial=step,
-            disable=not (cfg.train.progress and rank == 0),
-            unit="step",
-            desc="train",
-        )
-        evaluated_at = history[-1]["step"] if history else -1
-        net.train()
-        try:
-            with sig.installed():
-                if (
-                    resume
-                    and step > 0
-                    and in_epoch == 0
-                    and evaluated_at != step
-                    and (epoch % cfg.train.eval_every == 0 or epoch == cfg.train.epochs)
-                ):  # interrupted after the last step of an epoch, before its evaluation
-                    on_eval(evaluate())
-                    evaluated_at = step
-                while step < total and epoch < cfg.train.epochs:
-                    sampler.set_epoch(epoch)
-                    batches = list(sampler)[:per_epoch]
-                    gen = torch.Generator().manual_seed(cfg.seed * 100003 + epoch)
-                    loader = DataLoader(
-                        train_ds,
-                        batch_sampler=batches[in_epoch:],
-                        num_workers=d.num_workers,
-                        generator=gen,
-                        pin_memory=device.type == "cuda",
-                    )
-                    for images, labels in loader:
-                        images = images.to(device, non_blocking=True)
-                        labels = torch.as_tensor(labels).to(device)
-                        ctx = torch.autocast("cuda", dtype=amp_dtype) if use_amp else nullcontext()
-                        loss = global_batch_loss(net, loss_fn, images, labels, ctx)
-                        if not bool(torch.isfinite(loss.detach())):
-                            lr_now = cfg.optim.lr
-                            raise TrainingDivergedError(
-                                f"loss is {float(loss.detach())} at step {step + 1} "
-                                f"(epoch {epoch + 1}); training stopped. Try a lower learning "
-                                f"rate, e.g. optim.lr={lr_now / 10:g} "
-                                f"(now {lr_now:g}), or enable optim.warmup_steps / train.grad_clip"
-                            )
-                        optimizer.zero_grad(set_to_none=True)
-                        backward_global(scaler.scale(loss), loss_fn)
-                        if cfg.train.grad_clip is not None:
-                            scaler.unscale_(optimizer)
-                            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
-                        scaler.step(optimizer)
-                        scaler.update()
-                        scheduler.step()
-                        step += 1
-                        in_epoch += 1
-                        if in_epoch >= per_epoch:
-                            epoch, in_epoch = epoch + 1, 0
-                        rng_snapshot = _rng_state()
-                        pos_snapshot = (step, epoch, in_epoch)
-                        lv = float(loss.detach())
-                        lr = float(scheduler.get_last_lr()[1])
-                        bar.update(1)
-                        if rank == 0 and (step % cfg.train.log_every == 0 or step == total):
-                            terms = getattr(loss_fn, "last_terms", {}) or {}
-                            base = terms.get("base")
-                            tcmv = terms.get("tcm")
-                            row = {
-                                "kind": "train",
-                                "step": step,
-                                "epoch": epoch,
-                                "loss": lv,
-                                "lr": lr,
-                                "base": None if base is None else float(base),
-                                "tcm": None if tcmv is None else float(tcmv),
-                                "elapsed_s": round(time.monotonic() - t0, 2),
-                            }
-                            assert csv_log is not None
-                            csv_log.row(**row)
-                            bar.set_postfix(loss=f"{lv:.4f}")
-                            if tb is not None:
-                                tb.add_scalar("train/loss", lv, step)
-                                tb.add_scalar("train/lr", lr, step)
-                                if base is not None:
-                                    tb.add_scalar("train/base", float(base), step)
-                                if tcmv is not None:
-                                    tb.add_scalar("train/tcm", float(tcmv), step)
-                        for h in hooks:
-                            h(StepInfo(step=step, epoch=epoch, loss=lv, lr=lr))
-                        stop = torch.tensor([1.0 if sig.hit else 0.0])
-                        if world > 1:
-                            dist.all_reduce(stop)
-                        if bool(stop.item() > 0):
-                            raise KeyboardInterrupt
-                        if in_epoch == 0 and (
-                            epoch % cfg.train.eval_every == 0 or epoch == cfg.train.epochs
-                        ):
-                            on_eval(evaluate())
-                            evaluated_at = step
-                        if step >= total:
-                            break
-                    else:
-                        continue
-                    break
-                if evaluated_at != step:
-                    on_eval(evaluate())
-        except KeyboardInterrupt:
-            interrupted = True
-            rngs = all_rng() if world > 1 else [rng_snapshot]
-            if rank == 0:
-                write_ckpt(last_path, rngs)
-                say(
-                    f"\ninterrupted at step {pos_snapshot[0]}: saved {last_path}; "
-                    "continue with --resume"
-                )
-        finally:
-            bar.close()
-            if csv_log is not None:
-                csv_log.close()
-            if tb is not None:
-                tb.close()
-        return TrainResult(
-            output_dir=out,
-            steps=pos_snapshot[0],
-            epochs_completed=pos_snapshot[1],
-            interrupted=interrupted,
-            best_metrics=best.get("metrics"),
-            last_metrics=last_metrics,
-            best_checkpoint=best_path if best_path.is_file() else None,
-            last_checkpoint=last_path,
-            history=history,
-        )
-    finally:
-        torch.use_deterministic_algorithms(det_before[0], warn_only=det_before[1])
 
 
 def _destroy_process_group() -> None:
@@ -730,3 +270,544 @@ def _destroy_process_group() -> None:
 def config_of_checkpoint(ckpt: dict[str, Any]) -> TrainingConfig:
     """The training configuration stored in a checkpoint."""
     return config_from_dict(ckpt["config"], "checkpoint")
+
+
+# ----------------------------------------------------------------------------- the trainer
+
+
+class Trainer:
+    """One training run (see the module docstring); :func:`train` is ``Trainer(...).run()``."""
+
+    def __init__(
+        self,
+        cfg: TrainingConfig,
+        *,
+        resume: bool = False,
+        force: bool = False,
+        datasets: DatasetProvider | None = None,
+        hooks: Sequence[Callable[[StepInfo], None]] = (),
+        echo: Callable[[str], None] | None = print,
+    ) -> None:
+        self.cfg = cfg
+        self.resume = resume
+        self.force = force
+        self.provider = datasets if datasets is not None else default_provider
+        self.hooks = list(hooks)
+        self.echo = echo
+        self.rank, self.world, self.local_rank = _dist_env()
+        self.run_dir = RunDir(cfg.output_dir)
+        self.signals = _Signals()
+        self.at_boundary = True
+        self.t0 = time.monotonic()
+
+    # -- small utilities
+
+    def say(self, text: str) -> None:
+        if self.echo is None or self.rank != 0:
+            return
+        if self.echo is print:  # keep the tqdm bar intact
+            from tqdm.auto import tqdm as _tqdm
+
+            _tqdm.write(text)
+        else:
+            self.echo(text)
+
+    def _all_rng(self) -> list[dict[str, Any]]:
+        if self.world == 1:
+            return [self.rng_snapshot]
+        gathered: list[Any] = [None] * self.world
+        dist.all_gather_object(gathered, self.rng_snapshot)
+        return gathered
+
+    # -- phases
+
+    def _preflight(self) -> TrainingState | None:
+        """Everything that can fail without data: device, output dir, resume checks."""
+        self.device = _resolve_device(self.cfg, self.local_rank)
+        rd = self.run_dir
+        if self.rank == 0:
+            rd.check_writable()
+            for p in rd.remove_stale_temporaries():
+                self.say(f"removed stale temporary file {p}")
+        if not self.resume:
+            return None
+        if not rd.last.is_file():
+            raise ValueError(f"cannot resume: no checkpoint at {rd.last}")
+        state = TrainingState.load(rd.last)
+        diffs = config_differences(state.config, self.cfg.model_dump(mode="json"))
+        if diffs and not self.force:
+            raise ValueError(
+                f"cannot resume from {rd.last}: the config differs from the checkpoint's in "
+                f"{'; '.join(diffs)}. Use the original settings, a new output_dir, or --force "
+                "(force=True) to resume anyway"
+            )
+        if diffs:
+            self.say("resuming despite config changes (--force): " + "; ".join(diffs))
+        return state
+
+    def _build(self) -> None:
+        from tcm import data as tdata
+        from tcm import losses as tlosses
+
+        cfg, d = self.cfg, self.cfg.data
+        self.say(f"loading dataset {d.name!r} (splits {d.train_split}/{d.test_split}) ...")
+        self.train_ds = self.provider(d, d.train_split)
+        self.test_ds = self.provider(d, d.test_split)
+        self.selection: SelectionSplit = split_validation_classes(
+            self.train_ds.labels,
+            self.train_ds.class_names,
+            d.val_classes,
+            cfg.seed,
+            min_train_classes=d.batch_size // d.m_per_class,
+        )
+        self.val_view = TransformedView(
+            self.train_ds, self.selection.val_indices, self.test_ds.transform
+        )
+        model = build_model(
+            cfg.model.backbone,
+            cfg.model.embedding_dim,
+            cfg.model.pretrained,
+            d.image_size,
+            head=cfg.model.head,
+        ).to(self.device)
+        self.model = model
+        tcm_arg: bool | dict[str, float] = False
+        if cfg.loss.tcm.enabled:
+            tcm_arg = cfg.loss.tcm.model_dump(exclude={"enabled"})
+        self.loss_fn = tlosses.build_loss(
+            cfg.loss.name,
+            tcm=tcm_arg,
+            num_classes=int(self.train_ds.num_classes),
+            embedding_dim=cfg.model.embedding_dim,
+            memory_size=cfg.loss.memory_size,
+            **cfg.loss.params,
+        ).to(self.device)
+        self.optimizer = build_optimizer(cfg, model, self.loss_fn)
+        train_idx = self.selection.train_indices
+        self.train_idx = train_idx
+        self.sampler = tdata.ClassBalancedBatchSampler(
+            self.train_ds.labels[train_idx],
+            d.batch_size,
+            d.m_per_class,
+            seed=cfg.seed,
+            rank=self.rank,
+            world_size=self.world,
+        )
+        per_epoch = len(self.sampler)
+        if cfg.train.steps_per_epoch is not None:
+            per_epoch = min(per_epoch, cfg.train.steps_per_epoch)
+        self.per_epoch = per_epoch
+        total = cfg.train.epochs * per_epoch
+        if cfg.train.max_steps is not None:
+            total = min(total, cfg.train.max_steps)
+        self.total = total
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(cfg, total))
+        use_amp = cfg.train.amp and self.device.type == "cuda"
+        amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
+        self.scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
+        self.net: nn.Module = model
+        if self.world > 1:
+            self.net = nn.parallel.DistributedDataParallel(
+                model, device_ids=[self.device.index] if self.device.type == "cuda" else None
+            )
+        self.step_fn = TrainStep(
+            self.net,
+            model,
+            self.loss_fn,
+            self.optimizer,
+            self.scheduler,
+            self.scaler,
+            amp_dtype=amp_dtype if use_amp else None,
+            grad_clip=cfg.train.grad_clip,
+            base_lr=cfg.optim.lr,
+        )
+        self.evaluator = EvaluationRunner(
+            cfg.eval, seed=cfg.seed, device=self.device, rank=self.rank, world_size=self.world
+        )
+
+    def _restore(self, state: TrainingState | None) -> None:
+        self.step, self.epoch, self.in_epoch = 0, 0, 0
+        self.best: dict[str, Any] = {"value": -math.inf, "step": -1, "metrics": None}
+        self.history: list[dict[str, Any]] = []
+        self.best_model_state: dict[str, Any] | None = None
+        if state is None:
+            torch.manual_seed(self.cfg.seed + 1000 * self.rank)  # per-rank augmentation stream
+            self.rng_snapshot = get_rng_state()
+            return
+        src = self.run_dir.last
+        try:
+            self.model.load_state_dict(state.model)
+            self.loss_fn.load_state_dict(state.loss)
+        except (RuntimeError, ValueError) as exc:
+            raise ValueError(
+                f"cannot resume from {src}: the config's model/loss differs ({exc})"
+            ) from exc
+        try:
+            self.optimizer.load_state_dict(state.optimizer)
+            self.scheduler.load_state_dict(state.scheduler)
+            if state.scaler:
+                self.scaler.load_state_dict(state.scaler)
+        except (RuntimeError, ValueError, KeyError) as exc:
+            raise ValueError(
+                f"cannot resume from {src}: the optimiser state does not fit ({exc})"
+            ) from exc
+        self.step, self.epoch, self.in_epoch = state.step, state.epoch, state.in_epoch
+        self.best = dict(state.best) if state.best else self.best
+        self.history = list(state.history)
+        rng = state.rng[self.rank] if self.rank < len(state.rng) else state.rng[0]
+        set_rng_state(rng)
+        self.rng_snapshot = rng
+        if self.run_dir.best.is_file():
+            self.best_model_state = TrainingState.load(self.run_dir.best).model
+        self.say(
+            f"resumed from {src} at step {self.step} (epoch {self.epoch + 1}, "
+            f"batch {self.in_epoch})"
+        )
+
+    def _state(self, rngs: list[dict[str, Any]]) -> TrainingState:
+        return TrainingState(
+            model=_unwrap(self.net).state_dict(),
+            model_spec=self.model.spec.to_dict(),
+            loss=self.loss_fn.state_dict(),
+            optimizer=self.optimizer.state_dict(),
+            scheduler=self.scheduler.state_dict(),
+            scaler=self.scaler.state_dict() if self.scaler.is_enabled() else {},
+            step=self.step,
+            epoch=self.epoch,
+            in_epoch=self.in_epoch,
+            best=self.best,
+            history=self.history,
+            rng=rngs,
+            config=self.cfg.model_dump(mode="json"),
+            world_size=self.world,
+            selection=self._selection_record(),
+        )
+
+    def _selection_record(self) -> dict[str, Any]:
+        s = self.selection
+        return {
+            "split": "validation",
+            "description": s.describe(),
+            "fraction": s.fraction,
+            "seed": s.seed,
+            "class_names": list(s.class_names),
+        }
+
+    def _save_last(self) -> None:
+        """Write ``last.pt`` for the current step boundary (collective under DDP)."""
+        rngs = self._all_rng()
+        if self.rank == 0:
+            self._state(rngs).save(self.run_dir.last)
+
+    def _write_metrics(self, test: dict[str, Any] | None = None) -> None:
+        if self.rank != 0:
+            return
+        summary: dict[str, Any] = {
+            "history": self.history,
+            "best": self.best,
+            "last": self.history[-1]["metrics"] if self.history else None,
+            "steps": self.step,
+            "selection": self._selection_record(),
+        }
+        if test is not None:
+            summary["test"] = test
+        data = json.dumps(summary, indent=2).encode()
+        atomic_write(self.run_dir.metrics, lambda fh: fh.write(data))
+
+    def _validate(self) -> None:
+        """Checkpoint, evaluate the validation classes, update best / history / files."""
+        self._save_last()  # an evaluation failure never loses the training done so far
+        ev = self.evaluator(
+            _unwrap(self.net),
+            self.val_view,
+            split="validation",
+            class_names=self.selection.class_names,
+        )
+        metrics = ev.metrics
+        self.history.append({"step": self.step, "epoch": self.epoch, "metrics": metrics})
+        value = metrics[self.cfg.train.select_metric]
+        improved = value >= self.best["value"]  # ties: the later (longer-trained) checkpoint
+        if improved:
+            self.best = {"value": value, "step": self.step, "metrics": metrics}
+            self.best_model_state = copy.deepcopy(_unwrap(self.net).state_dict())
+        rngs = self._all_rng()
+        self.evaluated_at = self.step
+        if self.rank != 0:
+            return
+        self.say(
+            f"validation step {self.step}: R@1 {metrics['recall_at_1']:.4f}"
+            f"  MAP@R {metrics['map_at_r']:.4f}  OPIS {metrics['opis']:.4g}"
+            f"  eps-OPIS(5%) {metrics.get('epsilon_opis_0.05', float('nan')):.4g}"
+            + ("  (best)" if improved else "")
+        )
+        assert self.csv is not None
+        self.csv.row(
+            kind="eval",
+            split="validation",
+            step=self.step,
+            epoch=self.epoch,
+            elapsed_s=round(time.monotonic() - self.t0, 2),
+            **metrics,
+        )
+        if self.tb is not None:
+            for k, v in metrics.items():
+                self.tb.add_scalar(f"val/{k}", v, self.step)
+        state = self._state(rngs)
+        if improved:
+            state.save(self.run_dir.best)
+        state.save(self.run_dir.last)
+        self._write_metrics()
+
+    def _report_test(self) -> Evaluation | None:
+        """Evaluate the selected checkpoint on the test classes (reporting only)."""
+        if self.best_model_state is None:
+            return None
+        model = model_from_spec(self.model.spec.to_dict()).to(self.device)
+        model.load_state_dict(self.best_model_state)
+        ev = self.evaluator(model, self.test_ds, split="test", class_names=self.test_ds.class_names)
+        test = {
+            "step": self.best["step"],
+            "split": self.cfg.data.test_split,
+            "metrics": ev.metrics,
+            "note": "test classes, evaluated once for the checkpoint selected on validation",
+        }
+        if self.rank == 0:
+            save_embeddings(self.run_dir.embeddings, ev.embeddings, ev.labels, ev.class_names)
+            assert self.csv is not None
+            self.csv.row(
+                kind="test",
+                split=self.cfg.data.test_split,
+                step=self.best["step"],
+                elapsed_s=round(time.monotonic() - self.t0, 2),
+                **ev.metrics,
+            )
+            self._write_metrics(test)
+            m = ev.metrics
+            self.say(
+                f"test classes, checkpoint of step {self.best['step']} (selected on validation):"
+                f" R@1 {m['recall_at_1']:.4f}  MAP@R {m['map_at_r']:.4f}  OPIS {m['opis']:.4g}"
+            )
+        return ev
+
+    def _eval_due(self) -> bool:
+        t = self.cfg.train
+        return self.in_epoch == 0 and (self.epoch % t.eval_every == 0 or self.epoch == t.epochs)
+
+    def _check_stop(self) -> str | None:
+        code = {None: 0, "SIGINT": 1, "SIGTERM": 2}[self.signals.requested]
+        flag = torch.tensor([float(code)])
+        if self.world > 1:
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return {0: None, 1: "SIGINT", 2: "SIGTERM"}[int(flag.item())]
+
+    def _log_step(self, value: torch.Tensor) -> float:
+        lv = float(value)
+        lr = self.step_fn.current_lr()
+        cfg = self.cfg
+        if self.rank == 0 and (self.step % cfg.train.log_every == 0 or self.step == self.total):
+            raw = getattr(self.loss_fn, "last_terms", {}) or {}
+            terms = {k: float(v) for k, v in raw.items()}  # one host sync, only when logging
+            assert self.csv is not None
+            self.csv.row(
+                kind="train",
+                step=self.step,
+                epoch=self.epoch,
+                loss=lv,
+                lr=lr,
+                base=terms.get("base"),
+                tcm=terms.get("tcm"),
+                elapsed_s=round(time.monotonic() - self.t0, 2),
+            )
+            self.bar.set_postfix(loss=f"{lv:.4f}")
+            if self.tb is not None:
+                self.tb.add_scalar("train/loss", lv, self.step)
+                self.tb.add_scalar("train/lr", lr, self.step)
+                for k in ("base", "tcm"):
+                    if k in terms:
+                        self.tb.add_scalar(f"train/{k}", terms[k], self.step)
+        return lr
+
+    def _epochs(self) -> str | None:
+        """Run the remaining steps; returns the stop signal's name or ``None`` when done."""
+        cfg, d = self.cfg, self.cfg.data
+        if (
+            self.resume and self.step > 0 and self.evaluated_at != self.step and self._eval_due()
+        ):  # stopped after the last step of an epoch, before its evaluation
+            self._validate()
+        while self.step < self.total and self.epoch < cfg.train.epochs:
+            self.sampler.set_epoch(self.epoch)
+            batches = [self.train_idx[b].tolist() for b in list(self.sampler)[: self.per_epoch]]
+            gen = torch.Generator().manual_seed(cfg.seed * 100003 + self.epoch)
+            loader = DataLoader(
+                self.train_ds,
+                batch_sampler=batches[self.in_epoch :],
+                num_workers=d.num_workers,
+                generator=gen,
+                pin_memory=self.device.type == "cuda",
+            )
+            it = iter(loader)
+            while True:
+                self.at_boundary = False  # fetching a batch already advances RNG streams
+                try:
+                    images, labels = next(it)
+                except StopIteration:
+                    self.at_boundary = True
+                    break
+                images = images.to(self.device, non_blocking=True)
+                labels = torch.as_tensor(labels).to(self.device)
+                value = self.step_fn(images, labels, step=self.step, epoch=self.epoch)
+                self.step += 1
+                self.in_epoch += 1
+                if self.in_epoch >= self.per_epoch:
+                    self.epoch, self.in_epoch = self.epoch + 1, 0
+                self.rng_snapshot = get_rng_state()
+                self.at_boundary = True
+                self.bar.update(1)
+                lr = self._log_step(value)
+                for h in self.hooks:
+                    h(StepInfo(step=self.step, epoch=self.epoch, loss=float(value), lr=lr))
+                stop = self._check_stop()
+                if stop is not None:
+                    return stop
+                if self._eval_due():
+                    self._validate()
+                    stop = self._check_stop()
+                    if stop is not None:
+                        return stop
+                if self.step >= self.total:
+                    break
+            if self.step >= self.total:
+                break
+        if self.evaluated_at != self.step:
+            self._validate()
+        return None
+
+    def run(self) -> TrainResult:
+        """Train; see :func:`train`."""
+        cfg = self.cfg
+        if self.world > 1 and not dist.is_initialized():
+            device = _resolve_device(cfg, self.local_rank)
+            # kept for the life of the process (a second train() call, e.g. `tcm demo`, reuses it)
+            dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+            atexit.register(_destroy_process_group)
+        state = self._preflight()
+        if self.device.type == "cuda":
+            torch.cuda.set_device(self.device)
+        det_before = (
+            torch.are_deterministic_algorithms_enabled(),
+            torch.is_deterministic_algorithms_warn_only_enabled(),
+        )
+        try:
+            if cfg.train.deterministic:
+                torch.use_deterministic_algorithms(True, warn_only=True)
+                if self.device.type == "cuda":
+                    torch.backends.cudnn.benchmark = False
+            seed_everything(cfg.seed)
+            self._build()
+            self._restore(state)
+            return self._loop()
+        finally:
+            torch.use_deterministic_algorithms(det_before[0], warn_only=det_before[1])
+
+    def _loop(self) -> TrainResult:
+        cfg, rd = self.cfg, self.run_dir
+        self.csv: CsvLog | None = None
+        self.tb: Any = None
+        if self.rank == 0:
+            data = dump_config(cfg).encode()
+            atomic_write(rd.config, lambda fh: fh.write(data))
+            evals = [int(h["step"]) for h in self.history]
+            self.csv = CsvLog(rd.log, self.step if self.resume else None, evals)
+            if cfg.train.tensorboard:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.tb = SummaryWriter(
+                    str(rd.tensorboard), purge_step=self.step if self.resume else None
+                )
+        from tqdm.auto import tqdm
+
+        self.bar = tqdm(
+            total=self.total,
+            initial=self.step,
+            disable=not (cfg.train.progress and self.rank == 0),
+            unit="step",
+            desc="train",
+        )
+        self.evaluated_at = self.history[-1]["step"] if self.history else -1
+        self.net.train()
+        stop: str | None = None
+        saved = True
+        test: Evaluation | None = None
+        try:
+            with self.signals.installed():
+                try:
+                    stop = self._epochs()
+                    if stop is None:
+                        test = self._report_test()
+                except KeyboardInterrupt:
+                    stop = "SIGINT" if self.signals.requested is None else self.signals.requested
+                    if self.signals.hard or not self.at_boundary:
+                        saved = False
+                        self.say(
+                            f"\ninterrupted again during step {self.step + 1}: exiting without "
+                            f"writing a checkpoint ({rd.last} is unchanged)"
+                        )
+                if stop is not None and saved:
+                    try:
+                        self._save_last()
+                    except KeyboardInterrupt:  # a second signal while saving: atomic, no file
+                        saved = False
+                        self.say(f"\ninterrupted while saving: {rd.last} is unchanged")
+                    else:
+                        self.say(
+                            f"\n{stop}: stopped at step {self.step}; saved {rd.last} "
+                            "(continue with --resume)"
+                        )
+        finally:
+            self.bar.close()
+            if self.csv is not None:
+                self.csv.close()
+            if self.tb is not None:
+                self.tb.close()
+        return TrainResult(
+            output_dir=rd.root,
+            steps=self.step,
+            epochs_completed=self.epoch,
+            interrupted=stop is not None,
+            best_metrics=self.best.get("metrics"),
+            last_metrics=self.history[-1]["metrics"] if self.history else None,
+            best_checkpoint=rd.best if rd.best.is_file() else None,
+            last_checkpoint=rd.last,
+            history=self.history,
+            test_metrics=None if test is None else test.metrics,
+            selection=self._selection_record(),
+            stop_signal=stop,
+            checkpoint_saved=saved,
+        )
+
+
+def train(
+    cfg: TrainingConfig,
+    *,
+    resume: bool = False,
+    force: bool = False,
+    datasets: DatasetProvider | None = None,
+    hooks: Sequence[Callable[[StepInfo], None]] = (),
+    echo: Callable[[str], None] | None = print,
+) -> TrainResult:
+    """Train according to ``cfg`` (see the module docstring). Returns a :class:`TrainResult`.
+
+    Args:
+        resume: continue from ``output_dir/last.pt``.
+        force: resume even when seed / data / model / loss / optimiser settings changed.
+        datasets: a provider ``(data_config, split) -> DMLDataset`` (default:
+            :func:`tcm.train.datasets.default_provider`).
+        hooks: called with a :class:`StepInfo` after every step; a ``KeyboardInterrupt``
+            raised by a hook stops like a first Ctrl-C (checkpoint written).
+        echo: progress messages (``None``: silent).
+
+    Raises:
+        ValueError: bad configuration, output directory, data or checkpoint; resume refused.
+        TrainingDivergedError: NaN/inf loss (message names the step, suggests a lower LR).
+    """
+    return Trainer(cfg, resume=resume, force=force, datasets=datasets, hooks=hooks, echo=echo).run()

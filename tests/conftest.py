@@ -1,0 +1,84 @@
+"""Shared fixtures: a tiny synthetic dataset plugged in through tcm.train's dataset seam.
+
+``tiny_dataset(split, image_size)`` builds class prototypes + noise (train: 8 classes x 6, test:
+6 classes x 6, disjoint class names). The ``tiny_data`` fixture registers it under the dataset
+name ``"tiny"`` (:func:`tcm.train.datasets.register_dataset`) and ``tiny_provider`` is the same
+thing as a ``datasets=`` argument of :func:`tcm.train.train`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from tcm.data.base import TensorImageDataset
+
+TINY_OVERRIDES = (
+    "data.name=tiny",
+    "data.image_size=16",
+    "data.batch_size=8",
+    "data.m_per_class=2",
+    "model.embedding_dim=8",
+    "loss.name=multi_similarity",
+    "train.epochs=2",
+    "train.steps_per_epoch=2",
+    "train.progress=false",
+    "train.log_every=1",
+    "train.device=cpu",
+    "eval.num_thresholds=11",
+)
+
+
+def tiny_dataset(split: str = "train", image_size: int | None = 16, augment: bool = True) -> Any:
+    """Class prototypes + noise, 6 images per class, uint8; train-time noise from the global
+    torch RNG (like real augmentation) when ``augment``."""
+    size = image_size or 16
+    n_cls, per = (8, 6) if split == "train" else (6, 6)
+    off = 0 if split == "train" else 100
+    g = torch.Generator().manual_seed(off + 7)
+    protos = torch.rand(n_cls, 3, size, size, generator=g)
+    imgs = protos.repeat_interleave(per, 0) + 0.3 * torch.rand(
+        n_cls * per, 3, size, size, generator=g
+    )
+    imgs = (imgs.clamp(0, 1.3) / 1.3 * 255).to(torch.uint8)
+    labels = np.repeat(np.arange(n_cls), per)
+    tf = None
+    if split == "train" and augment:
+        tf = lambda im: im.float() / 255 + 0.05 * torch.rand(im.shape)  # noqa: E731
+    names = [f"c{off + i}" for i in range(n_cls)]
+    return TensorImageDataset("tiny", split, imgs, labels, names, transform=tf)
+
+
+def tiny_provider(data: Any, split: str) -> Any:
+    """A ``datasets=`` provider for :func:`tcm.train.train`."""
+    if data.root is not None and not Path(data.root).exists():
+        raise ValueError(f"dataset root not found: {data.root}")
+    return tiny_dataset(split, data.image_size)
+
+
+@pytest.fixture
+def tiny_data() -> Iterator[None]:
+    """Register the tiny dataset as ``data.name=tiny`` for the test's duration."""
+    from tcm.train.datasets import register_dataset, unregister_dataset
+
+    register_dataset("tiny", tiny_provider)
+    try:
+        yield
+    finally:
+        unregister_dataset("tiny")
+
+
+@pytest.fixture
+def tiny_cfg() -> Any:
+    """``tiny_cfg(output_dir, *overrides) -> TrainingConfig`` for the tiny dataset."""
+    from tcm.train.config import load_config
+
+    def make(out: Path, *extra: str) -> Any:
+        return load_config(None, [f"output_dir={out}", *TINY_OVERRIDES, *extra])
+
+    return make
