@@ -17,20 +17,6 @@ import os
 
 import pytest
 
-# TEMPORARY doctest exclusion: these modules are being rewritten on other branches; their
-# examples are enabled (remove the entry) once each rewrite lands. Paths are relative to this file.
-collect_ignore_glob = [
-    "src/tcm/train/*.py",
-    "src/tcm/losses/*.py",
-    "src/tcm/data/cub200.py",
-    "src/tcm/data/cars196.py",
-    "src/tcm/data/sop.py",
-    "src/tcm/data/inshop.py",
-    "src/tcm/data/inaturalist2018.py",
-    "src/tcm/data/folder.py",
-    "src/tcm/data/_images.py",
-    "src/tcm/data/_files.py",
-]
 
 
 def pytest_configure(config: pytest.Config) -> None:
