@@ -236,7 +236,9 @@ def run_one(exp: str, run: Run, force: bool = False) -> dict[str, Any] | None:
         "tags": run.tags,
         "overrides": run.overrides,
         "command": "tcm train --config configs/demo.yaml " + " ".join(run.overrides),
-        "metrics": res.last_metrics,
+        # test classes of the checkpoint selected on the validation classes (never on test)
+        "metrics": res.test_metrics,
+        "selection": res.selection,
         "steps": res.steps,
         "wall_s": round(wall, 1),
         "deployment": deployment_view(out_dir / "embeddings.npz"),

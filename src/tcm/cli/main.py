@@ -545,6 +545,7 @@ DEMO_OVERRIDES: tuple[str, ...] = (
     "train.epochs=4",
     "train.steps_per_epoch=75",
     "train.eval_every=2",
+    "train.select_metric=map_at_r",
     "train.device=cpu",
 )
 
