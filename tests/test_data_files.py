@@ -505,3 +505,36 @@ def test_inshop_query_and_gallery_share_the_coding(tmp_path: Path) -> None:
     for ds in (q, g):
         names = [ds.class_names[c] for c in ds.labels]
         assert all(f"/{n}/" in p for n, p in zip(names, ds.paths, strict=True))
+
+
+def test_folder_domain_level(tmp_path: Path) -> None:
+    for c, dom, v in (("cat", "phone", 1), ("cat", "dslr", 2), ("dog", "phone", 3)):
+        _jpeg(tmp_path / "train" / c / dom / f"{v}.png", v)
+    _jpeg(tmp_path / "test" / "eel" / "dslr" / "x.png", 9)
+    tr = load("folder", "train", root=tmp_path, transform=None, domain_level=1)
+    assert tr.domains is not None
+    assert dict(zip(tr.ids, tr.domains.tolist(), strict=True)) == {
+        "train/cat/dslr/2.png": "dslr",
+        "train/cat/phone/1.png": "phone",
+        "train/dog/phone/3.png": "phone",
+    }
+    assert load("folder", "train", root=tmp_path, transform=None).domains is None
+    _jpeg(tmp_path / "train" / "dog" / "flat.png", 4)  # not below a domain folder
+    with pytest.raises(ValueError, match=r"flat\.png is not 1 folder"):
+        load("folder", "train", root=tmp_path, transform=None, domain_level=1)
+    with pytest.raises(ValueError, match="domain_level"):
+        load("folder", "train", root=tmp_path, transform=None, domain_level=0)
+
+
+def test_csv_domain_column(tmp_path: Path) -> None:
+    for name, v in (("a.jpg", 1), ("b.jpg", 2), ("c.jpg", 3)):
+        _jpeg(tmp_path / "imgs" / name, v)
+    (tmp_path / "d.csv").write_text(
+        "path,label,split,domain\nimgs/a.jpg,cat,train,site1\nimgs/b.jpg,cat,train,site2\n"
+        "imgs/c.jpg,dog,test,site1\n"
+    )
+    tr = load("csv", "train", root=tmp_path / "d.csv", transform=None)
+    assert tr.domains is not None and tr.domains.tolist() == ["site1", "site2"]
+    (tmp_path / "e.csv").write_text("path,label,domain\nimgs/a.jpg,cat,\n")
+    with pytest.raises(ValueError, match="line 2: empty domain"):
+        load("csv", "all", root=tmp_path / "e.csv", transform=None)

@@ -118,13 +118,15 @@ class ParsedSplit:
 
     ``class_names``: optional ``{class id: readable name}``. ``shared_classes``: a fixed class
     coding (label = position in this list) shared by several splits, e.g. In-Shop's query and
-    gallery; ``None``: dense codes of the split's own sorted class ids.
+    gallery; ``None``: dense codes of the split's own sorted class ids. ``domains``: optional
+    domain (data distribution / group) of each image, aligned with ``paths``.
     """
 
     paths: list[str]
     class_ids: list[str]
     class_names: dict[str, str] | None = None
     shared_classes: list[str] | None = None
+    domains: list[str] | None = None
 
 
 Parser = Callable[[str, str], ParsedSplit]
@@ -176,7 +178,10 @@ def read_photo_split(
     else:
         ds = _shared_coding(name, split, parsed, image_size, transform, on_error, verify)
     base = r if os.path.isdir(r) else os.path.dirname(os.path.abspath(r))
-    ds.ids = [os.path.relpath(p, base) for p in ds.paths]  # type: ignore[attr-defined]
+    ds.ids = [os.path.relpath(p, base) for p in ds.paths]
+    if parsed.domains is not None:
+        by_path = dict(zip(parsed.paths, parsed.domains, strict=True))
+        ds.domains = [by_path[p] for p in ds.paths]
     return ds
 
 

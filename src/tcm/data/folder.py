@@ -7,9 +7,14 @@ otherwise the classes are split by a stable hash of the class name: a class is `
 ``sha256("tcm-folder:" + name)`` maps below ``test_fraction`` (default 0.5). ``split="all"``
 returns every class.
 
-``csv``: a CSV file with a header naming the columns ``path,label[,split]``; paths are relative
-to the CSV's folder (or absolute). With a ``split`` column its values select the rows
+``csv``: a CSV file with a header naming the columns ``path,label[,split][,domain]``; paths are
+relative to the CSV's folder (or absolute). With a ``split`` column its values select the rows
 (``train`` / ``test`` / any other value); without it the classes are split by hash as above.
+
+Domains (``ds.domains``, the data distribution of each sample, e.g. camera or site): the CSV's
+optional ``domain`` column; for ``folder``, ``domain_level=k`` takes the ``k``-th directory below
+each class folder (``root/<class>/<domain>/<image>`` for ``k = 1``); images that sit less deep
+are an error naming the file.
 
 Example:
     >>> ds = load_folder("train", root="/data/my_products")  # doctest: +SKIP
@@ -53,8 +58,12 @@ def _hash_split(name: str, split: str, ids: list[str], test_fraction: float) -> 
     ]
 
 
-def _scan(directory: str) -> tuple[list[str], list[str]]:
-    paths, ids = [], []
+def _scan(
+    directory: str, domain_level: int | None = None
+) -> tuple[list[str], list[str], list[str]]:
+    """``(paths, class ids, domains)`` of the images below ``directory/<class>/``; the domain is
+    the ``domain_level``-th directory below the class folder ("" when not asked for)."""
+    paths, ids, domains = [], [], []
     for cls in sorted(os.listdir(directory)):
         cdir = os.path.join(directory, cls)
         if not os.path.isdir(cdir):
@@ -63,37 +72,59 @@ def _scan(directory: str) -> tuple[list[str], list[str]]:
             dirs.sort()
             for f in sorted(files):
                 if f.lower().endswith(IMAGE_EXTENSIONS):
-                    paths.append(os.path.join(dirpath, f))
+                    path = os.path.join(dirpath, f)
+                    paths.append(path)
                     ids.append(cls)
-    return paths, ids
+                    domains.append(_domain(path, cdir, domain_level))
+    return paths, ids, domains
 
 
-def parse_folder(root: str, split: str, test_fraction: float = 0.5) -> ParsedSplit:
+def _domain(path: str, class_dir: str, level: int | None) -> str:
+    if level is None:
+        return ""
+    parts = os.path.relpath(path, class_dir).split(os.sep)  # [..., file]
+    if len(parts) <= level:
+        raise ValueError(
+            f"folder: {path} is not {level} folder(s) below its class folder "
+            f"(domain_level={level} expects <class>/{'<...>/' * (level - 1)}<domain>/<image>)"
+        )
+    return parts[level - 1]
+
+
+def _check_domain_level(level: int | None) -> None:
+    if level is not None and (isinstance(level, bool) or not isinstance(level, int) or level < 1):
+        raise ValueError(f"folder: domain_level must be an integer >= 1 or None; got {level!r}")
+
+
+def parse_folder(
+    root: str, split: str, test_fraction: float = 0.5, domain_level: int | None = None
+) -> ParsedSplit:
     """Images of ``split`` (train / test / all) of an ImageFolder-style tree (see module doc)."""
+    _check_domain_level(domain_level)
     tr, te = os.path.join(root, "train"), os.path.join(root, "test")
     if os.path.isdir(tr) and os.path.isdir(te):
-        ptr, itr = _scan(tr)
-        pte, ite = _scan(te)
+        ptr, itr, dtr = _scan(tr, domain_level)
+        pte, ite, dte = _scan(te, domain_level)
         overlap = sorted(set(itr) & set(ite))
         if overlap:
             raise ValueError(
                 f"folder: classes appear in both train/ and test/ (not open-world): {overlap[:5]}"
             )
         if split == "all":
-            paths, ids = ptr + pte, itr + ite
+            paths, ids, doms = ptr + pte, itr + ite, dtr + dte
         elif split == "train":
-            paths, ids = ptr, itr
+            paths, ids, doms = ptr, itr, dtr
         else:
-            paths, ids = pte, ite
+            paths, ids, doms = pte, ite, dte
     else:
-        paths, ids = _scan(root)
+        paths, ids, doms = _scan(root, domain_level)
         keep = _hash_split("folder", split, ids, test_fraction)
-        paths, ids = [paths[i] for i in keep], [ids[i] for i in keep]
+        paths, ids, doms = [paths[i] for i in keep], [ids[i] for i in keep], [doms[i] for i in keep]
     if not paths:
         raise ValueError(
             f"folder: no images with extensions {IMAGE_EXTENSIONS} for split {split!r}"
         )
-    return ParsedSplit(paths, ids)
+    return ParsedSplit(paths, ids, domains=doms if domain_level is not None else None)
 
 
 def load_folder(
@@ -105,10 +136,12 @@ def load_folder(
     on_error: str = "raise",
     verify: bool = False,
     test_fraction: float = 0.5,
+    domain_level: int | None = None,
 ) -> FileImageDataset:
-    """Load an ImageFolder-style tree (see module doc)."""
+    """Load an ImageFolder-style tree (see module doc; ``domain_level``: per-sample domains)."""
     check_on_error(on_error)
     _check_fraction(test_fraction)
+    _check_domain_level(domain_level)
     if split not in FOLDER_SPLITS:
         raise ValueError(
             f"folder: split must be train, test, calibration, evaluation or all; got {split!r}"
@@ -117,7 +150,7 @@ def load_folder(
         "folder",
         split,
         root,
-        lambda r, s: parse_folder(r, s, test_fraction),
+        lambda r, s: parse_folder(r, s, test_fraction, domain_level),
         splits=FOLDER_SPLITS,
         root_hint="a folder of class sub-folders",
         image_size=image_size,
@@ -135,19 +168,23 @@ def parse_csv(csv_path: str, split: str, test_fraction: float = 0.5) -> ParsedSp
         fields = [f.strip().lower() for f in (reader.fieldnames or [])]
         if "path" not in fields or "label" not in fields:
             raise ValueError(
-                f"csv: {csv_path!r} needs a header with columns path,label[,split]; got {fields}"
+                f"csv: {csv_path!r} needs a header with columns path,label[,split][,domain]; "
+                f"got {fields}"
             )
         rows = [
             {k.strip().lower(): (v or "").strip() for k, v in row.items() if k} for row in reader
         ]
-    paths, ids, splits = [], [], []
+    paths, ids, splits, doms = [], [], [], []
     for k, row in enumerate(rows, start=2):
         if not row.get("path") or not row.get("label"):
             raise ValueError(f"csv: {csv_path!r} line {k}: empty path or label")
+        if "domain" in fields and not row.get("domain"):
+            raise ValueError(f"csv: {csv_path!r} line {k}: empty domain")
         p = row["path"]
         paths.append(p if os.path.isabs(p) else os.path.join(base, p))
         ids.append(row["label"])
         splits.append(row.get("split", ""))
+        doms.append(row.get("domain", ""))
     if "split" in fields:
         keep = [i for i, s in enumerate(splits) if s == split or split == "all"]
         tr_cls = {ids[i] for i, s in enumerate(splits) if s == "train"}
@@ -163,7 +200,11 @@ def parse_csv(csv_path: str, split: str, test_fraction: float = 0.5) -> ParsedSp
         keep = _hash_split("csv", split, ids, test_fraction)
     if not keep:
         raise ValueError(f"csv: no rows for split {split!r} in {csv_path!r}")
-    return ParsedSplit([paths[i] for i in keep], [ids[i] for i in keep])
+    return ParsedSplit(
+        [paths[i] for i in keep],
+        [ids[i] for i in keep],
+        domains=[doms[i] for i in keep] if "domain" in fields else None,
+    )
 
 
 def _csv_root(root: str | os.PathLike[str] | None) -> str:
