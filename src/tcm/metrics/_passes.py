@@ -432,12 +432,15 @@ class MultiBuckets:
         self.cut = ceil_to_dtype(float(self.thresholds[0]), dtype) if self.k else math.inf
 
     def __call__(self, v: np.ndarray, scratch: Scratch) -> np.ndarray:
-        """int64 union buckets of ``v``; a view of ``scratch.i3`` (valid until its next use)."""
+        """int64 union buckets of ``v``; a view of ``scratch.i1`` (one grid) or ``scratch.i3``
+        (valid until the scratch is used again)."""
+        if len(self.parts) == 1:  # the common case: no copy (a view of ``scratch.i1``)
+            return self.parts[0](v, scratch)
         n = v.shape[0]
         scratch.ensure(n)
         acc = scratch.i3[:n]
-        acc.fill(0)
-        for part in self.parts:
+        np.copyto(acc, self.parts[0](v, scratch))
+        for part in self.parts[1:]:
             np.add(acc, part(v, scratch), out=acc)
         return acc
 
