@@ -144,6 +144,8 @@ def metric_table(runs: dict[str, dict[str, float]], keys: Sequence[str] | None =
 def _fmt(v: float | None) -> str:
     if v is None:
         return "-"
+    if abs(v) >= 1 and float(v).is_integer():  # counts (e.g. classes above 2x the target FAR)
+        return f"{int(v)}"
     if v != 0 and abs(v) < 1e-4:
         return f"{v:.3e}"
     if v != 0 and abs(v) < 0.1:
