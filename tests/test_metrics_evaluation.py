@@ -397,3 +397,25 @@ def test_sharded_leave_one_out_retrieval_splits_tiles_and_equals_one_process(wor
     got = merge_per_query(parts)
     want = retrieval_metrics(x, y, ks=(1, 4), chunk_size=16)
     assert got.to_dict() == want.to_dict()
+
+
+def test_single_metric_functions_give_intervals_from_tables() -> None:
+    from tcm.metrics.bootstrap import bootstrap_opis, bootstrap_ratio
+
+    x, y = _data(n_cls=40, per=6, seed=13)
+    tc = threshold_consistency(x, y, ci=0.9, n_boot=200, seed=2)
+    ref = bootstrap_opis(tc.utility, ci=0.9, n_boot=200, seed=2)
+    assert tc.intervals["opis"] == ref
+    assert tc.intervals["opis"].lo <= tc.opis * (1 + 1e-12)
+    assert threshold_consistency(x, y).intervals == {}
+    op = operating_point(x, y, 0.3, ci=0.9, n_boot=200, seed=2)
+    s, i, j = _brute(x, y)
+    classes = np.unique(y)
+    acc = np.array([np.count_nonzero(s[(y[i] == c) ^ (y[j] == c)] >= 0.3) for c in classes])
+    n = np.array([np.count_nonzero(y == c) for c in classes], dtype=float)
+    want = bootstrap_ratio(acc, n * (len(y) - n), ci=0.9, n_boot=200, seed=2)
+    assert op.intervals["global_far"].point == pytest.approx(op.global_far, rel=1e-12)
+    assert op.intervals["global_far"].lo == pytest.approx(want.lo, rel=1e-12)
+    assert op.intervals["global_far"].hi == pytest.approx(want.hi, rel=1e-12)
+    with pytest.raises(ValueError, match="n_boot"):
+        operating_point(x, y, 0.3, ci=0.9, n_boot=0)

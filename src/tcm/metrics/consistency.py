@@ -64,6 +64,8 @@ def threshold_consistency(
     exact_cutoff: int = DEFAULT_EXACT_CUTOFF,
     sample_size: int = DEFAULT_SAMPLE_SIZE,
     seed: int = 0,
+    ci: float | None = None,
+    n_boot: int = 1000,
 ) -> ThresholdConsistency:
     """Per-class operating curves, OPIS and eps-OPIS over a global-FAR calibration range.
 
@@ -87,7 +89,10 @@ def threshold_consistency(
         exact_cutoff: collect all negatives when their number is at most this (no sampling).
         sample_size: at most this many negative pairs are sampled to bracket the quantiles
             (``max(100_000, M // 5000)`` when that is smaller; results stay exact).
-        seed: seed of that sample (results do not depend on it).
+        seed: seed of that sample (results do not depend on it) and of the bootstrap.
+        ci, n_boot: with ``ci`` in ``(0, 1)``, ``result.intervals`` holds the class-bootstrap
+            intervals of OPIS and each eps-OPIS (``n_boot`` resamples of the classes, from the
+            utility table: no further pass).
 
     Raises:
         ValueError: NaN/inf or all-zero embeddings, length mismatch, no negative pairs, fewer
@@ -112,7 +117,7 @@ def threshold_consistency(
         sample_size=sample_size,
         seed=seed,
     )
-    return stats.consistency(epsilons)
+    return stats.consistency(epsilons, ci=ci, n_boot=n_boot, seed=seed)
 
 
 def opis(embeddings: ArrayLike, labels: ArrayLike, **kw: Any) -> float:
@@ -150,6 +155,9 @@ def operating_point(
     threshold: float,
     *,
     block_size: int | None = None,
+    ci: float | None = None,
+    n_boot: int = 1000,
+    seed: int = 0,
 ) -> OperatingPoint:
     """Per-class TAR / FAR / FRR / TRR and global TAR / FAR at one cosine-similarity threshold.
 
@@ -169,7 +177,8 @@ def operating_point(
     """
     t = check_finite(threshold, "threshold")
     index = PairIndex(embeddings, labels, block_size=block_size)
-    return pair_statistics(index, far_range=None, thresholds=[t]).operating_point(t)
+    stats = pair_statistics(index, far_range=None, thresholds=[t])
+    return stats.operating_point(t, ci=ci, n_boot=n_boot, seed=seed)
 
 
 def threshold_at_far(

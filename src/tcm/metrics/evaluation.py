@@ -75,9 +75,6 @@ from tcm.metrics._checks import (
 )
 from tcm.metrics.bootstrap import (
     Interval,
-    bootstrap_epsilon_opis,
-    bootstrap_opis,
-    bootstrap_ratio,
     check_bootstrap_args,
 )
 from tcm.metrics.calibration import SEARCH_GRID, Calibration, calibrate
@@ -313,33 +310,16 @@ def _intervals(
     n_boot: int,
     seed: int,
 ) -> dict[str, Interval]:
-    """Class-bootstrap intervals of the pair figures, from the count tables only."""
-    out: dict[str, Interval] = {}
-    if consistency is not None:
-        u = consistency.utility
-        out["opis"] = bootstrap_opis(u, ci=ci, n_boot=n_boot, seed=seed)
-        for eps in consistency.epsilon_opis:
-            out[f"epsilon_opis_{eps_key(eps)}"] = bootstrap_epsilon_opis(
-                u, eps, ci=ci, n_boot=n_boot, seed=seed
-            )
-    inc = stats.included
-    n_c = stats.class_sizes[inc].astype(np.float64)
-    pos_acc, neg_acc = stats.accepted()
-    pos_den = n_c * (n_c - 1) / 2
-    neg_den = n_c * (stats.num_samples - n_c)
+    """Class-bootstrap intervals of the pair figures under the metric keys (views of
+    ``stats``: no pass over the pairs)."""
+    out: dict[str, Interval] = dict(consistency.intervals) if consistency is not None else {}
     for far, t in th_at_far.items():
-        col = int(stats.columns_of([t])[0])
-        out[f"tar_at_far_{far_key(far)}"] = bootstrap_ratio(
-            pos_acc[inc, col], pos_den, ci=ci, n_boot=n_boot, seed=seed
-        )
+        op = stats.operating_point(t, ci=ci, n_boot=n_boot, seed=seed)
+        out[f"tar_at_far_{far_key(far)}"] = op.intervals["global_tar"]
     if calibration is not None:
-        col = int(stats.columns_of([calibration.threshold])[0])
-        out["calibration_global_far"] = bootstrap_ratio(
-            neg_acc[inc, col], neg_den, ci=ci, n_boot=n_boot, seed=seed
-        )
-        out["calibration_global_tar"] = bootstrap_ratio(
-            pos_acc[inc, col], pos_den, ci=ci, n_boot=n_boot, seed=seed
-        )
+        op = stats.operating_point(calibration.threshold, ci=ci, n_boot=n_boot, seed=seed)
+        out["calibration_global_far"] = op.intervals["global_far"]
+        out["calibration_global_tar"] = op.intervals["global_tar"]
     return out
 
 
@@ -466,9 +446,9 @@ def evaluate(
             sample_size=sample_size,
             seed=seed,
         )
-    consistency = (
-        stats.consistency(eps_l) if stats is not None and "consistency" in sections else None
-    )
+    consistency = None
+    if stats is not None and "consistency" in sections:
+        consistency = stats.consistency(eps_l, ci=ci, n_boot=n_boot, seed=seed)
     tar_at_far: dict[float, float] = {}
     th_at_far: dict[float, float] = {}
     if stats is not None and "tar_at_far" in sections:

@@ -5,7 +5,7 @@ All thresholds are cosine **similarities**; a pair is accepted when ``similarity
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -37,6 +37,8 @@ class ThresholdConsistency:
         global_far: ``(K,)`` fraction of all negative pairs accepted at ``t_k``.
         num_positive_pairs: ``P = sum_c n_c (n_c - 1) / 2``.
         num_negative_pairs: ``M = N (N - 1) / 2 - P``.
+        intervals: ``{"opis" | "epsilon_opis_{eps}": Interval}`` class-bootstrap intervals
+            (with ``ci=``; :mod:`tcm.metrics.bootstrap`), else empty.
     """
 
     opis: float
@@ -53,6 +55,7 @@ class ThresholdConsistency:
     global_far: np.ndarray
     num_positive_pairs: int
     num_negative_pairs: int
+    intervals: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-serialisable dict (arrays -> lists, epsilon keys -> strings)."""
@@ -71,6 +74,7 @@ class ThresholdConsistency:
             "global_far": jsonable(self.global_far),
             "num_positive_pairs": int(self.num_positive_pairs),
             "num_negative_pairs": int(self.num_negative_pairs),
+            "intervals": {k: v.to_dict() for k, v in self.intervals.items()},
         }
 
 
@@ -87,6 +91,8 @@ class OperatingPoint:
         global_tar: fraction of all positive pairs accepted.
         global_far: fraction of all negative pairs accepted.
         excluded_classes: ``(E,)`` labels of classes with fewer than 2 samples.
+        intervals: ``{"global_far" | "global_tar": Interval}`` class-bootstrap intervals of the
+            pooled rates (with ``ci=``), else empty.
     """
 
     threshold: float
@@ -99,10 +105,12 @@ class OperatingPoint:
     global_tar: float
     global_far: float
     excluded_classes: np.ndarray
+    intervals: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-serialisable dict (arrays -> lists)."""
         return {
+            "intervals": {k: v.to_dict() for k, v in self.intervals.items()},
             "threshold": float(self.threshold),
             "classes": jsonable(self.classes),
             "class_sizes": jsonable(self.class_sizes),

@@ -61,6 +61,13 @@ from tcm.metrics._checks import (
 )
 from tcm.metrics._pairs import Prepared, check_block_size, check_shard, num_workers, prepare
 from tcm.metrics._passes import CountState, GroupState, TailState, negative_quantiles, sweep
+from tcm.metrics.bootstrap import (
+    Interval,
+    bootstrap_epsilon_opis,
+    bootstrap_opis,
+    bootstrap_ratio,
+    check_bootstrap_args,
+)
 from tcm.metrics.distributed import Communicator
 from tcm.metrics.results import OperatingPoint, SimilarityHistogram, ThresholdConsistency
 
@@ -382,13 +389,34 @@ class PairStats:
         have = sorted(self.far_thresholds)
         raise ValueError(f"FAR {far!r} was not requested; pair_statistics(fars=...) had {have}")
 
-    def operating_point(self, threshold: float) -> OperatingPoint:
-        """Per-class TAR / FAR / FRR / TRR and global TAR / FAR at a counted threshold."""
+    def operating_point(
+        self, threshold: float, *, ci: float | None = None, n_boot: int = 1000, seed: int = 0
+    ) -> OperatingPoint:
+        """Per-class TAR / FAR / FRR / TRR and global TAR / FAR at a counted threshold; with
+        ``ci`` also the class-bootstrap intervals of the global rates (resampled per-class
+        accepted-pair counts over resampled pair counts, :func:`~tcm.metrics.bootstrap.
+        bootstrap_ratio`; no pass over the pairs)."""
         t = check_finite(threshold, "threshold")
+        check_bootstrap_args(ci, n_boot)
         included = check_pairs(self.classes, self.class_sizes, self.num_samples)
-        r = self.rates(self.columns_of([t]))
+        col = self.columns_of([t])
+        r = self.rates(col)
         tar = r["tar"][included, 0]
         far = r["far"][included, 0]
+        intervals: dict[str, Interval] = {}
+        if ci is not None:
+            # all classes: a class with one sample has no positives but its negatives count, so
+            # the ratio on the original data is exactly the global rate
+            pos_acc, neg_acc = self.accepted()
+            n_c = self.class_sizes.astype(np.float64)
+            pos_den, neg_den = n_c * (n_c - 1) / 2, n_c * (self.num_samples - n_c)
+            for key, acc, den in (
+                ("global_tar", pos_acc, pos_den),
+                ("global_far", neg_acc, neg_den),
+            ):
+                intervals[key] = bootstrap_ratio(
+                    acc[:, col[0]], den, ci=ci, n_boot=n_boot, seed=seed
+                )
         return OperatingPoint(
             threshold=t,
             classes=self.classes[included],
@@ -400,13 +428,22 @@ class PairStats:
             global_tar=float(r["global_tar"][0]),
             global_far=float(r["global_far"][0]),
             excluded_classes=self.classes[~included],
+            intervals=intervals,
         )
 
     def consistency(
-        self, epsilons: Sequence[float] = (0.05, 0.10), grid: str = "opis"
+        self,
+        epsilons: Sequence[float] = (0.05, 0.10),
+        grid: str = "opis",
+        *,
+        ci: float | None = None,
+        n_boot: int = 1000,
+        seed: int = 0,
     ) -> ThresholdConsistency:
-        """Per-class utility curves, OPIS and eps-OPIS on the named grid."""
+        """Per-class utility curves, OPIS and eps-OPIS on the named grid; with ``ci`` also their
+        class-bootstrap intervals (resampled rows of the utility table; no pass)."""
         eps_list = [check_epsilon(e) for e in epsilons]
+        check_bootstrap_args(ci, n_boot)
         if grid not in self.grids:
             raise ValueError(f"no threshold grid {grid!r} was counted (have {sorted(self.grids)})")
         g = self.grids[grid]
@@ -415,6 +452,13 @@ class PairStats:
         tar = r["tar"][included]
         trr = 1.0 - r["far"][included]
         u = utility(tar, trr)
+        intervals: dict[str, Interval] = {}
+        if ci is not None:
+            intervals["opis"] = bootstrap_opis(u, ci=ci, n_boot=n_boot, seed=seed)
+            for e in eps_list:
+                intervals[f"epsilon_opis_{e:g}"] = bootstrap_epsilon_opis(
+                    u, e, ci=ci, n_boot=n_boot, seed=seed
+                )
         return ThresholdConsistency(
             opis=opis_from_utility(u),
             epsilon_opis={e: epsilon_opis_from_utility(u, e) for e in eps_list},
@@ -430,6 +474,7 @@ class PairStats:
             global_far=r["global_far"],
             num_positive_pairs=self.num_positive_pairs,
             num_negative_pairs=self.num_negative_pairs,
+            intervals=intervals,
         )
 
     def histogram(self) -> SimilarityHistogram:
