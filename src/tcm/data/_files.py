@@ -14,6 +14,7 @@ import hashlib
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 
@@ -183,6 +184,54 @@ def read_photo_split(
         by_path = dict(zip(parsed.paths, parsed.domains, strict=True))
         ds.domains = [by_path[p] for p in ds.paths]
     return ds
+
+
+class PhotoLoader(Protocol):
+    """Signature of the loaders :func:`photo_loader` makes (``tcm.data.load`` calls them)."""
+
+    def __call__(
+        self,
+        split: str = "train",
+        root: str | os.PathLike[str] | None = None,
+        image_size: int | None = None,
+        transform: object = "default",
+        *,
+        on_error: str = "raise",
+        verify: bool = False,
+    ) -> FileImageDataset: ...
+
+
+def photo_loader(
+    name: str, parse: Parser, *, splits: tuple[str, ...], root_hint: str, title: str
+) -> PhotoLoader:
+    """The ``load_<name>`` function of a photo benchmark read by :func:`read_photo_split`:
+    ``load(split, root, image_size, transform, *, on_error="raise" | "skip", verify=False)``."""
+
+    def load(
+        split: str = "train",
+        root: str | os.PathLike[str] | None = None,
+        image_size: int | None = None,
+        transform: object = "default",
+        *,
+        on_error: str = "raise",
+        verify: bool = False,
+    ) -> FileImageDataset:
+        return read_photo_split(
+            name,
+            split,
+            root,
+            parse,
+            splits=splits,
+            root_hint=root_hint,
+            image_size=image_size,
+            transform=transform,
+            on_error=on_error,
+            verify=verify,
+        )
+
+    load.__name__ = load.__qualname__ = f"load_{name}"
+    load.__doc__ = f'Load {title} (see module doc). ``on_error``: ``"raise"`` or ``"skip"``.'
+    return load
 
 
 def _shared_coding(

@@ -20,8 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from tcm.data._files import ParsedSplit, read_photo_split, require_file
-from tcm.data.base import FileImageDataset
+from tcm.data._files import ParsedSplit, photo_loader, require_file
 
 __all__ = ["load_cars196", "parse_cars196"]
 
@@ -65,25 +64,10 @@ def parse_cars196(root: str, split: str) -> ParsedSplit:
     return ParsedSplit(paths, ids, name_map)
 
 
-def load_cars196(
-    split: str = "train",
-    root: str | os.PathLike[str] | None = None,
-    image_size: int | None = None,
-    transform: object = "default",
-    *,
-    on_error: str = "raise",
-    verify: bool = False,
-) -> FileImageDataset:
-    """Load Cars196 (see module doc). ``on_error``: ``"raise"`` or ``"skip"``."""
-    return read_photo_split(
-        "cars196",
-        split,
-        root,
-        parse_cars196,
-        splits=SPLITS,
-        root_hint="the folder with cars_annos.mat and car_ims/",
-        image_size=image_size,
-        transform=transform,
-        on_error=on_error,
-        verify=verify,
-    )
+load_cars196 = photo_loader(
+    "cars196",
+    parse_cars196,
+    splits=SPLITS,
+    root_hint="the folder with cars_annos.mat and car_ims/",
+    title="Cars196",
+)

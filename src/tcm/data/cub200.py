@@ -17,8 +17,7 @@ from __future__ import annotations
 
 import os
 
-from tcm.data._files import ParsedSplit, read_lines, read_photo_split, require_file
-from tcm.data.base import FileImageDataset
+from tcm.data._files import ParsedSplit, photo_loader, read_lines, require_file
 
 __all__ = ["load_cub200", "parse_cub200"]
 
@@ -60,25 +59,10 @@ def parse_cub200(root: str, split: str) -> ParsedSplit:
     return ParsedSplit(paths, ids, name_map)
 
 
-def load_cub200(
-    split: str = "train",
-    root: str | os.PathLike[str] | None = None,
-    image_size: int | None = None,
-    transform: object = "default",
-    *,
-    on_error: str = "raise",
-    verify: bool = False,
-) -> FileImageDataset:
-    """Load CUB-200-2011 (see module doc). ``on_error``: ``"raise"`` or ``"skip"``."""
-    return read_photo_split(
-        "cub200",
-        split,
-        root,
-        parse_cub200,
-        splits=SPLITS,
-        root_hint="the CUB_200_2011 folder with images.txt",
-        image_size=image_size,
-        transform=transform,
-        on_error=on_error,
-        verify=verify,
-    )
+load_cub200 = photo_loader(
+    "cub200",
+    parse_cub200,
+    splits=SPLITS,
+    root_hint="the CUB_200_2011 folder with images.txt",
+    title="CUB-200-2011",
+)

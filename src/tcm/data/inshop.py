@@ -20,8 +20,7 @@ from __future__ import annotations
 
 import os
 
-from tcm.data._files import ParsedSplit, read_lines, read_photo_split, require_file
-from tcm.data.base import FileImageDataset
+from tcm.data._files import ParsedSplit, photo_loader, read_lines, require_file
 
 __all__ = ["load_inshop", "parse_inshop"]
 
@@ -68,25 +67,10 @@ def parse_inshop(root: str, split: str) -> ParsedSplit:
     )
 
 
-def load_inshop(
-    split: str = "train",
-    root: str | os.PathLike[str] | None = None,
-    image_size: int | None = None,
-    transform: object = "default",
-    *,
-    on_error: str = "raise",
-    verify: bool = False,
-) -> FileImageDataset:
-    """Load In-Shop (see module doc). ``on_error``: ``"raise"`` or ``"skip"``."""
-    return read_photo_split(
-        "inshop",
-        split,
-        root,
-        parse_inshop,
-        splits=SPLITS,
-        root_hint="the folder with list_eval_partition.txt and img/",
-        image_size=image_size,
-        transform=transform,
-        on_error=on_error,
-        verify=verify,
-    )
+load_inshop = photo_loader(
+    "inshop",
+    parse_inshop,
+    splits=SPLITS,
+    root_hint="the folder with list_eval_partition.txt and img/",
+    title="In-Shop",
+)

@@ -16,8 +16,7 @@ from __future__ import annotations
 
 import os
 
-from tcm.data._files import ParsedSplit, read_lines, read_photo_split, require_file
-from tcm.data.base import FileImageDataset
+from tcm.data._files import ParsedSplit, photo_loader, read_lines, require_file
 
 __all__ = ["load_sop", "parse_sop"]
 
@@ -41,25 +40,10 @@ def parse_sop(root: str, split: str) -> ParsedSplit:
     return ParsedSplit(paths, ids)
 
 
-def load_sop(
-    split: str = "train",
-    root: str | os.PathLike[str] | None = None,
-    image_size: int | None = None,
-    transform: object = "default",
-    *,
-    on_error: str = "raise",
-    verify: bool = False,
-) -> FileImageDataset:
-    """Load SOP (see module doc). ``on_error``: ``"raise"`` or ``"skip"``."""
-    return read_photo_split(
-        "sop",
-        split,
-        root,
-        parse_sop,
-        splits=SPLITS,
-        root_hint="the Stanford_Online_Products folder with Ebay_train.txt",
-        image_size=image_size,
-        transform=transform,
-        on_error=on_error,
-        verify=verify,
-    )
+load_sop = photo_loader(
+    "sop",
+    parse_sop,
+    splits=SPLITS,
+    root_hint="the Stanford_Online_Products folder with Ebay_train.txt",
+    title="SOP",
+)
