@@ -61,6 +61,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader
 
+from tcm.data.embedding_file import add_sample_arrays
 from tcm.models import EmbeddingModel, build_model, model_from_spec
 from tcm.train.checkpoint import CHECKPOINT_FORMAT, TrainingState, atomic_write
 from tcm.train.config import TrainingConfig, config_from_dict, dump_config
@@ -573,6 +574,12 @@ class Trainer:
         }
         if self.rank == 0:
             save_embeddings(self.run_dir.embeddings, ev.embeddings, ev.labels, ev.class_names)
+            # per-sample ids and domains (font family, vendor, ...): `tcm evaluate RUN --groups`
+            add_sample_arrays(
+                self.run_dir.embeddings,
+                ids=getattr(self.test_ds, "ids", None),
+                groups=getattr(self.test_ds, "domains", None),
+            )
             assert self.csv is not None
             self.csv.row(
                 kind="test",
