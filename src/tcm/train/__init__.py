@@ -33,15 +33,15 @@ from tcm.train.loop import (
     train,
 )
 from tcm.train.rundir import RunDir
-from tcm.train.runner import Evaluation, EvaluationRunner
+from tcm.train.runner import EvaluationRunner, SplitEvaluation
 from tcm.train.step import TrainStep
 
 __all__ = [
     "DatasetProvider",
-    "Evaluation",
     "EvaluationRunner",
     "RunDir",
     "SelectionSplit",
+    "SplitEvaluation",
     "StepInfo",
     "TrainResult",
     "TrainStep",

@@ -73,7 +73,7 @@ from tcm.train.datasets import (
     split_validation_classes,
 )
 from tcm.train.rundir import CsvLog, RunDir
-from tcm.train.runner import Evaluation, EvaluationRunner
+from tcm.train.runner import EvaluationRunner, SplitEvaluation
 from tcm.train.state import get_rng_state, seed_everything, set_rng_state
 from tcm.train.step import (
     TrainingDivergedError,
@@ -559,7 +559,7 @@ class Trainer:
         state.save(self.run_dir.last)
         self._write_metrics()
 
-    def _report_test(self) -> Evaluation | None:
+    def _report_test(self) -> SplitEvaluation | None:
         """Evaluate the selected checkpoint on the test classes (reporting only)."""
         if self.best_model_state is None:
             return None
@@ -744,7 +744,7 @@ class Trainer:
         self.net.train()
         stop: str | None = None
         saved = True
-        test: Evaluation | None = None
+        test: SplitEvaluation | None = None
         try:
             with self.signals.installed():
                 try:

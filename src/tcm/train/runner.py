@@ -33,12 +33,13 @@ from tcm.train.config import EvalConfig
 from tcm.train.evaluation import compute_metrics, embed_dataset
 from tcm.train.state import get_rng_state, set_rng_state
 
-__all__ = ["Evaluation", "EvaluationRunner"]
+__all__ = ["EvaluationRunner", "SplitEvaluation"]
 
 
 @dataclass
-class Evaluation:
-    """One evaluation: ``metrics`` (floats), ``embeddings (N, D)`` float32, ``labels (N,)``."""
+class SplitEvaluation:
+    """One split evaluated during training: ``metrics`` (the flat vocabulary of
+    :meth:`tcm.metrics.Evaluation.metrics`), ``embeddings (N, D)`` float32, ``labels (N,)``."""
 
     split: str
     metrics: dict[str, float]
@@ -85,7 +86,7 @@ class EvaluationRunner:
         *,
         split: str,
         class_names: Sequence[str] = (),
-    ) -> Evaluation:
+    ) -> SplitEvaluation:
         """Evaluate ``model`` on ``dataset`` (which has a ``.labels`` array)."""
         saved = get_rng_state()
         try:
@@ -109,4 +110,4 @@ class EvaluationRunner:
             )
         finally:
             set_rng_state(saved)
-        return Evaluation(split, metrics, emb, lab, list(class_names))
+        return SplitEvaluation(split, metrics, emb, lab, list(class_names))
