@@ -8,6 +8,7 @@ thing as a ``datasets=`` argument of :func:`tcm.train.train`.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -82,3 +83,64 @@ def tiny_cfg() -> Any:
         return load_config(None, [f"output_dir={out}", *TINY_OVERRIDES, *extra])
 
     return make
+
+
+class PassGuard:
+    """Makes every function through which tcm passes over pairs or neighbours (or starts an
+    evaluation) raise, so a test can prove that something only *reads* count tables;
+    :meth:`lifted` restores the real functions for a block (e.g. to build the input)."""
+
+    TARGETS: tuple[tuple[str, str], ...] = (
+        ("tcm.metrics.statistics", "pair_statistics"),
+        ("tcm.metrics.statistics", "sweep"),
+        ("tcm.metrics.statistics", "negative_quantiles"),
+        ("tcm.metrics.evaluation", "pair_statistics"),
+        ("tcm.metrics.evaluation", "retrieval_per_query"),
+        ("tcm.metrics.transfer", "pair_statistics"),
+        ("tcm.metrics._passes", "tail_pass"),
+        ("tcm.metrics._passes", "sweep"),
+        ("tcm.metrics._passes", "negative_quantiles"),
+        ("tcm.metrics.retrieval", "retrieval_per_query"),
+        ("tcm.report.run", "evaluate"),
+    )
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        import importlib
+
+        self._mp = monkeypatch
+        self._real = [
+            (mod, name, getattr(mod, name))
+            for mod, name in ((importlib.import_module(m), n) for m, n in self.TARGETS)
+        ]
+
+    def forbid(self) -> None:
+        """From now on every target raises ``AssertionError`` naming itself."""
+        for mod, name, _ in self._real:
+
+            def fail(*args: Any, _what: str = f"{mod.__name__}.{name}", **kw: Any) -> Any:
+                raise AssertionError(f"a pass was made: {_what}")
+
+            self._mp.setattr(mod, name, fail)
+
+    @contextlib.contextmanager
+    def lifted(self) -> Iterator[None]:
+        """The real functions inside the block, the failing ones again after it."""
+        for mod, name, fn in self._real:
+            self._mp.setattr(mod, name, fn)
+        try:
+            yield
+        finally:
+            self.forbid()
+
+
+@pytest.fixture
+def pass_guard(monkeypatch: pytest.MonkeyPatch) -> PassGuard:
+    """A :class:`PassGuard`, not yet active (call ``.forbid()``)."""
+    return PassGuard(monkeypatch)
+
+
+@pytest.fixture
+def no_passes(pass_guard: PassGuard) -> PassGuard:
+    """Every pair pass, kNN pass and evaluate call fails for the whole test."""
+    pass_guard.forbid()
+    return pass_guard

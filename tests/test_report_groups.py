@@ -21,10 +21,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-import tcm.metrics._passes as passes_mod
-import tcm.metrics.evaluation as evaluation_mod
 import tcm.metrics.statistics as statistics_mod
-import tcm.metrics.transfer as transfer_mod
 import tcm.report.run as report_run_mod
 from tcm.cli.main import main
 from tcm.metrics import Evaluation, calibration_transfer, evaluate, group_operating_point
@@ -62,31 +59,6 @@ def report_eval(x: np.ndarray, y: np.ndarray, g: np.ndarray | None, **kw: Any) -
         ),
         **kw,
     )
-
-
-def _forbidden(what: str) -> Callable[..., Any]:
-    def fail(*args: Any, **kwargs: Any) -> Any:
-        raise AssertionError(f"the report ran {what}")
-
-    return fail
-
-
-@pytest.fixture
-def no_passes(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Every pair pass / kNN pass / evaluate call fails: the report may only read."""
-    for mod, name in [
-        (statistics_mod, "pair_statistics"),
-        (statistics_mod, "sweep"),
-        (statistics_mod, "negative_quantiles"),
-        (evaluation_mod, "pair_statistics"),
-        (evaluation_mod, "retrieval_per_query"),
-        (transfer_mod, "pair_statistics"),
-        (passes_mod, "tail_pass"),
-        (passes_mod, "sweep"),
-        (passes_mod, "negative_quantiles"),
-        (report_run_mod, "evaluate"),
-    ]:
-        monkeypatch.setattr(mod, name, _forbidden(f"{mod.__name__}.{name}"))
 
 
 @pytest.fixture
@@ -131,10 +103,10 @@ def from_json(v: Any) -> float:
 
 
 def test_heatmap_values_are_log_far_over_target(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, no_passes: None
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, no_passes: Any
 ) -> None:
     x, y, g = make_data()
-    ev = _eval_before_patches(x, y, g)
+    ev = _eval_before_patches(no_passes, x, y, g)
     spy = _Spy(plots.plot_group_far_heatmap)
     monkeypatch.setattr(writer_mod, "plot_group_far_heatmap", spy)
     index = write_report(tmp_path, [ReportRun("r", evaluation=ev)], target_far=_TARGET)
@@ -163,9 +135,9 @@ def test_heatmap_values_are_log_far_over_target(
     assert d["groups"] == ["DejaVu", "STIX", "cm"] and d["threshold"] == ev.calibration.threshold
 
 
-def test_group_table_and_summaries(tmp_path: Path, no_passes: None, fast_png: None) -> None:
+def test_group_table_and_summaries(tmp_path: Path, no_passes: Any, fast_png: None) -> None:
     x, y, g = make_data()
-    ev = _eval_before_patches(x, y, g, ci=0.9, n_boot=40)
+    ev = _eval_before_patches(no_passes, x, y, g, ci=0.9, n_boot=40)
     index = write_report(
         tmp_path, [ReportRun("r", evaluation=ev)], target_far=_TARGET, ci=0.9, n_boot=40
     )
@@ -200,37 +172,21 @@ def test_group_table_and_summaries(tmp_path: Path, no_passes: None, fast_png: No
     np.testing.assert_array_equal(d["num_genuine"], gop.num_genuine)
 
 
-def _eval_before_patches(x: np.ndarray, y: np.ndarray, g: np.ndarray, **kw: Any) -> Evaluation:
-    """The no_passes fixture is active: lift the patches for this one evaluation."""
-    with pytest.MonkeyPatch.context() as mp:
-        for mod, name, fn in _REAL:
-            mp.setattr(mod, name, fn)
+def _eval_before_patches(
+    guard: Any, x: np.ndarray, y: np.ndarray, g: np.ndarray, **kw: Any
+) -> Evaluation:
+    """The no_passes guard is active: lift it for this one evaluation."""
+    with guard.lifted():
         return report_eval(x, y, g, **kw)
 
 
-_REAL = [
-    (mod, name, vars(mod)[name])
-    for mod, name in [
-        (statistics_mod, "pair_statistics"),
-        (statistics_mod, "sweep"),
-        (statistics_mod, "negative_quantiles"),
-        (evaluation_mod, "pair_statistics"),
-        (evaluation_mod, "retrieval_per_query"),
-        (transfer_mod, "pair_statistics"),
-        (passes_mod, "tail_pass"),
-        (passes_mod, "sweep"),
-        (passes_mod, "negative_quantiles"),
-    ]
-]
-
-
 def test_inf_zero_groups_nan_cells_and_left_out_groups(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, no_passes: None
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, no_passes: Any
 ) -> None:
     """Hand-set group figures: a group without impostor pairs (NaN, grey "n/a", listed as left
     out), a FAR of 0 (cell "0", ratio summaries inf with the count of zero groups)."""
     x, y, g = make_data()
-    ev = _eval_before_patches(x, y, g)
+    ev = _eval_before_patches(no_passes, x, y, g)
     gop = ev.groups
     assert gop is not None
     far = np.array([0.0, 0.02, np.nan])
@@ -266,9 +222,9 @@ def test_inf_zero_groups_nan_cells_and_left_out_groups(
     assert d["far_log10_ratio"][0][0] == "-inf" and d["far_log10_ratio"][0][2] is None
 
 
-def test_groups_not_at_deployment_threshold_is_an_error(no_passes: None, tmp_path: Path) -> None:
+def test_groups_not_at_deployment_threshold_is_an_error(no_passes: Any, tmp_path: Path) -> None:
     x, y, g = make_data()
-    ev = _eval_before_patches(x, y, g)
+    ev = _eval_before_patches(no_passes, x, y, g)
     assert ev.groups is not None
     bad = dataclasses.replace(ev, groups=dataclasses.replace(ev.groups, threshold=0.123))
     with pytest.raises(ValueError, match=r"group rates are at threshold 0\.123"):
@@ -322,12 +278,12 @@ def test_groups_errors() -> None:
 
 
 def test_intervals_in_tables_and_error_bars(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, no_passes: None, fast_png: None
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, no_passes: Any, fast_png: None
 ) -> None:
     x, y, g = make_data()
-    ev = _eval_before_patches(x, y, g, ci=0.95, n_boot=40)
+    ev = _eval_before_patches(no_passes, x, y, g, ci=0.95, n_boot=40)
     x2, y2, g2 = make_data(seed=1, noise=0.9)
-    ev2 = _eval_before_patches(x2, y2, g2, ci=0.95, n_boot=40)
+    ev2 = _eval_before_patches(no_passes, x2, y2, g2, ci=0.95, n_boot=40)
     spy = _Spy(plots.plot_accuracy_consistency)
     monkeypatch.setattr(writer_mod, "plot_accuracy_consistency", spy)
     runs = [
@@ -378,12 +334,12 @@ def test_error_bars_drawn() -> None:
     assert (x0, x1, y0, y1) == (0.005, 0.02, 0.8, 0.8)
 
 
-def test_ci_asked_but_evaluation_without_intervals(tmp_path: Path, no_passes: None) -> None:
+def test_ci_asked_but_evaluation_without_intervals(tmp_path: Path, no_passes: Any) -> None:
     x, y, g = make_data()
-    ev = _eval_before_patches(x, y, g)
+    ev = _eval_before_patches(no_passes, x, y, g)
     with pytest.raises(ValueError, match="run 'r': its Evaluation has no 'intervals' section"):
         write_report(tmp_path, [ReportRun("r", evaluation=ev)], target_far=_TARGET, ci=0.95)
-    ev90 = _eval_before_patches(x, y, g, ci=0.9, n_boot=20)
+    ev90 = _eval_before_patches(no_passes, x, y, g, ci=0.9, n_boot=20)
     with pytest.raises(ValueError, match=r"intervals are at ci=0\.9 with n_boot=20"):
         write_report(
             tmp_path, [ReportRun("r", evaluation=ev90)], target_far=_TARGET, ci=0.95, n_boot=20
@@ -438,7 +394,7 @@ def test_transfer_rows_equal_calibration_transfer(tmp_path: Path, fast_png: None
 
 
 def test_transfer_view_from_evaluations_without_a_pass(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fast_png: None
+    tmp_path: Path, pass_guard: Any, fast_png: None
 ) -> None:
     """A target evaluated at the source's calibrated threshold: the row is read from the two
     Evaluations' count tables (every pass fails) and equals calibration_transfer."""
@@ -449,9 +405,7 @@ def test_transfer_view_from_evaluations_without_a_pass(
     assert ev_s.calibration is not None
     ev_t = report_eval(xb, yb, None, include=inc, threshold=ev_s.calibration.threshold)
     ref = calibration_transfer(xa, ya, xb, yb, far=_TARGET)
-    for mod, name, _ in _REAL:
-        monkeypatch.setattr(mod, name, _forbidden(f"{mod.__name__}.{name}"))
-    monkeypatch.setattr(report_run_mod, "evaluate", _forbidden("evaluate"))
+    pass_guard.forbid()
     runs = [ReportRun("s", evaluation=ev_s), ReportRun("t", evaluation=ev_t)]
     index = write_report(tmp_path, runs, target_far=_TARGET, transfer=[("s", "t")])
     (row,) = read_json(index)["transfers"]
