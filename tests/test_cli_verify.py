@@ -11,12 +11,11 @@ from typing import Any
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 import tcm.data as tdata
+from conftest import tiny_dataset
 from tcm.cli.main import main
-from tcm.data.base import TensorImageDataset
 from tcm.data.embedding_file import add_sample_arrays, read_embedding_file
 
 PEOPLE = [f"Person_{k:02d}" for k in range(14)]
@@ -272,14 +271,11 @@ def fake_load(
     image_size: Any = None,
     transform: Any = "default",
     **kw: Any,
-) -> TensorImageDataset:
-    size = image_size or 16
-    n_cls, per = 6, 4
-    g = torch.Generator().manual_seed(1 if split == "train" else 2)
-    imgs = (torch.rand(n_cls * per, 3, size, size, generator=g) * 255).to(torch.uint8)
-    ds = TensorImageDataset(name, split, imgs, np.repeat(np.arange(n_cls), per), list("abcdef"))
-    ds.domains = np.array(["north", "south"] * (n_cls * per // 2))
-    ds.ids = [f"{split}/img{k:03d}" for k in range(n_cls * per)]
+) -> Any:
+    """The shared tiny dataset (tests/conftest.py) with per-sample domains and ids."""
+    ds = tiny_dataset(split, image_size, augment=False)
+    ds.domains = np.array(["north", "south"] * (len(ds) // 2))
+    ds.ids = [f"{split}/img{k:03d}" for k in range(len(ds))]
     return ds
 
 
@@ -297,5 +293,5 @@ def test_embed_writes_ids_and_groups(
     assert f.ids == ref.ids
     assert f.groups is not None and f.groups.tolist() == ref.domains.tolist()  # type: ignore[union-attr]
     assert f.labels is not None and f.labels.tolist() == ref.labels.tolist()
-    assert f.class_names == list("abcdef")
+    assert f.class_names == ref.class_names
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["run", out.name])
