@@ -89,11 +89,9 @@ from tcm.metrics.groups import (
 from tcm.metrics.results import OperatingPoint, SimilarityHistogram, ThresholdConsistency
 from tcm.metrics.retrieval import (
     Backend,
-    PerQueryRetrieval,
     RetrievalMetrics,
-    merge_per_query,
-    retrieval_per_query,
-    shard_query_indices,
+    distributed_retrieval_metrics,
+    retrieval_metrics,
 )
 from tcm.metrics.statistics import DEFAULT_SAMPLE_SIZE, PairIndex, PairStats, pair_statistics
 
@@ -274,33 +272,6 @@ def _sections(include: Sequence[str] | None, exclude: Sequence[str]) -> set[str]
     return chosen - set(exclude)
 
 
-def _retrieval(
-    embeddings: ArrayLike,
-    labels: ArrayLike,
-    ks: Sequence[int],
-    backend: Backend,
-    n: int,
-    comm: Communicator | None,
-) -> RetrievalMetrics:
-    if comm is None:
-        return merge_per_query(
-            [retrieval_per_query(embeddings, labels, ks=tuple(ks), backend=backend)]
-        )
-    part = retrieval_per_query(
-        embeddings,
-        labels,
-        ks=tuple(ks),
-        backend=backend,
-        query_indices=shard_query_indices(n, comm.rank, comm.world),
-        comm=comm,
-    )
-    import torch.distributed as dist
-
-    parts: list[PerQueryRetrieval | None] = [None] * comm.world
-    dist.all_gather_object(parts, part)
-    return merge_per_query([p for p in parts if p is not None])
-
-
 def _intervals(
     stats: PairStats,
     consistency: ThresholdConsistency | None,
@@ -420,7 +391,8 @@ def evaluate(
     )
     retrieval = None
     if "retrieval" in sections:
-        retrieval = _retrieval(embeddings, labels, ks, backend, index.num_samples, comm)
+        fn = retrieval_metrics if comm is None else distributed_retrieval_metrics
+        retrieval = fn(embeddings, labels, ks=tuple(ks), backend=backend)
 
     need_fars = list(fars_l) if "tar_at_far" in sections else []
     if "calibration" in sections and cal_far is not None and not max_utility:

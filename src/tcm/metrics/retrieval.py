@@ -617,16 +617,19 @@ def distributed_retrieval_metrics(
 
     Every rank passes the same full query/gallery sets, evaluates its shard
     (:func:`shard_query_indices`), and the per-query parts are all-gathered; every rank returns
-    the same result, equal to the single-process one. Without an initialised process group this
-    is :func:`retrieval_metrics`.
+    the same result, equal to the single-process one. In leave-one-out mode the symmetric
+    candidate tiles are split over the ranks too (``retrieval_per_query(comm=...)``). Without a
+    process group of more than one rank this is :func:`retrieval_metrics`.
     """
     import torch.distributed as dist
 
-    if not (dist.is_available() and dist.is_initialized()):
+    from tcm.metrics.distributed import default_communicator
+
+    comm = default_communicator()
+    if comm is None:
         return retrieval_metrics(
             query_emb, query_labels, gallery_emb, gallery_labels, ks, backend, chunk_size
         )
-    rank, world = dist.get_rank(), dist.get_world_size()
     n = as_embeddings(query_emb, "query_emb").shape[0]
     part = retrieval_per_query(
         query_emb,
@@ -636,8 +639,9 @@ def distributed_retrieval_metrics(
         ks,
         backend,
         chunk_size,
-        query_indices=shard_query_indices(n, rank, world),
+        query_indices=shard_query_indices(n, comm.rank, comm.world),
+        comm=comm,
     )
-    parts: list[Any] = [None] * world
+    parts: list[Any] = [None] * comm.world
     dist.all_gather_object(parts, part)
     return merge_per_query(parts)
