@@ -896,20 +896,8 @@ def _bin_index(s: torch.Tensor, edges: torch.Tensor) -> torch.Tensor:
 def hist_pass(
     prep: Prepared, edges: np.ndarray, block_size: int, shard: tuple[int, int] = (0, 1)
 ) -> HistState:
-    """Histogram all positive and negative pair similarities over ``edges`` (float64)."""
-    device = prep.x.device
-    e = torch.as_tensor(np.asarray(edges, dtype=np.float64), device=device)
-    nb = int(e.shape[0]) - 1
-    lo, hi = float(e[0]), float(e[-1])
-    pos = torch.zeros(nb, dtype=torch.int64, device=device)
-    neg = torch.zeros(nb, dtype=torch.int64, device=device)
-    for blk in iter_blocks(prep, block_size, shard):
-        if blk.pos_sims.numel():
-            p = blk.pos_sims.to(torch.float64).clamp(lo, hi)
-            pos += torch.bincount(_bin_index(p, e), minlength=nb)
-        sims = blk.mask_non_negatives_()
-        v = sims[sims > float("-inf")].to(torch.float64).clamp_(lo, hi)
-        neg += torch.bincount(_bin_index(v, e), minlength=nb)
-    return HistState(
-        edges=np.asarray(edges, dtype=np.float64), pos=pos.cpu().numpy(), neg=neg.cpu().numpy()
-    )
+    """Histogram all positive and negative pair similarities over ``edges`` (float64); the
+    histogram-only case of :func:`sweep`."""
+    hist = sweep(prep, [], block_size, shard, edges=np.asarray(edges, dtype=np.float64))[1]
+    assert hist is not None
+    return hist
