@@ -25,6 +25,7 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,8 +36,6 @@ from tcm.metrics._checks import check_fraction
 from tcm.metrics.bootstrap import (
     Interval,
     check_bootstrap_args,
-    class_bootstrap_weights,
-    interval_from_samples,
 )
 from tcm.metrics.calibration import spread
 from tcm.metrics.groups import GroupOperatingPoint, group_operating_point_view
@@ -126,23 +125,18 @@ def transfer_view(
     check_bootstrap_args(ci, n_boot)
     t = source.threshold_at_far(f)
     rs = source.rates(source.columns_of([t]))
-    col = target.columns_of([t])
-    rt = target.rates(col)
-    op = target.operating_point(t)
-    target_far = float(rt["global_far"][0])
-    target_tar = float(rt["global_tar"][0])
+    op = target.operating_point(t, ci=ci, n_boot=n_boot, seed=seed)
+    target_far, target_tar = float(op.global_far), float(op.global_tar)
     t_target = target.threshold_at_far(f)
     intervals: dict[str, Interval] = {}
     if ci is not None:
-        pos_acc, neg_acc = target.accepted()
-        n_c = target.class_sizes.astype(np.float64)
-        w = class_bootstrap_weights(n_c.shape[0], n_boot, seed).astype(np.float64)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            fb = (w @ neg_acc[:, col[0]].astype(np.float64)) / (w @ (n_c * (n_c.sum() - n_c)))
-            tb = (w @ pos_acc[:, col[0]].astype(np.float64)) / (w @ (n_c * (n_c - 1) / 2))
-        intervals["target_far"] = interval_from_samples(fb, ci, target_far)
-        intervals["far_ratio"] = interval_from_samples(fb / f, ci, target_far / f)
-        intervals["target_tar"] = interval_from_samples(tb, ci, target_tar)
+        far_iv = op.intervals["global_far"]
+        intervals["target_far"] = far_iv
+        # a percentile interval scales with its samples: the ratio's is the FAR's over f
+        intervals["far_ratio"] = dataclasses.replace(
+            far_iv, lo=far_iv.lo / f, hi=far_iv.hi / f, point=target_far / f
+        )
+        intervals["target_tar"] = op.intervals["global_tar"]
 
     def groups_of(stats: PairStats) -> GroupOperatingPoint | None:
         if stats.groups is None:
