@@ -489,9 +489,10 @@ class CountState:
 
     @staticmethod
     def accepted(table: np.ndarray) -> np.ndarray:
-        """``(C, K)`` number of pairs accepted at each threshold: ``sum_{b > k} table[:, b]``."""
-        rev = np.cumsum(table[:, ::-1], axis=1)[:, ::-1]
-        return np.ascontiguousarray(rev[:, 1:])
+        """``(..., K)`` number of pairs accepted at each threshold of a ``(..., K + 1)`` bucket
+        table (e.g. ``(C, K + 1)``): ``sum_{b > k} table[..., b]``."""
+        rev = np.cumsum(table[..., ::-1], axis=-1)[..., ::-1]
+        return np.ascontiguousarray(rev[..., 1:])
 
 
 @dataclass

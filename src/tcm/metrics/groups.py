@@ -44,6 +44,7 @@ import numpy as np
 
 from tcm._validation import ArrayLike
 from tcm.metrics._checks import check_epsilon, check_finite, check_fraction
+from tcm.metrics._passes import CountState
 from tcm.metrics.bootstrap import (
     Interval,
     check_bootstrap_args,
@@ -155,12 +156,6 @@ def _require_groups(stats: PairStats) -> tuple[np.ndarray, np.ndarray, Any]:
     return stats.group_names, stats.class_group_sizes, stats.groups
 
 
-def _accepted(table: np.ndarray) -> np.ndarray:
-    """Bucket table ``(..., K + 1)`` -> accepted counts ``(..., K)`` (sum of buckets > k)."""
-    rev = np.cumsum(table[..., ::-1], axis=-1)[..., ::-1]
-    return np.ascontiguousarray(rev[..., 1:])
-
-
 def _divide(num: np.ndarray, den: np.ndarray) -> np.ndarray:
     with np.errstate(divide="ignore", invalid="ignore"):
         return np.asarray(np.where(den > 0, num / np.where(den > 0, den, 1), np.nan))
@@ -215,10 +210,10 @@ def _group_tables(stats: PairStats, column: int, xcol: int) -> dict[str, np.ndar
     _, n_cg, gs = _require_groups(stats)
     n_cg = n_cg.astype(np.float64)
     n_g = n_cg.sum(axis=0)
-    gen_acc = _accepted(gs.gpos)[:, :, column]  # (C, G)
-    imp_acc = _accepted(gs.gneg)[:, :, column]  # each impostor pair twice (both classes)
-    xgen = _accepted(gs.xpos)[:, :, :, xcol]  # (C, G, G)
-    ximp = _accepted(gs.xneg)[:, :, :, xcol]
+    gen_acc = CountState.accepted(gs.gpos)[:, :, column]  # (C, G)
+    imp_acc = CountState.accepted(gs.gneg)[:, :, column]  # each impostor pair twice (both classes)
+    xgen = CountState.accepted(gs.xpos)[:, :, :, xcol]  # (C, G, G)
+    ximp = CountState.accepted(gs.xneg)[:, :, :, xcol]
     eye = np.eye(n_cg.shape[1])
     return {
         "gen_acc": gen_acc.astype(np.float64),
@@ -358,8 +353,8 @@ def group_consistency_view(
     g = stats.grids[grid]
     n = n_cg.astype(np.float64)
     n_g = n.sum(axis=0)
-    gen = _accepted(gs.gpos)[:, :, g.columns].astype(np.float64)  # (C, G, K)
-    imp = _accepted(gs.gneg)[:, :, g.columns].astype(np.float64)
+    gen = CountState.accepted(gs.gpos)[:, :, g.columns].astype(np.float64)  # (C, G, K)
+    imp = CountState.accepted(gs.gneg)[:, :, g.columns].astype(np.float64)
     gen_den = n * (n - 1) / 2  # (C, G)
     imp_den = n * (n_g[None, :] - n)
     inc = (gen_den.sum(axis=0) > 0) & (imp_den.sum(axis=0) > 0)
