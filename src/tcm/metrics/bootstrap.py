@@ -46,9 +46,12 @@ __all__ = [
     "bootstrap_rates",
     "bootstrap_ratio",
     "bootstrap_statistic",
+    "check_bootstrap_args",
     "class_bootstrap_indices",
     "class_bootstrap_weights",
+    "interval_from_samples",
     "percentile_interval",
+    "ratio_or_nan",
 ]
 
 FloatOrArray = float | np.ndarray
@@ -191,7 +194,8 @@ def _interval(samples: np.ndarray, ci: float, n_boot: int, point: np.ndarray) ->
     )
 
 
-def _safe_divide(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+def ratio_or_nan(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """``a / b`` element-wise, NaN where ``b <= 0`` (a rate over no pairs is undefined)."""
     with np.errstate(divide="ignore", invalid="ignore"):
         out: np.ndarray = np.where(b > 0, a / np.where(b > 0, b, 1.0), np.nan)
     return out
@@ -231,8 +235,8 @@ def bootstrap_ratio(
     tail = n.shape[1:]
     num_b = w @ n.reshape(t, -1)
     den_b = w @ d.reshape(t, -1)
-    samples = _safe_divide(num_b, den_b).reshape((w.shape[0], *tail))
-    point = _safe_divide(n.sum(axis=0), d.sum(axis=0))
+    samples = ratio_or_nan(num_b, den_b).reshape((w.shape[0], *tail))
+    point = ratio_or_nan(n.sum(axis=0), d.sum(axis=0))
     return _interval(samples, c, w.shape[0], point)
 
 
@@ -283,10 +287,10 @@ def bootstrap_rates(
     points: dict[str, np.ndarray] = {}
     for name, (n, d) in checked.items():
         tail = n.shape[1:]
-        rates[name] = _safe_divide(w @ n.reshape(t, -1), w @ d.reshape(t, -1)).reshape(
+        rates[name] = ratio_or_nan(w @ n.reshape(t, -1), w @ d.reshape(t, -1)).reshape(
             (w.shape[0], *tail)
         )
-        points[name] = _safe_divide(n.sum(axis=0), d.sum(axis=0))[None]
+        points[name] = ratio_or_nan(n.sum(axis=0), d.sum(axis=0))[None]
     with np.errstate(divide="ignore", invalid="ignore"):
         samples = np.asarray(fn(rates), dtype=np.float64)
         point = np.asarray(fn(points), dtype=np.float64)

@@ -50,6 +50,7 @@ from tcm.metrics.bootstrap import (
     check_bootstrap_args,
     class_bootstrap_weights,
     interval_from_samples,
+    ratio_or_nan,
 )
 from tcm.metrics.results import jsonable
 from tcm.metrics.statistics import (
@@ -156,11 +157,6 @@ def _require_groups(stats: PairStats) -> tuple[np.ndarray, np.ndarray, Any]:
     return stats.group_names, stats.class_group_sizes, stats.groups
 
 
-def _divide(num: np.ndarray, den: np.ndarray) -> np.ndarray:
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return np.asarray(np.where(den > 0, num / np.where(den > 0, den, 1), np.nan))
-
-
 @dataclass(frozen=True)
 class GroupOperatingPoint:
     """Per-group rates at one threshold (``G`` groups, sorted).
@@ -238,10 +234,10 @@ def _rates_from(tables: dict[str, np.ndarray], w: np.ndarray | None) -> dict[str
         return np.tensordot(w, t, axes=(1, 0))
 
     return {
-        "tar": _divide(pool("gen_acc"), pool("gen_den")),
-        "far": _divide(pool("imp_acc"), pool("imp_den")),
-        "tar_matrix": _divide(pool("xgen_acc"), pool("xgen_den")),
-        "far_matrix": _divide(pool("ximp_acc"), pool("ximp_den")),
+        "tar": ratio_or_nan(pool("gen_acc"), pool("gen_den")),
+        "far": ratio_or_nan(pool("imp_acc"), pool("imp_den")),
+        "tar_matrix": ratio_or_nan(pool("xgen_acc"), pool("xgen_den")),
+        "far_matrix": ratio_or_nan(pool("ximp_acc"), pool("ximp_den")),
     }
 
 
@@ -369,8 +365,8 @@ def group_consistency_view(
             tar = gen.sum(axis=0) / gen_den.sum(axis=0)[:, None]
             far = imp.sum(axis=0) / imp_den.sum(axis=0)[:, None]
         else:
-            tar = _divide(np.tensordot(w, gen, axes=(1, 0)), (w @ gen_den)[:, :, None])
-            far = _divide(np.tensordot(w, imp, axes=(1, 0)), (w @ imp_den)[:, :, None])
+            tar = ratio_or_nan(np.tensordot(w, gen, axes=(1, 0)), (w @ gen_den)[:, :, None])
+            far = ratio_or_nan(np.tensordot(w, imp, axes=(1, 0)), (w @ imp_den)[:, :, None])
         return np.asarray(utility(tar, 1.0 - far))
 
     with np.errstate(divide="ignore", invalid="ignore"):
