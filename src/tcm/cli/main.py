@@ -54,28 +54,20 @@ def _json_default(o: Any) -> Any:
 # ----------------------------------------------------------------------------- sources
 
 
-def _load_array_file(path: Path) -> tuple[np.ndarray, np.ndarray, list[str] | None]:
-    if path.suffix == ".safetensors":
-        from safetensors import safe_open
-        from safetensors.numpy import load_file
+def _read_arrays(path: Path) -> tuple[np.ndarray, np.ndarray, list[str] | None, Any]:
+    """``(embeddings, labels, class_names, groups)`` of an ``.npz`` / ``.safetensors`` file
+    (:func:`tcm.data.embedding_file.read_embedding_file`; labels are required here)."""
+    from tcm.data.embedding_file import read_embedding_file
 
-        arrays = load_file(str(path))
-        with safe_open(str(path), framework="np") as fh:
-            meta = fh.metadata() or {}
-        names = json.loads(meta["class_names"]) if "class_names" in meta else None
-    else:
-        try:
-            with np.load(path, allow_pickle=False) as z:
-                arrays = {k: z[k] for k in z.files}
-        except (OSError, ValueError) as exc:
-            raise ValueError(f"cannot read embeddings file {path}: {exc}") from exc
-        names = (
-            [str(s) for s in arrays["class_names"].tolist()] if "class_names" in arrays else None
-        )
-    for key in ("embeddings", "labels"):
-        if key not in arrays:
-            raise ValueError(f"{path} has no array {key!r} (found: {sorted(arrays)})")
-    return np.asarray(arrays["embeddings"]), np.asarray(arrays["labels"]), names or None
+    f = read_embedding_file(path)
+    if f.labels is None:
+        raise ValueError(f"{path} has no array 'labels'")
+    return f.embeddings, f.labels, f.class_names, f.groups
+
+
+def _load_array_file(path: Path) -> tuple[np.ndarray, np.ndarray, list[str] | None]:
+    """``(embeddings, labels, class_names)`` of an embeddings file."""
+    return _read_arrays(path)[:3]
 
 
 def _embed_checkpoint(
@@ -114,29 +106,21 @@ def _embed_checkpoint(
 def _load_source(
     args: argparse.Namespace, source: str
 ) -> tuple[np.ndarray, np.ndarray, list[str] | None]:
+    """``(embeddings, labels, class_names)`` of a file, run directory or checkpoint."""
+    emb, lab, names, _ = _load_groups(args, source)
+    return emb, lab, names
+
+
+def _load_groups(args: argparse.Namespace, source: str) -> tuple[Any, ...]:
+    """``(embeddings, labels, class_names, groups)`` of a file, run directory or checkpoint;
+    ``groups`` is the per-sample domain array of the embeddings file / dataset, or None."""
     path = Path(source)
     if path.is_dir():
         path = path / "embeddings.npz"
     if not path.exists():
         raise ValueError(f"file not found: {source}")
     if path.suffix in (".npz", ".safetensors"):
-        return _load_array_file(path)
-    return _embed_checkpoint(path, args.data, args.split, args.root, args.batch_size, args.device)
-
-
-def _load_groups(args: argparse.Namespace, source: str) -> tuple[Any, ...]:
-    """``(embeddings, labels, class_names, groups)``; ``groups`` is the per-sample domain array
-    of the embeddings file / dataset, or None when it has none."""
-    path = Path(source)
-    if path.is_dir():
-        path = path / "embeddings.npz"
-    if path.suffix in (".npz", ".safetensors") and path.exists():
-        from tcm.data.embedding_file import read_embedding_file
-
-        emb, lab, names = _load_array_file(path)
-        return emb, lab, names, read_embedding_file(path).groups
-    if not path.exists():
-        raise ValueError(f"file not found: {source}")
+        return _read_arrays(path)
     info: dict[str, Any] = {}
     emb, lab, names = _embed_checkpoint(
         path, args.data, args.split, args.root, args.batch_size, args.device, info
