@@ -341,11 +341,9 @@ class PairStats:
         counted: pass it to :func:`pair_statistics` as ``thresholds=``)."""
         t = np.asarray(thresholds, dtype=np.float64).reshape(-1)
         cols = np.searchsorted(self.thresholds, t, side="left")
-        ok = (cols < self.thresholds.shape[0]) & (
-            self.thresholds[np.minimum(cols, max(self.thresholds.shape[0] - 1, 0))] == t
-            if self.thresholds.shape[0]
-            else np.zeros(t.shape, dtype=bool)
-        )
+        inside = cols < self.thresholds.shape[0]
+        ok = np.zeros(t.shape, dtype=bool)
+        ok[inside] = self.thresholds[cols[inside]] == t[inside]
         if not bool(np.all(ok)):
             bad = float(t[np.flatnonzero(~ok)[0]])
             raise ValueError(
