@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import subprocess
@@ -52,3 +53,28 @@ def test_torchrun_evaluate_and_calibrate_equal_one_process(tmp_path: Path) -> No
     assert one["ev"]["metrics"] == two["ev"]["metrics"]  # type: ignore[index]
     assert one["ev"]["calibration"] == two["ev"]["calibration"]  # type: ignore[index]
     assert one["cal"] == two["cal"]
+
+
+@pytest.mark.skipif(not dist.is_available(), reason="torch.distributed not built")
+@pytest.mark.parametrize("fail", [False, True])
+def test_cli_leaves_the_process_group_it_joined(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fail: bool
+) -> None:
+    """A rank that exits with gloo's group alive can abort in interpreter finalisation (SIGABRT,
+    seen on CI); the CLI must destroy the group it created, after success and after an error."""
+    cli = importlib.import_module("tcm.cli.main")  # the package re-exports main(), the function
+
+    rng = np.random.default_rng(1)
+    y = np.repeat(np.arange(6), 4)
+    np.savez(tmp_path / "e.npz", embeddings=rng.normal(size=(24, 8)), labels=y)
+
+    def join() -> bool:
+        store = dist.HashStore()
+        dist.init_process_group("gloo", store=store, rank=0, world_size=1)
+        return True
+
+    monkeypatch.setattr(cli, "_init_distributed", join)
+    source = str(tmp_path / ("missing.npz" if fail else "e.npz"))
+    code = cli.main(["evaluate", source, "--json", str(tmp_path / "o.json")])
+    assert code == (cli.EXIT_BAD_INPUT if fail else cli.EXIT_OK)
+    assert not dist.is_initialized()

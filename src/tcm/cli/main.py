@@ -284,8 +284,11 @@ def _rank() -> int:
     return int(dist.get_rank()) if dist.is_available() and dist.is_initialized() else 0
 
 
-def _init_distributed() -> None:
-    """Join the process group when started by torchrun (``WORLD_SIZE > 1``)."""
+def _init_distributed() -> bool:
+    """Join the process group when started by torchrun (``WORLD_SIZE > 1``).
+
+    Returns whether this call created the group (and so must leave it again).
+    """
     import os
 
     import torch
@@ -296,6 +299,27 @@ def _init_distributed() -> None:
         if backend == "nccl":
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
         dist.init_process_group(backend)
+        return True
+    return False
+
+
+def _leave_distributed(*, clean: bool) -> None:
+    """Destroy the process group while the interpreter is still whole.
+
+    Exiting with the group alive lets gloo's worker threads outlive Python's finalisation; the
+    process then aborts ("terminate called without an active exception", SIGABRT) now and then,
+    and torchrun reports the whole command as failed although every rank finished. ``clean``
+    (every rank succeeded) first waits at a barrier so that no rank tears its side down while a
+    peer still exchanges counts; after an error the group is destroyed at once (a barrier could
+    wait forever on a peer that failed too).
+    """
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        return
+    if clean:
+        dist.barrier()
+    dist.destroy_process_group()
 
 
 def _cmd_calibrate(args: argparse.Namespace) -> int:
@@ -742,10 +766,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     debug = bool(getattr(args, "debug", False))
+    joined = False
     try:
         if args.command in ("evaluate", "calibrate"):
-            _init_distributed()
+            joined = _init_distributed()
         code: int = args.func(args)
+        if joined:
+            _leave_distributed(clean=True)
+            joined = False
     except KeyboardInterrupt:
         print(f"tcm {args.command}: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
@@ -760,4 +788,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if isinstance(exc, TrainingDivergedError):
             return EXIT_DIVERGED
         return EXIT_BAD_INPUT
+    finally:
+        if joined:
+            _leave_distributed(clean=False)
     return code
