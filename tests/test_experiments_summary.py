@@ -1,0 +1,101 @@
+"""experiments/summary.py: seed t-intervals, seed-paired TCM - base differences, row grouping."""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+import sys
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _load() -> ModuleType:
+    spec = importlib.util.spec_from_file_location(
+        "tcm_experiments_summary", ROOT / "experiments" / "summary.py"
+    )
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
+summary = _load()
+
+T_975_DF4 = 2.7764451051977987  # Student-t 97.5 % quantile, 4 degrees of freedom (tables)
+
+
+def _rec(loss: str, tcm: bool, seed: int, r1: float, ratio: float, **tags: Any) -> dict[str, Any]:
+    return {
+        "tags": {
+            "dataset": "glyphs",
+            "loss": loss,
+            "tcm": tcm,
+            "memory": None,
+            "backbone": "small_cnn",
+            "margin_pos": 0.9 if tcm else None,
+            "seed": seed,
+            **tags,
+        },
+        "selected_on": "validation",
+        "metrics": {"recall_at_1": r1},
+        "intervals": {"recall_at_1": [r1 - 0.02, r1 + 0.01]},
+        "transfer": {"far_ratio": ratio, "shift": "DejaVu -> STIX"},
+    }
+
+
+def test_t_interval_matches_the_textbook_formula() -> None:
+    vals = [0.80, 0.82, 0.79, 0.85, 0.81]
+    m = sum(vals) / 5
+    s = math.sqrt(sum((v - m) ** 2 for v in vals) / 4)
+    half = T_975_DF4 * s / math.sqrt(5)
+    got_m, (lo, hi) = summary.t_interval(vals)
+    # float64 sums of 5 values of size ~1: a few ulps of 1
+    assert got_m == pytest.approx(m, rel=1e-15, abs=4e-16)
+    assert lo == pytest.approx(m - half, rel=1e-12)
+    assert hi == pytest.approx(m + half, rel=1e-12)
+
+
+def test_t_interval_of_one_value_has_no_interval_and_empty_is_an_error() -> None:
+    assert summary.t_interval([0.5]) == (0.5, None)
+    with pytest.raises(ValueError, match="at least one"):
+        summary.t_interval([])
+
+
+def test_rows_pair_tcm_with_base_by_seed_and_skip_nonfinite() -> None:
+    recs = [_rec("smooth_ap", False, s, 0.80 + 0.01 * s, 2.0) for s in range(3)]
+    recs += [_rec("smooth_ap", True, s, 0.83 + 0.01 * s, 1.5) for s in (0, 1, 2, 3)]
+    recs[0]["transfer"]["far_ratio"] = math.inf  # base seed 0: infinite -> left out
+    rows = summary.summarise(recs)
+    assert [(r["loss"], r["tcm"]) for r in rows] == [("smooth_ap", False), ("smooth_ap", True)]
+    base, tcm = rows
+    assert base["seeds"] == [0, 1, 2] and tcm["seeds"] == [0, 1, 2, 3]
+    assert base["transfer_far_ratio"]["n"] == 2 and base["transfer_far_ratio"]["nonfinite"] == 1
+    assert base["recall_at_1"]["bootstrap_ci95"] == pytest.approx([0.79, 0.82], abs=1e-12)
+    d = tcm["vs_base"]["recall_at_1"]
+    assert d["seeds"] == [0, 1, 2]  # seed 3 has no base partner
+    assert d["mean"] == pytest.approx(0.03, abs=1e-12)
+    # identical differences: zero spread, the interval collapses onto the mean
+    assert d["ci95"] == pytest.approx([0.03, 0.03], abs=1e-12)
+    assert tcm["vs_base"]["transfer_far_ratio"]["seeds"] == [1, 2]
+    assert "vs_base" not in base
+
+
+def test_a_margin_row_is_paired_with_the_plain_base_row() -> None:
+    recs = [_rec("multi_similarity", False, s, 0.8, 2.0) for s in range(2)]
+    recs += [_rec("multi_similarity", True, s, 0.7, 2.0, margin_pos=0.85) for s in range(2)]
+    rows = summary.summarise(recs)
+    row = next(r for r in rows if r["tcm"])
+    assert row["margin_pos"] == 0.85
+    assert row["vs_base"]["recall_at_1"]["mean"] == pytest.approx(-0.1, abs=1e-12)
+
+
+def test_doctests() -> None:
+    import doctest
+
+    assert doctest.testmod(summary).failed == 0
