@@ -9,7 +9,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.tcm-installed
 
-.PHONY: demo test lint format bench clean
+.PHONY: demo test lint format bench data clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -30,6 +30,16 @@ lint: $(STAMP)
 format: $(STAMP)
 	$(VENV)/bin/ruff check --fix src tests benchmarks scripts experiments
 	$(VENV)/bin/ruff format src tests benchmarks scripts experiments
+
+# Optional benchmarks of docs/data.md (experiments need them; tests skip without them):
+# CJK fonts from Debian's packages (~107 MB) and vendor emoji PNGs from npm (~150 MB).
+CJK_FONTS := fonts-noto-cjk fonts-arphic-ukai fonts-arphic-uming fonts-wqy-zenhei \
+	fonts-ipafont-mincho fonts-ipafont-gothic fonts-seto fonts-kouzan-mouhitsu
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+data:
+	$(SUDO) apt-get update -q
+	$(SUDO) apt-get install -y -q $(CJK_FONTS)
+	cd data/emoji && npm ci --no-audit --no-fund
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench_metrics.py
