@@ -173,8 +173,16 @@ def _group_block(gop: Any, bench: Benchmark) -> dict[str, Any]:
     }
 
 
-def analyse(npz: Path, bench: Benchmark, far: float = TARGET_FAR) -> dict[str, Any]:
-    """Every figure of the protocol from one run's test embeddings (module docstring)."""
+def analyse(
+    npz: Path,
+    bench: Benchmark,
+    far: float = TARGET_FAR,
+    calibration: np.ndarray | None = None,
+) -> dict[str, Any]:
+    """Every figure of the protocol from one run's test embeddings (module docstring).
+
+    ``calibration``: ``(N,)`` bool, the samples of the calibration half (default: the classes of
+    the dataset's ``calibration`` split, by name)."""
     from tcm.metrics import evaluate
     from tcm.metrics.groups import group_operating_point_view
     from tcm.metrics.transfer import transfer_view
@@ -188,7 +196,7 @@ def analyse(npz: Path, bench: Benchmark, far: float = TARGET_FAR) -> dict[str, A
     assert ev.retrieval is not None
     intervals.update(_retrieval_intervals(ev.retrieval.per_class))
 
-    cal = _halves(bench, lab, names)
+    cal = _halves(bench, lab, names) if calibration is None else np.asarray(calibration, bool)
     # deployment: one threshold for FAR `far` on the calibration half, used on the other half
     cal_stats = _stats(emb[cal], lab[cal], None, fars=[far])
     t = cal_stats.threshold_at_far(far)
