@@ -446,7 +446,11 @@ def main() -> int:
     from summary import write_summary
 
     write_summary()
-    sec0, headline0, _ = evidence_section(PLOTS)
+    sec0, headline0, rows0 = evidence_section(PLOTS)
+    from report_evidence import update_readme
+
+    if update_readme(ROOT / "README.md", rows0):
+        print(f"updated the evidence table of {ROOT / 'README.md'}")
     evidence_notes = ROOT / "experiments" / "notes_evidence.md"
     notes0 = evidence_notes.read_text().strip() + "\n" if evidence_notes.exists() else ""
     doc = f"""# Results: does one threshold hold across classes and distributions?

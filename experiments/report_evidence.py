@@ -346,3 +346,70 @@ def section(plot_folder: Path) -> tuple[str, list[str], list[dict[str, Any]]]:
             benchmark_tables(rows, b),
         ]
     return "\n".join(parts), headline(rows), rows
+
+
+README_START = "<!-- evidence-table:start (written by experiments/report.py) -->"
+README_END = "<!-- evidence-table:end -->"
+
+
+def readme_table(rows: list[dict[str, Any]]) -> str:
+    """The README's headline: per benchmark and base loss, base figures and TCM - base."""
+    header = [
+        "benchmark",
+        "base loss",
+        "seed pairs",
+        "R@1 base",
+        "R@1 TCM − base",
+        "OPIS base",
+        "OPIS TCM − base",
+        "shift FAR/target base → TCM",
+    ]
+    body = []
+    for bench in BENCH_ORDER:
+        for loss in LOSS_ORDER:
+
+            def pick(tcm: bool, bench: str = bench, loss: str = loss) -> dict[str, Any] | None:
+                return next(
+                    (
+                        r
+                        for r in rows
+                        if r["dataset"] == bench
+                        and r["loss"] == loss
+                        and r["tcm"] == tcm
+                        and not r.get("memory")
+                        and r.get("margin_pos") in (None, 0.9)
+                    ),
+                    None,
+                )
+
+            base, tcm = pick(False), pick(True)
+            if base is None or tcm is None or "vs_base" not in tcm:
+                continue
+            vb = tcm["vs_base"]
+            r1, op = vb.get("recall_at_1"), vb.get("opis")
+            fr_b, fr_t = base.get("transfer_far_ratio"), tcm.get("transfer_far_ratio")
+            body.append(
+                [
+                    BENCH_LABEL[bench],
+                    LOSS_LABEL[loss],
+                    str(len(r1["seeds"]) if r1 else 0),
+                    cell(base.get("recall_at_1"), 3),
+                    f"{cell(r1, 2)} {verdict(r1, False)}",
+                    cell(base.get("opis"), 2),
+                    f"{cell(op, 2)} {verdict(op, True)}",
+                    f"{_num(fr_b['mean'], 2) if fr_b else '–'} → "
+                    f"{_num(fr_t['mean'], 2) if fr_t else '–'}",
+                ]
+            )
+    return _table(header, body)
+
+
+def update_readme(readme: Path, rows: list[dict[str, Any]]) -> bool:
+    """Replace the text between the README's evidence markers; False when they are absent."""
+    text = readme.read_text()
+    if README_START not in text or README_END not in text:
+        return False
+    head, rest = text.split(README_START, 1)
+    _, tail = rest.split(README_END, 1)
+    readme.write_text(f"{head}{README_START}\n{readme_table(rows)}\n{README_END}{tail}")
+    return True
