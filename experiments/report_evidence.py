@@ -26,7 +26,7 @@ BENCH_ORDER = ("glyphs", "emoji", "cjk_glyphs")
 COLUMNS = [
     ("recall_at_1", "R@1", 3, False),
     ("map_at_r", "MAP@R", 3, False),
-    ("opis", "OPIS", 2, True),
+    ("opis", "OPIS", 3, True),
     ("epsilon_opis_5", "ε-OPIS 5%", 2, True),
     ("classes_far_over_2x", "classes FAR > 2×", 3, True),
     ("transfer_far_ratio", "shift FAR / target", 2, True),
