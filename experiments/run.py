@@ -1,15 +1,19 @@
 #!/usr/bin/env python
 """The experiments of docs/results.md (paper findings on the glyph benchmark), one command each.
 
+    python experiments/run.py evidence        # 0: 3 benchmarks x 4 losses x {off, on} x 5 seeds,
+                                              #    + memory rows and the m+ check (evidence.py)
     python experiments/run.py tcm_on_off      # 1 + 4: base losses x {off, on} x 3 seeds
     python experiments/run.py pareto          # 2: many models (losses x dims x lengths x TCM)
     python experiments/run.py margins         # 3: m+ x m- grid (Smooth-AP + TCM)
     python experiments/run.py cost            # 5: training step time with / without TCM, B=512
     python experiments/run.py gpu             # 1 with pretrained EfficientNet-Lite0 (CUDA only)
-    python experiments/run.py all             # everything above, in that order
+    python experiments/run.py all             # every CPU experiment above (not gpu)
     python experiments/report.py              # regenerate docs/results.md + plots from the JSON
 
-Every training run starts from ``configs/demo.yaml`` (glyphs, small CNN, 32 px, CPU) plus the
+Experiment 0 (``evidence``) is described in ``experiments/evidence.py``: selection on validation
+classes, figures from the selected checkpoint's test embeddings. For experiments 1-5: every
+training run starts from ``configs/demo.yaml`` (glyphs, small CNN, 32 px, CPU) plus the
 overrides listed here, evaluates the *last* checkpoint once at the end on the unseen test classes
 (no model selection on test data), and writes one raw JSON file
 ``experiments/results/<experiment>/<run>.json`` (metrics, the exact overrides, wall time, and the
