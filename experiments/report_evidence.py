@@ -22,6 +22,11 @@ LOSS_ORDER = ("smooth_ap", "recall_surrogate", "multi_similarity", "proxy_anchor
 BENCH_LABEL = {"glyphs": "glyphs", "emoji": "emoji", "cjk_glyphs": "CJK glyphs"}
 BENCH_ORDER = ("glyphs", "emoji", "cjk_glyphs")
 
+SHIFT_LABEL = {
+    "cjk_glyphs": "print designs (Noto Sans/Serif, IPA ×4, UMing, WenQuanYi) -> brush and "
+    "handwriting designs (UKai, Kouzan ×3, Seto)",
+}
+
 # figure key, column header, significant digits, lower is better?
 COLUMNS = [
     ("recall_at_1", "R@1", 3, False),
@@ -93,7 +98,7 @@ def benchmark_tables(rows: list[dict[str, Any]], bench: str) -> str:
     mine = sorted((r for r in rows if r["dataset"] == bench), key=_sort_key)
     if not mine:
         return "_no finished runs_\n"
-    shift = next((r["shift"] for r in mine if r.get("shift")), "?")
+    shift = SHIFT_LABEL.get(bench) or next((r["shift"] for r in mine if r.get("shift")), "?")
     main = [r for r in mine if r.get("margin_pos") in (None, 0.9)]
     margins = [r for r in mine if r.get("margin_pos") not in (None, 0.9)]
     header = ["model", "seeds"] + [c[1] for c in COLUMNS]
