@@ -159,23 +159,28 @@ def benchmark_tables(rows: list[dict[str, Any]], bench: str) -> str:
     return "\n".join(out)
 
 
+def main_row(rows: list[dict[str, Any]], bench: str, loss: str, tcm: bool) -> dict[str, Any] | None:
+    """The summary row of (bench, loss, TCM) with no memory and the default margin."""
+    return next(
+        (
+            r
+            for r in rows
+            if r["dataset"] == bench
+            and r["loss"] == loss
+            and r["tcm"] == tcm
+            and not r.get("memory")
+            and r.get("margin_pos") in (None, 0.9)
+        ),
+        None,
+    )
+
+
 def headline(rows: list[dict[str, Any]]) -> list[str]:
     """One line per (benchmark, loss): what TCM did, significant changes only."""
     out = []
     for bench in BENCH_ORDER:
         for loss in LOSS_ORDER:
-            r = next(
-                (
-                    x
-                    for x in rows
-                    if x["dataset"] == bench
-                    and x["loss"] == loss
-                    and x["tcm"]
-                    and not x.get("memory")
-                    and x.get("margin_pos") in (None, 0.9)
-                ),
-                None,
-            )
+            r = main_row(rows, bench, loss, True)
             if r is None or "vs_base" not in r:
                 continue
             vb = r["vs_base"]
@@ -251,18 +256,7 @@ def plots(recs: list[dict[str, Any]], rows: list[dict[str, Any]], folder: Path) 
         for j, tcm in enumerate((False, True)):
             means, errs = [], []
             for loss in LOSS_ORDER:
-                row = next(
-                    (
-                        r
-                        for r in rows
-                        if r["dataset"] == b
-                        and r["loss"] == loss
-                        and r["tcm"] == tcm
-                        and not r.get("memory")
-                        and r.get("margin_pos") in (None, 0.9)
-                    ),
-                    None,
-                )
+                row = main_row(rows, b, loss, tcm)
                 f = (row or {}).get("transfer_far_ratio")
                 means.append(f["mean"] if f else np.nan)
                 lo_hi = f.get("ci95") if f else None
@@ -372,22 +366,7 @@ def readme_table(rows: list[dict[str, Any]]) -> str:
     body = []
     for bench in BENCH_ORDER:
         for loss in LOSS_ORDER:
-
-            def pick(tcm: bool, bench: str = bench, loss: str = loss) -> dict[str, Any] | None:
-                return next(
-                    (
-                        r
-                        for r in rows
-                        if r["dataset"] == bench
-                        and r["loss"] == loss
-                        and r["tcm"] == tcm
-                        and not r.get("memory")
-                        and r.get("margin_pos") in (None, 0.9)
-                    ),
-                    None,
-                )
-
-            base, tcm = pick(False), pick(True)
+            base, tcm = main_row(rows, bench, loss, False), main_row(rows, bench, loss, True)
             if base is None or tcm is None or "vs_base" not in tcm:
                 continue
             vb = tcm["vs_base"]

@@ -2,30 +2,18 @@
 
 from __future__ import annotations
 
-import importlib.util
 import math
-import sys
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
 
+from _experiments import load_experiment
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def _load() -> ModuleType:
-    spec = importlib.util.spec_from_file_location(
-        "tcm_experiments_summary", ROOT / "experiments" / "summary.py"
-    )
-    assert spec is not None and spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod
-    spec.loader.exec_module(mod)
-    return mod
-
-
-summary = _load()
+summary = load_experiment("summary")
 
 T_975_DF4 = 2.7764451051977987  # Student-t 97.5 % quantile, 4 degrees of freedom (tables)
 
