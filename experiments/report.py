@@ -14,11 +14,12 @@ import json
 import math
 import sys
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from report_common import LOSS_LABEL, pyplot, table
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "experiments" / "results"
@@ -26,12 +27,6 @@ DOCS = ROOT / "docs"
 PLOTS = DOCS / "results"
 NOTES = ROOT / "experiments" / "notes.md"
 
-LOSS_LABEL = {
-    "smooth_ap": "Smooth-AP",
-    "multi_similarity": "Multi-Similarity",
-    "proxy_anchor": "ProxyAnchor",
-    "recall_surrogate": "RS@k",
-}
 METRICS = [
     ("recall_at_1", "R@1", 4),
     ("map_at_r", "MAP@R", 4),
@@ -67,12 +62,6 @@ def mean_std(values: Sequence[float], digits: int) -> str:
     return f"{m:.{digits}g} ± {sd:.2g}"
 
 
-def table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(r) + " |" for r in rows]
-    return "\n".join(lines)
-
-
 def machines(recs: Sequence[dict[str, Any]]) -> str:
     """Where the runs were measured (one line per machine, with run counts)."""
     count: dict[str, int] = defaultdict(int)
@@ -81,15 +70,6 @@ def machines(recs: Sequence[dict[str, Any]]) -> str:
     if not count:
         return ""
     return "Measured on: " + "; ".join(f"{m} ({n} runs)" for m, n in sorted(count.items())) + "\n"
-
-
-def _plt() -> Any:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
 
 
 # ----------------------------------------------------------------------------- experiment 1
@@ -188,7 +168,7 @@ def section_pareto(all_recs: list[dict[str, Any]]) -> str:
     recs = [r for r in all_recs if r.get("metrics")]
     if len(recs) < 3:
         return "_Not enough runs yet._\n"
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 4.4), dpi=120)
     markers = {
         "smooth_ap": "o",
@@ -306,7 +286,7 @@ def section_margins(recs: list[dict[str, Any]], base: list[dict[str, Any]]) -> s
             f"R@1 {m['recall_at_1']:.4f}.",
             "",
         ]
-    plt = _plt()
+    plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(8.8, 3.6), dpi=120)
     for ax, (key, label) in zip(axes, (("opis", "OPIS"), ("recall_at_1", "R@1")), strict=True):
         z = np.array([[grid.get((a, b), {}).get(key, np.nan) for b in mn] for a in mp])
@@ -356,7 +336,7 @@ def section_deployment(recs: list[dict[str, Any]]) -> str:
         table(["model", *[c[1] for c in cols]], rows),
         "",
     ]
-    plt = _plt()
+    plt = pyplot()
     losses = [loss for loss in LOSS_LABEL if (loss, False) in groups and (loss, True) in groups]
     if losses:
         fig, axes = plt.subplots(2, len(losses), figsize=(3.4 * len(losses), 5.6), dpi=120)
@@ -443,12 +423,13 @@ def main() -> int:
     sec1, verdicts = section_on_off(on_off)
     notes = NOTES.read_text().strip() + "\n" if NOTES.exists() else ""
     from report_evidence import section as evidence_section
-    from summary import write_summary
-
-    write_summary()
-    sec0, headline0, rows0 = evidence_section(PLOTS)
     from report_evidence import update_readme
+    from summary import load_records, summarise, write_summary
 
+    recs0 = load_records()
+    rows0 = summarise(recs0)
+    write_summary(rows0)
+    sec0, headline0 = evidence_section(PLOTS, recs0, rows0)
     if update_readme(ROOT / "README.md", rows0):
         print(f"updated the evidence table of {ROOT / 'README.md'}")
     evidence_notes = ROOT / "experiments" / "notes_evidence.md"

@@ -5,19 +5,13 @@ docs/results/."""
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from summary import load_records, summarise
+from report_common import LOSS_LABEL, pyplot
+from report_common import table as _table
 
-LOSS_LABEL = {
-    "smooth_ap": "Smooth-AP",
-    "multi_similarity": "Multi-Similarity",
-    "proxy_anchor": "ProxyAnchor",
-    "recall_surrogate": "RS@k",
-}
 LOSS_ORDER = ("smooth_ap", "recall_surrogate", "multi_similarity", "proxy_anchor")
 BENCH_LABEL = {"glyphs": "glyphs", "emoji": "emoji", "cjk_glyphs": "CJK glyphs"}
 BENCH_ORDER = ("glyphs", "emoji", "cjk_glyphs")
@@ -70,12 +64,6 @@ def verdict(d: dict[str, Any] | None, lower_better: bool) -> str:
         better = (hi < 0) if lower_better else (lo > 0)
         return "better" if better else "worse"
     return "n.s."
-
-
-def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(r) + " |" for r in rows]
-    return "\n".join(lines)
 
 
 def _label(row: dict[str, Any]) -> str:
@@ -200,18 +188,9 @@ def headline(rows: list[dict[str, Any]]) -> list[str]:
     return out
 
 
-def _plt() -> Any:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def plots(recs: list[dict[str, Any]], rows: list[dict[str, Any]], folder: Path) -> list[str]:
     """Pareto (R@1 vs OPIS), transfer FAR ratio bars, per-class FAR ECDFs; returns md lines."""
-    plt = _plt()
+    plt = pyplot()
     folder.mkdir(parents=True, exist_ok=True)
     benches = [b for b in BENCH_ORDER if any(r["tags"]["dataset"] == b for r in recs)]
     if not benches:
@@ -322,12 +301,12 @@ def plots(recs: list[dict[str, Any]], rows: list[dict[str, Any]], folder: Path) 
     ]
 
 
-def section(plot_folder: Path) -> tuple[str, list[str], list[dict[str, Any]]]:
-    """(markdown of section 0, headline lines, summary rows)."""
-    recs = load_records()
-    rows = summarise(recs)
+def section(
+    plot_folder: Path, recs: list[dict[str, Any]], rows: list[dict[str, Any]]
+) -> tuple[str, list[str]]:
+    """(markdown of section 0, headline lines) from the raw records and their summary rows."""
     if not recs:
-        return "_no evidence runs yet: `python experiments/run.py evidence`_\n", [], rows
+        return "_no evidence runs yet: `python experiments/run.py evidence`_\n", []
     machines = sorted({r.get("machine", "?") for r in recs})
     threads = sorted({r.get("threads", 0) for r in recs})
     cpu_h = sum(float(r.get("wall_s", 0.0)) * int(r.get("threads", 1)) for r in recs) / 3600
@@ -344,7 +323,7 @@ def section(plot_folder: Path) -> tuple[str, list[str], list[dict[str, Any]]]:
             "",
             benchmark_tables(rows, b),
         ]
-    return "\n".join(parts), headline(rows), rows
+    return "\n".join(parts), headline(rows)
 
 
 README_START = "<!-- evidence-table:start (written by experiments/report.py) -->"

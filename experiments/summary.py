@@ -173,10 +173,13 @@ def summarise(recs: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
     return rows
 
 
-def write_summary(path: Path = RESULTS / "summary.json") -> list[dict[str, Any]]:
+def write_summary(
+    rows: list[dict[str, Any]] | None = None, path: Path = RESULTS / "summary.json"
+) -> list[dict[str, Any]]:
+    """Write ``rows`` (default: :func:`summarise` of the raw records) atomically as JSON."""
     from tcm.train.checkpoint import atomic_write
 
-    rows = summarise(load_records())
+    rows = summarise(load_records()) if rows is None else rows
     blob = json.dumps(rows, indent=1, allow_nan=False).encode()
     atomic_write(path, lambda fh: fh.write(blob))
     return rows
