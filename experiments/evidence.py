@@ -122,7 +122,10 @@ def _stats(emb: np.ndarray, lab: np.ndarray, groups: np.ndarray | None, **kw: An
 
 
 def _op_block(op: Any, far: float) -> dict[str, Any]:
+    from tcm.metrics.calibration import spread
+
     f = np.asarray(op.far)
+    sp = spread(f)
     return {
         "global_far": float(op.global_far),
         "global_tar": float(op.global_tar),
@@ -130,10 +133,10 @@ def _op_block(op: Any, far: float) -> dict[str, Any]:
         "tar_ci95": _interval(op.intervals["global_tar"]),
         "classes": int(f.shape[0]),
         "far_per_class": [float(v) for v in f],
-        "far_p50": float(np.quantile(f, 0.5)),
-        "far_p90": float(np.quantile(f, 0.9)),
-        "far_max": float(f.max()),
-        "far_std": float(f.std()),
+        "far_p50": sp["p50"],
+        "far_p90": sp["p90"],
+        "far_max": sp["max"],
+        "far_std": sp["std"],
         "classes_far_over_2x": int(np.count_nonzero(f > 2 * far)),
     }
 
