@@ -66,20 +66,41 @@ def verdict(d: dict[str, Any] | None, lower_better: bool) -> str:
     return "n.s."
 
 
+DEFAULT_BACKBONE = "small_cnn"
+BACKBONE_LABEL = {"efficientnet_lite0": "EfficientNet-Lite0 (ImageNet, 64 px)"}
+
+
+def is_default(model: dict[str, Any]) -> bool:
+    """True for the main grid's models (summary row or run tags): small CNN, no cross-batch
+    memory, default m+ 0.9; the memory, margin and backbone rows are variations of them."""
+    return (
+        not model.get("memory")
+        and model.get("margin_pos") in (None, 0.9)
+        and model.get("backbone", DEFAULT_BACKBONE) == DEFAULT_BACKBONE
+    )
+
+
 def _label(row: dict[str, Any]) -> str:
     s = LOSS_LABEL.get(row["loss"], row["loss"])
+    backbone = row.get("backbone", DEFAULT_BACKBONE)
+    if backbone != DEFAULT_BACKBONE:
+        s = f"{BACKBONE_LABEL.get(backbone, backbone)}: {s}"
     if row["tcm"]:
         s += " + TCM"
         if row.get("margin_pos") not in (None, 0.9):
             s += f" (m+ {row['margin_pos']})"
     if row.get("memory"):
         s += f" + memory {row['memory']}"
+        if row.get("memory_warmup"):
+            s += f" (from step {row['memory_warmup']})"
     return s
 
 
 def _sort_key(row: dict[str, Any]) -> tuple[Any, ...]:
     loss = LOSS_ORDER.index(row["loss"]) if row["loss"] in LOSS_ORDER else 99
-    return (row.get("memory") or 0, loss, row.get("margin_pos") or 0, row["tcm"])
+    backbone = row.get("backbone", DEFAULT_BACKBONE) != DEFAULT_BACKBONE
+    memory = (row.get("memory") or 0, row.get("memory_warmup") or 0)
+    return (backbone, memory, loss, row.get("margin_pos") or 0, row["tcm"])
 
 
 def benchmark_tables(rows: list[dict[str, Any]], bench: str) -> str:
@@ -148,16 +169,12 @@ def benchmark_tables(rows: list[dict[str, Any]], bench: str) -> str:
 
 
 def main_row(rows: list[dict[str, Any]], bench: str, loss: str, tcm: bool) -> dict[str, Any] | None:
-    """The summary row of (bench, loss, TCM) with no memory and the default margin."""
+    """The summary row of (bench, loss, TCM) of the main grid (see :func:`is_default`)."""
     return next(
         (
             r
             for r in rows
-            if r["dataset"] == bench
-            and r["loss"] == loss
-            and r["tcm"] == tcm
-            and not r.get("memory")
-            and r.get("margin_pos") in (None, 0.9)
+            if r["dataset"] == bench and r["loss"] == loss and r["tcm"] == tcm and is_default(r)
         ),
         None,
     )
@@ -188,6 +205,13 @@ def headline(rows: list[dict[str, Any]]) -> list[str]:
     return out
 
 
+def _marker(tags: dict[str, Any]) -> str:
+    """Scatter marker of one run: x / o (small CNN base / + TCM), v / ^ (other backbone)."""
+    if tags.get("backbone", DEFAULT_BACKBONE) != DEFAULT_BACKBONE:
+        return "^" if tags["tcm"] else "v"
+    return "o" if tags["tcm"] else "x"
+
+
 def plots(recs: list[dict[str, Any]], rows: list[dict[str, Any]], folder: Path) -> list[str]:
     """Pareto (R@1 vs OPIS), transfer FAR ratio bars, per-class FAR ECDFs; returns md lines."""
     plt = pyplot()
@@ -208,7 +232,7 @@ def plots(recs: list[dict[str, Any]], rows: list[dict[str, Any]], folder: Path) 
                 r["metrics"]["recall_at_1"],
                 r["metrics"]["opis"],
                 c=colors.get(t["loss"], "k"),
-                marker="o" if t["tcm"] else "x",
+                marker=_marker(t),
                 s=18,
                 alpha=0.8,
             )
@@ -224,6 +248,13 @@ def plots(recs: list[dict[str, Any]], rows: list[dict[str, Any]], folder: Path) 
         plt.Line2D([], [], color="k", marker="x", ls="", label="base"),
         plt.Line2D([], [], color="k", marker="o", ls="", label="+ TCM"),
     ]
+    if any(
+        t.get("backbone", DEFAULT_BACKBONE) != DEFAULT_BACKBONE for t in (r["tags"] for r in recs)
+    ):
+        handles += [
+            plt.Line2D([], [], color="k", marker=m, ls="", label=f"EfficientNet-Lite0 {w}")
+            for m, w in (("v", "base"), ("^", "+ TCM"))
+        ]
     axes[0][-1].legend(handles=handles, fontsize=7, loc="best")
     fig.tight_layout()
     fig.savefig(folder / "evidence_pareto.png", dpi=110)
@@ -263,8 +294,7 @@ def plots(recs: list[dict[str, Any]], rows: list[dict[str, Any]], folder: Path) 
                     if r["tags"]["dataset"] == b
                     and r["tags"]["loss"] == loss
                     and r["tags"]["tcm"] == tcm
-                    and not r["tags"].get("memory")
-                    and r["tags"].get("margin_pos") in (None, 0.9)
+                    and is_default(r["tags"])
                     for v in r["deployment"]["far_per_class"]
                 ]
                 if not far:

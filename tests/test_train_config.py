@@ -124,6 +124,8 @@ def test_apply_overrides_does_not_mutate_input(d: dict[str, int]) -> None:
         (["optim.lr=.nan"], "optim.lr"),
         (["model.pretrained=/no/such/weights.pt"], "pretrained weights file does not exist"),
         (["loss.tcm.margin_pos=2"], "loss.tcm.margin_pos"),
+        (["loss.memory_warmup=50"], "loss.memory_warmup (50) needs a cross-batch memory"),
+        (["loss.memory_size=64", "loss.memory_warmup=-1"], "loss.memory_warmup"),
     ],
 )
 def test_bad_values_name_the_key(overrides: list[str], needle: str) -> None:

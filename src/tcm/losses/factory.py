@@ -214,6 +214,8 @@ class CombinedLoss(nn.Module):
         terms: ``{name: loss module}`` (a sequence gets the names ``"0"``, ``"1"``, ...).
         weights: ``{name: weight}`` or a sequence (default 1 each).
         memory_size: rows ``M`` of the cross-batch memory (0: none).
+        memory_warmup: forward calls (training steps) before the memory stores anything
+            (0: from the first; see :class:`CrossBatchMemory`).
 
     Shapes:
         ``embeddings (B, D)`` float, ``labels (B,)``; output: scalar tensor.
@@ -235,6 +237,7 @@ class CombinedLoss(nn.Module):
         weights: Mapping[str, float] | list[float] | tuple[float, ...] | None = None,
         *,
         memory_size: int = 0,
+        memory_warmup: int = 0,
     ) -> None:
         super().__init__()
         named = (
@@ -262,8 +265,12 @@ class CombinedLoss(nn.Module):
         self.weights = w
         if isinstance(memory_size, bool) or not isinstance(memory_size, int) or memory_size < 0:
             raise ValueError(f"memory_size must be an integer >= 0 (rows); got {memory_size!r}")
+        if memory_warmup and not memory_size:
+            raise ValueError(
+                f"memory_warmup={memory_warmup!r} needs a cross-batch memory (memory_size > 0)"
+            )
         self.memory: CrossBatchMemory | None = (
-            CrossBatchMemory(memory_size) if memory_size > 0 else None
+            CrossBatchMemory(memory_size, warmup=memory_warmup) if memory_size > 0 else None
         )
         self.last_terms: dict[str, torch.Tensor] = {}
 
@@ -404,6 +411,7 @@ class LossWithTCM(CombinedLoss):
         needs_classes: bool = False,
         num_classes: int | None = None,
         memory_size: int = 0,
+        memory_warmup: int = 0,
     ) -> None:
         if base is None and tcm is None:
             raise ValueError("LossWithTCM needs a base loss, a TCM loss or both; got neither")
@@ -412,7 +420,7 @@ class LossWithTCM(CombinedLoss):
             terms["base"] = base
         if tcm is not None:
             terms["tcm"] = tcm
-        super().__init__(terms, memory_size=memory_size)
+        super().__init__(terms, memory_size=memory_size, memory_warmup=memory_warmup)
         self.name = name
         self.needs_classes = needs_classes
         self.num_classes = num_classes
@@ -494,6 +502,7 @@ def build_loss(
     num_classes: int | None = None,
     embedding_dim: int | None = None,
     memory_size: int = 0,
+    memory_warmup: int = 0,
     **params: Any,
 ) -> LossWithTCM:
     """Build loss ``name`` with ``params``, plus TCM if requested, as a :class:`LossWithTCM`.
@@ -508,6 +517,7 @@ def build_loss(
         memory_size: rows ``M`` of a cross-batch memory (Wang et al., CVPR 2020; 0 = none):
             every reference-capable term (TCM, multi_similarity, contrastive, triplet) then
             compares the batch with ``[batch; last M detached embeddings]``.
+        memory_warmup: training steps before the memory starts storing (0 = from the first).
         **params: parameters of the base loss (unknown ones raise ValueError listing the valid
             ones). ``triplet`` also takes ``miner_margin`` and ``type_of_triplets`` (miner).
 
@@ -532,7 +542,9 @@ def build_loss(
         if tcm is False:
             raise ValueError("loss 'none' with tcm=False has nothing to optimise; pass tcm=True")
         tcm_mod = _tcm_from_arg(True if tcm is None else tcm)
-        return LossWithTCM(None, tcm_mod, name="none", memory_size=memory_size)
+        return LossWithTCM(
+            None, tcm_mod, name="none", memory_size=memory_size, memory_warmup=memory_warmup
+        )
     if spec.needs_classes:
         missing = [
             n
@@ -553,4 +565,5 @@ def build_loss(
         needs_classes=spec.needs_classes,
         num_classes=num_classes,
         memory_size=memory_size,
+        memory_warmup=memory_warmup,
     )

@@ -10,8 +10,13 @@ L2-normalises internally, so similarities are cosine similarities.
 Under DDP the loss is computed on the all-gathered global batch (``tcm.train`` does this), so the
 memory enqueues the global batch and holds the same rows on every rank.
 
-The queue is part of the module's ``state_dict`` (as *extra state*), so a resumed run continues
-with the same memory. It never synchronises with the device: positions are Python integers.
+Warm-up (``warmup=K``): the first ``K`` calls of :meth:`enqueue` store nothing, so for ``K``
+training steps the loss sees the batch only; XBM starts its memory once the embeddings have
+stopped moving fast, because rows enqueued early are stale by the time they are compared.
+
+The queue and the call count are part of the module's ``state_dict`` (as *extra state*), so a
+resumed run continues with the same memory. It never synchronises with the device: positions
+are Python integers.
 
 Example:
     >>> import torch
@@ -37,33 +42,54 @@ class CrossBatchMemory(nn.Module):
     """FIFO of the last ``size`` detached embeddings ``(size, D)`` and int64 labels ``(size,)``.
 
     Args:
-        size: capacity ``M >= 1`` (rows). ``D`` is fixed by the first :meth:`enqueue`.
+        size: capacity ``M >= 1`` (rows). ``D`` is fixed by the first stored batch.
+        warmup: number ``K >= 0`` of first :meth:`enqueue` calls (training steps) that store
+            nothing.
+
+    Example:
+        >>> mem = CrossBatchMemory(8, warmup=2)
+        >>> for step in range(3):
+        ...     mem.enqueue(torch.ones(2, 3), torch.tensor([step, step]))
+        >>> len(mem), mem.calls  # steps 0 and 1 were the warm-up
+        (2, 3)
     """
 
-    def __init__(self, size: int) -> None:
+    def __init__(self, size: int, warmup: int = 0) -> None:
         super().__init__()
         if isinstance(size, bool) or not isinstance(size, int) or size < 1:
             raise ValueError(f"memory_size must be a positive integer (rows); got {size!r}")
+        if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 0:
+            raise ValueError(f"memory warm-up must be an integer >= 0 (steps); got {warmup!r}")
         self.size = size
+        self.warmup = warmup
+        self.calls = 0  # enqueue calls so far, warm-up included
         self._emb: torch.Tensor | None = None
         self._lab: torch.Tensor | None = None
         self._ptr = 0  # next row to overwrite
         self._count = 0  # rows filled so far (<= size)
 
     def extra_repr(self) -> str:
-        return f"size={self.size}, filled={self._count}"
+        return f"size={self.size}, warmup={self.warmup}, filled={self._count}"
 
     def __len__(self) -> int:
         return self._count
 
     def reset(self) -> None:
-        """Empty the memory."""
+        """Empty the memory and restart the warm-up."""
         self._emb = self._lab = None
         self._ptr = self._count = 0
+        self.calls = 0
 
     @torch.no_grad()
     def enqueue(self, embeddings: torch.Tensor, labels: torch.Tensor) -> None:
-        """Append ``embeddings (B, D)`` (detached; float32 or float64) and ``labels (B,)``."""
+        """Append ``embeddings (B, D)`` (detached; float32 or float64) and ``labels (B,)``;
+        during the warm-up (the first ``warmup`` calls) only count the call."""
+        self.calls += 1
+        if self.calls <= self.warmup:
+            return
+        self._store(embeddings, labels)
+
+    def _store(self, embeddings: torch.Tensor, labels: torch.Tensor) -> None:
         emb = embeddings.detach()
         if emb.dtype != torch.float64:
             emb = emb.to(torch.float32)
@@ -126,7 +152,12 @@ class CrossBatchMemory(nn.Module):
 
     def get_extra_state(self) -> dict[str, Any]:
         emb, lab = self.contents()
-        return {"size": self.size, "embeddings": emb.cpu().clone(), "labels": lab.cpu().clone()}
+        return {
+            "size": self.size,
+            "calls": self.calls,
+            "embeddings": emb.cpu().clone(),
+            "labels": lab.cpu().clone(),
+        }
 
     def set_extra_state(self, state: Any) -> None:
         if not isinstance(state, dict) or int(state.get("size", -1)) != self.size:
@@ -137,4 +168,8 @@ class CrossBatchMemory(nn.Module):
         self.reset()
         emb, lab = state["embeddings"], state["labels"]
         if emb.numel():
-            self.enqueue(emb, lab)
+            with torch.no_grad():
+                self._store(emb, lab)
+        # checkpoints written before the warm-up existed have no call count: a filled memory
+        # is past any warm-up
+        self.calls = int(state.get("calls", self.warmup if emb.numel() else 0))

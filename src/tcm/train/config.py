@@ -111,7 +111,8 @@ class TCMConfig(_Strict):
 class LossConfig(_Strict):
     """Base loss (``tcm.losses.available_losses()``) + its parameters + the TCM term.
 
-    ``memory_size``: rows of a cross-batch memory (0 = none; see ``tcm.losses.CombinedLoss``).
+    ``memory_size``: rows of a cross-batch memory (0 = none; see ``tcm.losses.CombinedLoss``);
+    ``memory_warmup``: training steps before it starts storing (needs ``memory_size > 0``).
     The base loss is built and run once on a tiny random batch when the whole config is
     validated, so a bad ``loss.params`` value is an error at load time.
     """
@@ -120,6 +121,16 @@ class LossConfig(_Strict):
     params: dict[str, Any] = Field(default_factory=dict)
     tcm: TCMConfig = Field(default_factory=lambda: TCMConfig(enabled=False))
     memory_size: int = Field(default=0, ge=0, le=10_000_000)
+    memory_warmup: int = Field(default=0, ge=0)
+
+    @model_validator(mode="after")
+    def _memory_warmup(self) -> LossConfig:
+        if self.memory_warmup and not self.memory_size:
+            raise ValueError(
+                f"loss.memory_warmup ({self.memory_warmup}) needs a cross-batch memory: set "
+                "loss.memory_size > 0"
+            )
+        return self
 
     @model_validator(mode="after")
     def _tcm_margins(self) -> LossConfig:

@@ -381,6 +381,7 @@ class Trainer:
             num_classes=int(self.train_ds.num_classes),
             embedding_dim=cfg.model.embedding_dim,
             memory_size=cfg.loss.memory_size,
+            memory_warmup=cfg.loss.memory_warmup,
             **cfg.loss.params,
         ).to(self.device)
         self.optimizer = build_optimizer(cfg, model, self.loss_fn)
