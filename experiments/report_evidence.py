@@ -69,6 +69,10 @@ def verdict(d: dict[str, Any] | None, lower_better: bool) -> str:
 DEFAULT_BACKBONE = "small_cnn"
 BACKBONE_LABEL = {"efficientnet_lite0": "EfficientNet-Lite0 (ImageNet, 64 px)"}
 
+# (backbone, base loss) in the order of the headline and the README table
+RECIPES = [(DEFAULT_BACKBONE, k) for k in LOSS_ORDER]
+RECIPES += [(b, k) for b in BACKBONE_LABEL for k in LOSS_ORDER]
+
 
 def is_default(model: dict[str, Any]) -> bool:
     """True for the main grid's models (summary row or run tags): small CNN, no cross-batch
@@ -81,7 +85,7 @@ def is_default(model: dict[str, Any]) -> bool:
 
 
 def _label(row: dict[str, Any]) -> str:
-    s = LOSS_LABEL.get(row["loss"], row["loss"])
+    s = str(LOSS_LABEL.get(row["loss"], row["loss"]))
     backbone = row.get("backbone", DEFAULT_BACKBONE)
     if backbone != DEFAULT_BACKBONE:
         s = f"{BACKBONE_LABEL.get(backbone, backbone)}: {s}"
@@ -168,13 +172,24 @@ def benchmark_tables(rows: list[dict[str, Any]], bench: str) -> str:
     return "\n".join(out)
 
 
-def main_row(rows: list[dict[str, Any]], bench: str, loss: str, tcm: bool) -> dict[str, Any] | None:
-    """The summary row of (bench, loss, TCM) of the main grid (see :func:`is_default`)."""
+def main_row(
+    rows: list[dict[str, Any]],
+    bench: str,
+    loss: str,
+    tcm: bool,
+    backbone: str = DEFAULT_BACKBONE,
+) -> dict[str, Any] | None:
+    """The summary row of (bench, loss, TCM) of the main grid (see :func:`is_default`), or of
+    the same recipe on another ``backbone``."""
     return next(
         (
             r
             for r in rows
-            if r["dataset"] == bench and r["loss"] == loss and r["tcm"] == tcm and is_default(r)
+            if r["dataset"] == bench
+            and r["loss"] == loss
+            and r["tcm"] == tcm
+            and is_default({**r, "backbone": DEFAULT_BACKBONE})
+            and r.get("backbone", DEFAULT_BACKBONE) == backbone
         ),
         None,
     )
@@ -184,8 +199,8 @@ def headline(rows: list[dict[str, Any]]) -> list[str]:
     """One line per (benchmark, loss): what TCM did, significant changes only."""
     out = []
     for bench in BENCH_ORDER:
-        for loss in LOSS_ORDER:
-            r = main_row(rows, bench, loss, True)
+        for backbone, loss in RECIPES:
+            r = main_row(rows, bench, loss, True, backbone)
             if r is None or "vs_base" not in r:
                 continue
             vb = r["vs_base"]
@@ -199,7 +214,7 @@ def headline(rows: list[dict[str, Any]]) -> list[str]:
                 parts.append(f"{name} {d['mean']:+.{digits}g} ({verdict(d, low)})")
             n = max(len(v["seeds"]) for v in vb.values())
             out.append(
-                f"- **{BENCH_LABEL[bench]}, {LOSS_LABEL[loss]}** ({n} seed pairs): "
+                f"- **{BENCH_LABEL[bench]}, {_label({**r, 'tcm': False})}** ({n} seed pairs): "
                 + ", ".join(parts)
             )
     return out
@@ -374,8 +389,9 @@ def readme_table(rows: list[dict[str, Any]]) -> str:
     ]
     body = []
     for bench in BENCH_ORDER:
-        for loss in LOSS_ORDER:
-            base, tcm = main_row(rows, bench, loss, False), main_row(rows, bench, loss, True)
+        for backbone, loss in RECIPES:
+            base = main_row(rows, bench, loss, False, backbone)
+            tcm = main_row(rows, bench, loss, True, backbone)
             if base is None or tcm is None or "vs_base" not in tcm:
                 continue
             vb = tcm["vs_base"]
@@ -384,7 +400,7 @@ def readme_table(rows: list[dict[str, Any]]) -> str:
             body.append(
                 [
                     BENCH_LABEL[bench],
-                    LOSS_LABEL[loss],
+                    _label(base),
                     str(len(r1["seeds"]) if r1 else 0),
                     cell(base.get("recall_at_1"), 3),
                     f"{cell(r1, 2)} {verdict(r1, False)}",

@@ -121,3 +121,8 @@ def test_warmup_and_backbone_rows_are_their_own_models_paired_with_their_own_bas
     }
     main = report.main_row(rows, "glyphs", "multi_similarity", True)
     assert main is not None and main["recall_at_1"]["mean"] == pytest.approx(0.8, abs=1e-12)
+    effnet = report.main_row(rows, "glyphs", "multi_similarity", True, "efficientnet_lite0")
+    assert effnet is not None and effnet["recall_at_1"]["mean"] == pytest.approx(0.7, abs=1e-12)
+    table = report.readme_table(rows)
+    assert "| glyphs | EfficientNet-Lite0 (ImageNet, 64 px): Multi-Similarity |" in table
+    assert "memory" not in table  # the memory rows stay in docs/results.md
