@@ -76,11 +76,13 @@ RECIPES += [(b, k) for b in BACKBONE_LABEL for k in LOSS_ORDER]
 
 def is_default(model: dict[str, Any]) -> bool:
     """True for the main grid's models (summary row or run tags): small CNN, no cross-batch
-    memory, default m+ 0.9; the memory, margin and backbone rows are variations of them."""
+    memory, default m+ 0.9, default schedule; the memory, margin, backbone and schedule rows
+    are variations of them."""
     return (
         not model.get("memory")
         and model.get("margin_pos") in (None, 0.9)
         and model.get("backbone", DEFAULT_BACKBONE) == DEFAULT_BACKBONE
+        and not model.get("steps")
     )
 
 
@@ -89,6 +91,8 @@ def _label(row: dict[str, Any]) -> str:
     backbone = row.get("backbone", DEFAULT_BACKBONE)
     if backbone != DEFAULT_BACKBONE:
         s = f"{BACKBONE_LABEL.get(backbone, backbone)}: {s}"
+    if row.get("steps"):
+        s += f" ({row['steps']:,} steps)"
     if row["tcm"]:
         s += " + TCM"
         if row.get("margin_pos") not in (None, 0.9):
@@ -104,7 +108,7 @@ def _sort_key(row: dict[str, Any]) -> tuple[Any, ...]:
     loss = LOSS_ORDER.index(row["loss"]) if row["loss"] in LOSS_ORDER else 99
     backbone = row.get("backbone", DEFAULT_BACKBONE) != DEFAULT_BACKBONE
     memory = (row.get("memory") or 0, row.get("memory_warmup") or 0)
-    return (backbone, memory, loss, row.get("margin_pos") or 0, row["tcm"])
+    return (backbone, memory, loss, row.get("steps") or 0, row.get("margin_pos") or 0, row["tcm"])
 
 
 def benchmark_tables(rows: list[dict[str, Any]], bench: str) -> str:

@@ -89,10 +89,12 @@ def test_doctests() -> None:
     assert doctest.testmod(summary).failed == 0
 
 
-def test_warmup_and_backbone_rows_are_their_own_models_paired_with_their_own_base() -> None:
+def test_warmup_backbone_and_schedule_rows_are_their_own_models_paired_with_their_own_base() -> (
+    None
+):
     """A memory warm-up row pairs with the base row of the same memory and warm-up, an
-    EfficientNet row with the EfficientNet base; the report labels them and keeps them out of
-    the main grid's headline rows."""
+    EfficientNet row with the EfficientNet base, a longer-schedule row with the base of that
+    schedule; the report labels them and keeps them out of the main grid's headline rows."""
     import sys
 
     sys.path.insert(0, str(ROOT / "experiments"))  # report_evidence imports report_common
@@ -108,8 +110,9 @@ def test_warmup_and_backbone_rows_are_their_own_models_paired_with_their_own_bas
             _rec("multi_similarity", tcm, s, r1 + 0.1, 2.0, backbone="efficientnet_lite0")
             for s in range(2)
         ]
+        recs += [_rec("multi_similarity", tcm, s, r1 + 0.15, 2.0, steps=1200) for s in range(2)]
     rows = summary.summarise(recs)
-    assert len(rows) == 6
+    assert len(rows) == 8
     for row in rows:
         if row["tcm"]:
             assert row["vs_base"]["recall_at_1"]["mean"] == pytest.approx(-0.1, abs=1e-12)
@@ -118,6 +121,7 @@ def test_warmup_and_backbone_rows_are_their_own_models_paired_with_their_own_bas
         "Multi-Similarity + TCM",
         "Multi-Similarity + TCM + memory 1024 (from step 150)",
         "EfficientNet-Lite0 (ImageNet, 64 px): Multi-Similarity + TCM",
+        "Multi-Similarity (1,200 steps) + TCM",
     }
     main = report.main_row(rows, "glyphs", "multi_similarity", True)
     assert main is not None and main["recall_at_1"]["mean"] == pytest.approx(0.8, abs=1e-12)
@@ -125,4 +129,4 @@ def test_warmup_and_backbone_rows_are_their_own_models_paired_with_their_own_bas
     assert effnet is not None and effnet["recall_at_1"]["mean"] == pytest.approx(0.7, abs=1e-12)
     table = report.readme_table(rows)
     assert "| glyphs | EfficientNet-Lite0 (ImageNet, 64 px): Multi-Similarity |" in table
-    assert "memory" not in table  # the memory rows stay in docs/results.md
+    assert "memory" not in table and "steps" not in table  # those stay in docs/results.md
