@@ -444,8 +444,9 @@ writes `experiments/results/summary.json` (one row per model: every figure as
 `{{"mean", "ci95", "n", "bootstrap_ci95"}}` and, for TCM rows, `vs_base`: the seed-paired
 difference). Protocol (`experiments/evidence.py`): small CNN, 32 px, 64-d, batch 64 (16 classes ×
 4), AdamW 2e-3, cosine, 300 steps (ProxyAnchor: 600 steps and proxy lr × 10, the best of a
-3-setting probe on glyphs, see notes); `best.pt` selected by MAP@R on **validation classes
-carved from the training classes** (10 %), then evaluated once on the unseen test classes;
+3-setting probe on glyphs, and its own 1,200-step rows, see notes); `best.pt` selected by
+MAP@R on **validation classes carved from the training classes** (10 %), then evaluated once on
+the unseen test classes;
 test classes split into the dataset's calibration / evaluation halves; the deployment threshold
 (global FAR 1e-3) is calibrated on the calibration half and read on the evaluation half; the
 distribution shift calibrates FAR 1e-3 on the *source* domains of the calibration half and reads

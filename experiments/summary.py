@@ -74,7 +74,16 @@ FIGURES: dict[str, tuple[Getter, Getter | None]] = {
     ),
 }
 
-MODEL_KEYS = ("dataset", "loss", "tcm", "memory", "memory_warmup", "backbone", "margin_pos", "steps")
+MODEL_KEYS = (
+    "dataset",
+    "loss",
+    "tcm",
+    "memory",
+    "memory_warmup",
+    "backbone",
+    "margin_pos",
+    "steps",
+)
 
 
 def t_interval(values: Sequence[float], ci: float = 0.95) -> tuple[float, list[float] | None]:
