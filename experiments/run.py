@@ -157,7 +157,6 @@ EVIDENCE_EFFNET_LOSSES = ("smooth_ap",)
 # ProxyAnchor again with twice the schedule: its validation MAP@R was still rising at 600
 # steps (0.56); a 1,200-step probe (glyphs, seed 0) reached 0.90 on validation. Glyphs + emoji.
 EVIDENCE_PROXY_LONG_STEPS = 1200
-DEMO_STEPS_PER_EPOCH = 75  # train.steps_per_epoch of configs/demo.yaml
 
 
 def _evidence_run(
@@ -190,16 +189,19 @@ def _evidence_run(
     elif backbone != "small_cnn":
         raise ValueError(f"no evidence recipe for backbone {backbone!r}")
     if steps:
-        if steps % DEMO_STEPS_PER_EPOCH:
-            raise ValueError(f"steps={steps} is not a multiple of {DEMO_STEPS_PER_EPOCH}")
+        from tcm.train.config import load_config
+
+        per_epoch = load_config(BASE_CONFIG).train.steps_per_epoch
+        if per_epoch is None or steps % per_epoch:
+            raise ValueError(f"steps={steps}: not a multiple of train.steps_per_epoch={per_epoch}")
         name += f"_{steps}st"
+        extra.append(f"train.epochs={steps // per_epoch}")
     over = [
         *BENCHMARKS[bench].overrides,
         *LOSS_OVERRIDES[loss],
         *(EVIDENCE_PROXY if loss == "proxy_anchor" else []),
         *_tcm(tcm, m_pos=m_pos),
         *extra,
-        *([f"train.epochs={steps // DEMO_STEPS_PER_EPOCH}"] if steps else []),
         f"seed={seed}",
     ]
     tags = {
