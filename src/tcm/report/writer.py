@@ -17,8 +17,7 @@ import datetime as _dt
 import json
 import os
 import re
-import shutil
-import tempfile
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +32,7 @@ from tcm.metrics.statistics import PairStats
 from tcm.metrics.transfer import transfer_view
 from tcm.report import html as H
 from tcm.report.compute import RunAnalysis, analyse_run, interval_json, json_value
+from tcm.report.files import write_files
 from tcm.report.plots import (
     figure_to_png,
     plot_accuracy_consistency,
@@ -390,6 +390,7 @@ def write_report(
         >>> path.name
         'index.html'
     """
+    started = time.time()
     threshold, target_far, (far_lo, far_hi) = check_report_options(threshold, target_far, far_range)
     if not isinstance(title, str):
         raise ValueError(f"title must be a string; got {type(title).__name__}")
@@ -439,25 +440,8 @@ def write_report(
         "figures": sorted(k for k in files if k.endswith(".png")),
     }
     files["report.json"] = (json.dumps(summary, indent=2, allow_nan=False) + "\n").encode()
-    _write_atomically(out, files)
+    write_files(out, files, started)
     return out / "index.html"
-
-
-def _write_atomically(out: Path, files: dict[str, bytes]) -> None:
-    """Write all files to a temp dir inside ``out``, then ``os.replace`` them in, index last."""
-    out.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".tcm-report-", dir=out))
-    try:
-        for name, data in files.items():
-            with open(tmp / name, "wb") as fh:
-                fh.write(data)
-                fh.flush()
-                os.fsync(fh.fileno())
-        order = sorted(files, key=lambda n: n == "index.html")
-        for name in order:
-            os.replace(tmp / name, out / name)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _swatch(i: int, name: str) -> H.Cell:
