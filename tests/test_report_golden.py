@@ -16,12 +16,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from test_report import make_data, ref_evaluation
-from test_report_groups import make_data as make_group_data
 
 import tcm
 from tcm.metrics import calibration_transfer
 from tcm.report import ReportRun, write_report
+from test_report import make_data, ref_evaluation
+from test_report_groups import make_data as make_group_data
 
 _GOLDEN = Path(__file__).parent / "data" / "report_golden"
 _TINY_PNG = b"\x89PNG\r\n\x1a\n" + b"tiny"
