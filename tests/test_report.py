@@ -257,9 +257,9 @@ _TINY_PNG = b"\x89PNG\r\n\x1a\n" + b"tiny"
 @pytest.fixture
 def fast_png(monkeypatch: pytest.MonkeyPatch) -> None:
     """Skip PNG encoding (the slow part) in tests that only check numbers, not images."""
-    from tcm.report import writer
+    from tcm.report import sections
 
-    monkeypatch.setattr(writer, "figure_to_png", lambda fig: _TINY_PNG)
+    monkeypatch.setattr(sections, "figure_to_png", lambda fig: _TINY_PNG)
 
 
 def make_data(

@@ -259,6 +259,8 @@ def _missing(section: str, how: str) -> ValueError:
 def _deployment(
     ev: Evaluation, threshold: float | None, target_far: float | None
 ) -> tuple[OperatingPoint, str]:
+    if threshold is None and ev.calibration is None:
+        threshold = ev.options.get("threshold")  # evaluated at a given threshold
     if threshold is not None:
         op = ev.operating_point
         if op is None:
@@ -300,11 +302,17 @@ def analyse_run(
             evaluation=ev)`` or :meth:`~tcm.report.run.ReportRun.from_embeddings`).
         threshold: the report's deployment threshold (cosine similarity): per-class FAR/FRR come
             from ``evaluation.operating_point``, which must be at this threshold. ``None``: from
-            ``evaluation.calibration`` (the threshold of a target global FAR).
+            ``evaluation.calibration`` (the threshold of a target global FAR), or, for an
+            Evaluation without one, from the operating point at the threshold its ``options``
+            record (``evaluate(..., threshold=t)``).
         target_far: if given (with ``threshold=None``), the calibration's target FAR must be it.
         far_range: if given, the consistency section's calibration range must be it.
         ci, n_boot: if ``ci`` is given, the Evaluation must carry intervals at this level (and
             with ``n_boot`` resamples, if given). Intervals present are read either way.
+
+    The options only check an Evaluation computed elsewhere against the report's; one computed
+    by :func:`~tcm.report.run.report_evaluation` for the report is read without them (its
+    ``Evaluation.options`` are the report's).
 
     Per-group figures are read from ``evaluation.groups`` when present; they must be at the
     deployment threshold.
