@@ -368,22 +368,7 @@ def _analyse(
     if not np.array_equal(op.classes, tc.classes):
         raise ValueError("its operating point and consistency sections cover different classes")
 
-    given = run.caller_metrics()
-    computed = ev.metrics()
-    table: dict[str, float] = {}
-    sources: dict[str, str] = {}
-    for key in METRIC_KEYS:
-        if key in given:
-            table[key], sources[key] = given[key], "caller"
-        elif key in computed:
-            table[key], sources[key] = computed[key], "computed"
-        elif key.startswith("epsilon_opis_"):
-            raise ValueError(f"its Evaluation has no {key!r} (evaluate(..., epsilons=(0.05, 0.1)))")
-        else:
-            raise _missing("retrieval", f"{key!r}; or pass it in ReportRun(metrics=...)")
-    for key, val in given.items():
-        if key not in table:
-            table[key], sources[key] = val, "caller"
+    table, sources = _metric_table(run.caller_metrics(), ev.metrics())
     _check_intervals(ev, ci, n_boot)
     intervals = {k: v for k, v in ev.intervals.items() if sources.get(k) != "caller"}
     gop = ev.groups
@@ -422,6 +407,27 @@ def _analyse(
         group_opis=None if gc is None else float(gc.opis),
         group_opis_interval=None if gc is None else gc.intervals.get("opis"),
     )
+
+
+def _metric_table(
+    given: dict[str, float], computed: dict[str, float]
+) -> tuple[dict[str, float], dict[str, str]]:
+    """The table metrics (caller values first) and their sources (``caller`` / ``computed``)."""
+    table: dict[str, float] = {}
+    sources: dict[str, str] = {}
+    for key in METRIC_KEYS:
+        if key in given:
+            table[key], sources[key] = given[key], "caller"
+        elif key in computed:
+            table[key], sources[key] = computed[key], "computed"
+        elif key.startswith("epsilon_opis_"):
+            raise ValueError(f"its Evaluation has no {key!r} (evaluate(..., epsilons=(0.05, 0.1)))")
+        else:
+            raise _missing("retrieval", f"{key!r}; or pass it in ReportRun(metrics=...)")
+    for key, val in given.items():
+        if key not in table:
+            table[key], sources[key] = val, "caller"
+    return table, sources
 
 
 def _check_intervals(ev: Evaluation, ci: float | None, n_boot: int | None) -> None:
