@@ -650,6 +650,16 @@ def test_operating_point_at_another_threshold(no_passes: None) -> None:
         analyse_run(run, threshold=0.3)
 
 
+def test_threshold_read_from_evaluation_options(tmp_path: Path) -> None:
+    """Without calibration and without a report threshold, analyse_run reads the operating point
+    at the threshold the Evaluation's options record (what report_evaluation(threshold=t) made)."""
+    emb, labels = make_data()
+    ev = report_evaluation(emb, labels, threshold=0.3)
+    assert ev.calibration is None and ev.options["threshold"] == 0.3
+    a = analyse_run(ReportRun("x", evaluation=ev))
+    assert (a.threshold, a.threshold_source) == (0.3, "given")
+
+
 def test_caller_retrieval_replaces_missing_section(no_passes: None) -> None:
     emb, labels = make_data()
     ev = ref_evaluation(emb, labels, retrieval=False)
