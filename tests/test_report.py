@@ -257,9 +257,9 @@ _TINY_PNG = b"\x89PNG\r\n\x1a\n" + b"tiny"
 @pytest.fixture
 def fast_png(monkeypatch: pytest.MonkeyPatch) -> None:
     """Skip PNG encoding (the slow part) in tests that only check numbers, not images."""
-    from tcm.report import writer
+    from tcm.report import sections
 
-    monkeypatch.setattr(writer, "figure_to_png", lambda fig: _TINY_PNG)
+    monkeypatch.setattr(sections, "figure_to_png", lambda fig: _TINY_PNG)
 
 
 def make_data(
@@ -648,6 +648,16 @@ def test_operating_point_at_another_threshold(no_passes: None) -> None:
     run = ReportRun("x", evaluation=ref_evaluation(emb, labels, threshold=0.2))
     with pytest.raises(ValueError, match=r"operating point is at threshold 0\.2.*is 0\.3"):
         analyse_run(run, threshold=0.3)
+
+
+def test_threshold_read_from_evaluation_options(tmp_path: Path) -> None:
+    """Without calibration and without a report threshold, analyse_run reads the operating point
+    at the threshold the Evaluation's options record (what report_evaluation(threshold=t) made)."""
+    emb, labels = make_data()
+    ev = report_evaluation(emb, labels, threshold=0.3)
+    assert ev.calibration is None and ev.options["threshold"] == 0.3
+    a = analyse_run(ReportRun("x", evaluation=ev))
+    assert (a.threshold, a.threshold_source) == (0.3, "given")
 
 
 def test_caller_retrieval_replaces_missing_section(no_passes: None) -> None:

@@ -26,7 +26,7 @@ import tcm.report.run as report_run_mod
 from tcm.cli.main import main
 from tcm.metrics import Evaluation, calibration_transfer, evaluate, group_operating_point
 from tcm.report import ReportRun, format_metric, plots, transfer_rows, write_report
-from tcm.report import writer as writer_mod
+from tcm.report import sections as sections_mod
 
 _DIM = 12
 _TARGET = 1e-2
@@ -63,7 +63,7 @@ def report_eval(x: np.ndarray, y: np.ndarray, g: np.ndarray | None, **kw: Any) -
 
 @pytest.fixture
 def fast_png(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(writer_mod, "figure_to_png", lambda fig: _TINY_PNG)
+    monkeypatch.setattr(sections_mod, "figure_to_png", lambda fig: _TINY_PNG)
 
 
 class _Spy:
@@ -108,7 +108,7 @@ def test_heatmap_values_are_log_far_over_target(
     x, y, g = make_data()
     ev = _eval_before_patches(no_passes, x, y, g)
     spy = _Spy(plots.plot_group_far_heatmap)
-    monkeypatch.setattr(writer_mod, "plot_group_far_heatmap", spy)
+    monkeypatch.setattr(sections_mod, "plot_group_far_heatmap", spy)
     index = write_report(tmp_path, [ReportRun("r", evaluation=ev)], target_far=_TARGET)
     assert ev.groups is not None and ev.calibration is not None
     expect = np.log10(ev.groups.far_matrix / _TARGET)
@@ -201,8 +201,8 @@ def test_inf_zero_groups_nan_cells_and_left_out_groups(
         ),
     )
     spy = _Spy(plots.plot_group_far_heatmap)
-    monkeypatch.setattr(writer_mod, "plot_group_far_heatmap", spy)
-    monkeypatch.setattr(writer_mod, "figure_to_png", lambda fig: _TINY_PNG)
+    monkeypatch.setattr(sections_mod, "plot_group_far_heatmap", spy)
+    monkeypatch.setattr(sections_mod, "figure_to_png", lambda fig: _TINY_PNG)
     index = write_report(tmp_path, [ReportRun("r", evaluation=ev2)], target_far=_TARGET)
     ((_, _, fig),) = spy.calls
     ax = fig.axes[0]
@@ -285,7 +285,7 @@ def test_intervals_in_tables_and_error_bars(
     x2, y2, g2 = make_data(seed=1, noise=0.9)
     ev2 = _eval_before_patches(no_passes, x2, y2, g2, ci=0.95, n_boot=40)
     spy = _Spy(plots.plot_accuracy_consistency)
-    monkeypatch.setattr(writer_mod, "plot_accuracy_consistency", spy)
+    monkeypatch.setattr(sections_mod, "plot_accuracy_consistency", spy)
     runs = [
         ReportRun("a", evaluation=ev),
         ReportRun("b", evaluation=ev2, metrics={"opis": 0.5}),  # caller value: no interval
@@ -457,7 +457,7 @@ def _write_npz(path: Path, seed: int, noise: float, with_groups: bool = True) ->
 def test_cli_report_groups_ci_transfer(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    monkeypatch.setattr(writer_mod, "figure_to_png", lambda fig: _TINY_PNG)
+    monkeypatch.setattr(sections_mod, "figure_to_png", lambda fig: _TINY_PNG)
     a = _write_npz(tmp_path / "fonts.npz", 0, 0.7)
     b = _write_npz(tmp_path / "scans.npz", 1, 1.0)
     c = _write_npz(tmp_path / "third.npz", 2, 0.8)

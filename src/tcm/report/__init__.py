@@ -20,7 +20,9 @@ Example:
 
 from tcm.report.compute import RunAnalysis, analyse_run
 from tcm.report.run import METRIC_KEYS, ReportRun, report_evaluation
-from tcm.report.writer import TransferRow, format_metric, transfer_rows, write_report
+from tcm.report.text import format_metric
+from tcm.report.transfer import TransferRow, transfer_rows
+from tcm.report.writer import write_report
 
 __all__ = [
     "METRIC_KEYS",

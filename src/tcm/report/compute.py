@@ -259,6 +259,8 @@ def _missing(section: str, how: str) -> ValueError:
 def _deployment(
     ev: Evaluation, threshold: float | None, target_far: float | None
 ) -> tuple[OperatingPoint, str]:
+    if threshold is None and ev.calibration is None:
+        threshold = ev.options.get("threshold")  # evaluated at a given threshold
     if threshold is not None:
         op = ev.operating_point
         if op is None:
@@ -300,11 +302,17 @@ def analyse_run(
             evaluation=ev)`` or :meth:`~tcm.report.run.ReportRun.from_embeddings`).
         threshold: the report's deployment threshold (cosine similarity): per-class FAR/FRR come
             from ``evaluation.operating_point``, which must be at this threshold. ``None``: from
-            ``evaluation.calibration`` (the threshold of a target global FAR).
+            ``evaluation.calibration`` (the threshold of a target global FAR), or, for an
+            Evaluation without one, from the operating point at the threshold its ``options``
+            record (``evaluate(..., threshold=t)``).
         target_far: if given (with ``threshold=None``), the calibration's target FAR must be it.
         far_range: if given, the consistency section's calibration range must be it.
         ci, n_boot: if ``ci`` is given, the Evaluation must carry intervals at this level (and
             with ``n_boot`` resamples, if given). Intervals present are read either way.
+
+    The options only check an Evaluation computed elsewhere against the report's; one computed
+    by :func:`~tcm.report.run.report_evaluation` for the report is read without them (its
+    ``Evaluation.options`` are the report's).
 
     Per-group figures are read from ``evaluation.groups`` when present; they must be at the
     deployment threshold.
@@ -360,22 +368,7 @@ def _analyse(
     if not np.array_equal(op.classes, tc.classes):
         raise ValueError("its operating point and consistency sections cover different classes")
 
-    given = run.caller_metrics()
-    computed = ev.metrics()
-    table: dict[str, float] = {}
-    sources: dict[str, str] = {}
-    for key in METRIC_KEYS:
-        if key in given:
-            table[key], sources[key] = given[key], "caller"
-        elif key in computed:
-            table[key], sources[key] = computed[key], "computed"
-        elif key.startswith("epsilon_opis_"):
-            raise ValueError(f"its Evaluation has no {key!r} (evaluate(..., epsilons=(0.05, 0.1)))")
-        else:
-            raise _missing("retrieval", f"{key!r}; or pass it in ReportRun(metrics=...)")
-    for key, val in given.items():
-        if key not in table:
-            table[key], sources[key] = val, "caller"
+    table, sources = _metric_table(run.caller_metrics(), ev.metrics())
     _check_intervals(ev, ci, n_boot)
     intervals = {k: v for k, v in ev.intervals.items() if sources.get(k) != "caller"}
     gop = ev.groups
@@ -414,6 +407,27 @@ def _analyse(
         group_opis=None if gc is None else float(gc.opis),
         group_opis_interval=None if gc is None else gc.intervals.get("opis"),
     )
+
+
+def _metric_table(
+    given: dict[str, float], computed: dict[str, float]
+) -> tuple[dict[str, float], dict[str, str]]:
+    """The table metrics (caller values first) and their sources (``caller`` / ``computed``)."""
+    table: dict[str, float] = {}
+    sources: dict[str, str] = {}
+    for key in METRIC_KEYS:
+        if key in given:
+            table[key], sources[key] = given[key], "caller"
+        elif key in computed:
+            table[key], sources[key] = computed[key], "computed"
+        elif key.startswith("epsilon_opis_"):
+            raise ValueError(f"its Evaluation has no {key!r} (evaluate(..., epsilons=(0.05, 0.1)))")
+        else:
+            raise _missing("retrieval", f"{key!r}; or pass it in ReportRun(metrics=...)")
+    for key, val in given.items():
+        if key not in table:
+            table[key], sources[key] = val, "caller"
+    return table, sources
 
 
 def _check_intervals(ev: Evaluation, ci: float | None, n_boot: int | None) -> None:

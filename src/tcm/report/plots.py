@@ -165,6 +165,53 @@ def plot_utility_curves(
     return fig
 
 
+def _spread_row(
+    ax: Any,
+    v: np.ndarray,
+    y: float,
+    color: str,
+    global_value: float,
+    rng: np.random.Generator,
+    max_points: int,
+    first: bool,
+) -> None:
+    """One run's row of a spread panel: box, jittered class dots, the global-value diamond."""
+    ax.boxplot(
+        [v],
+        positions=[y],
+        **_HORIZONTAL,
+        whis=(5, 95),
+        widths=0.5,
+        showfliers=False,
+        patch_artist=True,
+        boxprops={"facecolor": color, "alpha": 0.25, "edgecolor": color},
+        medianprops={"color": color, "lw": 2},
+        whiskerprops={"color": color},
+        capprops={"color": color},
+    )
+    shown = v if v.size <= max_points else rng.choice(v, size=max_points, replace=False)
+    jitter = rng.uniform(-0.18, 0.18, size=shown.size)
+    ax.scatter(
+        shown,
+        y + jitter,
+        s=6,
+        color=color,
+        alpha=float(np.clip(20 / np.sqrt(shown.size), 0.08, 0.7)),
+        lw=0,
+        zorder=3,
+    )
+    ax.scatter(
+        [global_value],
+        [y],
+        marker="D",
+        s=40,
+        color="white",
+        edgecolor="black",
+        zorder=4,
+        label="global value" if first else None,
+    )
+
+
 def plot_far_frr_spread(
     names: Sequence[str],
     fars: Sequence[np.ndarray],
@@ -202,42 +249,8 @@ def plot_far_frr_spread(
     for ax, values, globals_, xlabel in panels:
         for i in range(n):
             v = np.asarray(values[i], dtype=np.float64)
-            if v.size == 0:
-                continue
-            ax.boxplot(
-                [v],
-                positions=[ypos[i]],
-                **_HORIZONTAL,
-                whis=(5, 95),
-                widths=0.5,
-                showfliers=False,
-                patch_artist=True,
-                boxprops={"facecolor": cols[i], "alpha": 0.25, "edgecolor": cols[i]},
-                medianprops={"color": cols[i], "lw": 2},
-                whiskerprops={"color": cols[i]},
-                capprops={"color": cols[i]},
-            )
-            shown = v if v.size <= max_points else rng.choice(v, size=max_points, replace=False)
-            jitter = rng.uniform(-0.18, 0.18, size=shown.size)
-            ax.scatter(
-                shown,
-                ypos[i] + jitter,
-                s=6,
-                color=cols[i],
-                alpha=float(np.clip(20 / np.sqrt(shown.size), 0.08, 0.7)),
-                lw=0,
-                zorder=3,
-            )
-            ax.scatter(
-                [globals_[i]],
-                [ypos[i]],
-                marker="D",
-                s=40,
-                color="white",
-                edgecolor="black",
-                zorder=4,
-                label="global value" if i == 0 else None,
-            )
+            if v.size:
+                _spread_row(ax, v, ypos[i], cols[i], globals_[i], rng, max_points, i == 0)
         ax.set_xlabel(xlabel)
         ax.grid(axis="x", alpha=0.3)
     ax_far.set_xscale("symlog", linthresh=target_far / 10.0, linscale=0.5)
