@@ -310,3 +310,35 @@ def test_training_state_schema_round_trip_and_errors(tmp_path: Path) -> None:
         ValueError, match=r"not a complete tcm training checkpoint: no \['optimizer'\]"
     ):
         TrainingState.load(tmp_path / "partial.pt")
+
+
+def test_eval_max_classes_keeps_ids_and_groups_of_the_kept_samples(tmp_path: Path) -> None:
+    """``eval.max_classes`` cuts the test embeddings to a subset of classes: the ids / groups
+    written next to them must be those of the kept samples (was: exit 2 at the test step)."""
+    from tcm.data.embedding_file import read_embedding_file
+    from tcm.train.datasets import register_dataset
+
+    def provider(data: Any, split: str) -> Any:
+        ds = tiny_dataset(split, data.image_size)
+        ds.ids = [f"{split}-{i}" for i in range(len(ds))]
+        ds.domains = [f"d{i % 3}" for i in range(len(ds))]
+        return ds
+
+    register_dataset("tiny", provider)  # the autouse fixture unregisters it afterwards
+    res = train(
+        tiny_cfg(tmp_path, "train.epochs=1", "train.tensorboard=false", "eval.max_classes=3"),
+        echo=None,
+    )
+    assert res.test_metrics is not None and not res.interrupted
+    f = read_embedding_file(tmp_path / "embeddings.npz")
+    assert f.labels is not None and f.ids is not None and f.groups is not None
+    assert f.embeddings.shape == (18, 8) and len(np.unique(f.labels)) == 3
+    test = tiny_dataset("test", 16)
+    rows = [int(s.removeprefix("test-")) for s in f.ids]
+    assert rows == sorted(rows)  # dataset order
+    np.testing.assert_array_equal(test.labels[rows], f.labels)
+    assert f.groups.tolist() == [f"d{i % 3}" for i in rows]
+    model, _ = load_model(tmp_path / "best.pt")
+    x = torch.stack([test[i][0] for i in rows])
+    with torch.no_grad():
+        np.testing.assert_allclose(model(x).numpy(), f.embeddings, atol=1e-5)

@@ -575,11 +575,12 @@ class Trainer:
         }
         if self.rank == 0:
             save_embeddings(self.run_dir.embeddings, ev.embeddings, ev.labels, ev.class_names)
-            # per-sample ids and domains (font family, vendor, ...): `tcm evaluate RUN --groups`
+            # per-sample ids and domains (font family, vendor, ...): `tcm evaluate RUN --groups`;
+            # only those of the evaluated rows (eval.max_classes keeps a subset of the classes)
             add_sample_arrays(
                 self.run_dir.embeddings,
-                ids=getattr(self.test_ds, "ids", None),
-                groups=getattr(self.test_ds, "domains", None),
+                ids=ev.rows_of(getattr(self.test_ds, "ids", None)),
+                groups=ev.rows_of(getattr(self.test_ds, "domains", None)),
             )
             assert self.csv is not None
             self.csv.row(
