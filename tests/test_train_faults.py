@@ -346,6 +346,46 @@ def test_flipped_byte_checkpoint_rejected(
     assert main(["evaluate", str(p), "--data", "glyphs"]) == 2
 
 
+class _Evil:
+    """Unpickling runs ``os.system(cmd)``: what a crafted checkpoint would do."""
+
+    def __init__(self, cmd: str) -> None:
+        self.cmd = cmd
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (os.system, (self.cmd,))
+
+
+@pytest.mark.parametrize("header", [True, False])  # tcm's hashed format / plain torch.save
+def test_checkpoint_with_objects_is_refused_in_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], header: bool
+) -> None:
+    from tcm.train.checkpoint import save_checkpoint
+
+    marker = tmp_path / "ran"
+    p = tmp_path / "last.pt"
+    state = {"format": "tcm-checkpoint-v1", "x": _Evil(f"touch {marker}")}
+    if header:
+        save_checkpoint(state, p)
+    else:
+        torch.save(state, p)
+    with pytest.raises(ValueError) as info:
+        load_checkpoint(p)
+    msg = str(info.value)
+    assert "\n" not in msg and "weights_only" not in msg and str(p) in msg
+    assert "does not load for safety" in msg and "system" in msg  # names the global
+    for argv in (["evaluate", str(p), "--data", "tiny"], ["embed", str(p), "--data", "tiny"]):
+        assert main([*argv, "--out", str(tmp_path / "e.npz")] if argv[0] == "embed" else argv) == 2
+        err = _err_lines(capsys)
+        assert len(err) == 1 and "does not load for safety" in err[0], err
+        assert "weights_only" not in err[0]
+    args = ["train", *TINY_OVERRIDES, f"output_dir={tmp_path}", "train.tensorboard=false"]
+    assert main([*args, "--resume"]) == 2
+    err = _err_lines(capsys)
+    assert len(err) == 1 and "does not load for safety" in err[0] and str(p) in err[0], err
+    assert not marker.exists()
+
+
 def test_log_truncated_to_resumed_step(tmp_path: Path) -> None:
     train(_cfg(tmp_path, "train.epochs=1"), echo=None)
     with open(tmp_path / "log.csv", "a", newline="") as fh:  # rows of a killed later run
