@@ -173,6 +173,45 @@ def test_sigterm_saves_at_boundary_exits_143_and_resumes(
     assert all(torch.equal(got[k], reference[k]) for k in got)
 
 
+def _start_with(script: Path, out: Path, delay: float, *extra: str) -> subprocess.Popen[str]:
+    cmd = [sys.executable, str(script), *_argv(out), *extra]
+    return subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(delay)
+    )
+
+
+def test_kill_9_then_resume_continues_from_time_based_checkpoint(
+    script: Path, reference: dict[str, torch.Tensor], tmp_path: Path
+) -> None:
+    """``train.checkpoint_interval_s``: ``last.pt`` is rewritten between evaluations, so a
+    ``kill -9`` mid-epoch loses at most that much work, and ``--resume`` (which removes a torn
+    temporary file) ends with exactly the weights of an uninterrupted run."""
+    out = tmp_path / "run"
+    proc = _start_with(script, out, 0.004, "train.checkpoint_interval_s=0.000001")
+    deadline = time.monotonic() + 200
+    step = 0
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            st = TrainingState.load(out / "last.pt")
+        except ValueError:  # not written yet
+            time.sleep(0.01)
+            continue
+        step = st.step
+        if step >= 4 and st.in_epoch != 0:  # past the first evaluation (step 3), mid-epoch
+            break
+        time.sleep(0.01)
+    proc.kill()  # SIGKILL: no handler runs, nothing is saved at the stop
+    proc.communicate(timeout=200)
+    assert proc.returncode == -signal.SIGKILL, "the run ended before it could be killed"
+    state = TrainingState.load(out / "last.pt")
+    assert state.step >= step >= 4
+    assert _run(out, "--resume") == 0
+    got = _weights(out / "last.pt")
+    assert all(torch.equal(got[k], reference[k]) for k in reference)
+    assert _train_steps(out / "log.csv") == list(range(1, 13))
+    assert not list(out.glob("*.tmp-*"))
+
+
 # ----------------------------------------------------------------------------- in-process
 
 

@@ -345,7 +345,7 @@ def test_eval_max_classes_keeps_ids_and_groups_of_the_kept_samples(tmp_path: Pat
         np.testing.assert_allclose(model(x).numpy(), f.embeddings, atol=1e-5)
 
 
-# ----------------------------------------------------------------------------- time-based checkpoints
+# ----------------------------------------------------------------- time-based checkpoints
 
 
 class _Crash:

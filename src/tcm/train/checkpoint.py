@@ -211,7 +211,9 @@ class TrainingState:
         step: optimiser steps done; ``epoch`` / ``in_epoch``: position of the next batch.
         best: ``{"value", "step", "metrics"}`` of the best validation evaluation so far.
         history: one ``{"step", "epoch", "metrics"}`` per validation evaluation.
-        rng: per-rank RNG states (torch / numpy / python / cuda) at the step boundary.
+        rng: per-rank RNG states (torch / numpy / python / cuda) at the step boundary; with
+            data-loader workers also ``loader_workers``: the states the workers of a loader
+            restarted at ``in_epoch`` start from (see ``Trainer._loader_start``).
         config: the resolved ``TrainingConfig`` as JSON-able dict; ``world_size``: ranks.
         selection: ``{"split", "class_names"}`` of the validation (model-selection) classes.
     """

@@ -19,15 +19,18 @@ Faults:
   directory is checked (not a file, writable), stale ``*.tmp-*`` files are removed and, with
   ``resume=True``, the checkpoint is verified and compared with the config (seed, data, model,
   loss, optimiser): a difference is an error naming each key unless ``force=True``.
-* Checkpoints are written only at step boundaries, and ``last.pt`` before every evaluation.
+* Checkpoints are written only at step boundaries: ``last.pt`` before every evaluation and,
+  between evaluations, once ``train.checkpoint_interval_s`` seconds passed since it was last
+  written (a run killed hard loses at most about that much work).
   The first SIGINT (Ctrl-C) or SIGTERM finishes the current step, writes ``last.pt`` and returns
   (``interrupted=True``, ``stop_signal``); a second signal stops at once *without* writing
   (the previous ``last.pt`` stays valid). ``log.csv`` is truncated to the resumed step.
 * A NaN/inf loss raises :class:`TrainingDivergedError`.
 
 Resuming restores model, loss (incl. a cross-batch memory), optimiser, schedule, step position
-and RNG states, so on CPU with ``data.num_workers=0`` a resumed run gives bit-identical weights
-to an uninterrupted one.
+and RNG states (with ``data.num_workers > 0`` also each data-loader worker's, see
+``Trainer._loader_start``), so on CPU a resumed run gives bit-identical weights to an
+uninterrupted one, also from the middle of an epoch.
 
 Under ``torchrun`` (env ``WORLD_SIZE > 1``) the model is wrapped in DDP (gloo on CPU, nccl on
 CUDA); the loss sees every rank's embeddings via ``tcm.losses.gather_with_grad`` and is scaled by
