@@ -149,6 +149,18 @@ def test_pretrained_unreadable(tmp_path: Path) -> None:
         build_model("small_cnn", 8, pretrained=tmp_path / "junk.pt", image_size=16)
 
 
+def test_pretrained_with_objects_is_refused_in_one_line(tmp_path: Path) -> None:
+    import numpy as np
+
+    torch.save({"w": np.zeros(3)}, tmp_path / "np.pt")  # needs a numpy global to unpickle
+    with pytest.raises(ValueError) as info:
+        build_model("small_cnn", 8, pretrained=tmp_path / "np.pt", image_size=16)
+    msg = str(info.value)
+    assert "\n" not in msg and "weights_only" not in msg
+    assert f"pretrained weights file {tmp_path / 'np.pt'}" in msg
+    assert "does not load for safety" in msg
+
+
 def test_imagenet_unavailable_offline_for_torchvision() -> None:
     with pytest.raises(ValueError, match="not available offline"):
         build_model("resnet50", 8, pretrained="imagenet", image_size=32)

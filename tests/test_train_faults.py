@@ -173,6 +173,45 @@ def test_sigterm_saves_at_boundary_exits_143_and_resumes(
     assert all(torch.equal(got[k], reference[k]) for k in got)
 
 
+def _start_with(script: Path, out: Path, delay: float, *extra: str) -> subprocess.Popen[str]:
+    cmd = [sys.executable, str(script), *_argv(out), *extra]
+    return subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(delay)
+    )
+
+
+def test_kill_9_then_resume_continues_from_time_based_checkpoint(
+    script: Path, reference: dict[str, torch.Tensor], tmp_path: Path
+) -> None:
+    """``train.checkpoint_interval_s``: ``last.pt`` is rewritten between evaluations, so a
+    ``kill -9`` mid-epoch loses at most that much work, and ``--resume`` (which removes a torn
+    temporary file) ends with exactly the weights of an uninterrupted run."""
+    out = tmp_path / "run"
+    proc = _start_with(script, out, 0.004, "train.checkpoint_interval_s=0.000001")
+    deadline = time.monotonic() + 200
+    step = 0
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            st = TrainingState.load(out / "last.pt")
+        except ValueError:  # not written yet
+            time.sleep(0.01)
+            continue
+        step = st.step
+        if step >= 4 and st.in_epoch != 0:  # past the first evaluation (step 3), mid-epoch
+            break
+        time.sleep(0.01)
+    proc.kill()  # SIGKILL: no handler runs, nothing is saved at the stop
+    proc.communicate(timeout=200)
+    assert proc.returncode == -signal.SIGKILL, "the run ended before it could be killed"
+    state = TrainingState.load(out / "last.pt")
+    assert state.step >= step >= 4
+    assert _run(out, "--resume") == 0
+    got = _weights(out / "last.pt")
+    assert all(torch.equal(got[k], reference[k]) for k in reference)
+    assert _train_steps(out / "log.csv") == list(range(1, 13))
+    assert not list(out.glob("*.tmp-*"))
+
+
 # ----------------------------------------------------------------------------- in-process
 
 
@@ -344,6 +383,46 @@ def test_flipped_byte_checkpoint_rejected(
     assert main([*args, "train.epochs=2", "--resume"]) == 2
     assert "hash mismatch" in capsys.readouterr().err
     assert main(["evaluate", str(p), "--data", "glyphs"]) == 2
+
+
+class _Evil:
+    """Unpickling runs ``os.system(cmd)``: what a crafted checkpoint would do."""
+
+    def __init__(self, cmd: str) -> None:
+        self.cmd = cmd
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (os.system, (self.cmd,))
+
+
+@pytest.mark.parametrize("header", [True, False])  # tcm's hashed format / plain torch.save
+def test_checkpoint_with_objects_is_refused_in_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], header: bool
+) -> None:
+    from tcm.train.checkpoint import save_checkpoint
+
+    marker = tmp_path / "ran"
+    p = tmp_path / "last.pt"
+    state = {"format": "tcm-checkpoint-v1", "x": _Evil(f"touch {marker}")}
+    if header:
+        save_checkpoint(state, p)
+    else:
+        torch.save(state, p)
+    with pytest.raises(ValueError) as info:
+        load_checkpoint(p)
+    msg = str(info.value)
+    assert "\n" not in msg and "weights_only" not in msg and str(p) in msg
+    assert "does not load for safety" in msg and "system" in msg  # names the global
+    for argv in (["evaluate", str(p), "--data", "tiny"], ["embed", str(p), "--data", "tiny"]):
+        assert main([*argv, "--out", str(tmp_path / "e.npz")] if argv[0] == "embed" else argv) == 2
+        err = _err_lines(capsys)
+        assert len(err) == 1 and "does not load for safety" in err[0], err
+        assert "weights_only" not in err[0]
+    args = ["train", *TINY_OVERRIDES, f"output_dir={tmp_path}", "train.tensorboard=false"]
+    assert main([*args, "--resume"]) == 2
+    err = _err_lines(capsys)
+    assert len(err) == 1 and "does not load for safety" in err[0] and str(p) in err[0], err
+    assert not marker.exists()
 
 
 def test_log_truncated_to_resumed_step(tmp_path: Path) -> None:

@@ -7,6 +7,7 @@ import json
 import math
 import os
 import signal
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -310,3 +311,158 @@ def test_training_state_schema_round_trip_and_errors(tmp_path: Path) -> None:
         ValueError, match=r"not a complete tcm training checkpoint: no \['optimizer'\]"
     ):
         TrainingState.load(tmp_path / "partial.pt")
+
+
+def test_eval_max_classes_keeps_ids_and_groups_of_the_kept_samples(tmp_path: Path) -> None:
+    """``eval.max_classes`` cuts the test embeddings to a subset of classes: the ids / groups
+    written next to them must be those of the kept samples (was: exit 2 at the test step)."""
+    from tcm.data.embedding_file import read_embedding_file
+    from tcm.train.datasets import register_dataset
+
+    def provider(data: Any, split: str) -> Any:
+        ds = tiny_dataset(split, data.image_size)
+        ds.ids = [f"{split}-{i}" for i in range(len(ds))]
+        ds.domains = [f"d{i % 3}" for i in range(len(ds))]
+        return ds
+
+    register_dataset("tiny", provider)  # the autouse fixture unregisters it afterwards
+    res = train(
+        tiny_cfg(tmp_path, "train.epochs=1", "train.tensorboard=false", "eval.max_classes=3"),
+        echo=None,
+    )
+    assert res.test_metrics is not None and not res.interrupted
+    f = read_embedding_file(tmp_path / "embeddings.npz")
+    assert f.labels is not None and f.ids is not None and f.groups is not None
+    assert f.embeddings.shape == (18, 8) and len(np.unique(f.labels)) == 3
+    test = tiny_dataset("test", 16)
+    rows = [int(s.removeprefix("test-")) for s in f.ids]
+    assert rows == sorted(rows)  # dataset order
+    np.testing.assert_array_equal(test.labels[rows], f.labels)
+    assert f.groups.tolist() == [f"d{i % 3}" for i in rows]
+    model, _ = load_model(tmp_path / "best.pt")
+    x = torch.stack([test[i][0] for i in rows])
+    with torch.no_grad():
+        np.testing.assert_allclose(model(x).numpy(), f.embeddings, atol=1e-5)
+
+
+# ----------------------------------------------------------------- time-based checkpoints
+
+
+class _Crash:
+    """Raises ``RuntimeError`` in the hook of step ``step``: the run dies like ``kill -9``, without
+    writing a checkpoint (only a ``KeyboardInterrupt`` saves ``last.pt``)."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def __call__(self, info: StepInfo) -> None:
+        if info.step == self.step:
+            raise RuntimeError("killed")
+
+
+_EXACT = ("train.tensorboard=false", "optim.warmup_steps=2", "train.epochs=2")
+_EXACT += ("train.steps_per_epoch=4",)  # 4 batches per epoch: mid-epoch positions 1, 2, 3
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """``uninterrupted(workers) -> (final weights, TrainResult)`` of a run never stopped."""
+    from conftest import tiny_provider
+    from tcm.train.datasets import register_dataset, unregister_dataset
+
+    cache: dict[int, Any] = {}
+
+    def get(workers: int) -> Any:
+        if workers not in cache:
+            out = tmp_path_factory.mktemp(f"full{workers}")
+            register_dataset("tiny", tiny_provider)
+            try:
+                res = train(tiny_cfg(out, *_EXACT, f"data.num_workers={workers}"), echo=None)
+            finally:
+                unregister_dataset("tiny")
+            cache[workers] = (params_of(out / "last.pt"), res)
+        return cache[workers]
+
+    return get
+
+
+@pytest.mark.parametrize(
+    ("workers", "crash_at"),
+    [(0, 3), (0, 4), (2, 2), (2, 3), (2, 4), (2, 6)],  # saved at in_epoch 1, 2, 3 / epoch 2
+)
+def test_time_based_checkpoint_resumes_exactly_mid_epoch(
+    tmp_path: Path, uninterrupted: Any, workers: int, crash_at: int
+) -> None:
+    """``train.checkpoint_interval_s`` rewrites ``last.pt`` between evaluations; a run killed
+    after it resumes from that step (mid-epoch) and ends bit-identical to an uninterrupted run,
+    also with data-loader workers (their RNG streams are stored and restored)."""
+    cfg = (*_EXACT, f"data.num_workers={workers}")
+    with pytest.raises(RuntimeError, match="killed"):
+        train(
+            tiny_cfg(tmp_path, *cfg, "train.checkpoint_interval_s=1e-9"),
+            hooks=[_Crash(crash_at)],
+            echo=None,
+        )
+    st = load_checkpoint(tmp_path / "last.pt")
+    assert st["step"] == crash_at - 1 and st["in_epoch"] == (crash_at - 1) % 4 != 0
+    notes: list[str] = []
+    res = train(tiny_cfg(tmp_path, *cfg), resume=True, echo=notes.append)
+    assert not any("differs from an uninterrupted run" in n for n in notes), notes
+    ref, full = uninterrupted(workers)
+    got = params_of(tmp_path / "last.pt")
+    assert got.keys() == ref.keys() and all(torch.equal(got[k], ref[k]) for k in ref)
+    assert res.best_metrics == full.best_metrics and res.test_metrics == full.test_metrics
+    steps = [r["step"] for r in csv.DictReader(open(tmp_path / "log.csv")) if r["kind"] == "train"]
+    assert steps == [str(i) for i in range(1, 9)]
+
+
+def test_resume_with_other_worker_count_says_augmentation_differs(tmp_path: Path) -> None:
+    cfg = (*_EXACT, "train.checkpoint_interval_s=1e-9")
+    with pytest.raises(RuntimeError, match="killed"):
+        train(tiny_cfg(tmp_path, *cfg, "data.num_workers=2"), hooks=[_Crash(4)], echo=None)
+    notes: list[str] = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # more workers than this machine's cores
+        res = train(tiny_cfg(tmp_path, *cfg, "data.num_workers=3"), resume=True, echo=notes.append)
+    assert res.steps == 8 and not res.interrupted
+    assert any("holds no RNG states for 3 data-loader workers" in n for n in notes), notes
+
+
+@pytest.mark.parametrize(
+    ("interval", "time_saves"),
+    [("250", [3, 6]), ("0", []), ("null", []), ("1000", [])],
+)
+def test_checkpoint_interval_saves_last_when_due(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, interval: str, time_saves: list[int]
+) -> None:
+    """A fake clock advancing 100 s per step: ``last.pt`` is rewritten at the first step boundary
+    at least ``interval`` seconds after the previous write (evaluations write it too)."""
+    import tcm.train.checkpoint as ckpt
+    import tcm.train.loop as loop
+
+    now = [0.0]
+    monkeypatch.setattr(loop, "_clock", lambda: now[0])
+
+    def tick(info: StepInfo) -> None:
+        now[0] = 100.0 * info.step
+
+    saves: list[int] = []
+    real = ckpt.save_checkpoint
+
+    def spy(state: Any, path: Any) -> Path:
+        if Path(path).name == "last.pt":
+            saves.append(int(state["step"]))
+        return real(state, path)
+
+    monkeypatch.setattr(ckpt, "save_checkpoint", spy)
+    cfg = tiny_cfg(
+        tmp_path,
+        "train.tensorboard=false",
+        "train.epochs=2",
+        "train.steps_per_epoch=4",
+        "train.eval_every=2",
+        f"train.checkpoint_interval_s={interval}",
+    )
+    train(cfg, hooks=[tick], echo=None)
+    # the evaluation at step 8 writes last.pt before and after it
+    assert saves == [*time_saves, 8, 8]

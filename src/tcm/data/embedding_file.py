@@ -68,9 +68,16 @@ def _read_raw(path: Path) -> tuple[dict[str, np.ndarray], dict[str, list[str]]]:
         for key in ("class_names", "ids", "groups"):
             if key in meta:
                 try:
-                    strings[key] = [str(s) for s in json.loads(meta[key])]
-                except (ValueError, TypeError) as exc:
-                    raise ValueError(f"{path}: metadata {key!r} is not a JSON list") from exc
+                    values = json.loads(meta[key])
+                except ValueError:
+                    values = None
+                if not isinstance(values, list):
+                    raise ValueError(f"{path}: metadata {key!r} is not a JSON list")
+                if key == "class_names" and not all(isinstance(v, str) for v in values):
+                    raise ValueError(
+                        f"{path}: metadata 'class_names' is not a JSON list of strings"
+                    )
+                strings[key] = [str(v) for v in values]
         return arrays, strings
     try:
         with np.load(path, allow_pickle=False) as z:
@@ -89,8 +96,11 @@ def read_embedding_file(path: str | os.PathLike[str]) -> EmbeddingFile:
     """Read an ``.npz`` / ``.safetensors`` embeddings file (layout in the module doc).
 
     Raises:
-        ValueError: missing or unreadable file, no ``embeddings`` array, or ``labels`` /
-            ``ids`` / ``groups`` whose length differs from the number of embeddings.
+        ValueError: missing or unreadable file, no ``embeddings`` array, ``labels`` /
+            ``ids`` / ``groups`` whose length differs from the number of embeddings, fewer
+            ``class_names`` than the labels' class codes need, or (``.safetensors``) metadata
+            ``class_names`` / ``ids`` / ``groups`` that is not a JSON list (``class_names``: of
+            strings).
     """
     p = Path(path)
     arrays, strings = _read_raw(p)
@@ -108,6 +118,14 @@ def read_embedding_file(path: str | os.PathLike[str]) -> EmbeddingFile:
     ):
         if length is not None and length != n:
             raise ValueError(f"{p}: {key!r} has length {length} but there are {n} embeddings")
+    names = strings.get("class_names")
+    if names and labels is not None and labels.size and np.issubdtype(labels.dtype, np.integer):
+        top = int(labels.max())
+        if top >= len(names):
+            raise ValueError(
+                f"{p}: 'class_names' has {len(names)} names but the labels use class codes up "
+                f"to {top} (one name per code 0..{top} needed)"
+            )
     return EmbeddingFile(
         embeddings=emb,
         labels=labels,

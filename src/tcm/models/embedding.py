@@ -172,10 +172,14 @@ def load_pretrained_backbone(model: EmbeddingModel, path: str | Path) -> None:
     p = Path(path)
     if not p.is_file():
         raise ValueError(f"pretrained weights file not found: {p}")
-    try:
-        obj = torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise ValueError(f"could not read pretrained weights from {p}: {exc}") from exc
+    from tcm.train.checkpoint import safe_torch_load  # tcm.train imports tcm.models
+
+    obj = safe_torch_load(
+        p,
+        "cpu",
+        unsafe=f"pretrained weights file {p}",
+        unreadable=f"could not read pretrained weights from {p}",
+    )
     sd = _strip(_extract_state_dict(obj, p), "module.")
     if any(k.startswith("backbone.") for k in sd):
         sd = {k[len("backbone.") :]: v for k, v in sd.items() if k.startswith("backbone.")}

@@ -36,6 +36,8 @@ import contextlib
 import hashlib
 import io
 import os
+import pickle
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -49,6 +51,7 @@ __all__ = [
     "atomic_write",
     "load_checkpoint",
     "remove_stale_temporaries",
+    "safe_torch_load",
     "save_checkpoint",
 ]
 
@@ -121,6 +124,45 @@ def save_checkpoint(state: Mapping[str, Any], path: str | Path) -> Path:
     return atomic_write(path, write)
 
 
+def safe_torch_load(
+    source: str | Path | IO[bytes],
+    map_location: str | torch.device = "cpu",
+    *,
+    unsafe: str,
+    unreadable: str,
+) -> Any:
+    """``torch.load(source, weights_only=True)`` with one-line errors.
+
+    A file that holds Python objects other than tensors, numbers, strings, lists and dicts
+    (a global that unpickling would have to import) is refused as ``"<unsafe> holds Python
+    objects that tcm does not load for safety (<global>) ..."``; any other failure is
+    ``"<unreadable>: <first line of torch's message>"``. torch's own advice (how to load the file
+    anyway) is never repeated: tcm never runs code from a file it reads.
+
+    Raises:
+        ValueError: as described.
+    """
+    try:
+        return torch.load(source, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        text = str(exc)
+        found = re.search(r"GLOBAL (\S+)", text)
+        if found is None:  # not a pickle at all, or a pickle opcode torch refuses
+            detail = text.split("WeightsUnpickler error:", 1)[-1]
+            raise ValueError(f"{unreadable}: {_first_line(detail, exc)}") from None
+        raise ValueError(
+            f"{unsafe} holds Python objects that tcm does not load for safety "
+            f"({found.group(1)}); only tensors, numbers, strings, lists and dicts are read"
+        ) from None
+    except Exception as exc:
+        raise ValueError(f"{unreadable}: {_first_line(str(exc), exc)}") from exc
+
+
+def _first_line(text: str, exc: BaseException) -> str:
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    return lines[0] if lines else f"{type(exc).__name__} (empty or truncated file?)"
+
+
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Load a checkpoint written by :func:`save_checkpoint`, verifying its content hash.
 
@@ -148,10 +190,12 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
                 f"..., computed {got[:12].decode()}...); the file was truncated or modified "
                 "after it was written"
             )
-    try:
-        obj = torch.load(io.BytesIO(payload), map_location=map_location, weights_only=True)
-    except Exception as exc:
-        raise ValueError(f"checkpoint {p} is unreadable or corrupt: {exc}") from exc
+    obj = safe_torch_load(
+        io.BytesIO(payload),
+        map_location,
+        unsafe=f"checkpoint {p}",
+        unreadable=f"checkpoint {p} is unreadable or corrupt",
+    )
     if not isinstance(obj, dict):
         raise ValueError(f"checkpoint {p} is not a mapping (got {type(obj).__name__})")
     return obj
@@ -167,7 +211,9 @@ class TrainingState:
         step: optimiser steps done; ``epoch`` / ``in_epoch``: position of the next batch.
         best: ``{"value", "step", "metrics"}`` of the best validation evaluation so far.
         history: one ``{"step", "epoch", "metrics"}`` per validation evaluation.
-        rng: per-rank RNG states (torch / numpy / python / cuda) at the step boundary.
+        rng: per-rank RNG states (torch / numpy / python / cuda) at the step boundary; with
+            data-loader workers also ``loader_workers``: the states the workers of a loader
+            restarted at ``in_epoch`` start from (see ``Trainer._loader_start``).
         config: the resolved ``TrainingConfig`` as JSON-able dict; ``world_size``: ranks.
         selection: ``{"split", "class_names"}`` of the validation (model-selection) classes.
     """

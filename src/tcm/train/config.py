@@ -166,7 +166,13 @@ class OptimConfig(_Strict):
 
 
 class TrainConfig(_Strict):
-    """Loop control. ``max_steps`` (if set) stops early; eval every ``eval_every`` epochs."""
+    """Loop control. ``max_steps`` (if set) stops early; eval every ``eval_every`` epochs.
+
+    ``checkpoint_interval_s``: rewrite ``last.pt`` at the first step boundary once this many
+    seconds (wall clock) have passed since it was last written, so a killed run loses at most
+    about that much work; ``0`` or ``None`` disables the time-based checkpoints (``last.pt`` is
+    then written only before evaluations and when stopped by a signal).
+    """
 
     epochs: int = Field(default=10, ge=1)
     max_steps: int | None = Field(default=None, ge=1)
@@ -180,6 +186,14 @@ class TrainConfig(_Strict):
     tensorboard: bool = True
     progress: bool = True
     deterministic: bool = True
+    checkpoint_interval_s: float | None = 300.0
+
+    @field_validator("checkpoint_interval_s")
+    @classmethod
+    def _interval(cls, v: float | None) -> float | None:
+        if v is not None and (math.isnan(v) or v < 0):
+            raise ValueError("must be >= 0 seconds (0 or null: no time-based checkpoints)")
+        return v
 
 
 class EvalConfig(_Strict):

@@ -19,15 +19,18 @@ Faults:
   directory is checked (not a file, writable), stale ``*.tmp-*`` files are removed and, with
   ``resume=True``, the checkpoint is verified and compared with the config (seed, data, model,
   loss, optimiser): a difference is an error naming each key unless ``force=True``.
-* Checkpoints are written only at step boundaries, and ``last.pt`` before every evaluation.
+* Checkpoints are written only at step boundaries: ``last.pt`` before every evaluation and,
+  between evaluations, once ``train.checkpoint_interval_s`` seconds passed since it was last
+  written (a run killed hard loses at most about that much work).
   The first SIGINT (Ctrl-C) or SIGTERM finishes the current step, writes ``last.pt`` and returns
   (``interrupted=True``, ``stop_signal``); a second signal stops at once *without* writing
   (the previous ``last.pt`` stays valid). ``log.csv`` is truncated to the resumed step.
 * A NaN/inf loss raises :class:`TrainingDivergedError`.
 
 Resuming restores model, loss (incl. a cross-batch memory), optimiser, schedule, step position
-and RNG states, so on CPU with ``data.num_workers=0`` a resumed run gives bit-identical weights
-to an uninterrupted one.
+and RNG states (with ``data.num_workers > 0`` also each data-loader worker's, see
+``Trainer._loader_start``), so on CPU a resumed run gives bit-identical weights to an
+uninterrupted one, also from the middle of an epoch.
 
 Under ``torchrun`` (env ``WORLD_SIZE > 1``) the model is wrapped in DDP (gloo on CPU, nccl on
 CUDA); the loss sees every rank's embeddings via ``tcm.losses.gather_with_grad`` and is scaled by
@@ -59,7 +62,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, default_collate, get_worker_info
 
 from tcm.data.embedding_file import add_sample_arrays
 from tcm.models import EmbeddingModel, build_model, model_from_spec
@@ -99,6 +102,9 @@ __all__ = [
 ]
 
 _lr_lambda = lr_lambda  # backwards-compatible private name
+
+#: wall clock of the time-based checkpoints (``train.checkpoint_interval_s``); tests replace it
+_clock = time.monotonic
 
 #: config keys whose change makes ``--resume`` refuse (unless forced): (section, excluded keys)
 _RESUME_KEYS: dict[str, tuple[str, ...]] = {
@@ -192,6 +198,24 @@ class _Signals:
             if main:
                 for num, h in self._old.items():
                     signal.signal(num, h)
+
+
+def _collate_with_rng(samples: list[Any]) -> tuple[Any, int, dict[str, Any]]:
+    """``collate_fn`` of the training loader with ``data.num_workers > 0`` (runs in the worker):
+    the batch, the worker's id and its RNG state *after* producing the batch, so a checkpoint
+    can store where every worker's augmentation stream stands (exact mid-epoch resume)."""
+    info = get_worker_info()
+    return default_collate(samples), -1 if info is None else info.id, get_rng_state(cuda=False)
+
+
+class _RestoreWorkerRng:
+    """``worker_init_fn`` of a resumed epoch: worker ``w`` continues from ``states[w]``."""
+
+    def __init__(self, states: Sequence[dict[str, Any]]) -> None:
+        self.states = list(states)
+
+    def __call__(self, worker_id: int) -> None:
+        set_rng_state(self.states[worker_id])
 
 
 def config_differences(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
@@ -432,6 +456,9 @@ class Trainer:
         self.best: dict[str, Any] = {"value": -math.inf, "step": -1, "metrics": None}
         self.history: list[dict[str, Any]] = []
         self.best_model_state: dict[str, Any] | None = None
+        self.resume_workers: list[dict[str, Any]] | None = None
+        self.worker_after: dict[int, dict[str, Any]] = {}
+        self.worker_order_ok = True
         if state is None:
             torch.manual_seed(self.cfg.seed + 1000 * self.rank)  # per-rank augmentation stream
             self.rng_snapshot = get_rng_state()
@@ -459,6 +486,8 @@ class Trainer:
         rng = state.rng[self.rank] if self.rank < len(state.rng) else state.rng[0]
         set_rng_state(rng)
         self.rng_snapshot = rng
+        workers = rng.get("loader_workers")
+        self.resume_workers = list(workers) if isinstance(workers, list) else None
         if self.run_dir.best.is_file():
             self.best_model_state = TrainingState.load(self.run_dir.best).model
         self.say(
@@ -500,6 +529,7 @@ class Trainer:
         rngs = self._all_rng()
         if self.rank == 0:
             self._state(rngs).save(self.run_dir.last)
+        self.saved_at = _clock()
 
     def _write_metrics(self, test: dict[str, Any] | None = None) -> None:
         if self.rank != 0:
@@ -534,6 +564,7 @@ class Trainer:
             self.best_model_state = copy.deepcopy(_unwrap(self.net).state_dict())
         rngs = self._all_rng()
         self.evaluated_at = self.step
+        self.saved_at = _clock()  # last.pt is (re)written below, on rank 0
         if self.rank != 0:
             return
         self.say(
@@ -575,11 +606,12 @@ class Trainer:
         }
         if self.rank == 0:
             save_embeddings(self.run_dir.embeddings, ev.embeddings, ev.labels, ev.class_names)
-            # per-sample ids and domains (font family, vendor, ...): `tcm evaluate RUN --groups`
+            # per-sample ids and domains (font family, vendor, ...): `tcm evaluate RUN --groups`;
+            # only those of the evaluated rows (eval.max_classes keeps a subset of the classes)
             add_sample_arrays(
                 self.run_dir.embeddings,
-                ids=getattr(self.test_ds, "ids", None),
-                groups=getattr(self.test_ds, "domains", None),
+                ids=ev.rows_of(getattr(self.test_ds, "ids", None)),
+                groups=ev.rows_of(getattr(self.test_ds, "domains", None)),
             )
             assert self.csv is not None
             self.csv.row(
@@ -601,12 +633,63 @@ class Trainer:
         t = self.cfg.train
         return self.in_epoch == 0 and (self.epoch % t.eval_every == 0 or self.epoch == t.epochs)
 
-    def _check_stop(self) -> str | None:
+    def _boundary_flags(self) -> tuple[str | None, bool]:
+        """``(stop signal or None, time-based checkpoint due)``, agreed by all ranks (one
+        collective: a rank's signal or clock decides for all)."""
         code = {None: 0, "SIGINT": 1, "SIGTERM": 2}[self.signals.requested]
-        flag = torch.tensor([float(code)])
+        interval = self.cfg.train.checkpoint_interval_s
+        due = bool(interval) and _clock() - self.saved_at >= float(interval or 0)
+        flags = torch.tensor([float(code), float(due)])
         if self.world > 1:
-            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-        return {0: None, 1: "SIGINT", 2: "SIGTERM"}[int(flag.item())]
+            dist.all_reduce(flags, op=dist.ReduceOp.MAX)
+        return {0: None, 1: "SIGINT", 2: "SIGTERM"}[int(flags[0].item())], bool(flags[1].item())
+
+    def _check_stop(self) -> str | None:
+        return self._boundary_flags()[0]
+
+    # -- data-loader workers: where each worker's RNG stream stands (exact mid-epoch resume)
+    #
+    # A map-style DataLoader hands batch j (counted from the loader's first batch) to worker
+    # j mod W and yields batches in order; each worker's RNG advances only by the batches it
+    # produces. The state of worker j mod W *before* batch j is therefore its state *after*
+    # batch j - W. A resumed epoch at batch k restarts the loader at k0 = k - k mod W, so every
+    # worker keeps its original id: worker w starts from the stored state after batch
+    # k0 - W + w (fresh, i.e. torch's own seeding, when k0 == 0), and the k - k0 < W batches
+    # already trained on are produced again (same RNG draws) and skipped.
+
+    def _loader_start(self, workers: int) -> tuple[int, _RestoreWorkerRng | None]:
+        """The first batch of this epoch's loader and its ``worker_init_fn``."""
+        k = self.in_epoch
+        stored, self.resume_workers = self.resume_workers, None
+        self.worker_after = {}
+        if workers == 0 or k == 0:
+            return k, None
+        k0 = k - k % workers
+        if k0 == 0:
+            return 0, None
+        if stored is not None and len(stored) == workers:
+            self.worker_after = {k0 - workers + w: st for w, st in enumerate(stored)}
+            return k0, _RestoreWorkerRng(stored)
+        self.say(
+            f"note: {self.run_dir.last} holds no RNG states for {workers} data-loader workers "
+            "(another data.num_workers, or an older tcm); the augmentation of the rest of this "
+            "epoch differs from an uninterrupted run"
+        )
+        return k, None
+
+    def _worker_states(self, workers: int) -> list[dict[str, Any]] | None:
+        """States the workers of a loader restarted at ``in_epoch`` need (see above); ``[]``:
+        torch's own seeding; ``None``: unknown (the resume is then not exact)."""
+        k = self.in_epoch
+        k0 = k - k % workers
+        if k0 == 0:
+            return []
+        for j in [j for j in self.worker_after if j < k0 - workers]:
+            del self.worker_after[j]  # never needed again: in_epoch only grows
+        need = [k0 - workers + w for w in range(workers)]
+        if not self.worker_order_ok or any(j not in self.worker_after for j in need):
+            return None
+        return [self.worker_after[j] for j in need]
 
     def _log_step(self, value: torch.Tensor) -> float:
         lv = float(value)
@@ -642,25 +725,43 @@ class Trainer:
             self.resume and self.step > 0 and self.evaluated_at != self.step and self._eval_due()
         ):  # stopped after the last step of an epoch, before its evaluation
             self._validate()
+        workers = d.num_workers
         while self.step < self.total and self.epoch < cfg.train.epochs:
             self.sampler.set_epoch(self.epoch)
             batches = [self.train_idx[b].tolist() for b in list(self.sampler)[: self.per_epoch]]
             gen = torch.Generator().manual_seed(cfg.seed * 100003 + self.epoch)
+            start, init_fn = self._loader_start(workers)
+            extra: dict[str, Any] = {}
+            if workers:
+                extra = {"collate_fn": _collate_with_rng, "worker_init_fn": init_fn}
             loader = DataLoader(
                 self.train_ds,
-                batch_sampler=batches[self.in_epoch :],
-                num_workers=d.num_workers,
+                batch_sampler=batches[start:],
+                num_workers=workers,
                 generator=gen,
                 pin_memory=self.device.type == "cuda",
+                **extra,
             )
             it = iter(loader)
+            pos = start  # index in the epoch of the next batch the loader yields
             while True:
                 self.at_boundary = False  # fetching a batch already advances RNG streams
                 try:
-                    images, labels = next(it)
+                    item = next(it)
                 except StopIteration:
                     self.at_boundary = True
                     break
+                if workers:
+                    (images, labels), worker_id, worker_rng = item
+                    if worker_id != (pos - start) % workers:
+                        self.worker_order_ok = False  # not the DataLoader we know: no states
+                    self.worker_after[pos] = worker_rng
+                    pos += 1
+                    if pos <= self.in_epoch:  # produced again only to advance its worker's RNG
+                        self.at_boundary = True
+                        continue
+                else:
+                    images, labels = item
                 images = images.to(self.device, non_blocking=True)
                 labels = torch.as_tensor(labels).to(self.device)
                 value = self.step_fn(images, labels, step=self.step, epoch=self.epoch)
@@ -669,16 +770,25 @@ class Trainer:
                 if self.in_epoch >= self.per_epoch:
                     self.epoch, self.in_epoch = self.epoch + 1, 0
                 self.rng_snapshot = get_rng_state()
+                if workers and self.in_epoch:
+                    states = self._worker_states(workers)
+                    if states is not None:
+                        self.rng_snapshot["loader_workers"] = states
                 self.at_boundary = True
                 self.bar.update(1)
                 lr = self._log_step(value)
                 for h in self.hooks:
                     h(StepInfo(step=self.step, epoch=self.epoch, loss=float(value), lr=lr))
-                stop = self._check_stop()
+                stop, save_due = self._boundary_flags()
                 if stop is not None:
                     return stop
                 if self._eval_due():
                     self._validate()
+                    stop = self._check_stop()
+                    if stop is not None:
+                        return stop
+                elif save_due and self.step < self.total:  # train.checkpoint_interval_s
+                    self._save_last()
                     stop = self._check_stop()
                     if stop is not None:
                         return stop
@@ -742,6 +852,7 @@ class Trainer:
             desc="train",
         )
         self.evaluated_at = self.history[-1]["step"] if self.history else -1
+        self.saved_at = _clock()
         self.net.train()
         stop: str | None = None
         saved = True

@@ -39,13 +39,28 @@ __all__ = ["EvaluationRunner", "SplitEvaluation"]
 @dataclass
 class SplitEvaluation:
     """One split evaluated during training: ``metrics`` (the flat vocabulary of
-    :meth:`tcm.metrics.Evaluation.metrics`), ``embeddings (N, D)`` float32, ``labels (N,)``."""
+    :meth:`tcm.metrics.Evaluation.metrics`), ``embeddings (N, D)`` float32, ``labels (N,)``.
+
+    ``indices``: the dataset rows the ``N`` embeddings belong to (in dataset order) when
+    ``eval.max_classes`` kept a subset of the classes; ``None``: every row of the dataset.
+    """
 
     split: str
     metrics: dict[str, float]
     embeddings: np.ndarray
     labels: np.ndarray
     class_names: list[str] = field(default_factory=list)
+    indices: np.ndarray | None = None
+
+    def rows_of(self, values: Sequence[Any] | np.ndarray | None) -> list[Any] | None:
+        """The entries of a per-sample sequence of the dataset (ids, domains) that belong to
+        the evaluated rows; ``None`` stays ``None``."""
+        if values is None:
+            return None
+        items = list(values)
+        if self.indices is None:
+            return items
+        return [items[int(i)] for i in self.indices]
 
 
 class EvaluationRunner:
@@ -91,6 +106,7 @@ class EvaluationRunner:
         saved = get_rng_state()
         try:
             labels = np.asarray(getattr(dataset, "labels"))  # noqa: B009 - Dataset protocol
+            indices = self._subset(labels)
             emb, lab = embed_dataset(
                 model,
                 dataset,
@@ -98,7 +114,7 @@ class EvaluationRunner:
                 device=self.device,
                 rank=self.rank,
                 world_size=self.world_size,
-                indices=self._subset(labels),
+                indices=indices,
             )
             metrics = compute_metrics(
                 emb,
@@ -110,4 +126,4 @@ class EvaluationRunner:
             )
         finally:
             set_rng_state(saved)
-        return SplitEvaluation(split, metrics, emb, lab, list(class_names))
+        return SplitEvaluation(split, metrics, emb, lab, list(class_names), indices)

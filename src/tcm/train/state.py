@@ -20,9 +20,12 @@ import torch
 __all__ = ["get_rng_state", "seed_everything", "set_rng_state"]
 
 
-def get_rng_state() -> dict[str, Any]:
-    """Torch (CPU, and CUDA when available), NumPy legacy and Python RNG states as a mapping of
-    tensors / numbers / lists (storable with ``torch.save(weights_only=True)``)."""
+def get_rng_state(*, cuda: bool = True) -> dict[str, Any]:
+    """Torch (CPU, and CUDA when available and ``cuda``), NumPy legacy and Python RNG states as a
+    mapping of tensors / numbers / lists (storable with ``torch.save(weights_only=True)``).
+
+    ``cuda=False``: never touch CUDA (for data-loader worker processes, where initialising CUDA
+    in a forked process fails)."""
     np_state: tuple[Any, ...] = np.random.get_state(legacy=True)  # type: ignore[assignment]  # noqa: NPY002 - global state is saved
     py_state = random.getstate()
     state: dict[str, Any] = {
@@ -35,7 +38,7 @@ def get_rng_state() -> dict[str, Any]:
         },
         "python": [py_state[0], list(py_state[1]), py_state[2]],
     }
-    if torch.cuda.is_available():
+    if cuda and torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
 
