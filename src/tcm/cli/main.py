@@ -284,23 +284,15 @@ def _rank() -> int:
     return int(dist.get_rank()) if dist.is_available() and dist.is_initialized() else 0
 
 
-def _init_distributed() -> bool:
-    """Join the process group when started by torchrun (``WORLD_SIZE > 1``).
+def _init_distributed(timeout: float | None = None) -> bool:
+    """Join the process group when started by torchrun (``WORLD_SIZE > 1``), with ``timeout``
+    seconds (``--dist-timeout``; default ``$TCM_DIST_TIMEOUT`` or 300) for every collective.
 
     Returns whether this call created the group (and so must leave it again).
     """
-    import os
+    from tcm._distributed import join_process_group
 
-    import torch
-    import torch.distributed as dist
-
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-        if backend == "nccl":
-            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-        dist.init_process_group(backend)
-        return True
-    return False
+    return join_process_group(timeout=timeout)
 
 
 def _leave_distributed(*, clean: bool) -> None:
@@ -315,10 +307,13 @@ def _leave_distributed(*, clean: bool) -> None:
     """
     import torch.distributed as dist
 
+    from tcm._distributed import collective
+
     if not dist.is_initialized():
         return
     if clean:
-        dist.barrier()
+        with collective("final barrier"):
+            dist.barrier()
     dist.destroy_process_group()
 
 
@@ -611,6 +606,16 @@ def _floats2(s: str) -> float:
     return float(s)
 
 
+def _add_dist_timeout_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--dist-timeout",
+        type=float,
+        metavar="SECONDS",
+        help="under torchrun: fail when the other ranks do not answer within SECONDS "
+        "(default: $TCM_DIST_TIMEOUT or 300)",
+    )
+
+
 def _add_ci_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ci", type=float, metavar="LEVEL", help="class-bootstrap intervals, e.g. 0.95")
     p.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples (default 1000)")
@@ -668,6 +673,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="per-group FAR/FRR, cross-group matrices and summaries (needs per-sample groups)",
     )
     _add_ci_args(e)
+    _add_dist_timeout_arg(e)
     e.add_argument("--json", metavar="OUT.json", help="also write the metrics as JSON")
     e.set_defaults(func=_cmd_evaluate)
 
@@ -705,6 +711,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="with --on: evaluate on these groups of TARGET only (repeatable)",
     )
     _add_ci_args(c)
+    _add_dist_timeout_arg(c)
     c.add_argument("--json", metavar="OUT.json", help="also write the result as JSON")
     c.set_defaults(func=_cmd_calibrate)
 
@@ -769,7 +776,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     joined = False
     try:
         if args.command in ("evaluate", "calibrate"):
-            joined = _init_distributed()
+            joined = _init_distributed(args.dist_timeout)
         code: int = args.func(args)
         if joined:
             _leave_distributed(clean=True)

@@ -623,6 +623,7 @@ def distributed_retrieval_metrics(
     """
     import torch.distributed as dist
 
+    from tcm._distributed import collective
     from tcm.metrics.distributed import default_communicator
 
     comm = default_communicator()
@@ -643,5 +644,6 @@ def distributed_retrieval_metrics(
         comm=comm,
     )
     parts: list[Any] = [None] * comm.world
-    dist.all_gather_object(parts, part)
+    with collective("all_gather_object"):
+        dist.all_gather_object(parts, part)
     return merge_per_query(parts)
