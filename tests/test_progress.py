@@ -8,9 +8,12 @@ from typing import Any
 
 import numpy as np
 import pytest
+import torch
 
 from tcm.cli.main import main
 from tcm.metrics import PairIndex, calibration_transfer, evaluate, pair_statistics
+from tcm.metrics._knn import symmetric_candidates
+from tcm.metrics._progress import reporting
 
 
 class Recorder:
@@ -40,7 +43,11 @@ def _data(n_classes: int = 30, per: int = 4, dim: int = 8, seed: int = 0) -> tup
     return x.astype(np.float32), y
 
 
-def test_evaluate_reports_every_pass_block_by_block_with_identical_results() -> None:
+@pytest.mark.parametrize("torch_path", [False, True])
+def test_evaluate_reports_every_pass_block_by_block_with_identical_results(
+    monkeypatch: pytest.MonkeyPatch, torch_path: bool
+) -> None:
+    monkeypatch.setattr("tcm.metrics._passes.FORCE_TORCH", torch_path)  # the CUDA code on CPU
     x, y = _data()
     n = y.size
     rec = Recorder()
@@ -55,6 +62,17 @@ def test_evaluate_reports_every_pass_block_by_block_with_identical_results() -> 
         if desc.startswith("pairs"):
             assert total == n * (n - 1) // 2  # every unordered pair once
             assert len(updates) == len(range(0, n, 32)) * (len(range(0, n, 32)) + 1) // 2
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])  # faiss heaps / torch tiles
+def test_knn_tiles_report_all_pairs(dtype: torch.dtype) -> None:
+    x = torch.nn.functional.normalize(torch.randn(70, 6, dtype=dtype), dim=1)
+    rec = Recorder()
+    with reporting(rec):
+        symmetric_candidates(x, 5, block=16)
+    [(desc, total, updates, closed)] = rec.bars
+    assert (desc, total, sum(updates), closed) == ("kNN", 70 * 69 // 2, 70 * 69 // 2, True)
+    assert len(updates) == 5 * 6 // 2  # one update per tile of the upper triangle
 
 
 def test_pair_statistics_and_transfer_take_progress() -> None:
