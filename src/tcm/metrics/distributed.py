@@ -9,7 +9,8 @@ same order with arrays of the same dtype (and, for :meth:`~Communicator.sum`, sh
 
 * :class:`TorchCommunicator` uses the default ``torch.distributed`` process group (gloo on CPU,
   NCCL on CUDA; NCCL needs the arrays on the rank's GPU, which is handled here). A collective
-  that outlasts the group's timeout raises :class:`tcm._distributed.DistributedTimeoutError`.
+  that outlasts the group's timeout raises :class:`DistributedTimeoutError` (one line naming the
+  timeout; set by :func:`tcm._distributed.join_process_group`).
 * :func:`default_communicator` returns one when a process group is initialised with more than
   one rank, else ``None`` (single process).
 
@@ -25,9 +26,9 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 import torch
 
-from tcm._distributed import collective
+from tcm._distributed import DistributedTimeoutError, collective
 
-__all__ = ["Communicator", "TorchCommunicator", "default_communicator"]
+__all__ = ["Communicator", "DistributedTimeoutError", "TorchCommunicator", "default_communicator"]
 
 
 @runtime_checkable
