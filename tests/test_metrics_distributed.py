@@ -68,7 +68,7 @@ def test_cli_leaves_the_process_group_it_joined(
     y = np.repeat(np.arange(6), 4)
     np.savez(tmp_path / "e.npz", embeddings=rng.normal(size=(24, 8)), labels=y)
 
-    def join() -> bool:
+    def join(*_: object) -> bool:
         store = dist.HashStore()
         dist.init_process_group("gloo", store=store, rank=0, world_size=1)
         return True

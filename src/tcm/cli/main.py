@@ -78,6 +78,7 @@ def _embed_checkpoint(
     batch_size: int,
     device: str,
     info: dict[str, Any] | None = None,
+    progress: bool = True,
 ) -> tuple[np.ndarray, np.ndarray, list[str]]:
     import torch
 
@@ -97,7 +98,7 @@ def _embed_checkpoint(
     if split == "train":  # embed training images with the deterministic evaluation pipeline
         transform = tdata.load(name, split="test", root=root, image_size=size, **options).transform
     ds = tdata.load(name, split=split, root=root, image_size=size, transform=transform, **options)
-    emb, lab = embed_dataset(model, ds, batch_size=batch_size, device=dev, progress=True)
+    emb, lab = embed_dataset(model, ds, batch_size=batch_size, device=dev, progress=progress)
     if info is not None:  # per-sample ids / domains for `tcm embed`
         info.update(ids=getattr(ds, "ids", None), groups=getattr(ds, "domains", None))
     return emb, lab, list(ds.class_names)
@@ -123,7 +124,14 @@ def _load_groups(args: argparse.Namespace, source: str) -> tuple[Any, ...]:
         return _read_arrays(path)
     info: dict[str, Any] = {}
     emb, lab, names = _embed_checkpoint(
-        path, args.data, args.split, args.root, args.batch_size, args.device, info
+        path,
+        args.data,
+        args.split,
+        args.root,
+        args.batch_size,
+        args.device,
+        info,
+        progress=_show_progress(args),
     )
     groups = info.get("groups")
     return emb, lab, names, None if groups is None else np.asarray(groups)
@@ -256,6 +264,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         groups=groups if args.groups else None,
         ci=args.ci,
         n_boot=args.n_boot,
+        progress=_show_progress(args),
     )
     if _rank() == 0:
         metrics = ev.metrics()
@@ -284,23 +293,25 @@ def _rank() -> int:
     return int(dist.get_rank()) if dist.is_available() and dist.is_initialized() else 0
 
 
-def _init_distributed() -> bool:
-    """Join the process group when started by torchrun (``WORLD_SIZE > 1``).
+def _show_progress(args: argparse.Namespace) -> bool:
+    """Progress bars on stderr (rank 0 only): ``--progress`` forces them, ``--quiet`` turns them
+    off, else only when stderr is a terminal. Commands without these options keep their bars."""
+    if not hasattr(args, "quiet"):
+        return True
+    if args.quiet or _rank() != 0:
+        return False
+    return bool(args.progress) or sys.stderr.isatty()
+
+
+def _init_distributed(timeout: float | None = None) -> bool:
+    """Join the process group when started by torchrun (``WORLD_SIZE > 1``), with ``timeout``
+    seconds (``--dist-timeout``; default ``$TCM_DIST_TIMEOUT`` or 300) for every collective.
 
     Returns whether this call created the group (and so must leave it again).
     """
-    import os
+    from tcm._distributed import join_process_group
 
-    import torch
-    import torch.distributed as dist
-
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-        if backend == "nccl":
-            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-        dist.init_process_group(backend)
-        return True
-    return False
+    return join_process_group(timeout=timeout)
 
 
 def _leave_distributed(*, clean: bool) -> None:
@@ -315,10 +326,13 @@ def _leave_distributed(*, clean: bool) -> None:
     """
     import torch.distributed as dist
 
+    from tcm._distributed import collective
+
     if not dist.is_initialized():
         return
     if clean:
-        dist.barrier()
+        with collective("final barrier"):
+            dist.barrier()
     dist.destroy_process_group()
 
 
@@ -340,6 +354,7 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
         max_utility=bool(args.max_utility),
         search_range=(float(args.search_range[0]), float(args.search_range[1])),
         search_thresholds=args.num_thresholds,
+        progress=_show_progress(args),
     )
     assert ev.calibration is not None
     res = ev.calibration.to_dict(names)
@@ -402,6 +417,7 @@ def _calibrate_transfer(args: argparse.Namespace) -> int:
         target_groups=t_groups,
         ci=args.ci,
         n_boot=args.n_boot,
+        progress=_show_progress(args),
     )
     _out(f"threshold calibrated on {args.source} for FAR {args.far:g}: {tr.threshold:.6f}")
     _out(f"{'':<22} {'source':>10} {'target':>10}")
@@ -442,7 +458,14 @@ def _cmd_embed(args: argparse.Namespace) -> int:
         raise ValueError(f"checkpoint not found: {path}")
     info: dict[str, Any] = {}
     emb, lab, names = _embed_checkpoint(
-        path, args.data, args.split, args.root, args.batch_size, args.device, info
+        path,
+        args.data,
+        args.split,
+        args.root,
+        args.batch_size,
+        args.device,
+        info,
+        progress=_show_progress(args),
     )
     out = save_embeddings(args.out, emb, lab, names)
     from tcm.data.embedding_file import add_sample_arrays
@@ -611,6 +634,27 @@ def _floats2(s: str) -> float:
     return float(s)
 
 
+def _add_progress_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_mutually_exclusive_group()
+    g.add_argument(
+        "--progress",
+        action="store_true",
+        help="progress bars with ETA on stderr even when it is not a terminal (default: only "
+        "on a terminal; rank 0 under torchrun)",
+    )
+    g.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def _add_dist_timeout_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--dist-timeout",
+        type=float,
+        metavar="SECONDS",
+        help="under torchrun: fail when the other ranks do not answer within SECONDS "
+        "(default: $TCM_DIST_TIMEOUT or 300)",
+    )
+
+
 def _add_ci_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ci", type=float, metavar="LEVEL", help="class-bootstrap intervals, e.g. 0.95")
     p.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples (default 1000)")
@@ -668,6 +712,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="per-group FAR/FRR, cross-group matrices and summaries (needs per-sample groups)",
     )
     _add_ci_args(e)
+    _add_dist_timeout_arg(e)
+    _add_progress_args(e)
     e.add_argument("--json", metavar="OUT.json", help="also write the metrics as JSON")
     e.set_defaults(func=_cmd_evaluate)
 
@@ -705,6 +751,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="with --on: evaluate on these groups of TARGET only (repeatable)",
     )
     _add_ci_args(c)
+    _add_dist_timeout_arg(c)
+    _add_progress_args(c)
     c.add_argument("--json", metavar="OUT.json", help="also write the result as JSON")
     c.set_defaults(func=_cmd_calibrate)
 
@@ -712,6 +760,7 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("checkpoint", metavar="CHECKPOINT")
     _add_source_args(m, data_help="dataset to embed (default: the training dataset)")
     m.add_argument("--out", required=True, help="output .npz or .safetensors")
+    _add_progress_args(m)
     m.set_defaults(func=_cmd_embed)
 
     r = sub.add_parser("report", help="HTML report over one or more runs")
@@ -769,7 +818,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     joined = False
     try:
         if args.command in ("evaluate", "calibrate"):
-            joined = _init_distributed()
+            joined = _init_distributed(args.dist_timeout)
         code: int = args.func(args)
         if joined:
             _leave_distributed(clean=True)

@@ -27,6 +27,7 @@ from typing import Any, Literal, Protocol
 import numpy as np
 import torch
 
+from tcm.metrics._progress import stage, tile_pairs
 from tcm.metrics._threads import run_single_threaded
 
 __all__ = [
@@ -360,6 +361,7 @@ def _symmetric_candidates_heap(
     tiles = [(i0, j0) for i0 in range(0, n, b) for j0 in range(i0, n, b)]
     tiles = tiles[shard[0] :: shard[1]]
     w = max(1, min(w, len(tiles)))
+    sizes = [tile_pairs(i0, min(i0 + b, n), j0, min(j0 + b, n)) for i0, j0 in tiles]
 
     def work(widx: int) -> tuple[np.ndarray, np.ndarray]:
         vals = np.empty((n, kk), dtype=np.float32)
@@ -385,11 +387,13 @@ def _symmetric_candidates_heap(
                 st = buf_t[: bi * bj].view(bj, bi)
                 st.copy_(s.T)
                 heaps.addn(bi, faiss.swig_ptr(st.numpy()), i0, j0, bj)
+            tick(sizes[t])
         if w == 1:
             heaps.reorder()  # each row sorted by decreasing score
         return vals, ids
 
-    done = run_single_threaded(w, work, setup=lambda: faiss.omp_set_num_threads(1))
+    with stage("kNN", sum(sizes)) as tick:
+        done = run_single_threaded(w, work, setup=lambda: faiss.omp_set_num_threads(1))
     if w == 1:
         return torch.from_numpy(done[0][0]), torch.from_numpy(done[0][1])
     v = torch.from_numpy(np.concatenate([st[0] for st in done], axis=1))
@@ -409,11 +413,15 @@ def _symmetric_candidates_torch(
     # diagonal tiles first: afterwards every row has a finite running threshold, so all
     # off-diagonal tiles take the cheap comparison path
     pairs = [(i0, i0) for i0 in starts] + [(i0, j0) for i0 in starts for j0 in starts if j0 > i0]
-    for i0, j0 in pairs[shard[0] :: shard[1]]:
-        s = x[i0 : i0 + block] @ x[j0 : j0 + block].T  # (bi, bj) cosine similarities
-        if j0 == i0:
-            s.fill_diagonal_(-torch.inf)
-        _merge_lines(run_v, run_i, i0, s, j0, by_column=False)
-        if j0 != i0:
-            _merge_lines(run_v, run_i, j0, s, i0, by_column=True)
+    mine = pairs[shard[0] :: shard[1]]
+    sizes = [tile_pairs(i0, min(i0 + block, n), j0, min(j0 + block, n)) for i0, j0 in mine]
+    with stage("kNN", sum(sizes)) as tick:
+        for (i0, j0), size in zip(mine, sizes, strict=True):
+            s = x[i0 : i0 + block] @ x[j0 : j0 + block].T  # (bi, bj) cosine similarities
+            if j0 == i0:
+                s.fill_diagonal_(-torch.inf)
+            _merge_lines(run_v, run_i, i0, s, j0, by_column=False)
+            if j0 != i0:
+                _merge_lines(run_v, run_i, j0, s, i0, by_column=True)
+            tick(size)
     return run_v, run_i

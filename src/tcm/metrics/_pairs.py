@@ -31,6 +31,7 @@ import numpy as np
 import torch
 
 from tcm._validation import ArrayLike, as_embeddings, encode_labels, l2_normalize
+from tcm.metrics._progress import Tick, no_tick, stage, tile_pairs
 from tcm.metrics._threads import run_single_threaded
 
 __all__ = [
@@ -326,18 +327,32 @@ def _block_buffer(prep: Prepared, block_size: int) -> torch.Tensor:
     return torch.empty(min(prep.n, block_size) ** 2, dtype=prep.x.dtype, device=prep.x.device)
 
 
-def _serial_blocks(prep: Prepared, specs: list[BlockSpec], block_size: int) -> Iterator[Block]:
+def _serial_blocks(
+    prep: Prepared, specs: list[BlockSpec], block_size: int, tick: Tick = no_tick
+) -> Iterator[Block]:
     buf = _block_buffer(prep, block_size)
     for spec in specs:
         yield make_block(prep, spec, buf)
+        tick(tile_pairs(*spec))  # the consumer is done with the block
+
+
+def _staged_blocks(
+    prep: Prepared, specs: list[BlockSpec], block_size: int, desc: str
+) -> Iterator[Block]:
+    with stage(desc, sum(tile_pairs(*sp) for sp in specs)) as tick:
+        yield from _serial_blocks(prep, specs, block_size, tick)
 
 
 def iter_blocks(
-    prep: Prepared, block_size: int, shard: tuple[int, int] = (0, 1)
+    prep: Prepared, block_size: int, shard: tuple[int, int] = (0, 1), desc: str | None = None
 ) -> Iterator[Block]:
     """Yield the upper-triangle blocks of ``S = X X^T`` belonging to ``shard`` (see
-    :func:`block_grid`), one after the other, all computed into one reused buffer."""
-    return _serial_blocks(prep, block_grid(prep.n, block_size, shard), block_size)
+    :func:`block_grid`), one after the other, all computed into one reused buffer. ``desc``:
+    report the progress under this name (:mod:`tcm.metrics._progress`)."""
+    specs = block_grid(prep.n, block_size, shard)
+    if desc is None:
+        return _serial_blocks(prep, specs, block_size)
+    return _staged_blocks(prep, specs, block_size, desc)
 
 
 def num_workers(prep: Prepared) -> int:
@@ -351,6 +366,7 @@ def map_blocks(
     shard: tuple[int, int],
     fn: Callable[[Iterator[Block]], R],
     workers: int | None = None,
+    desc: str | None = None,
 ) -> list[R]:
     """Run ``fn`` over the blocks of ``shard`` in ``workers`` threads; return their results.
 
@@ -360,26 +376,29 @@ def map_blocks(
     matmul and then NumPy work that releases the GIL, which uses all cores for both; a
     multi-threaded matmul followed by single-threaded NumPy would leave cores idle. Torch's
     thread count is set to 1 inside the workers (thread-local for the OpenMP/MKL settings) and
-    its global default restored afterwards.
+    its global default restored afterwards. ``desc``: report the progress under this name, one
+    update per finished block (:mod:`tcm.metrics._progress`).
     """
     specs = block_grid(prep.n, block_size, shard)
     nw = num_workers(prep) if workers is None else workers
     nw = max(1, min(nw, len(specs)))
-    if nw == 1:
-        return [fn(_serial_blocks(prep, specs, block_size))]
-    lock = threading.Lock()
-    queue = iter(specs)
+    with stage(desc or "", sum(tile_pairs(*sp) for sp in specs) if desc else 0) as tick:
+        if nw == 1:
+            return [fn(_serial_blocks(prep, specs, block_size, tick))]
+        lock = threading.Lock()
+        queue = iter(specs)
 
-    def pull() -> BlockSpec | None:
-        with lock:
-            return next(queue, None)
+        def pull() -> BlockSpec | None:
+            with lock:
+                return next(queue, None)
 
-    def blocks() -> Iterator[Block]:
-        buf = _block_buffer(prep, block_size)
-        while (sp := pull()) is not None:
-            yield make_block(prep, sp, buf)
+        def blocks() -> Iterator[Block]:
+            buf = _block_buffer(prep, block_size)
+            while (sp := pull()) is not None:
+                yield make_block(prep, sp, buf)
+                tick(tile_pairs(*sp))
 
-    return run_single_threaded(nw, lambda _i: fn(blocks()))
+        return run_single_threaded(nw, lambda _i: fn(blocks()))
 
 
 def sample_negative_similarities(

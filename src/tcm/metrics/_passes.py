@@ -211,7 +211,7 @@ def tail_pass(
                 chunks[q].append(v[flatnonzero(tbuf, t)])
         return above, chunks
 
-    parts = map_blocks(prep, block_size, shard, work)
+    parts = map_blocks(prep, block_size, shard, work, desc="pairs: FAR quantiles")
     values = [
         np.concatenate([c for _, ch in parts for c in ch[q]])
         if any(ch[q] for _, ch in parts)
@@ -802,7 +802,7 @@ def sweep(
                     gc.add(blk, mbuf)
             return neg, pos, hneg, hpos, None if gc is None else gc.state()
 
-        parts = map_blocks(prep, block_size, shard, work)
+        parts = map_blocks(prep, block_size, shard, work, desc="pairs: counts")
         tot = [np.asarray(np.sum([p[i] for p in parts], axis=0, dtype=np.int64)) for i in range(4)]
         state = CountState(neg=tot[0].reshape(c, kp1), pos=tot[1].reshape(c, kp1))
         hist = None
@@ -825,7 +825,7 @@ def sweep(
     hpos_t = torch.zeros(nb, dtype=torch.int64, device=device)
     hneg_t = torch.zeros(nb, dtype=torch.int64, device=device)
     gc = _GroupCounter(prep, groups[0], groups[1], grids, groups[2]) if groups else None
-    for blk in iter_blocks(prep, block_size, shard):
+    for blk in iter_blocks(prep, block_size, shard, desc="pairs: counts"):
         if e_t is not None and blk.pos_sims.numel():
             lo, hi = float(e_t[0]), float(e_t[-1])
             p = blk.pos_sims.to(torch.float64).clamp(lo, hi)

@@ -8,7 +8,9 @@ negative-pair similarities that fall inside the quantile brackets (concatenated)
 same order with arrays of the same dtype (and, for :meth:`~Communicator.sum`, shape).
 
 * :class:`TorchCommunicator` uses the default ``torch.distributed`` process group (gloo on CPU,
-  NCCL on CUDA; NCCL needs the arrays on the rank's GPU, which is handled here).
+  NCCL on CUDA; NCCL needs the arrays on the rank's GPU, which is handled here). A collective
+  that outlasts the group's timeout raises :class:`DistributedTimeoutError` (one line naming the
+  timeout; set by :func:`tcm._distributed.join_process_group`).
 * :func:`default_communicator` returns one when a process group is initialised with more than
   one rank, else ``None`` (single process).
 
@@ -24,7 +26,9 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 import torch
 
-__all__ = ["Communicator", "TorchCommunicator", "default_communicator"]
+from tcm._distributed import DistributedTimeoutError, collective
+
+__all__ = ["Communicator", "DistributedTimeoutError", "TorchCommunicator", "default_communicator"]
 
 
 @runtime_checkable
@@ -85,7 +89,8 @@ class TorchCommunicator:
     def sum(self, a: np.ndarray) -> np.ndarray:
         """All-reduce (sum) of ``a``; returns a new array of ``a``'s dtype."""
         t = torch.from_numpy(np.ascontiguousarray(a)).to(self._device)
-        self._dist.all_reduce(t)
+        with collective("all_reduce"):
+            self._dist.all_reduce(t)
         return t.cpu().numpy().astype(a.dtype, copy=False)
 
     def concat(self, a: np.ndarray) -> np.ndarray:
@@ -93,13 +98,15 @@ class TorchCommunicator:
         flat = np.ascontiguousarray(a).reshape(-1)
         n = torch.tensor([flat.shape[0]], dtype=torch.int64, device=self._device)
         sizes = [torch.zeros_like(n) for _ in range(self._world)]
-        self._dist.all_gather(sizes, n)
+        with collective("all_gather"):
+            self._dist.all_gather(sizes, n)
         lens = [int(s.item()) for s in sizes]
         width = max(max(lens), 1)
         buf = torch.zeros(width, dtype=torch.from_numpy(flat[:0]).dtype, device=self._device)
         buf[: flat.shape[0]] = torch.from_numpy(flat).to(self._device)
         out = [torch.empty_like(buf) for _ in range(self._world)]
-        self._dist.all_gather(out, buf)
+        with collective("all_gather"):
+            self._dist.all_gather(out, buf)
         return np.concatenate([o[:k].cpu().numpy() for o, k in zip(out, lens, strict=True)])
 
 

@@ -73,6 +73,7 @@ from tcm.metrics._checks import (
     check_int,
     check_num_thresholds,
 )
+from tcm.metrics._progress import Progress, reporting
 from tcm.metrics.bootstrap import (
     Interval,
     check_bootstrap_args,
@@ -319,6 +320,7 @@ def evaluate(
     block_size: int | None = None,
     sample_size: int = DEFAULT_SAMPLE_SIZE,
     seed: int = 0,
+    progress: Progress = False,
 ) -> Evaluation:
     """Evaluate ``(N, D)`` embeddings with ``(N,)`` labels (module docstring for the keys).
 
@@ -349,6 +351,9 @@ def evaluate(
             collected and exchanged at very large ``N``, see docs/scaling.md; results do not
             depend on it).
         seed: seed of the sampled quantile bracket (results do not depend on it).
+        progress: ``True``: progress bars (tqdm, stderr) of the kNN pass and the pair passes,
+            updated per block; or a factory ``(description, total) -> bar`` with ``update(n)``
+            and ``close()``; ``False`` (default): no output. Results do not depend on it.
 
     Raises:
         ValueError: bad embeddings / labels / options (naming the value), unknown section,
@@ -392,7 +397,8 @@ def evaluate(
     retrieval = None
     if "retrieval" in sections:
         fn = retrieval_metrics if comm is None else distributed_retrieval_metrics
-        retrieval = fn(embeddings, labels, ks=tuple(ks), backend=backend)
+        with reporting(progress):
+            retrieval = fn(embeddings, labels, ks=tuple(ks), backend=backend)
 
     need_fars = list(fars_l) if "tar_at_far" in sections else []
     if "calibration" in sections and cal_far is not None and not max_utility:
@@ -417,6 +423,7 @@ def evaluate(
             comm=comm,
             sample_size=sample_size,
             seed=seed,
+            progress=progress,
         )
     consistency = None
     if stats is not None and "consistency" in sections:

@@ -59,6 +59,7 @@ from tcm.metrics._knn import (
     faiss_available,
     symmetric_candidates,
 )
+from tcm.metrics._progress import stage
 from tcm.metrics.distributed import Communicator
 
 __all__ = [
@@ -417,20 +418,23 @@ def retrieval_per_query(
                 max_rows=chunk,
             )
             del cand
-        for lo in range(0, valid_pos.size, chunk):
-            pos = torch.from_numpy(valid_pos[lo : lo + chunk]).to(device)
-            qi = torch.from_numpy(sel[valid_pos[lo : lo + chunk]]).to(device)
-            rc = r_t[pos]
-            if pre is not None:
-                idx = pre[lo : lo + chunk]
-            else:
-                k = min(max(kmax, int(rc.max())), n_avail)
-                idx = exact_topk(searcher, qn[qi], gn, k, qi if loo else None, max_rows=chunk)
-            h, ap, rp = _chunk_scores(g_codes[idx], q_codes[qi], rc, ks_t, width)
-            p = pos.cpu().numpy()
-            hits[p] = h.cpu().numpy()
-            map_r[p] = ap.cpu().numpy()
-            r_prec[p] = rp.cpu().numpy()
+        # without candidates every query scans the gallery: (query, item) pairs as progress
+        with stage("kNN", 0 if pre is not None else valid_pos.size * ng) as tick:
+            for lo in range(0, valid_pos.size, chunk):
+                pos = torch.from_numpy(valid_pos[lo : lo + chunk]).to(device)
+                qi = torch.from_numpy(sel[valid_pos[lo : lo + chunk]]).to(device)
+                rc = r_t[pos]
+                if pre is not None:
+                    idx = pre[lo : lo + chunk]
+                else:
+                    k = min(max(kmax, int(rc.max())), n_avail)
+                    idx = exact_topk(searcher, qn[qi], gn, k, qi if loo else None, max_rows=chunk)
+                h, ap, rp = _chunk_scores(g_codes[idx], q_codes[qi], rc, ks_t, width)
+                p = pos.cpu().numpy()
+                hits[p] = h.cpu().numpy()
+                map_r[p] = ap.cpu().numpy()
+                r_prec[p] = rp.cpu().numpy()
+                tick(int(p.shape[0]) * ng)
 
     return PerQueryRetrieval(
         query_indices=sel,
@@ -623,6 +627,7 @@ def distributed_retrieval_metrics(
     """
     import torch.distributed as dist
 
+    from tcm._distributed import collective
     from tcm.metrics.distributed import default_communicator
 
     comm = default_communicator()
@@ -643,5 +648,6 @@ def distributed_retrieval_metrics(
         comm=comm,
     )
     parts: list[Any] = [None] * comm.world
-    dist.all_gather_object(parts, part)
+    with collective("all_gather_object"):
+        dist.all_gather_object(parts, part)
     return merge_per_query(parts)

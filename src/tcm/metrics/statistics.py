@@ -61,6 +61,7 @@ from tcm.metrics._checks import (
 )
 from tcm.metrics._pairs import Prepared, check_block_size, check_shard, num_workers, prepare
 from tcm.metrics._passes import CountState, GroupState, TailState, negative_quantiles, sweep
+from tcm.metrics._progress import Progress, reporting
 from tcm.metrics.bootstrap import (
     Interval,
     bootstrap_epsilon_opis,
@@ -520,6 +521,7 @@ def pair_statistics(
     exact_cutoff: int = DEFAULT_EXACT_CUTOFF,
     sample_size: int = DEFAULT_SAMPLE_SIZE,
     seed: int = 0,
+    progress: Progress = False,
 ) -> PairStats:
     """Count tables of all pairs of ``index`` in at most two passes (module docstring).
 
@@ -538,6 +540,9 @@ def pair_statistics(
             returned statistics are the merged, global ones on every shard. Without it (and no
             quantiles) the result holds this shard's counts: add the shards' results with ``+``.
         exact_cutoff, sample_size, seed: the quantile search (results never depend on them).
+        progress: ``True``: a progress bar (tqdm, stderr) per pass; or a factory
+            ``(description, total) -> bar`` (see :mod:`tcm.metrics._progress`); ``False``:
+            none (unless an enclosing call asked for it).
 
     Raises:
         ValueError: a bad argument (naming it), no negative pairs when quantiles are needed,
@@ -578,16 +583,17 @@ def pair_statistics(
                 "a sharded pair_statistics needs comm= to find the exact quantiles of all "
                 "shards (or pass only fixed thresholds= and add the shards' results)"
             )
-        vals = negative_quantiles(
-            prep,
-            qs,
-            bs,
-            exact_cutoff=exact_cutoff,
-            sample_size=sample_size,
-            seed=seed,
-            shard=shard_t,
-            merge=_tail_merger(comm),
-        )
+        with reporting(progress):
+            vals = negative_quantiles(
+                prep,
+                qs,
+                bs,
+                exact_cutoff=exact_cutoff,
+                sample_size=sample_size,
+                seed=seed,
+                shard=shard_t,
+                merge=_tail_merger(comm),
+            )
         qval = {q: float(v) for q, v in zip(qs, vals, strict=True)}
     far_thresholds = {f: qval[1.0 - f] for f in fars_l}
     grid_th = {
@@ -607,7 +613,8 @@ def pair_statistics(
     gspec = None
     if index.group_codes is not None:
         gspec = (index.group_codes, ng, extras)
-    state, hist, gstate = sweep(prep, components, bs, shard_t, edges=edges, groups=gspec)
+    with reporting(progress):
+        state, hist, gstate = sweep(prep, components, bs, shard_t, edges=edges, groups=gspec)
     pos, neg = state.pos, state.neg
     hpos = hneg = None
     if hist is not None:

@@ -33,6 +33,7 @@ import numpy as np
 
 from tcm._validation import ArrayLike
 from tcm.metrics._checks import check_fraction
+from tcm.metrics._progress import Progress
 from tcm.metrics.bootstrap import (
     Interval,
     check_bootstrap_args,
@@ -178,8 +179,11 @@ def calibration_transfer(
     n_boot: int = 1000,
     seed: int = 0,
     block_size: int | None = None,
+    progress: Progress = False,
 ) -> CalibrationTransfer:
     """Calibrate the FAR-``far`` threshold on the source and evaluate it on the target.
+
+    ``progress``: progress bars of the pair passes (see :func:`tcm.metrics.evaluate`).
 
     Raises:
         ValueError: ``far`` outside (0, 1), a source or target without negative pairs, a target
@@ -197,12 +201,14 @@ def calibration_transfer(
             f"embeddings have {t_index.prepared.x.shape[1]}"
         )
     try:
-        source = pair_statistics(s_index, fars=[f], far_range=None)
+        source = pair_statistics(s_index, fars=[f], far_range=None, progress=progress)
     except ValueError as exc:
         raise ValueError(f"source: {exc}") from exc
     t = source.threshold_at_far(f)
     try:
-        target = pair_statistics(t_index, fars=[f], far_range=None, thresholds=[t])
+        target = pair_statistics(
+            t_index, fars=[f], far_range=None, thresholds=[t], progress=progress
+        )
     except ValueError as exc:
         raise ValueError(f"target: {exc}") from exc
     return transfer_view(source, target, f, alpha=alpha, ci=ci, n_boot=n_boot, seed=seed)

@@ -64,6 +64,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader, default_collate, get_worker_info
 
+from tcm._distributed import join_process_group
 from tcm.data.embedding_file import add_sample_arrays
 from tcm.models import EmbeddingModel, build_model, model_from_spec
 from tcm.train.checkpoint import CHECKPOINT_FORMAT, TrainingState, atomic_write
@@ -805,9 +806,10 @@ class Trainer:
         cfg = self.cfg
         if self.world > 1 and not dist.is_initialized():
             device = _resolve_device(cfg, self.local_rank)
-            # kept for the life of the process (a second train() call, e.g. `tcm demo`, reuses it)
-            dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-            atexit.register(_destroy_process_group)
+            # kept for the life of the process (a second train() call, e.g. `tcm demo`, reuses it);
+            # timeout: $TCM_DIST_TIMEOUT or 300 s (tcm._distributed)
+            if join_process_group("nccl" if device.type == "cuda" else "gloo"):
+                atexit.register(_destroy_process_group)
         state = self._preflight()
         if self.device.type == "cuda":
             torch.cuda.set_device(self.device)
