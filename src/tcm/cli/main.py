@@ -63,7 +63,7 @@ def console_text(text: object, *, keep_newlines: bool = False) -> str:
         'red\\\\x1b[31m'
     """
     s = str(text)
-    if s.isprintable() and not any(ch in _BIDI for ch in s):
+    if s.isprintable():  # no Cc (and no Cf: the bidi controls are format characters)
         return s
     out = []
     for ch in s:
