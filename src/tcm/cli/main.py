@@ -3,7 +3,13 @@
 Convention everywhere: L2-normalised embeddings, cosine similarity, a pair is accepted when
 ``similarity >= threshold``. Exit codes: 0 ok, 1 training diverged (NaN loss), 2 any bad input or
 environment problem (one ``error:`` line on stderr; the traceback only with ``--debug``), 130
-interrupted by Ctrl-C, 143 stopped by SIGTERM (checkpoint saved at the next step boundary).
+interrupted by Ctrl-C, 141 standard output closed early (e.g. ``| head``), 143 stopped by SIGTERM
+(checkpoint saved at the next step boundary).
+
+Every option is applied or refused: an option that only matters with another one (``--n-boot``
+without ``--ci``, ``--target-group`` without ``--on``, ``--data`` for an embeddings file, ...)
+and a bad value (``--top -3``) are errors (exit 2) found before anything is loaded, and so are
+unusable output paths (``--json``, ``--out``).
 
 Example:
     >>> from tcm.cli.main import main
@@ -14,8 +20,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
+import unicodedata
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -24,31 +32,80 @@ import numpy as np
 
 import tcm
 
-__all__ = ["build_parser", "main"]
+__all__ = ["build_parser", "console_text", "main"]
 
 EXIT_OK, EXIT_DIVERGED, EXIT_BAD_INPUT, EXIT_INTERRUPTED, EXIT_TERMINATED = 0, 1, 2, 130, 143
+EXIT_STDOUT_CLOSED = 141  # 128 + SIGPIPE, what a tool killed by a closed pipe reports
 DEMO_KEYS = ("recall_at_1", "map_at_r", "opis", "epsilon_opis_0.05", "epsilon_opis_0.1")
+#: Defaults of the options that only apply to some inputs (``None`` in the parser, so that an
+#: option given without effect can be refused; filled in by :func:`_check_options`).
+SOURCE_DEFAULTS: dict[str, Any] = {"split": "test", "batch_size": 256, "device": "auto"}
+N_BOOT_DEFAULT = 1000
+NUM_THRESHOLDS_DEFAULT = 201
+SEARCH_RANGE_DEFAULT = (1e-4, 0.5)
+TOP_DEFAULT = 10
+#: Unicode format characters that reorder or hide text on a terminal (bidi controls).
+_BIDI = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+
+
+class StdoutClosed(Exception):
+    """Standard output was closed by its reader (``BrokenPipeError`` on a console write)."""
+
+
+def console_text(text: object, *, keep_newlines: bool = False) -> str:
+    """``str(text)`` safe to print on a terminal: every control character (C0, DEL, C1, and the
+    bidi controls) is replaced by its escaped form (``"\\x1b"``, ``"\\n"``, ``"\\u202e"``), so a
+    class name, group name or path cannot move the cursor, recolour, retitle or clear the
+    terminal. ``keep_newlines`` keeps ``"\\n"`` (for multi-line tables and messages).
+
+    Example:
+        >>> console_text("red\\x1b[31m")
+        'red\\\\x1b[31m'
+    """
+    s = str(text)
+    if s.isprintable():  # no Cc (and no Cf: the bidi controls are format characters)
+        return s
+    out = []
+    for ch in s:
+        if ch == "\n" and keep_newlines:
+            out.append(ch)
+        elif unicodedata.category(ch) == "Cc" or ch in _BIDI:
+            out.append(repr(ch)[1:-1])
+        else:
+            out.append(ch)
+    return "".join(out)
 
 
 def _out(text: str) -> None:
-    print(text, flush=True)
+    """Print one block of console output (control characters escaped, see :func:`console_text`).
+
+    Raises:
+        StdoutClosed: the reader of standard output went away (``tcm ... | head``).
+    """
+    try:
+        print(console_text(text, keep_newlines=True), flush=True)
+    except BrokenPipeError:
+        raise StdoutClosed from None
+
+
+def _warn(command: str, text: str) -> None:
+    """One ``tcm COMMAND: warning: ...`` line on stderr (control characters escaped)."""
+    print(f"tcm {command}: warning: {console_text(text)}", file=sys.stderr, flush=True)
+
+
+def _json_bytes(obj: Any) -> bytes:
+    """Strict JSON (``tcm.metrics.results.json_value``: NaN -> null, inf -> "inf")."""
+    from tcm.metrics.results import json_value
+
+    return json.dumps(json_value(obj), indent=2, allow_nan=False).encode()
 
 
 def _write_json(path: str | Path, obj: Any) -> Path:
+    """Write ``obj`` as strict JSON (:func:`_json_bytes`), atomically."""
     from tcm.train.checkpoint import atomic_write
 
-    data = json.dumps(obj, indent=2, default=_json_default).encode()
+    data = _json_bytes(obj)
     return atomic_write(path, lambda fh: fh.write(data))
-
-
-def _json_default(o: Any) -> Any:
-    if isinstance(o, np.generic):
-        return o.item()
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    if isinstance(o, Path):
-        return str(o)
-    raise TypeError(f"not JSON-serialisable: {type(o).__name__}")
 
 
 # ----------------------------------------------------------------------------- sources
@@ -112,15 +169,27 @@ def _load_source(
     return emb, lab, names
 
 
+EMBEDDING_SUFFIXES = (".npz", ".safetensors")
+
+
+def _source_file(source: str) -> Path:
+    """The file a SOURCE names: a run directory's ``embeddings.npz``, else the path itself."""
+    path = Path(source)
+    return path / "embeddings.npz" if path.is_dir() else path
+
+
+def _is_checkpoint(source: str) -> bool:
+    """Whether SOURCE is embedded on the fly (a checkpoint, not an embeddings file / run dir)."""
+    return _source_file(source).suffix not in EMBEDDING_SUFFIXES
+
+
 def _load_groups(args: argparse.Namespace, source: str) -> tuple[Any, ...]:
     """``(embeddings, labels, class_names, groups)`` of a file, run directory or checkpoint;
     ``groups`` is the per-sample domain array of the embeddings file / dataset, or None."""
-    path = Path(source)
-    if path.is_dir():
-        path = path / "embeddings.npz"
+    path = _source_file(source)
     if not path.exists():
         raise ValueError(f"file not found: {source}")
-    if path.suffix in (".npz", ".safetensors"):
+    if not _is_checkpoint(source):
         return _read_arrays(path)
     info: dict[str, Any] = {}
     emb, lab, names = _embed_checkpoint(
@@ -171,12 +240,13 @@ def _print_groups(gop: Any) -> None:
     _out(f"\nper-group rates at threshold {gop.threshold:.6f} (within-group pairs):")
     _out(f"{'group':<24} {'genuine':>9} {'impostor':>10} {'FAR':>10} {'FRR':>8}")
     for k, name in enumerate(gop.groups.tolist()):
+        name = console_text(name)
         ci_txt = ""
         if "far" in iv:
             lo, hi = np.atleast_1d(iv["far"].lo)[k], np.atleast_1d(iv["far"].hi)[k]
             ci_txt = f"  FAR {iv['far'].ci:.0%} CI [{lo:.3e}, {hi:.3e}]"
         _out(
-            f"{str(name)[:24]:<24} {int(gop.num_genuine[k]):>9} {int(gop.num_impostor[k]):>10} "
+            f"{name[:24]:<24} {int(gop.num_genuine[k]):>9} {int(gop.num_impostor[k]):>10} "
             f"{gop.far[k]:>10.3e} {gop.frr[k]:>8.4f}{ci_txt}"
         )
     s = gop.summary
@@ -194,11 +264,13 @@ def _print_groups(gop: Any) -> None:
 
 
 def _add_source_args(p: argparse.ArgumentParser, *, data_help: str) -> None:
+    """``--data --root --split --batch-size --device``: how a checkpoint source is embedded
+    (defaults ``None`` here, filled in from :data:`SOURCE_DEFAULTS` by :func:`_check_options`)."""
     p.add_argument("--data", metavar="NAME", help=data_help)
     p.add_argument("--root", help="dataset root directory (default: the dataset's own default)")
-    p.add_argument("--split", default="test", help="dataset split to embed (default: test)")
-    p.add_argument("--batch-size", type=int, default=256, help="embedding batch size")
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--split", help="dataset split to embed (default: test)")
+    p.add_argument("--batch-size", type=int, help="embedding batch size (default 256)")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="(default: auto)")
 
 
 # ----------------------------------------------------------------------------- commands
@@ -267,13 +339,15 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         progress=_show_progress(args),
     )
     if _rank() == 0:
+        if args.json:  # the file first: a closed stdout (`| head`) cannot lose it
+            _write_json(args.json, {"source": args.source, **ev.to_dict(names)})
         metrics = ev.metrics()
         shown = {
             k: v
             for k, v in metrics.items()
             if not k.startswith(("threshold_at_far", "group_")) or k == "group_opis"
         }
-        _out(metric_table({Path(args.source).name: shown}))
+        _out(metric_table({console_text(Path(args.source).name): shown}))
         if ev.intervals:
             _out(f"\n{ev.intervals[next(iter(ev.intervals))].ci:.0%} class-bootstrap intervals:")
             for key, iv in ev.intervals.items():
@@ -281,8 +355,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         if ev.groups is not None:
             _print_groups(ev.groups)
         if args.json:
-            _write_json(args.json, {"source": args.source, **ev.to_dict(names)})
-            _out(f"wrote {args.json}")
+            _out(f"wrote {console_text(args.json)}")
     return EXIT_OK
 
 
@@ -337,15 +410,16 @@ def _leave_distributed(*, clean: bool) -> None:
 
 
 def _cmd_calibrate(args: argparse.Namespace) -> int:
+    """``tcm calibrate SOURCE (--far F | --max-utility)``: one threshold and the per-class rates
+    at it (``--source-group``: on those groups of SOURCE; ``--ci``: intervals of the global
+    FAR / TAR); ``--on TARGET``: :func:`_calibrate_transfer`. Options: :func:`_check_options`."""
     from tcm.metrics import evaluate
 
-    if args.far is None and not args.max_utility:
-        raise ValueError("choose a target: --far F (e.g. 1e-3) or --max-utility")
-    if args.far is not None and not (0 < args.far < 1):
-        raise ValueError(f"--far must lie in (0, 1); got {args.far}")
     if args.on is not None:
         return _calibrate_transfer(args)
-    emb, lab, names = _load_source(args, args.source)
+    emb, lab, names, _ = _select_groups(
+        _load_groups(args, args.source), args.source_group, args.source
+    )
     ev = evaluate(
         emb,
         lab,
@@ -354,6 +428,8 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
         max_utility=bool(args.max_utility),
         search_range=(float(args.search_range[0]), float(args.search_range[1])),
         search_thresholds=args.num_thresholds,
+        ci=args.ci,
+        n_boot=args.n_boot,
         progress=_show_progress(args),
     )
     assert ev.calibration is not None
@@ -361,11 +437,41 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
     if _rank() != 0:
         return EXIT_OK
     pc = res["per_class"]
+    far = np.asarray(pc["far"])
+    order = np.argsort(-far, kind="stable")[: args.top]
+    res["worst_classes"] = [
+        {"class": pc["names"][i], "far": pc["far"][i], "frr": pc["frr"][i]} for i in order.tolist()
+    ]
+    if args.source_group:
+        res["source_groups"] = list(args.source_group)
+    ivs = (
+        {k: ev.intervals[f"calibration_{k}"] for k in ("global_far", "global_tar")}
+        if args.ci
+        else {}
+    )
+    if ivs:
+        res["intervals"] = {k: iv.to_dict() for k, iv in ivs.items()}
+    warnings = _far_resolution_warnings(args.far, [(f"the source {args.source!r}", lab)])
+    if warnings:
+        res["warnings"] = warnings
+    if args.json:  # the file first: a closed stdout (`| head`) cannot lose it
+        _write_json(args.json, res)
+    for w in warnings:
+        _warn(args.command, w)
+    if args.source_group:
+        groups = ", ".join(console_text(g) for g in args.source_group)
+        _out(f"calibrated on group(s) {groups} of {console_text(args.source)}: {len(lab)} samples")
     _out(f"threshold (cosine similarity, accept if >=): {res['threshold']:.6f}")
     _out(
         f"global FAR {res['global_far']:.3e}   global TAR {res['global_tar']:.4f}   "
         f"classes {res['num_classes']}"
     )
+    if ivs:
+        fa, ta = ivs["global_far"], ivs["global_tar"]
+        _out(
+            f"{fa.ci:.0%} class-bootstrap intervals: global FAR [{float(fa.lo):.3e}, "
+            f"{float(fa.hi):.3e}]   global TAR [{float(ta.lo):.4f}, {float(ta.hi):.4f}]"
+        )
     for what in ("far", "frr"):
         s = res[f"{what}_spread"]
         _out(
@@ -377,30 +483,48 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
         f"classes with FAR > 2x target ({2 * res['reference_far']:.3e}): "
         f"{res['classes_far_above_2x']}"
     )
-    far = np.asarray(pc["far"])
-    order = np.argsort(-far, kind="stable")[: args.top]
     _out(f"\nworst {len(order)} classes by FAR:")
     _out(f"{'class':<24} {'size':>6} {'FAR':>10} {'FRR':>8}")
     for i in order.tolist():
         _out(
-            f"{pc['names'][i][:24]:<24} {pc['size'][i]:>6} {pc['far'][i]:>10.3e} "
+            f"{console_text(pc['names'][i])[:24]:<24} {pc['size'][i]:>6} {pc['far'][i]:>10.3e} "
             f"{pc['frr'][i]:>8.4f}"
         )
-    res["worst_classes"] = [
-        {"class": pc["names"][i], "far": pc["far"][i], "frr": pc["frr"][i]} for i in order.tolist()
-    ]
     if args.json:
-        _write_json(args.json, res)
-        _out(f"wrote {args.json}")
+        _out(f"wrote {console_text(args.json)}")
     return EXIT_OK
+
+
+def _num_impostor_pairs(labels: np.ndarray) -> int:
+    """``M = N (N - 1) / 2 - sum_c n_c (n_c - 1) / 2``: pairs of samples of different classes."""
+    _, counts = np.unique(np.asarray(labels), return_counts=True)
+    n = int(counts.sum())
+    return n * (n - 1) // 2 - int((counts * (counts - 1) // 2).sum())
+
+
+def _far_resolution_warnings(
+    far: float | None, sets: Sequence[tuple[str, np.ndarray]]
+) -> list[str]:
+    """One warning per ``(name, labels)`` set whose impostor pairs cannot resolve the target
+    ``far``: ``far < 1 / M`` (the smallest non-zero FAR one threshold can give)."""
+    out: list[str] = []
+    if far is None:
+        return out
+    for name, labels in sets:
+        m = _num_impostor_pairs(labels)
+        if m > 0 and far * m < 1:
+            out.append(
+                f"--far {far:g} is below the resolution of {name}: the FAR cannot be resolved "
+                f"with {m} impostor pairs (smallest non-zero FAR 1/{m} = {1 / m:.3g}), so the "
+                "FAR figures at this target are not meaningful"
+            )
+    return out
 
 
 def _calibrate_transfer(args: argparse.Namespace) -> int:
     """``tcm calibrate SOURCE --far F --on TARGET``: the source threshold on the target."""
     from tcm.metrics import calibration_transfer
 
-    if args.far is None:
-        raise ValueError("--on TARGET needs --far F (the threshold is calibrated on SOURCE)")
     s_emb, s_lab, _, s_groups = _select_groups(
         _load_groups(args, args.source), args.source_group, args.source
     )
@@ -419,7 +543,15 @@ def _calibrate_transfer(args: argparse.Namespace) -> int:
         n_boot=args.n_boot,
         progress=_show_progress(args),
     )
-    _out(f"threshold calibrated on {args.source} for FAR {args.far:g}: {tr.threshold:.6f}")
+    sets = [(f"the source {args.source!r}", s_lab), (f"the target {args.on!r}", t_lab)]
+    warnings = _far_resolution_warnings(args.far, sets)
+    if args.json:  # the file first: a closed stdout (`| head`) cannot lose it
+        res = {"source": args.source, "target": args.on, **tr.to_dict()}
+        _write_json(args.json, {**res, "warnings": warnings} if warnings else res)
+    for w in warnings:
+        _warn(args.command, w)
+    src = console_text(args.source)
+    _out(f"threshold calibrated on {src} for FAR {args.far:g}: {tr.threshold:.6f}")
     _out(f"{'':<22} {'source':>10} {'target':>10}")
     _out(f"{'global FAR':<22} {tr.source_far:>10.3e} {tr.target_far:>10.3e}")
     _out(f"{'global TAR':<22} {tr.source_tar:>10.4f} {tr.target_tar:>10.4f}")
@@ -445,8 +577,7 @@ def _calibrate_transfer(args: argparse.Namespace) -> int:
     if tr.target_groups is not None:
         _print_groups(tr.target_groups)
     if args.json:
-        _write_json(args.json, {"source": args.source, "target": args.on, **tr.to_dict()})
-        _out(f"wrote {args.json}")
+        _out(f"wrote {console_text(args.json)}")
     return EXIT_OK
 
 
@@ -471,7 +602,10 @@ def _cmd_embed(args: argparse.Namespace) -> int:
     from tcm.data.embedding_file import add_sample_arrays
 
     add_sample_arrays(out, ids=info.get("ids"), groups=info.get("groups"))
-    _out(f"wrote {out}: {emb.shape[0]} embeddings of dim {emb.shape[1]}, {len(names)} classes")
+    _out(
+        f"wrote {console_text(out)}: {emb.shape[0]} embeddings of dim {emb.shape[1]}, "
+        f"{len(names)} classes"
+    )
     return EXIT_OK
 
 
@@ -483,20 +617,14 @@ def _cmd_report(args: argparse.Namespace) -> int:
     evaluated right away and keep only their Evaluation."""
     from tcm.report import ReportRun, write_report
 
+    run_names = _run_names(args.sources)
+    transfer = [_split_transfer(spec, run_names) for spec in args.transfer or ()]
     loaded = []
-    seen: dict[str, int] = {}
-    for src in args.sources:
+    for src, name in zip(args.sources, run_names, strict=True):
         emb, lab, names, groups = _load_groups(args, src)
         if args.groups:
             groups = _require_groups(groups, src)
-        p = Path(src)
-        name = p.name if p.is_dir() else p.stem
-        seen[name] = seen.get(name, 0) + 1
-        if seen[name] > 1:
-            name = f"{name} ({seen[name]})"
         loaded.append((name, emb, lab, names, groups if args.groups else None))
-    run_names = [item[0] for item in loaded]
-    transfer = [_split_transfer(spec, run_names) for spec in args.transfer or ()]
     in_transfer = {n for pair in transfer for n in pair}
     runs = []
     for name, emb, lab, names, groups in loaded:
@@ -523,8 +651,21 @@ def _cmd_report(args: argparse.Namespace) -> int:
         n_boot=args.n_boot,
         transfer=transfer or None,
     )
-    _out(f"report: {index}")
+    _out(f"report: {console_text(index)}")
     return EXIT_OK
+
+
+def _run_names(sources: Sequence[str]) -> list[str]:
+    """The report's run names: each source's file stem or directory name, ``" (2)"``, ... added
+    to repeated names."""
+    out = []
+    seen: dict[str, int] = {}
+    for src in sources:
+        p = Path(src)
+        name = p.name if p.is_dir() else p.stem
+        seen[name] = seen.get(name, 0) + 1
+        out.append(name if seen[name] == 1 else f"{name} ({seen[name]})")
+    return out
 
 
 def _split_transfer(spec: str, names: Sequence[str]) -> tuple[str, str]:
@@ -656,8 +797,18 @@ def _add_dist_timeout_arg(p: argparse.ArgumentParser) -> None:
 
 
 def _add_ci_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--ci", type=float, metavar="LEVEL", help="class-bootstrap intervals, e.g. 0.95")
-    p.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples (default 1000)")
+    p.add_argument(
+        "--ci",
+        type=float,
+        metavar="LEVEL",
+        help="class-bootstrap intervals, LEVEL in (0, 1), e.g. 0.95",
+    )
+    p.add_argument(
+        "--n-boot",
+        type=int,
+        metavar="N",
+        help=f"with --ci: bootstrap resamples (default {N_BOOT_DEFAULT})",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -727,12 +878,19 @@ def build_parser() -> argparse.ArgumentParser:
         "--search-range",
         nargs=2,
         type=float,
-        default=[1e-4, 0.5],
         metavar=("LO", "HI"),
-        help="global-FAR range searched by --max-utility (default 1e-4 0.5)",
+        help="with --max-utility: global-FAR range searched (default 1e-4 0.5)",
     )
-    c.add_argument("--num-thresholds", type=int, default=201, help="grid size for --max-utility")
-    c.add_argument("--top", type=int, default=10, help="number of worst classes to list")
+    c.add_argument(
+        "--num-thresholds",
+        type=int,
+        help=f"with --max-utility: grid size, >= 2 (default {NUM_THRESHOLDS_DEFAULT})",
+    )
+    c.add_argument(
+        "--top",
+        type=int,
+        help=f"number of worst classes to list, >= 0 (default {TOP_DEFAULT}; not with --on)",
+    )
     c.add_argument(
         "--on",
         metavar="TARGET",
@@ -742,7 +900,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--source-group",
         action="append",
         metavar="NAME",
-        help="with --on: calibrate on these groups of SOURCE only (repeatable)",
+        help="calibrate on these groups of SOURCE only (repeatable)",
     )
     c.add_argument(
         "--target-group",
@@ -796,6 +954,157 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+# ----------------------------------------------------------------------------- option checks
+
+_SOURCE_OPTIONS = (
+    ("--data", "data"),
+    ("--root", "root"),
+    ("--split", "split"),
+    ("--batch-size", "batch_size"),
+    ("--device", "device"),
+)
+
+
+def _check_fraction(value: float | None, option: str) -> None:
+    if value is not None and not 0 < value < 1:  # NaN fails too
+        raise ValueError(f"{option} must lie in (0, 1); got {value}")
+
+
+def _check_at_least(value: int | None, option: str, minimum: int) -> None:
+    if value is not None and value < minimum:
+        raise ValueError(f"{option} must be >= {minimum}; got {value}")
+
+
+def _check_far_range(pair: Sequence[float], option: str) -> None:
+    lo, hi = pair
+    if not 0 < lo < hi < 1:
+        raise ValueError(f"{option} LO HI must satisfy 0 < LO < HI < 1; got {lo:g} {hi:g}")
+
+
+def _check_output_file(path: str, option: str, suffixes: Sequence[str]) -> None:
+    """An output file ``path`` can be written: the right suffix, not a directory, an existing
+    writable folder (checked before any work; the file itself is written atomically)."""
+    p = Path(path)
+    if p.suffix not in suffixes:
+        raise ValueError(f"{option} {path!r}: expected a {' or '.join(suffixes)} file name")
+    if p.is_dir():
+        raise ValueError(f"{option} {path!r} is a directory, not a file")
+    parent = p.parent
+    if not parent.exists():
+        raise ValueError(f"{option} {path!r}: folder {str(parent)!r} does not exist")
+    if not parent.is_dir():
+        raise ValueError(f"{option} {path!r}: {str(parent)!r} is a file, not a folder")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise ValueError(f"{option} {path!r}: folder {str(parent)!r} is not writable")
+
+
+def _check_output_dir(path: str, option: str) -> None:
+    """An output directory ``path`` can be created or written (nothing is created here)."""
+    p = Path(path)
+    if p.exists() and not p.is_dir():
+        raise ValueError(f"{option} {path!r} is a file, not a folder")
+    existing = next(q for q in (p, *p.parents) if q.exists())
+    if not existing.is_dir():
+        raise ValueError(f"{option} {path!r}: {str(existing)!r} is a file, not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ValueError(f"{option} {path!r}: folder {str(existing)!r} is not writable")
+
+
+def _sources(args: argparse.Namespace) -> list[str]:
+    """The SOURCEs of a command whose ``--data ... --device`` options embed checkpoints."""
+    if args.command == "report":
+        return list(args.sources)
+    if args.command == "calibrate" and args.on is not None:
+        return [args.source, args.on]
+    return [args.source] if args.command in ("evaluate", "calibrate") else [args.checkpoint]
+
+
+def _check_options(args: argparse.Namespace) -> None:
+    """Refuse, before anything is loaded, every bad option value, every option that would have
+    no effect (it only matters with another option or input) and every unusable output path;
+    then fill in the defaults of the options parsed as ``None`` (so that "given" is known).
+
+    Raises:
+        ValueError: naming the option (exit code 2).
+    """
+    cmd = args.command
+    if cmd == "train" and args.force and not args.resume:
+        raise ValueError("--force only applies with --resume (resume despite a changed recipe)")
+    if hasattr(args, "batch_size"):
+        sources = _sources(args)
+        if cmd != "embed" and not any(_is_checkpoint(src) for src in sources):
+            for option, attr in _SOURCE_OPTIONS:
+                if getattr(args, attr) is not None:
+                    what = "is an embeddings file" if len(sources) == 1 else "are embeddings files"
+                    raise ValueError(
+                        f"{option} only applies to checkpoint sources (embedded on the fly); "
+                        f"{', '.join(map(repr, sources))} {what}"
+                    )
+        _check_at_least(args.batch_size, "--batch-size", 1)
+        for attr, default in SOURCE_DEFAULTS.items():
+            if getattr(args, attr) is None:
+                setattr(args, attr, default)
+    if hasattr(args, "n_boot"):
+        _check_fraction(args.ci, "--ci")
+        if args.n_boot is not None and args.ci is None:
+            raise ValueError("--n-boot N only applies with --ci LEVEL (the bootstrap intervals)")
+        _check_at_least(args.n_boot, "--n-boot", 1)
+        args.n_boot = N_BOOT_DEFAULT if args.n_boot is None else args.n_boot
+    if cmd == "evaluate":
+        _check_far_range(args.far_range, "--far-range")
+    elif cmd == "calibrate":
+        _check_calibrate(args)
+    elif cmd == "verify":
+        for far in args.far or ():
+            _check_fraction(far, "--far")
+    elif cmd == "embed":
+        _check_output_file(args.out, "--out", EMBEDDING_SUFFIXES)
+    elif cmd == "report":
+        t = args.threshold
+        if t is not None and not -1 <= t <= 1:  # NaN fails too
+            raise ValueError(f"--threshold must be a cosine similarity in [-1, 1]; got {t}")
+        names = _run_names(args.sources)
+        for spec in args.transfer or ():
+            _split_transfer(spec, names)
+        _check_output_dir(args.out, "--out")
+    if getattr(args, "json", None):
+        _check_output_file(args.json, "--json", (".json",))
+
+
+def _check_calibrate(args: argparse.Namespace) -> None:
+    """:func:`_check_options` of ``tcm calibrate``."""
+    if args.far is None and not args.max_utility:
+        raise ValueError("choose a target: --far F (e.g. 1e-3) or --max-utility")
+    _check_fraction(args.far, "--far")
+    _check_at_least(args.top, "--top", 0)
+    if args.on is not None:
+        if args.far is None:
+            raise ValueError("--on TARGET needs --far F (the threshold is calibrated on SOURCE)")
+        if args.top is not None:
+            raise ValueError(
+                "--top lists the worst classes of a calibration without --on; with --on TARGET "
+                "the target's per-class FAR is summarised instead"
+            )
+    elif args.target_group:
+        raise ValueError("--target-group needs --on TARGET (without --on there is no target)")
+    for option, attr in (
+        ("--search-range", "search_range"),
+        ("--num-thresholds", "num_thresholds"),
+    ):
+        if getattr(args, attr) is not None and not args.max_utility:
+            raise ValueError(f"{option} only applies with --max-utility (the searched grid)")
+    if args.search_range is not None:
+        _check_far_range(args.search_range, "--search-range")
+    if args.num_thresholds is not None:
+        from tcm.metrics._checks import check_num_thresholds
+
+        check_num_thresholds(args.num_thresholds, "--num-thresholds")
+    args.top = TOP_DEFAULT if args.top is None else args.top
+    args.search_range = SEARCH_RANGE_DEFAULT if args.search_range is None else args.search_range
+    if args.num_thresholds is None:
+        args.num_thresholds = NUM_THRESHOLDS_DEFAULT
+
+
 def _one_line(exc: BaseException) -> str:
     text = str(exc).strip() or type(exc).__name__
     if not isinstance(exc, ValueError | OSError):
@@ -809,14 +1118,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``tcm`` console script; returns the exit code.
 
     Exit codes: 0 ok; 1 training diverged; 2 any other error (bad config, data, file, output
-    directory, checkpoint, ...): one ``tcm COMMAND: error: ...`` message on stderr, plus the
-    traceback with ``--debug``; 130 Ctrl-C; 143 SIGTERM.
+    path, option value or an option without effect, checkpoint, ...): one
+    ``tcm COMMAND: error: ...`` message on stderr (control characters escaped), plus the
+    traceback with ``--debug``; 130 Ctrl-C; 141 standard output closed by its reader (files
+    written before are complete); 143 SIGTERM.
     """
     parser = build_parser()
     args = parser.parse_args(argv)
     debug = bool(getattr(args, "debug", False))
     joined = False
     try:
+        _check_options(args)
         if args.command in ("evaluate", "calibrate"):
             joined = _init_distributed(args.dist_timeout)
         code: int = args.func(args)
@@ -826,6 +1138,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"tcm {args.command}: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except StdoutClosed:
+        _silence_stdout()
+        return EXIT_STDOUT_CLOSED
     except Exception as exc:
         from tcm.train.step import TrainingDivergedError
 
@@ -833,7 +1148,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             import traceback
 
             traceback.print_exc()
-        print(f"tcm {args.command}: error: {_one_line(exc)}", file=sys.stderr)
+        text = console_text(_one_line(exc), keep_newlines=True)
+        print(f"tcm {args.command}: error: {text}", file=sys.stderr)
         if isinstance(exc, TrainingDivergedError):
             return EXIT_DIVERGED
         return EXIT_BAD_INPUT
@@ -841,3 +1157,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         if joined:
             _leave_distributed(clean=False)
     return code
+
+
+def _silence_stdout() -> None:
+    """After the reader of stdout went away: point the stdout descriptor at ``os.devnull`` so
+    that the interpreter's final flush of the buffered text does not fail again (the recipe of
+    the Python docs, "Note on SIGPIPE"). Only for the process's own stdout (not in tests that
+    replaced ``sys.stdout``)."""
+    if sys.stdout is not sys.__stdout__ or sys.stdout is None:
+        return
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):
+        pass

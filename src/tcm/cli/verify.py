@@ -4,7 +4,8 @@
 ``embeddings`` and ``ids``; ``FILE`` is an LFW ``pairs.txt`` (ids ``name/name_%04d.jpg``) or a CSV
 ``a,b,same[,fold]`` (:mod:`tcm.data.pairs`). Prints TAR@FAR (FAR 1e-4 .. 1e-1, the threshold being
 the exact impostor-similarity quantile), the EER and, for lists with folds, the cross-validated
-accuracy (LFW rule); ``--json`` writes :meth:`tcm.metrics.Verification.to_dict` atomically.
+accuracy (LFW rule); ``--json`` writes :meth:`tcm.metrics.Verification.to_dict` atomically, as
+strict JSON (:func:`tcm.metrics.results.json_value`: NaN -> null, inf -> "inf").
 Bad input (unknown id, malformed line, ...) exits with status 2 and one ``error:`` line.
 
 Example:
@@ -15,7 +16,6 @@ Example:
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 from typing import Any
 
@@ -94,15 +94,15 @@ def format_table(res: dict[str, Any]) -> str:
 
 
 def _cmd_verify(args: argparse.Namespace) -> int:
-    from tcm.train.checkpoint import atomic_write
+    from tcm.cli.main import _out, _write_json, console_text
 
     fars = tuple(args.far) if args.far else None
     res = run_verify(args.embeddings, args.pairs, fars)
-    print(format_table(res), flush=True)
+    if args.json:  # the file first (strict JSON, atomic): a closed stdout cannot lose it
+        _write_json(args.json, res)
+    _out(format_table(res))
     if args.json:
-        data = json.dumps(res, indent=2).encode()
-        atomic_write(args.json, lambda fh: fh.write(data))
-        print(f"wrote {args.json}", flush=True)
+        _out(f"wrote {console_text(args.json)}")
     return 0
 
 
