@@ -83,6 +83,7 @@ from tcm.metrics.groups import SUMMARY_KEYS as GROUP_SUMMARY_KEYS
 from tcm.metrics.groups import (
     GroupConsistency,
     GroupOperatingPoint,
+    check_group_consistency_input,
     group_consistency_view,
     group_operating_point_view,
 )
@@ -389,6 +390,8 @@ def evaluate(
     index = PairIndex(
         embeddings, labels, groups if "groups" in sections else None, block_size=block_size
     )
+    if "groups" in sections:
+        check_group_consistency_input(index)  # before any pass over the pairs
     retrieval = None
     if "retrieval" in sections:
         fn = retrieval_metrics if comm is None else distributed_retrieval_metrics

@@ -65,6 +65,7 @@ from tcm.metrics.statistics import (
 __all__ = [
     "GroupConsistency",
     "GroupOperatingPoint",
+    "check_group_consistency_input",
     "gini",
     "group_consistency",
     "group_consistency_view",
@@ -206,10 +207,12 @@ def _group_tables(stats: PairStats, column: int, xcol: int) -> dict[str, np.ndar
     _, n_cg, gs = _require_groups(stats)
     n_cg = n_cg.astype(np.float64)
     n_g = n_cg.sum(axis=0)
-    gen_acc = CountState.accepted(gs.gpos)[:, :, column]  # (C, G)
-    imp_acc = CountState.accepted(gs.gneg)[:, :, column]  # each impostor pair twice (both classes)
-    xgen = CountState.accepted(gs.xpos)[:, :, :, xcol]  # (C, G, G)
-    ximp = CountState.accepted(gs.xneg)[:, :, :, xcol]
+    # accepted at one column = the buckets above it (CountState.accepted without its full-size
+    # copies of the tables)
+    gen_acc = gs.gpos[:, :, column + 1 :].sum(axis=-1)  # (C, G)
+    imp_acc = gs.gneg[:, :, column + 1 :].sum(axis=-1)  # each impostor pair twice (both classes)
+    xgen = gs.xpos[:, :, :, xcol + 1 :].sum(axis=-1)  # (C, G, G)
+    ximp = gs.xneg[:, :, :, xcol + 1 :].sum(axis=-1)
     eye = np.eye(n_cg.shape[1])
     return {
         "gen_acc": gen_acc.astype(np.float64),
@@ -331,6 +334,33 @@ class GroupConsistency:
         }
 
 
+def _groups_with_both_kinds(n_cg: np.ndarray, names: np.ndarray) -> np.ndarray:
+    """``(G,)`` bool: groups with both genuine and impostor within-group pairs, from the
+    ``(C, G)`` class-group sizes alone; ValueError if fewer than 2."""
+    n = np.asarray(n_cg, dtype=np.float64)
+    gen = (n * (n - 1) / 2).sum(axis=0)
+    imp = (n * (n.sum(axis=0)[None, :] - n)).sum(axis=0)
+    inc = np.asarray((gen > 0) & (imp > 0))
+    if int(inc.sum()) < 2:
+        raise ValueError(
+            f"fewer than 2 groups with both genuine and impostor pairs ({int(inc.sum())} of "
+            f"{names.shape[0]}): group OPIS compares at least 2 groups, each needing two samples "
+            "of one class and two samples of different classes"
+        )
+    return inc
+
+
+def check_group_consistency_input(index: PairIndex) -> None:
+    """Raise before any pass over the pairs when group OPIS is undefined for ``index`` (fewer
+    than 2 groups with both genuine and impostor pairs; decided by labels and groups alone)."""
+    if index.group_codes is None or index.group_names is None:
+        raise ValueError("group consistency needs groups: build the PairIndex with groups=")
+    prep = index.prepared
+    n_cg = np.zeros((prep.num_classes, index.group_names.shape[0]), dtype=np.int64)
+    np.add.at(n_cg, (prep.codes, index.group_codes), 1)
+    _groups_with_both_kinds(n_cg, index.group_names)
+
+
 def group_consistency_view(
     stats: PairStats,
     *,
@@ -353,12 +383,7 @@ def group_consistency_view(
     imp = CountState.accepted(gs.gneg)[:, :, g.columns].astype(np.float64)
     gen_den = n * (n - 1) / 2  # (C, G)
     imp_den = n * (n_g[None, :] - n)
-    inc = (gen_den.sum(axis=0) > 0) & (imp_den.sum(axis=0) > 0)
-    if int(inc.sum()) < 2:
-        raise ValueError(
-            f"fewer than 2 groups with both genuine and impostor pairs ({int(inc.sum())} of "
-            f"{names.shape[0]})"
-        )
+    inc = _groups_with_both_kinds(n_cg, names)
 
     def table(w: np.ndarray | None) -> np.ndarray:
         if w is None:
@@ -441,5 +466,6 @@ def group_consistency(
     """Group OPIS / eps-OPIS (classes replaced by groups; the grid spans the global-FAR range
     of all negative pairs of the set). Two passes (quantiles, counts)."""
     index = PairIndex(embeddings, labels, groups, block_size=block_size)
+    check_group_consistency_input(index)
     stats = pair_statistics(index, far_range=far_range, num_thresholds=num_thresholds)
     return group_consistency_view(stats, epsilons=epsilons, ci=ci, n_boot=n_boot, seed=seed)
