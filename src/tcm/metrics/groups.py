@@ -43,11 +43,17 @@ from typing import Any
 import numpy as np
 
 from tcm._validation import ArrayLike
-from tcm.metrics._checks import check_epsilon, check_finite, check_fraction
+from tcm.metrics._checks import (
+    check_epsilon,
+    check_finite,
+    check_fraction,
+    check_num_thresholds,
+)
 from tcm.metrics._passes import CountState
 from tcm.metrics.bootstrap import (
     Interval,
     check_bootstrap_args,
+    check_bootstrap_memory,
     class_bootstrap_weights,
     interval_from_samples,
     ratio_or_nan,
@@ -67,6 +73,7 @@ __all__ = [
     "GroupOperatingPoint",
     "check_group_consistency_input",
     "gini",
+    "group_bootstrap_cells",
     "group_consistency",
     "group_consistency_view",
     "group_operating_point",
@@ -258,6 +265,8 @@ def group_operating_point_view(
     names, _, _ = _require_groups(stats)
     t = check_finite(threshold, "threshold")
     check_bootstrap_args(ci, n_boot)
+    if ci is not None:
+        check_bootstrap_memory(stats.classes.shape[0], n_boot, group_bootstrap_cells(len(names)))
     cross = stats.cross_thresholds if stats.cross_thresholds is not None else np.empty(0)
     xcols = np.flatnonzero(cross == t)
     if xcols.shape[0] == 0:
@@ -334,6 +343,15 @@ class GroupConsistency:
         }
 
 
+def group_bootstrap_cells(num_groups: int, num_thresholds: int = 0) -> int:
+    """Float64 cells per resample that the group intervals hold at once (for
+    :func:`~tcm.metrics.bootstrap.check_bootstrap_memory`): ``6 G^2`` for the rates and
+    cross-group matrices, plus ``8 G K`` for group OPIS on ``K`` thresholds (resampled
+    accepted counts, rates and utility; measured 6.5 - 7.2 ``G K``)."""
+    g = int(num_groups)
+    return 6 * g * g + 8 * g * int(num_thresholds)
+
+
 def _groups_with_both_kinds(n_cg: np.ndarray, names: np.ndarray) -> np.ndarray:
     """``(G,)`` bool: groups with both genuine and impostor within-group pairs, from the
     ``(C, G)`` class-group sizes alone; ValueError if fewer than 2."""
@@ -377,6 +395,9 @@ def group_consistency_view(
     if grid not in stats.grids:
         raise ValueError(f"no threshold grid {grid!r} was counted (have {sorted(stats.grids)})")
     g = stats.grids[grid]
+    if ci is not None:
+        cells = group_bootstrap_cells(len(names), g.thresholds.shape[0])
+        check_bootstrap_memory(stats.classes.shape[0], n_boot, cells)
     n = n_cg.astype(np.float64)
     n_g = n.sum(axis=0)
     gen = CountState.accepted(gs.gpos)[:, :, g.columns].astype(np.float64)  # (C, G, K)
@@ -445,7 +466,11 @@ def group_operating_point(
             errors of :class:`~tcm.metrics.statistics.PairIndex`.
     """
     t = check_finite(threshold, "threshold")
+    check_bootstrap_args(ci, n_boot)
     index = PairIndex(embeddings, labels, groups, block_size=block_size)
+    if ci is not None and index.group_names is not None:
+        cells = group_bootstrap_cells(index.group_names.shape[0])
+        check_bootstrap_memory(index.classes.shape[0], n_boot, cells)
     stats = pair_statistics(index, far_range=None, thresholds=[t])
     return group_operating_point_view(stats, t, alpha=alpha, ci=ci, n_boot=n_boot, seed=seed)
 
@@ -465,7 +490,12 @@ def group_consistency(
 ) -> GroupConsistency:
     """Group OPIS / eps-OPIS (classes replaced by groups; the grid spans the global-FAR range
     of all negative pairs of the set). Two passes (quantiles, counts)."""
+    check_bootstrap_args(ci, n_boot)
+    k = check_num_thresholds(num_thresholds)
     index = PairIndex(embeddings, labels, groups, block_size=block_size)
     check_group_consistency_input(index)
+    if ci is not None and index.group_names is not None:
+        cells = group_bootstrap_cells(index.group_names.shape[0], k)
+        check_bootstrap_memory(index.classes.shape[0], n_boot, cells)
     stats = pair_statistics(index, far_range=far_range, num_thresholds=num_thresholds)
     return group_consistency_view(stats, epsilons=epsilons, ci=ci, n_boot=n_boot, seed=seed)
