@@ -132,7 +132,7 @@ def table_memory_bytes(
 
     Checked against the measured peak (tracemalloc for NumPy, the RSS high-water mark for
     torch's tables, minus the same run with a 2-threshold grid) on 300 classes x 8 samples
-    with 1 - 3 workers: the estimate is 1.0 - 1.4 times the measured peak
+    with 1 - 3 workers: the estimate is 1.0 - 1.5 times the measured peak
     (``tests/test_metrics_groups.py::test_table_memory_estimate_covers_the_peak``).
     """
     c, k, w = int(num_classes), int(num_columns), max(1, int(workers))
