@@ -36,7 +36,6 @@ __all__ = ["build_parser", "console_text", "main"]
 
 EXIT_OK, EXIT_DIVERGED, EXIT_BAD_INPUT, EXIT_INTERRUPTED, EXIT_TERMINATED = 0, 1, 2, 130, 143
 EXIT_STDOUT_CLOSED = 141  # 128 + SIGPIPE, what a tool killed by a closed pipe reports
-DEMO_KEYS = ("recall_at_1", "map_at_r", "opis", "epsilon_opis_0.05", "epsilon_opis_0.1")
 #: Defaults of the options that only apply to some inputs (``None`` in the parser, so that an
 #: option given without effect can be refused; filled in by :func:`_check_options`).
 SOURCE_DEFAULTS: dict[str, Any] = {"split": "test", "batch_size": 256, "device": "auto"}
@@ -291,6 +290,7 @@ def _resume_hint(args: argparse.Namespace) -> str:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
+    from tcm.metrics import headline_keys
     from tcm.train.config import load_config
     from tcm.train.evaluation import metric_table
     from tcm.train.loop import train
@@ -312,7 +312,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         runs = {"validation (best)": result.best_metrics}
         if result.test_metrics:
             runs["test (same ckpt)"] = result.test_metrics
-        _out(metric_table(runs, DEMO_KEYS))
+        _out(metric_table(runs, headline_keys()))
         _out(result.selection.get("description", ""))
     _out(
         f"checkpoints: {result.best_checkpoint} (best on validation), "
@@ -322,7 +322,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    from tcm.metrics import DEFAULT_TAR_FARS, evaluate, metric_label
+    from tcm.metrics import DEFAULT_TAR_FARS, evaluate, metric_info, metric_label
     from tcm.train.evaluation import metric_table
 
     emb, lab, names, groups = _load_groups(args, args.source)
@@ -342,11 +342,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         if args.json:  # the file first: a closed stdout (`| head`) cannot lose it
             _write_json(args.json, {"source": args.source, **ev.to_dict(names)})
         metrics = ev.metrics()
-        shown = {
-            k: v
-            for k, v in metrics.items()
-            if not k.startswith(("threshold_at_far", "group_")) or k == "group_opis"
-        }
+        shown = {k: v for k, v in metrics.items() if metric_info(k).in_console}
         _out(metric_table({console_text(Path(args.source).name): shown}))
         if ev.intervals:
             _out(f"\n{ev.intervals[next(iter(ev.intervals))].ci:.0%} class-bootstrap intervals:")
@@ -723,6 +719,7 @@ DEMO_OVERRIDES: tuple[str, ...] = (
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
+    from tcm.metrics import headline_keys
     from tcm.train.evaluation import metric_table
     from tcm.train.loop import train
 
@@ -747,19 +744,19 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         "\nunseen test classes (glyphs), each run's checkpoint selected on held-out training "
         f"classes ({selection}); test classes used only for this table:"
     )
-    _out(metric_table(results, DEMO_KEYS))
+    _out(metric_table(results, headline_keys()))
     _write_json(Path(args.out) / "comparison.json", results)
     report_path: Path | None = None
     if not args.no_report:
         try:
-            from tcm.report import METRIC_KEYS, ReportRun, write_report
+            from tcm.report import ReportRun, write_report
         except ImportError as exc:  # pragma: no cover - report module missing
             _out(f"[demo] report skipped: {exc}")
         else:
             runs = []
             for name, npz in report_runs:
                 emb, lab, names = _load_array_file(npz)
-                best = {k: v for k, v in results[name].items() if k in METRIC_KEYS}
+                best = {k: v for k, v in results[name].items() if k in headline_keys()}
                 runs.append(ReportRun(name, emb, lab, metrics=best, class_names=names))
             report_path = write_report(Path(args.out) / "report", runs)
     if report_path is not None:
