@@ -5,7 +5,7 @@
 ``a,b,same[,fold]`` (:mod:`tcm.data.pairs`). Prints TAR@FAR (FAR 1e-4 .. 1e-1, the threshold being
 the exact impostor-similarity quantile), the EER and, for lists with folds, the cross-validated
 accuracy (LFW rule); ``--json`` writes :meth:`tcm.metrics.Verification.to_dict` atomically, as
-strict JSON (:func:`tcm.metrics.results.json_value`: NaN -> null, inf -> "inf").
+strict JSON (:func:`tcm._io.json_value`: NaN -> null, inf -> "inf").
 Bad input (unknown id, malformed line, ...) exits with status 2 and one ``error:`` line.
 
 Example:
@@ -94,12 +94,13 @@ def format_table(res: dict[str, Any]) -> str:
 
 
 def _cmd_verify(args: argparse.Namespace) -> int:
-    from tcm.cli.main import _out, _write_json, console_text
+    from tcm._io import write_json
+    from tcm.cli.main import _out, console_text
 
     fars = tuple(args.far) if args.far else None
     res = run_verify(args.embeddings, args.pairs, fars)
     if args.json:  # the file first (strict JSON, atomic): a closed stdout cannot lose it
-        _write_json(args.json, res)
+        write_json(args.json, res)
     _out(format_table(res))
     if args.json:
         _out(f"wrote {console_text(args.json)}")

@@ -27,7 +27,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import IO, Any
 
-from tcm.train.checkpoint import atomic_write, remove_stale_temporaries
+from tcm._io import atomic_write, remove_stale_temporaries
 
 __all__ = ["CSV_FIELDS", "CsvLog", "RunDir"]
 
@@ -89,7 +89,8 @@ class RunDir:
             ) from None
 
     def remove_stale_temporaries(self) -> list[Path]:
-        """Delete ``*.tmp-<pid>`` files left by killed runs (see ``checkpoint``)."""
+        """Delete the ``*.tmp-<pid>`` files of killed runs (only of processes no longer alive: a
+        concurrent writer's files are kept; :func:`tcm._io.remove_stale_temporaries`)."""
         return remove_stale_temporaries(self.root)
 
 
