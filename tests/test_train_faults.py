@@ -318,9 +318,17 @@ def test_divergence_is_the_only_exit_1(
     assert "lower learning rate" in capsys.readouterr().err
 
 
+def _dead_pid() -> int:
+    """The pid of a process that has exited."""
+    p = subprocess.Popen([sys.executable, "-c", "pass"])
+    p.wait()
+    return p.pid
+
+
 def test_stale_temporaries_removed_on_start(tmp_path: Path) -> None:
     tmp_path.mkdir(exist_ok=True)
-    stale = [tmp_path / "last.pt.tmp-4242", tmp_path / "embeddings.npz.tmp-77"]
+    dead = _dead_pid()
+    stale = [tmp_path / f"last.pt.tmp-{dead}", tmp_path / f"embeddings.npz.tmp-{dead}"]
     for p in stale:
         p.write_bytes(b"\0" * 100)
     keep = tmp_path / "notes.tmp-draft"
@@ -328,6 +336,19 @@ def test_stale_temporaries_removed_on_start(tmp_path: Path) -> None:
     train(_cfg(tmp_path, "train.epochs=1"), echo=None)
     assert not any(p.exists() for p in stale)
     assert keep.exists()
+
+
+def test_temporaries_of_a_live_writer_are_kept_on_start(tmp_path: Path) -> None:
+    """A concurrent process still writing into the run directory keeps its temporary file."""
+    writer = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        live = tmp_path / f"log.csv.tmp-{writer.pid}"
+        live.write_bytes(b"half written")
+        train(_cfg(tmp_path, "train.epochs=1"), echo=None)
+        assert live.read_bytes() == b"half written"
+    finally:
+        writer.kill()
+        writer.wait()
 
 
 def test_checkpoint_written_before_evaluation(
