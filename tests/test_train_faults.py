@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 
@@ -349,6 +350,46 @@ def test_temporaries_of_a_live_writer_are_kept_on_start(tmp_path: Path) -> None:
     finally:
         writer.kill()
         writer.wait()
+
+
+def test_metrics_json_is_strict_json(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """NaN / inf metrics are written as null / "inf" (no NaN / Infinity tokens)."""
+    import tcm.train.runner as runner
+
+    real = runner.compute_metrics
+
+    def with_undefined(*a: Any, **k: Any) -> Any:
+        return {**real(*a, **k), "undefined": float("nan"), "unbounded": float("inf")}
+
+    monkeypatch.setattr(runner, "compute_metrics", with_undefined)
+    train(_cfg(tmp_path), echo=None)
+
+    def refuse(token: str) -> Any:
+        raise ValueError(f"non-standard JSON token {token}")
+
+    doc = json.loads((tmp_path / "metrics.json").read_text(), parse_constant=refuse)
+    for metrics in (doc["last"], doc["test"]["metrics"]):
+        assert metrics["undefined"] is None and metrics["unbounded"] == "inf"
+
+
+def test_embeddings_file_written_once_with_ids(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The run's embeddings.npz is written in one go (no write / re-read / rewrite for ids)."""
+    import tcm._io as tio
+
+    real, writes = tio.atomic_write, []
+
+    def counting(path: Any, write: Any) -> Path:
+        writes.append(Path(path).name)
+        return real(path, write)
+
+    monkeypatch.setattr(tio, "atomic_write", counting)
+    train(_cfg(tmp_path), echo=None)
+    assert writes.count("embeddings.npz") == 1
+    with np.load(tmp_path / "embeddings.npz") as z:
+        assert z.files == ["embeddings", "labels", "class_names", "ids"]
+        assert len(z["ids"]) == len(z["labels"])
 
 
 def test_checkpoint_written_before_evaluation(
