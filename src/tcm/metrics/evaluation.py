@@ -77,6 +77,7 @@ from tcm.metrics._progress import Progress, reporting
 from tcm.metrics.bootstrap import (
     Interval,
     check_bootstrap_args,
+    check_bootstrap_memory,
 )
 from tcm.metrics.calibration import SEARCH_GRID, Calibration, calibrate
 from tcm.metrics.distributed import Communicator, default_communicator
@@ -84,6 +85,8 @@ from tcm.metrics.groups import SUMMARY_KEYS as GROUP_SUMMARY_KEYS
 from tcm.metrics.groups import (
     GroupConsistency,
     GroupOperatingPoint,
+    check_group_consistency_input,
+    group_bootstrap_cells,
     group_consistency_view,
     group_operating_point_view,
 )
@@ -394,6 +397,11 @@ def evaluate(
     index = PairIndex(
         embeddings, labels, groups if "groups" in sections else None, block_size=block_size
     )
+    if "groups" in sections:
+        check_group_consistency_input(index)  # before any pass over the pairs
+    if ci is not None:
+        ng = 0 if index.group_names is None else int(index.group_names.shape[0])
+        check_bootstrap_memory(index.classes.shape[0], n_boot, 4 * k + group_bootstrap_cells(ng, k))
     retrieval = None
     if "retrieval" in sections:
         fn = retrieval_metrics if comm is None else distributed_retrieval_metrics
