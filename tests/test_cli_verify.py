@@ -15,8 +15,9 @@ from PIL import Image
 
 import tcm.data as tdata
 from conftest import tiny_dataset
+from tcm._io import write_embeddings
 from tcm.cli.main import main
-from tcm.data.embedding_file import add_sample_arrays, read_embedding_file
+from tcm.data.embedding_file import read_embedding_file
 from tcm.metrics.verification import verification
 
 PEOPLE = [f"Person_{k:02d}" for k in range(14)]
@@ -78,8 +79,7 @@ def embeddings_file(path: Path, tree: dict[str, int], seed: int = 0) -> np.ndarr
     labels = np.array([tree[i] for i in ids])
     emb = (protos[labels] + 0.9 * rng.normal(size=(len(ids), 12))).astype(np.float32)
     ids_perm = rng.permutation(len(ids))  # store rows in a shuffled order
-    np.savez(path, embeddings=emb[ids_perm], labels=labels[ids_perm])
-    add_sample_arrays(path, ids=[ids[k] for k in ids_perm])
+    write_embeddings(path, emb[ids_perm], labels[ids_perm], ids=[ids[k] for k in ids_perm])
     return emb
 
 
@@ -166,13 +166,11 @@ def test_verify_lfw_ten_fold_against_brute_force(
 
 def test_verify_csv_and_safetensors(lfw: tuple[Path, Path], tmp_path: Path) -> None:
     emb, pairs = lfw
-    from safetensors.numpy import save_file
 
     f = read_embedding_file(emb)
     st = tmp_path / "emb.safetensors"
-    save_file({"embeddings": f.embeddings}, str(st))
-    assert f.ids is not None
-    add_sample_arrays(st, ids=f.ids)
+    assert f.ids is not None and f.labels is not None
+    write_embeddings(st, f.embeddings, f.labels, ids=f.ids)
     rows = ["a,b,same,fold"]
     lines = pairs.read_text().splitlines()[1:]
     for k, line in enumerate(lines):
@@ -314,9 +312,9 @@ def test_verify_missing_files_exit_2(tmp_path: Path, capsys: pytest.CaptureFixtu
 
 def test_embedding_file_length_checks(tmp_path: Path) -> None:
     e = tmp_path / "e.npz"
-    np.savez(e, embeddings=np.ones((3, 2)))
     with pytest.raises(ValueError, match="'ids' has length 2 but there are 3 embeddings"):
-        add_sample_arrays(e, ids=["a", "b"])
+        write_embeddings(e, np.ones((3, 2)), np.zeros(3), ids=["a", "b"])
+    assert not e.exists()
     np.savez(e, embeddings=np.ones((3, 2)), ids=np.array(["a", "b"]))
     with pytest.raises(ValueError, match="'ids' has length 2"):
         read_embedding_file(e)

@@ -19,7 +19,6 @@ Example:
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -31,6 +30,7 @@ from typing import Any
 import numpy as np
 
 import tcm
+from tcm._io import write_embeddings, write_json
 
 __all__ = ["build_parser", "console_text", "main"]
 
@@ -90,21 +90,6 @@ def _out(text: str) -> None:
 def _warn(command: str, text: str) -> None:
     """One ``tcm COMMAND: warning: ...`` line on stderr (control characters escaped)."""
     print(f"tcm {command}: warning: {console_text(text)}", file=sys.stderr, flush=True)
-
-
-def _json_bytes(obj: Any) -> bytes:
-    """Strict JSON (``tcm.metrics.results.json_value``: NaN -> null, inf -> "inf")."""
-    from tcm.metrics.results import json_value
-
-    return json.dumps(json_value(obj), indent=2, allow_nan=False).encode()
-
-
-def _write_json(path: str | Path, obj: Any) -> Path:
-    """Write ``obj`` as strict JSON (:func:`_json_bytes`), atomically."""
-    from tcm.train.checkpoint import atomic_write
-
-    data = _json_bytes(obj)
-    return atomic_write(path, lambda fh: fh.write(data))
 
 
 # ----------------------------------------------------------------------------- sources
@@ -340,7 +325,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     )
     if _rank() == 0:
         if args.json:  # the file first: a closed stdout (`| head`) cannot lose it
-            _write_json(args.json, {"source": args.source, **ev.to_dict(names)})
+            write_json(args.json, {"source": args.source, **ev.to_dict(names)})
         metrics = ev.metrics()
         shown = {k: v for k, v in metrics.items() if metric_info(k).in_console}
         _out(metric_table({console_text(Path(args.source).name): shown}))
@@ -451,7 +436,7 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
     if warnings:
         res["warnings"] = warnings
     if args.json:  # the file first: a closed stdout (`| head`) cannot lose it
-        _write_json(args.json, res)
+        write_json(args.json, res)
     for w in warnings:
         _warn(args.command, w)
     if args.source_group:
@@ -543,7 +528,7 @@ def _calibrate_transfer(args: argparse.Namespace) -> int:
     warnings = _far_resolution_warnings(args.far, sets)
     if args.json:  # the file first: a closed stdout (`| head`) cannot lose it
         res = {"source": args.source, "target": args.on, **tr.to_dict()}
-        _write_json(args.json, {**res, "warnings": warnings} if warnings else res)
+        write_json(args.json, {**res, "warnings": warnings} if warnings else res)
     for w in warnings:
         _warn(args.command, w)
     src = console_text(args.source)
@@ -578,8 +563,6 @@ def _calibrate_transfer(args: argparse.Namespace) -> int:
 
 
 def _cmd_embed(args: argparse.Namespace) -> int:
-    from tcm.train.loop import save_embeddings
-
     path = Path(args.checkpoint)
     if not path.is_file():
         raise ValueError(f"checkpoint not found: {path}")
@@ -594,10 +577,9 @@ def _cmd_embed(args: argparse.Namespace) -> int:
         info,
         progress=_show_progress(args),
     )
-    out = save_embeddings(args.out, emb, lab, names)
-    from tcm.data.embedding_file import add_sample_arrays
-
-    add_sample_arrays(out, ids=info.get("ids"), groups=info.get("groups"))
+    out = write_embeddings(
+        args.out, emb, lab, names, ids=info.get("ids"), groups=info.get("groups")
+    )
     _out(
         f"wrote {console_text(out)}: {emb.shape[0]} embeddings of dim {emb.shape[1]}, "
         f"{len(names)} classes"
@@ -745,7 +727,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         f"classes ({selection}); test classes used only for this table:"
     )
     _out(metric_table(results, headline_keys()))
-    _write_json(Path(args.out) / "comparison.json", results)
+    write_json(Path(args.out) / "comparison.json", results)
     report_path: Path | None = None
     if not args.no_report:
         try:

@@ -7,7 +7,7 @@ the exact impostor-similarity quantile), the EER and, for lists with at least 2 
 cross-validated accuracy (LFW rule; a one-fold list such as ``pairsDevTrain.txt`` gets TAR@FAR
 and EER, and the accuracy row and the JSON's ``accuracy_note`` say why it is absent);
 ``--json`` writes :meth:`tcm.metrics.Verification.to_dict` atomically, as strict JSON
-(:func:`tcm.metrics.results.json_value`: NaN -> null, inf -> "inf").
+(:func:`tcm._io.json_value`: NaN -> null, inf -> "inf").
 Bad input (unknown id, malformed line, ...) exits with status 2 and one ``error:`` line.
 
 Example:
@@ -98,12 +98,13 @@ def format_table(res: dict[str, Any]) -> str:
 
 
 def _cmd_verify(args: argparse.Namespace) -> int:
-    from tcm.cli.main import _out, _write_json, console_text
+    from tcm._io import write_json
+    from tcm.cli.main import _out, console_text
 
     fars = tuple(args.far) if args.far else None
     res = run_verify(args.embeddings, args.pairs, fars)
     if args.json:  # the file first (strict JSON, atomic): a closed stdout cannot lose it
-        _write_json(args.json, res)
+        write_json(args.json, res)
     _out(format_table(res))
     if args.json:
         _out(f"wrote {console_text(args.json)}")

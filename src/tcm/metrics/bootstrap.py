@@ -39,6 +39,7 @@ from typing import Any
 
 import numpy as np
 
+from tcm._io import json_value
 from tcm.metrics import _checks
 
 __all__ = [
@@ -151,14 +152,6 @@ def _value(x: np.ndarray) -> FloatOrArray:
     return float(x) if x.ndim == 0 else x
 
 
-def _jsonable(x: FloatOrArray | None) -> Any:
-    if x is None:
-        return None
-    if isinstance(x, np.ndarray):
-        return x.tolist()
-    return float(x)
-
-
 @dataclass(frozen=True)
 class Interval:
     """A bootstrap percentile interval.
@@ -184,13 +177,14 @@ class Interval:
     n_valid: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        """``{"lo", "hi", "ci", "n_boot", "point", "n_valid"}`` (arrays -> lists)."""
+        """``{"lo", "hi", "ci", "n_boot", "point", "n_valid"}`` (arrays -> lists; NaN -> ``None``,
+        ``±inf`` -> ``"inf"`` / ``"-inf"``: :func:`tcm._io.json_value`)."""
         return {
-            "lo": _jsonable(self.lo),
-            "hi": _jsonable(self.hi),
+            "lo": json_value(self.lo),
+            "hi": json_value(self.hi),
             "ci": self.ci,
             "n_boot": self.n_boot,
-            "point": _jsonable(self.point),
+            "point": json_value(self.point),
             "n_valid": self.n_valid,
         }
 

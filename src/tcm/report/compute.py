@@ -20,43 +20,19 @@ A missing section is a :class:`ValueError` that names it.
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from tcm._io import json_value
 from tcm.metrics import Evaluation, GroupOperatingPoint, Interval, OperatingPoint
 from tcm.metrics.vocabulary import headline_keys, metric_info
 from tcm.report.plots import far_log_ratio
 from tcm.report.run import ReportRun
 
-__all__ = ["RunAnalysis", "analyse_run", "class_display_names", "json_value"]
-
-
-def json_value(x: Any) -> Any:
-    """``x`` (float, NumPy array / scalar, nested lists / dicts) as strict JSON values: NaN ->
-    ``None``, ``±inf`` -> the strings ``"inf"`` / ``"-inf"``, arrays -> lists.
-
-    Example:
-        >>> json_value({"a": np.array([1.0, np.nan, np.inf]), "b": -math.inf})
-        {'a': [1.0, None, 'inf'], 'b': '-inf'}
-    """
-    if isinstance(x, dict):
-        return {str(k): json_value(v) for k, v in x.items()}
-    if isinstance(x, np.ndarray):
-        return [json_value(v) for v in x.tolist()]
-    if isinstance(x, list | tuple):
-        return [json_value(v) for v in x]
-    if isinstance(x, np.generic):
-        x = x.item()
-    if isinstance(x, float):
-        if math.isnan(x):
-            return None
-        if math.isinf(x):
-            return "inf" if x > 0 else "-inf"
-    return x
+__all__ = ["RunAnalysis", "analyse_run", "class_display_names"]
 
 
 def interval_json(iv: Interval) -> dict[str, Any]:

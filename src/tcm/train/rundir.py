@@ -27,8 +27,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import IO, Any
 
+from tcm._io import atomic_write, remove_stale_temporaries
 from tcm.metrics.vocabulary import headline_keys, metric_info
-from tcm.train.checkpoint import atomic_write, remove_stale_temporaries
 
 __all__ = ["CSV_FIELDS", "RUN_COLUMNS", "CsvLog", "RunDir", "csv_fields"]
 
@@ -86,7 +86,8 @@ class RunDir:
             ) from None
 
     def remove_stale_temporaries(self) -> list[Path]:
-        """Delete ``*.tmp-<pid>`` files left by killed runs (see ``checkpoint``)."""
+        """Delete the ``*.tmp-<pid>`` files of killed runs (only of processes no longer alive: a
+        concurrent writer's files are kept; :func:`tcm._io.remove_stale_temporaries`)."""
         return remove_stale_temporaries(self.root)
 
 
