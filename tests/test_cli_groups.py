@@ -87,7 +87,7 @@ def test_calibrate_across_groups_of_one_file(
     [
         (["--ci", "0.95", "--n-boot", "1"], "too few for a 0.95 interval"),
         (["--ci", "0.95", "--n-boot", "3000000"], "above the limit of 100,000"),
-        (["--ci", "1.5"], "open interval"),
+        (["--ci", "1.5"], "must lie in (0, 1)"),
     ],
 )
 def test_bootstrap_bounds_exit_2_before_any_pass(

@@ -104,7 +104,7 @@ def test_stopped_rank_ends_both_ranks_within_the_timeout(tmp_path: Path) -> None
             stderr=subprocess.PIPE,
             text=True,
         )
-        code, err = _wait(rank0, 45)
+        code, err = _wait(rank0, 120)  # generous: start-up on a loaded 2-core machine
         took = time.time() - float(marker.read_text())
         lines = err.strip().splitlines()
         assert code == EXIT_BAD_INPUT, err[-2000:]
@@ -112,10 +112,10 @@ def test_stopped_rank_ends_both_ranks_within_the_timeout(tmp_path: Path) -> None
         assert lines[0].startswith("tcm evaluate: error: rank 0: "), lines[0]
         assert "within 3 s" in lines[0] and "--dist-timeout" in lines[0], lines[0]
         assert DIST_TIMEOUT_ENV in lines[0], lines[0]
-        assert 2.5 < took < 20, took  # the 3 s timeout, not torch's 30 minutes
+        assert 2.5 < took < 60, took  # the 3 s timeout (+ a loaded machine), not torch's 30 min
         # the stopped rank, once continued, finds its peer gone and exits with an error too
         rank1.send_signal(signal.SIGCONT)
-        code1, err1 = _wait(rank1, 30)
+        code1, err1 = _wait(rank1, 60)
         assert code1 == EXIT_BAD_INPUT, err1[-2000:]
         assert err1.strip().splitlines()[-1].startswith("tcm evaluate: error: "), err1[-2000:]
     finally:
@@ -136,11 +136,11 @@ def test_missing_rank_fails_the_rendezvous_within_the_timeout(tmp_path: Path) ->
         stderr=subprocess.PIPE,
         text=True,
     )
-    code, err = _wait(rank0, 40)
+    code, err = _wait(rank0, 120)
     lines = err.strip().splitlines()
     assert code == EXIT_BAD_INPUT and len(lines) == 1, err[-2000:]
     assert "joining the process group" in lines[0] and "within 2 s" in lines[0], lines[0]
-    assert time.monotonic() - t0 < 30
+    assert time.monotonic() - t0 < 90  # start-up under load included; torch's default: 30 min
 
 
 def test_timeout_resolution(monkeypatch: pytest.MonkeyPatch) -> None:
