@@ -359,7 +359,8 @@ def test_metrics_json_is_strict_json(tmp_path: Path, monkeypatch: pytest.MonkeyP
     real = runner.compute_metrics
 
     def with_undefined(*a: Any, **k: Any) -> Any:
-        return {**real(*a, **k), "undefined": float("nan"), "unbounded": float("inf")}
+        # known metric keys (the metric table refuses others) with values JSON has no token for
+        return {**real(*a, **k), "r_precision": float("nan"), "threshold": float("inf")}
 
     monkeypatch.setattr(runner, "compute_metrics", with_undefined)
     train(_cfg(tmp_path), echo=None)
@@ -369,7 +370,7 @@ def test_metrics_json_is_strict_json(tmp_path: Path, monkeypatch: pytest.MonkeyP
 
     doc = json.loads((tmp_path / "metrics.json").read_text(), parse_constant=refuse)
     for metrics in (doc["last"], doc["test"]["metrics"]):
-        assert metrics["undefined"] is None and metrics["unbounded"] == "inf"
+        assert metrics["r_precision"] is None and metrics["threshold"] == "inf"
 
 
 def test_embeddings_file_written_once_with_ids(
