@@ -23,11 +23,11 @@ from tcm.train.evaluation import compute_metrics, metric_table
 from tcm.train.loop import (
     StepInfo,
     TrainingDivergedError,
-    _lr_lambda,
     load_model,
     save_embeddings,
     train,
 )
+from tcm.train.step import lr_lambda
 
 
 @pytest.fixture(autouse=True)
@@ -228,17 +228,17 @@ def test_lr_schedule_matches_formula() -> None:
     cfg = load_config(
         None, ["optim.warmup_steps=4", "optim.schedule=cosine", "optim.min_lr_ratio=0.1"]
     )
-    f = _lr_lambda(cfg, 24)
+    f = lr_lambda(cfg, 24)
     for s in range(4):
         assert f(s) == pytest.approx((s + 1) / 4)
     for s in range(4, 25):
         p = (s - 4) / 20
         assert f(s) == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * p)))
-    g = _lr_lambda(
+    g = lr_lambda(
         load_config(None, ["optim.schedule=step", "optim.step_size=3", "optim.gamma=0.5"]), 10
     )
     assert [g(s) for s in range(7)] == [1, 1, 1, 0.5, 0.5, 0.5, 0.25]
-    h = _lr_lambda(load_config(None, ["optim.schedule=constant"]), 10)
+    h = lr_lambda(load_config(None, ["optim.schedule=constant"]), 10)
     assert h(0) == h(9) == 1.0
 
 

@@ -751,17 +751,14 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     _write_json(Path(args.out) / "comparison.json", results)
     report_path: Path | None = None
     if not args.no_report:
-        try:
-            from tcm.report import METRIC_KEYS, ReportRun, write_report
-        except ImportError as exc:  # pragma: no cover - report module missing
-            _out(f"[demo] report skipped: {exc}")
-        else:
-            runs = []
-            for name, npz in report_runs:
-                emb, lab, names = _load_array_file(npz)
-                best = {k: v for k, v in results[name].items() if k in METRIC_KEYS}
-                runs.append(ReportRun(name, emb, lab, metrics=best, class_names=names))
-            report_path = write_report(Path(args.out) / "report", runs)
+        from tcm.report import METRIC_KEYS, ReportRun, write_report
+
+        runs = []
+        for name, npz in report_runs:
+            emb, lab, names = _load_array_file(npz)
+            best = {k: v for k, v in results[name].items() if k in METRIC_KEYS}
+            runs.append(ReportRun(name, emb, lab, metrics=best, class_names=names))
+        report_path = write_report(Path(args.out) / "report", runs)
     if report_path is not None:
         _out(f"\nreport: {report_path}")
     _out(f"[demo] total {time.monotonic() - t0:.0f} s")
@@ -769,10 +766,6 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 # ----------------------------------------------------------------------------- parser
-
-
-def _floats2(s: str) -> float:
-    return float(s)
 
 
 def _add_progress_args(p: argparse.ArgumentParser) -> None:

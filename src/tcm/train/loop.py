@@ -68,7 +68,7 @@ from tcm._distributed import join_process_group
 from tcm.data.embedding_file import add_sample_arrays
 from tcm.models import EmbeddingModel, build_model, model_from_spec
 from tcm.train.checkpoint import CHECKPOINT_FORMAT, TrainingState, atomic_write
-from tcm.train.config import TrainingConfig, config_from_dict, dump_config
+from tcm.train.config import TrainingConfig, dump_config
 from tcm.train.datasets import (
     DatasetProvider,
     SelectionSplit,
@@ -79,14 +79,7 @@ from tcm.train.datasets import (
 from tcm.train.rundir import CsvLog, RunDir
 from tcm.train.runner import EvaluationRunner, SplitEvaluation
 from tcm.train.state import get_rng_state, seed_everything, set_rng_state
-from tcm.train.step import (
-    TrainingDivergedError,
-    TrainStep,
-    backward_global,
-    build_optimizer,
-    global_batch_loss,
-    lr_lambda,
-)
+from tcm.train.step import TrainingDivergedError, TrainStep, build_optimizer, lr_lambda
 
 __all__ = [
     "CHECKPOINT_FORMAT",
@@ -94,15 +87,11 @@ __all__ = [
     "TrainResult",
     "Trainer",
     "TrainingDivergedError",
-    "backward_global",
     "config_differences",
-    "global_batch_loss",
     "load_model",
     "save_embeddings",
     "train",
 ]
-
-_lr_lambda = lr_lambda  # backwards-compatible private name
 
 #: wall clock of the time-based checkpoints (``train.checkpoint_interval_s``); tests replace it
 _clock = time.monotonic
@@ -291,11 +280,6 @@ def _unwrap(m: nn.Module) -> EmbeddingModel:
 def _destroy_process_group() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
-
-
-def config_of_checkpoint(ckpt: dict[str, Any]) -> TrainingConfig:
-    """The training configuration stored in a checkpoint."""
-    return config_from_dict(ckpt["config"], "checkpoint")
 
 
 # ----------------------------------------------------------------------------- the trainer
