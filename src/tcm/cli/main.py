@@ -361,9 +361,9 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 def _rank() -> int:
     """This process's ``torch.distributed`` rank (0 without a process group)."""
-    import torch.distributed as dist
+    from tcm._distributed import rank
 
-    return int(dist.get_rank()) if dist.is_available() and dist.is_initialized() else 0
+    return rank()
 
 
 def _show_progress(args: argparse.Namespace) -> bool:
@@ -399,9 +399,9 @@ def _leave_distributed(*, clean: bool) -> None:
     """
     import torch.distributed as dist
 
-    from tcm._distributed import collective
+    from tcm._distributed import collective, is_distributed
 
-    if not dist.is_initialized():
+    if not is_distributed():
         return
     if clean:
         with collective("final barrier"):

@@ -64,7 +64,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader, default_collate, get_worker_info
 
-from tcm._distributed import join_process_group
+from tcm._distributed import is_distributed, join_process_group
 from tcm.data.embedding_file import add_sample_arrays
 from tcm.models import EmbeddingModel, build_model, model_from_spec
 from tcm.train.checkpoint import CHECKPOINT_FORMAT, TrainingState, atomic_write
@@ -278,7 +278,7 @@ def _unwrap(m: nn.Module) -> EmbeddingModel:
 
 
 def _destroy_process_group() -> None:
-    if dist.is_available() and dist.is_initialized():
+    if is_distributed():
         dist.destroy_process_group()
 
 
@@ -788,7 +788,7 @@ class Trainer:
     def run(self) -> TrainResult:
         """Train; see :func:`train`."""
         cfg = self.cfg
-        if self.world > 1 and not dist.is_initialized():
+        if self.world > 1 and not is_distributed():
             device = _resolve_device(cfg, self.local_rank)
             # kept for the life of the process (a second train() call, e.g. `tcm demo`, reuses it);
             # timeout: $TCM_DIST_TIMEOUT or 300 s (tcm._distributed)
