@@ -466,3 +466,22 @@ def test_checkpoint_interval_saves_last_when_due(
     train(cfg, hooks=[tick], echo=None)
     # the evaluation at step 8 writes last.pt before and after it
     assert saves == [*time_saves, 8, 8]
+
+
+def test_load_model_gives_the_typed_config_even_when_the_data_root_is_gone(
+    tmp_path: Path,
+) -> None:
+    """``load_model`` returns the checkpoint's TrainingState with a validated TrainingConfig;
+    checks of the machine that trained (data root, weights file) are not repeated."""
+    from tcm.train.config import TrainingConfig
+
+    root = tmp_path / "root"
+    root.mkdir()
+    out = tmp_path / "run"
+    train(tiny_cfg(out, "train.epochs=1", f"data.root={root}"), echo=None)
+    root.rmdir()
+    model, state = load_model(out / "best.pt")
+    assert isinstance(state.config, TrainingConfig)
+    assert (state.config.data.name, state.config.data.root) == ("tiny", str(root))
+    assert state.to_dict()["config"] == state.config.model_dump(mode="json")
+    assert not model.training

@@ -144,12 +144,12 @@ def _embed_checkpoint(
     from tcm.train.loop import load_model
 
     dev = device if device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
-    model, ckpt = load_model(path, dev)
-    cfg = ckpt.get("config", {}).get("data", {})
-    name = data or cfg.get("name")
+    model, state = load_model(path, dev)
+    stored = state.config.data
+    name = data or stored.name
     if not name:
         raise ValueError(f"pass --data: checkpoint {path} does not name its dataset")
-    options = cfg.get("options", {}) if name == cfg.get("name") else {}
+    options = dict(stored.options) if name == stored.name else {}
     size = model.spec.image_size
     transform: Any = "default"
     if split == "train":  # embed training images with the deterministic evaluation pipeline

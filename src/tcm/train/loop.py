@@ -253,8 +253,9 @@ def save_embeddings(
 
 def load_model(
     path: str | Path, device: str | torch.device = "cpu"
-) -> tuple[EmbeddingModel, dict[str, Any]]:
-    """Rebuild the model stored in a tcm checkpoint; returns ``(model in eval mode, checkpoint)``.
+) -> tuple[EmbeddingModel, TrainingState]:
+    """Rebuild the model stored in a tcm checkpoint; returns ``(model in eval mode, state)``
+    (``state.config``: the run's typed :class:`~tcm.train.config.TrainingConfig`).
 
     Raises:
         ValueError: not a tcm checkpoint, corrupt (hash mismatch), or weights that do not fit
@@ -268,7 +269,7 @@ def load_model(
         raise ValueError(
             f"checkpoint {path} does not fit architecture {state.model_spec}: {exc}"
         ) from exc
-    return model.to(device).eval(), state.to_dict()
+    return model.to(device).eval(), state
 
 
 def _unwrap(m: nn.Module) -> EmbeddingModel:
@@ -344,7 +345,9 @@ class Trainer:
         if not rd.last.is_file():
             raise ValueError(f"cannot resume: no checkpoint at {rd.last}")
         state = TrainingState.load(rd.last)
-        diffs = config_differences(state.config, self.cfg.model_dump(mode="json"))
+        diffs = config_differences(
+            state.config.model_dump(mode="json"), self.cfg.model_dump(mode="json")
+        )
         if diffs and not self.force:
             raise ValueError(
                 f"cannot resume from {rd.last}: the config differs from the checkpoint's in "
@@ -494,7 +497,7 @@ class Trainer:
             best=self.best,
             history=self.history,
             rng=rngs,
-            config=self.cfg.model_dump(mode="json"),
+            config=self.cfg,
             world_size=self.world,
             selection=self._selection_record(),
         )
