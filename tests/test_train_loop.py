@@ -259,12 +259,13 @@ def test_sgd_and_bn_head_train(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("suffix", [".npz", ".safetensors"])
 def test_save_embeddings_roundtrip(tmp_path: Path, suffix: str) -> None:
-    from tcm.cli.main import _load_array_file
+    from tcm.cli.main import _load_source
 
     e = np.random.default_rng(0).normal(size=(5, 3)).astype(np.float32)
     y = np.array([0, 1, 1, 2, 0])
     p = save_embeddings(tmp_path / f"e{suffix}", e, y, ["a", "b", "c"])
-    e2, y2, names = _load_array_file(p)
+    f = _load_source(p)
+    e2, y2, names = f.embeddings, f.labels, f.class_names
     np.testing.assert_array_equal(e2, e)
     np.testing.assert_array_equal(y2, y)
     assert names == ["a", "b", "c"]
