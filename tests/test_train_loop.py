@@ -486,3 +486,21 @@ def test_load_model_gives_the_typed_config_even_when_the_data_root_is_gone(
     assert (state.config.data.name, state.config.data.root) == ("tiny", str(root))
     assert state.to_dict()["config"] == state.config.model_dump(mode="json")
     assert not model.training
+
+
+def test_trainer_parts_are_built_once_and_frozen(tmp_path: Path) -> None:
+    """Trainer creates every attribute in ``__init__``; the run's components are one frozen
+    value and what changes while training is in ``progress``."""
+    import dataclasses
+
+    from tcm.train.loop import Trainer
+
+    t = Trainer(tiny_cfg(tmp_path, "train.epochs=1", "train.tensorboard=false"), echo=None)
+    before = set(vars(t))
+    with pytest.raises(RuntimeError, match=r"built by Trainer\.run"):
+        _ = t.parts
+    res = t.run()
+    assert set(vars(t)) == before
+    assert res.steps == t.progress.step == t.parts.total == 2
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        t.parts.total = 3  # type: ignore[misc]
