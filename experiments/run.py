@@ -455,10 +455,10 @@ def runs_gpu() -> list[Run]:
 
 
 def _atomic_json(path: Path, obj: Any) -> None:
-    from tcm.train.checkpoint import atomic_write
+    """A run record: strict JSON (NaN -> null, inf -> "inf"), atomically (tcm._io.write_json)."""
+    from tcm._io import write_json
 
-    blob = json.dumps(obj, indent=1, sort_keys=True).encode()
-    atomic_write(path, lambda fh: fh.write(blob))
+    write_json(path, obj, indent=1, sort_keys=True)
 
 
 def deployment_view(npz: Path, target_far: float = TARGET_FAR) -> dict[str, Any]:

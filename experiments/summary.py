@@ -187,11 +187,10 @@ def write_summary(
     rows: list[dict[str, Any]] | None = None, path: Path = RESULTS / "summary.json"
 ) -> list[dict[str, Any]]:
     """Write ``rows`` (default: :func:`summarise` of the raw records) atomically as JSON."""
-    from tcm.train.checkpoint import atomic_write
+    from tcm._io import write_json
 
     rows = summarise(load_records()) if rows is None else rows
-    blob = json.dumps(rows, indent=1, allow_nan=False).encode()
-    atomic_write(path, lambda fh: fh.write(blob))
+    write_json(path, rows, indent=1)
     return rows
 
 

@@ -15,6 +15,7 @@ import torch
 import tcm.data as tdata
 from conftest import tiny_dataset
 from tcm.cli.main import main
+from tcm.data.embedding_file import read_embedding_file
 from tcm.data.samplers import ClassBalancedBatchSampler
 
 TINY = [
@@ -268,9 +269,23 @@ def test_calibrate_bad_far(trained: Path, capsys: pytest.CaptureFixture[str]) ->
 
 
 @pytest.mark.parametrize("suffix", [".npz", ".safetensors"])
-def test_embed_writes_file(trained: Path, tmp_path: Path, suffix: str) -> None:
+def test_embed_writes_file(
+    trained: Path, tmp_path: Path, suffix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import tcm._io as tio
+
+    real, writes = tio.atomic_write, []
+
+    def counting(path: Any, write: Any) -> Path:
+        writes.append(Path(path))
+        return real(path, write)
+
+    monkeypatch.setattr(tio, "atomic_write", counting)
     out = tmp_path / f"emb{suffix}"
     assert main(["embed", str(trained / "best.pt"), "--data", "tiny", "--out", str(out)]) == 0
+    assert writes == [out]  # written once, ids included (no write / re-read / rewrite)
+    f = read_embedding_file(out)
+    assert f.ids is not None and len(f.ids) == len(f.embeddings)
     from tcm.cli.main import _load_source
 
     f = _load_source(out)

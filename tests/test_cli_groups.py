@@ -80,3 +80,46 @@ def test_calibrate_across_groups_of_one_file(
     assert d["far_ratio"] == ref.far_ratio and d["target_groups"]["groups"] == ["STIX"]
     assert main([*args, "--source-group", "Nope"]) == 2
     assert "has no group 'Nope'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("extra", "match"),
+    [
+        (["--ci", "0.95", "--n-boot", "1"], "too few for a 0.95 interval"),
+        (["--ci", "0.95", "--n-boot", "3000000"], "above the limit of 100,000"),
+        (["--ci", "1.5"], "open interval"),
+    ],
+)
+def test_bootstrap_bounds_exit_2_before_any_pass(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    extra: list[str],
+    match: str,
+) -> None:
+    import tcm.metrics.statistics as stmod
+
+    src = _write(tmp_path / "a.npz", 0, 0.7)
+
+    def no_pass(*a: object, **k: object) -> None:
+        raise AssertionError("a pass over the pairs ran before the check")
+
+    monkeypatch.setattr(stmod, "negative_quantiles", no_pass)
+    monkeypatch.setattr(stmod, "sweep", no_pass)
+    assert main(["evaluate", str(src), "--groups", *extra]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and match in err[0]
+
+
+def test_bootstrap_memory_guard_exit_2_before_any_pass(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import tcm.metrics._checks as checks
+    import tcm.metrics.statistics as stmod
+
+    src = _write(tmp_path / "a.npz", 0, 0.7)
+    monkeypatch.setattr(stmod, "negative_quantiles", None)  # a pass would raise TypeError
+    monkeypatch.setattr(checks, "MAX_TABLE_BYTES", 1 << 20)
+    assert main(["evaluate", str(src), "--groups", "--ci", "0.9", "--n-boot", "1000"]) == 2
+    err = capsys.readouterr().err
+    assert "the bootstrap would need about" in err and "1,000 resamples" in err

@@ -15,19 +15,22 @@ from PIL import Image
 
 import tcm.data as tdata
 from conftest import tiny_dataset
+from tcm._io import write_embeddings
 from tcm.cli.main import main
-from tcm.data.embedding_file import add_sample_arrays, read_embedding_file
+from tcm.data.embedding_file import read_embedding_file
+from tcm.metrics.verification import verification
 
 PEOPLE = [f"Person_{k:02d}" for k in range(14)]
 
 
 def lfw_tree(root: Path, seed: int = 0) -> dict[str, int]:
-    """LFW layout name/name_%04d.jpg with 1-4 images per person; returns {id: person}."""
+    """LFW layout name/name_%04d.jpg with 1 or 4-6 images per person (enough distinct
+    same-person pairs for 10 folds of 6); returns {id: person}."""
     rng = np.random.default_rng(seed)
     out = {}
     for p, name in enumerate(PEOPLE):
         (root / name).mkdir(parents=True)
-        count = 1 if p % 5 == 4 else int(rng.integers(2, 5))  # some people have one image
+        count = 1 if p % 5 == 4 else int(rng.integers(4, 7))  # some people have one image
         for k in range(1, count + 1):
             Image.new("RGB", (8, 8), (p * 15, k * 40, 0)).save(root / name / f"{name}_{k:04d}.jpg")
     for dirpath, _dirs, files in os.walk(root):
@@ -45,15 +48,27 @@ def lfw_pairs_file(path: Path, tree: dict[str, int], folds: int, per: int, seed:
         images.setdefault(name, []).append(int(file[-8:-4]))
     multi = [n for n in PEOPLE if len(images[n]) >= 2]
     lines = [f"{folds}\t{per}"]
+    seen: set[frozenset[tuple[str, int]]] = set()  # a pair is listed once (tcm refuses repeats)
+
+    def draw(matched: bool) -> str:
+        for _ in range(10_000):
+            if matched:
+                n = multi[int(rng.integers(len(multi)))]
+                i, j = rng.choice(sorted(images[n]), size=2, replace=False)
+                key, line = frozenset({(n, int(i)), (n, int(j))}), f"{n}\t{i}\t{j}"
+            else:
+                a, b = rng.choice(len(PEOPLE), size=2, replace=False)
+                na, nb = PEOPLE[a], PEOPLE[b]
+                i, j = rng.choice(images[na]), rng.choice(images[nb])
+                key, line = frozenset({(na, int(i)), (nb, int(j))}), f"{na}\t{i}\t{nb}\t{j}"
+            if key not in seen:
+                seen.add(key)
+                return line
+        raise AssertionError("too few distinct pairs in the tree")
+
     for _ in range(folds):
-        for _ in range(per):
-            n = multi[int(rng.integers(len(multi)))]
-            i, j = rng.choice(sorted(images[n]), size=2, replace=False)
-            lines.append(f"{n}\t{i}\t{j}")
-        for _ in range(per):
-            a, b = rng.choice(len(PEOPLE), size=2, replace=False)
-            na, nb = PEOPLE[a], PEOPLE[b]
-            lines.append(f"{na}\t{rng.choice(images[na])}\t{nb}\t{rng.choice(images[nb])}")
+        lines += [draw(True) for _ in range(per)]
+        lines += [draw(False) for _ in range(per)]
     path.write_text("\n".join(lines) + "\n")
 
 
@@ -64,8 +79,7 @@ def embeddings_file(path: Path, tree: dict[str, int], seed: int = 0) -> np.ndarr
     labels = np.array([tree[i] for i in ids])
     emb = (protos[labels] + 0.9 * rng.normal(size=(len(ids), 12))).astype(np.float32)
     ids_perm = rng.permutation(len(ids))  # store rows in a shuffled order
-    np.savez(path, embeddings=emb[ids_perm], labels=labels[ids_perm])
-    add_sample_arrays(path, ids=[ids[k] for k in ids_perm])
+    write_embeddings(path, emb[ids_perm], labels[ids_perm], ids=[ids[k] for k in ids_perm])
     return emb
 
 
@@ -152,13 +166,11 @@ def test_verify_lfw_ten_fold_against_brute_force(
 
 def test_verify_csv_and_safetensors(lfw: tuple[Path, Path], tmp_path: Path) -> None:
     emb, pairs = lfw
-    from safetensors.numpy import save_file
 
     f = read_embedding_file(emb)
     st = tmp_path / "emb.safetensors"
-    save_file({"embeddings": f.embeddings}, str(st))
-    assert f.ids is not None
-    add_sample_arrays(st, ids=f.ids)
+    assert f.ids is not None and f.labels is not None
+    write_embeddings(st, f.embeddings, f.labels, ids=f.ids)
     rows = ["a,b,same,fold"]
     lines = pairs.read_text().splitlines()[1:]
     for k, line in enumerate(lines):
@@ -220,6 +232,69 @@ def test_verify_malformed_pairs_exits_2(
     assert "line 3: fold 1 expects a matched pair" in _one_error(capsys)
 
 
+def test_verify_one_fold_list_reports_tar_and_eer(
+    lfw: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """pairsDevTrain.txt form: a single number P, then P matched and P mismatched lines."""
+    emb, pairs = lfw
+    text = pairs.read_text().splitlines()
+    one = tmp_path / "pairsDevTrain.txt"
+    one.write_text("\n".join(["6", *text[1:13]]) + "\n")  # fold 1 of the 10-fold list
+    js = tmp_path / "v.json"
+    assert main(["verify", str(emb), "--pairs", str(one), "--json", str(js)]) == 0
+    out = capsys.readouterr().out
+    assert "TAR @ FAR 1e-01" in out and "EER" in out
+    assert "accuracy" in out and "not computed: one fold (id 0)" in out
+    res = json.loads(js.read_text())
+    assert res["num_folds"] == 1 and res["num_pairs"] == 12
+    assert res["accuracy"] is None and "at least 2 folds" in res["accuracy_note"]
+    s, y, _ = brute_verify(emb, pairs)
+    ref = verification(np.asarray(s[:12]), np.asarray(y[:12]))
+    assert res["eer"] == pytest.approx(ref.eer, rel=1e-6, abs=1e-6)  # float32 embeddings
+    assert res["tar_at_far"] == {repr(f): v for f, v in ref.tar_at_far.items()}
+
+
+@pytest.mark.parametrize(
+    ("line", "where", "match"),
+    [
+        ("Person_01\t1_0\t2", 2, "image number n1 must be a plain decimal integer"),
+        ("Person_01\t\u0661\t2", 2, "ASCII digits only"),
+        ("Person_01\t2\t2", 2, "pairs the image 'Person_01/Person_01_0002.jpg' with itself"),
+        ("Person_01\t1\tPerson_01\t2", 8, "a mismatched pair names one person twice"),
+    ],
+)
+def test_verify_loose_lfw_lines_exit_2(
+    lfw: tuple[Path, Path],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    line: str,
+    where: int,
+    match: str,
+) -> None:
+    emb, pairs = lfw
+    text = pairs.read_text().splitlines()
+    text[where - 1] = line
+    bad = tmp_path / "bad.txt"
+    bad.write_text("\n".join(text) + "\n", encoding="utf-8")
+    assert main(["verify", str(emb), "--pairs", str(bad)]) == 2
+    err = _one_error(capsys)
+    assert f"{bad} line {where}: " in err and match in err
+
+
+def test_verify_duplicate_pair_exits_2(
+    lfw: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    emb, pairs = lfw
+    text = pairs.read_text().splitlines()
+    name, i, name2, j = text[8].split("\t")
+    text[20] = f"{name2}\t{j}\t{name}\t{i}"  # fold 2's first mismatched line, sides swapped
+    bad = tmp_path / "bad.txt"
+    bad.write_text("\n".join(text) + "\n")
+    assert main(["verify", str(emb), "--pairs", str(bad)]) == 2
+    assert f"{bad} line 21: the pair " in (err := _one_error(capsys))
+    assert "is already listed on line 9" in err
+
+
 def test_verify_file_without_ids_exits_2(
     lfw: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -237,9 +312,9 @@ def test_verify_missing_files_exit_2(tmp_path: Path, capsys: pytest.CaptureFixtu
 
 def test_embedding_file_length_checks(tmp_path: Path) -> None:
     e = tmp_path / "e.npz"
-    np.savez(e, embeddings=np.ones((3, 2)))
     with pytest.raises(ValueError, match="'ids' has length 2 but there are 3 embeddings"):
-        add_sample_arrays(e, ids=["a", "b"])
+        write_embeddings(e, np.ones((3, 2)), np.zeros(3), ids=["a", "b"])
+    assert not e.exists()
     np.savez(e, embeddings=np.ones((3, 2)), ids=np.array(["a", "b"]))
     with pytest.raises(ValueError, match="'ids' has length 2"):
         read_embedding_file(e)

@@ -52,20 +52,52 @@ def test_lfw_id_format() -> None:
     [
         ("", "empty pairs file"),
         ("10 300 7\nA 1 2\n", r"line 1: expected 'F P'"),
-        ("x 1\nA 1 2\nA 1 B 1\n", r"line 1: the header 'F P' must be an integer; got 'x'"),
+        ("x 1\nA 1 2\nA 1 B 1\n", r"line 1: F \(folds\) must be a plain decimal integer"),
         ("0 1\n", "must be >= 1"),
         ("1 1\nA 1 2\n", r"2\*F\*P = 2 pair lines after line 1; found 1"),
         ("1 1\nA 1 2\nA 1 B 1\nC 1 2\n", "found 3"),
         ("1 1\nA 1 2 3\nA 1 B 1\n", r"line 2: fold 1 expects a matched pair 'name n1 n2'"),
         ("1 1\nA 1 2\nA 1 B\n", r"line 3: fold 1 expects a mismatched pair"),
-        ("1 1\nA one 2\nA 1 B 1\n", r"line 2: image number n1 must be an integer; got 'one'"),
-        ("1 1\nA 1 2\nA 1 B x\n", r"line 3: image number n2 must be an integer"),
+        ("1 1\nA one 2\nA 1 B 1\n", r"line 2: image number n1 must be a plain decimal .*'one'"),
+        ("1 1\nA 1 2\nA 1 B x\n", r"line 3: image number n2 must be a plain decimal integer"),
         ("2 1\nA 1 2\nA 1 B 1\nA 1 B 1\nC 1 D 1\n", r"line 4: fold 2 expects a matched pair"),
+        # strict numbers: int() would read 1_0 as 10, '\u0661' (Arabic-Indic one) as 1
+        ("1\nA 1_0 2\nA 1 B 1\n", r"line 2: image number n1 must be a plain decimal integer"),
+        ("1\nA 1 2\nA \u0661 B 1\n", r"line 3: image number n1 .*ASCII digits only"),
+        ("1\nA 1 +2\nA 1 B 1\n", r"line 2: image number n2 must be a plain decimal"),
+        ("1\nA 0 2\nA 1 B 1\n", r"line 2: image number n1 must be >= 1; got '0'"),
+        ("1_0\nA 1 2\nA 1 B 1\n", r"line 1: P \(pairs of each kind\) must be a plain decimal"),
+        ("\u0661 1\nA 1 2\nA 1 B 1\n", r"line 1: F \(folds\) .*ASCII digits only"),
+        # pairs that are no pairs, or listed twice
+        ("1\nA 2 2\nA 1 B 1\n", r"line 2: pairs the image 'A/A_0002.jpg' with itself"),
+        ("1\nA 1 2\nA 1 A 3\n", r"line 3: a mismatched pair names one person twice \('A'\)"),
+        ("2\nA 1 2\nA 2 1\nA 1 B 1\nC 1 D 1\n", r"line 3: the pair .* already listed on line 2"),
+        ("2 1\nA 1 2\nA 1 B 1\nC 1 2\nB 1 A 1\n", r"line 5: the pair .* already listed on line 3"),
+        # the header's counts must match the lines (2 F P)
+        (
+            "1\nA 1 2\nA 1 B 1\nC 1 2\n",
+            r"'1' \(1 fold\(s\) x 1 matched .* = 2 pair lines .* found 3",
+        ),
+        ("2 2\nA 1 2\nA 1 B 1\n", r"'2 2' \(2 fold\(s\) x 2 matched .* = 8 pair lines .* found 2"),
     ],
 )
 def test_lfw_malformed(tmp_path: Path, text: str, match: str) -> None:
     with pytest.raises(ValueError, match=match):
         read_lfw_pairs(write(tmp_path, text))
+
+
+def test_lfw_errors_name_file_and_line_on_one_line(tmp_path: Path) -> None:
+    p = write(tmp_path, "1\nA 1_0 2\nA 1 B 1\n")
+    with pytest.raises(ValueError) as err:
+        read_lfw_pairs(p)
+    assert str(err.value).startswith(f"{p} line 2: ") and "\n" not in str(err.value)
+
+
+def test_csv_self_and_duplicate_pairs(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match=r"line 2: pairs the image 'x' with itself"):
+        read_pairs_csv(write(tmp_path, "a,b,same\nx,x,1\n", "p.csv"))
+    with pytest.raises(ValueError, match=r"line 3: the pair 'y', 'x' is already listed on line 1"):
+        read_pairs_csv(write(tmp_path, "x,y,1\nx,z,0\ny,x,0\n", "q.csv"))
 
 
 def test_missing_file(tmp_path: Path) -> None:

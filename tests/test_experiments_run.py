@@ -227,7 +227,7 @@ def test_result_killed_mid_write_does_not_count_as_done(sandbox: dict[str, Any])
     child = f"""
 import os, signal, sys
 sys.path.insert(0, {str(EXPERIMENTS)!r})
-import run, tcm.train.checkpoint as ck
+import run, tcm._io as ck
 real = ck.atomic_write
 def dying(path, write):
     def half(fh):

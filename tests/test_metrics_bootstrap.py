@@ -270,7 +270,7 @@ def test_rates_errors() -> None:
     with pytest.raises(ValueError, match="same number of classes"):
         bootstrap_rates({"a": ones, "b": (np.ones(4), np.ones(4))}, lambda r: r["a"][:, 0])
     with pytest.raises(ValueError, match="keep axis 0"):
-        bootstrap_rates({"a": ones}, lambda r: float(r["a"].mean()), n_boot=10)
+        bootstrap_rates({"a": ones}, lambda r: float(r["a"].mean()), n_boot=40)
     with pytest.raises(ValueError, match="n_boot"):
         bootstrap_rates({"a": ones}, lambda r: r["a"][:, 0], n_boot=0)
     with pytest.raises(ValueError, match="ci must"):
@@ -293,3 +293,56 @@ def test_ratio_properties(rows: list[tuple[int, int]], seed: int, k: int) -> Non
     # multiplying every count by 2**k changes no rate (exact in floating point)
     scaled = bootstrap_ratio(numer * 2.0**k, denom * 2.0**k, ci=0.9, n_boot=50, seed=seed)
     assert (scaled.lo, scaled.hi, scaled.point) == (iv.lo, iv.hi, iv.point)
+
+
+def test_min_n_boot_rule() -> None:
+    from tcm.metrics.bootstrap import min_n_boot
+
+    # ceil(2 / (1 - ci)): 2 / (1 - 0.9) is 20.000000000000004 in floats, still 20
+    assert [min_n_boot(c) for c in (0.5, 0.8, 0.9, 0.95, 0.99)] == [4, 10, 20, 40, 200]
+
+
+@pytest.mark.parametrize("n_boot", [1, 2, 39])
+def test_too_few_resamples_for_the_level_are_refused(n_boot: int) -> None:
+    from tcm.metrics.bootstrap import check_bootstrap_args
+
+    numer, denom = np.array([1, 2, 3]), np.array([4, 4, 4])
+    for call in (
+        lambda: bootstrap_ratio(numer, denom, ci=0.95, n_boot=n_boot),
+        lambda: bootstrap_opis(np.ones((3, 2)), ci=0.95, n_boot=n_boot),
+        lambda: check_bootstrap_args(0.95, n_boot),
+    ):
+        with pytest.raises(
+            ValueError, match=r"too few for a 0\.95 interval: need n_boot >= .* = 40"
+        ):
+            call()
+    assert bootstrap_ratio(numer, denom, ci=0.95, n_boot=40).n_boot == 40
+    check_bootstrap_args(None, 1)  # no interval: n_boot is not used
+
+
+def test_too_many_resamples_are_refused_before_drawing() -> None:
+    from tcm.metrics.bootstrap import MAX_N_BOOT, check_bootstrap_args
+
+    with pytest.raises(ValueError, match=r"n_boot = 3,000,000 is above the limit of 100,000"):
+        bootstrap_ratio(np.array([1, 2, 3]), np.array([4, 4, 4]), n_boot=3_000_000)
+    with pytest.raises(ValueError, match="above the limit"):
+        check_bootstrap_args(0.95, MAX_N_BOOT + 1)
+    with pytest.raises(ValueError, match="above the limit"):
+        class_bootstrap_weights(3, MAX_N_BOOT + 1)
+
+
+def test_bootstrap_memory_guard_names_the_estimate(monkeypatch: pytest.MonkeyPatch) -> None:
+    import tcm.metrics._checks as checks
+    from tcm.metrics.bootstrap import bootstrap_memory_bytes
+
+    # 6 arrays (n_boot, T) of 8 bytes, plus the figure cells
+    assert bootstrap_memory_bytes(300, 1000, 404) == 8 * 1000 * (6 * 300 + 404)
+    monkeypatch.setattr(checks, "MAX_TABLE_BYTES", 1 << 20)
+    with pytest.raises(ValueError, match=r"bootstrap would need about 0\.0 GiB \(1,000 resamples"):
+        class_bootstrap_weights(300, 1000)
+
+
+@pytest.mark.parametrize("ci", [0.0, 1.0, -0.5, 1.5, float("nan"), True, "x", None])
+def test_ci_must_be_a_level_in_the_open_unit_interval(ci: object) -> None:
+    with pytest.raises(ValueError, match="ci must"):
+        bootstrap_ratio(np.array([1, 2]), np.array([4, 4]), ci=ci, n_boot=100)  # type: ignore[arg-type]

@@ -4,6 +4,9 @@ force over all pairs; bootstrap intervals from count tables only."""
 from __future__ import annotations
 
 import math
+import os
+import subprocess
+import sys
 from typing import Any
 
 import numpy as np
@@ -189,6 +192,62 @@ def test_group_errors() -> None:
     assert math.isnan(gop.far[k]) and gop.summary["groups_left_out"] == 1
 
 
+def test_too_few_groups_with_both_pair_kinds_raise_before_any_pass(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Labels and groups decide it, so no pass over the pairs may run first."""
+    from tcm.metrics import evaluate
+
+    x, y, _ = _data(9, n_cls=6, per=6)
+    # group "a" has genuine and impostor pairs; in "b" every class has one sample (impostors
+    # only) and "c" holds a single class (genuines only)
+    g = np.array(["a"] * 18 + ["b"] * 6 + ["c"] * 12)
+    y = np.r_[np.repeat(np.arange(6), 3), np.arange(6), np.full(12, 0)]
+
+    def no_pass(*a: Any, **k: Any) -> None:
+        raise AssertionError("a pass over the pairs ran before the check")
+
+    import tcm.metrics.statistics as stmod
+
+    monkeypatch.setattr(stmod, "sweep", no_pass)
+    monkeypatch.setattr(stmod, "negative_quantiles", no_pass)
+    with pytest.raises(ValueError, match=r"fewer than 2 groups .*\(1 of 3\)"):
+        group_consistency(x, y, g)
+    with pytest.raises(ValueError, match=r"fewer than 2 groups .*\(1 of 3\)"):
+        evaluate(x, y, groups=g, calibration_far=0.01)
+
+
+@pytest.mark.parametrize(
+    ("groups", "match"),
+    [
+        (
+            np.array([1, "b"] * 45, dtype=object),
+            r"mix strings and numbers \(sample 0 is 1, sample 1",
+        ),
+        ([1, "1"] * 45, "mix strings and numbers"),
+        ([None] * 90, r"strings or numbers; sample 0 is None \(NoneType\)"),
+        (["a"] * 89 + [None], "sample 89 is None"),
+        (np.array([(1, 2)] * 45 + ["x"] * 45, dtype=object), r"sample 0 is \(1, 2\)"),
+    ],
+)
+def test_object_group_labels_are_refused_with_one_line(groups: Any, match: str) -> None:
+    x, y, _ = _data(10)
+    with pytest.raises(ValueError, match=match) as err:
+        PairIndex(x, y, groups)
+    assert "\n" not in str(err.value)
+
+
+def test_object_group_labels_of_one_type_are_accepted() -> None:
+    x, y, g = _data(11)
+    ref = group_operating_point(x, y, g, threshold=0.3)
+    obj = group_operating_point(x, y, np.asarray(g, dtype=object), threshold=0.3)
+    assert obj.groups.tolist() == ref.groups.tolist()
+    np.testing.assert_array_equal(obj.far, ref.far)
+    codes = np.unique(g, return_inverse=True)[1]
+    ints = PairIndex(x, y, np.asarray(codes.tolist(), dtype=object))
+    assert ints.group_names is not None and ints.group_names.tolist() == [0, 1, 2]
+
+
 def test_evaluate_with_groups_and_intervals_matches_the_views() -> None:
     from tcm.metrics import evaluate, threshold_consistency
 
@@ -214,3 +273,63 @@ def test_evaluate_with_groups_and_intervals_matches_the_views() -> None:
     import json
 
     json.dumps(ev.to_dict())
+
+
+_MEMORY_PROBE = r"""
+import sys, numpy as np, torch
+import tcm.metrics._checks as ch
+import tcm.metrics.statistics as stmod
+from tcm.metrics import evaluate
+rng = np.random.default_rng(0)
+y = np.repeat(np.arange(200), 6)
+x = (rng.normal(size=(200, 16))[y] + rng.normal(size=(y.size, 16))).astype(np.float32)
+g = rng.integers(0, 20, size=y.size)
+est = []
+real = stmod.check_table_memory
+def spy(*a):
+    est.append(ch.table_memory_bytes(*a))
+    real(*a)
+stmod.check_table_memory = spy
+def rss(field):
+    for line in open("/proc/self/status"):
+        if line.startswith(field):
+            return int(line.split()[1]) * 1024
+for workers in (1, 2):
+    torch.set_num_threads(workers)
+    out = []
+    for k in (2, 1001):
+        open("/proc/self/clear_refs", "w").write("5")  # reset the high-water mark
+        base = rss("VmRSS")
+        evaluate(x, y, groups=g, num_thresholds=k, include=["consistency", "groups",
+                 "calibration"], calibration_far=1e-2, block_size=256)
+        out.append(rss("VmHWM") - base)
+    print(out[1] - out[0], est[-1])
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/status")
+def test_table_memory_estimate_covers_the_peak() -> None:
+    """The guard's estimate is at least the measured peak of the tables (RSS high-water mark
+    of a 1001-threshold run with groups minus that of a 2-threshold run), with 1 and 2 worker
+    threads, and not far above."""
+    try:
+        open("/proc/self/clear_refs", "w").close()
+    except OSError:
+        pytest.skip("cannot reset the RSS high-water mark here")
+    # a fixed mmap threshold: glibc's dynamic one keeps freed tables under 32 MiB in its heap,
+    # so the RSS would count memory the estimate (live bytes) rightly leaves out
+    env = dict(
+        os.environ,
+        PYTHONPATH=os.pathsep.join(sys.path),
+        OMP_NUM_THREADS="1",
+        MALLOC_MMAP_THRESHOLD_="131072",
+    )
+    r = subprocess.run(
+        [sys.executable, "-c", _MEMORY_PROBE],
+        capture_output=True, text=True, env=env, timeout=120, check=True,
+    )  # fmt: skip
+    for line in r.stdout.splitlines():
+        peak, est = (int(v) for v in line.split())
+        # tables of ~150 MiB; the 2-threshold run's block work cancels out
+        assert peak > 50 << 20
+        assert peak <= est <= 1.5 * peak

@@ -309,9 +309,18 @@ def test_folds_length_mismatch() -> None:
         verification(np.array([0.1, 0.2, 0.3]), [1, 0, 1], folds=[0, 1])
 
 
-def test_single_fold() -> None:
-    with pytest.raises(ValueError, match="at least 2 distinct fold"):
-        verification(np.array([0.1, 0.2, 0.3]), [1, 0, 1], folds=[4, 4, 4])
+def test_single_fold_gives_tar_and_eer_and_says_why_no_accuracy() -> None:
+    s, same = np.array([0.1, 0.2, 0.3, 0.7]), [1, 0, 1, 0]
+    v = verification(s, same, folds=[4, 4, 4, 4])
+    ref = verification(s, same)
+    assert v.accuracy is None
+    assert v.accuracy_note is not None and "one fold (id 4)" in v.accuracy_note
+    assert v.eer == ref.eer and v.tar_at_far == ref.tar_at_far
+    d = v.to_dict()
+    assert d["accuracy"] is None and "at least 2 folds" in d["accuracy_note"]
+    assert ref.accuracy_note is not None and "no fold ids" in ref.accuracy_note
+    two = verification(s, same, folds=[0, 1, 0, 1])
+    assert two.accuracy is not None and two.accuracy_note is None
 
 
 def test_fractional_folds() -> None:

@@ -339,10 +339,10 @@ def test_ci_asked_but_evaluation_without_intervals(tmp_path: Path, no_passes: An
     ev = _eval_before_patches(no_passes, x, y, g)
     with pytest.raises(ValueError, match="run 'r': its Evaluation has no 'intervals' section"):
         write_report(tmp_path, [ReportRun("r", evaluation=ev)], target_far=_TARGET, ci=0.95)
-    ev90 = _eval_before_patches(no_passes, x, y, g, ci=0.9, n_boot=20)
-    with pytest.raises(ValueError, match=r"intervals are at ci=0\.9 with n_boot=20"):
+    ev90 = _eval_before_patches(no_passes, x, y, g, ci=0.9, n_boot=40)
+    with pytest.raises(ValueError, match=r"intervals are at ci=0\.9 with n_boot=40"):
         write_report(
-            tmp_path, [ReportRun("r", evaluation=ev90)], target_far=_TARGET, ci=0.95, n_boot=20
+            tmp_path, [ReportRun("r", evaluation=ev90)], target_far=_TARGET, ci=0.95, n_boot=40
         )
     with pytest.raises(ValueError, match="ci"):
         write_report(tmp_path, [ReportRun("r", evaluation=ev90)], target_far=_TARGET, ci=1.5)

@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 
@@ -318,9 +319,17 @@ def test_divergence_is_the_only_exit_1(
     assert "lower learning rate" in capsys.readouterr().err
 
 
+def _dead_pid() -> int:
+    """The pid of a process that has exited."""
+    p = subprocess.Popen([sys.executable, "-c", "pass"])
+    p.wait()
+    return p.pid
+
+
 def test_stale_temporaries_removed_on_start(tmp_path: Path) -> None:
     tmp_path.mkdir(exist_ok=True)
-    stale = [tmp_path / "last.pt.tmp-4242", tmp_path / "embeddings.npz.tmp-77"]
+    dead = _dead_pid()
+    stale = [tmp_path / f"last.pt.tmp-{dead}", tmp_path / f"embeddings.npz.tmp-{dead}"]
     for p in stale:
         p.write_bytes(b"\0" * 100)
     keep = tmp_path / "notes.tmp-draft"
@@ -328,6 +337,59 @@ def test_stale_temporaries_removed_on_start(tmp_path: Path) -> None:
     train(_cfg(tmp_path, "train.epochs=1"), echo=None)
     assert not any(p.exists() for p in stale)
     assert keep.exists()
+
+
+def test_temporaries_of_a_live_writer_are_kept_on_start(tmp_path: Path) -> None:
+    """A concurrent process still writing into the run directory keeps its temporary file."""
+    writer = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        live = tmp_path / f"log.csv.tmp-{writer.pid}"
+        live.write_bytes(b"half written")
+        train(_cfg(tmp_path, "train.epochs=1"), echo=None)
+        assert live.read_bytes() == b"half written"
+    finally:
+        writer.kill()
+        writer.wait()
+
+
+def test_metrics_json_is_strict_json(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """NaN / inf metrics are written as null / "inf" (no NaN / Infinity tokens)."""
+    import tcm.train.runner as runner
+
+    real = runner.compute_metrics
+
+    def with_undefined(*a: Any, **k: Any) -> Any:
+        return {**real(*a, **k), "undefined": float("nan"), "unbounded": float("inf")}
+
+    monkeypatch.setattr(runner, "compute_metrics", with_undefined)
+    train(_cfg(tmp_path), echo=None)
+
+    def refuse(token: str) -> Any:
+        raise ValueError(f"non-standard JSON token {token}")
+
+    doc = json.loads((tmp_path / "metrics.json").read_text(), parse_constant=refuse)
+    for metrics in (doc["last"], doc["test"]["metrics"]):
+        assert metrics["undefined"] is None and metrics["unbounded"] == "inf"
+
+
+def test_embeddings_file_written_once_with_ids(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The run's embeddings.npz is written in one go (no write / re-read / rewrite for ids)."""
+    import tcm._io as tio
+
+    real, writes = tio.atomic_write, []
+
+    def counting(path: Any, write: Any) -> Path:
+        writes.append(Path(path).name)
+        return real(path, write)
+
+    monkeypatch.setattr(tio, "atomic_write", counting)
+    train(_cfg(tmp_path), echo=None)
+    assert writes.count("embeddings.npz") == 1
+    with np.load(tmp_path / "embeddings.npz") as z:
+        assert z.files == ["embeddings", "labels", "class_names", "ids"]
+        assert len(z["ids"]) == len(z["labels"])
 
 
 def test_checkpoint_written_before_evaluation(

@@ -17,6 +17,7 @@ import torch
 
 import tcm.losses as tlosses
 from conftest import TINY_OVERRIDES, tiny_dataset
+from tcm._io import write_embeddings
 from tcm.train.checkpoint import load_checkpoint, save_checkpoint
 from tcm.train.config import load_config
 from tcm.train.evaluation import compute_metrics, metric_table
@@ -24,7 +25,6 @@ from tcm.train.loop import (
     StepInfo,
     TrainingDivergedError,
     load_model,
-    save_embeddings,
     train,
 )
 from tcm.train.step import lr_lambda
@@ -258,12 +258,12 @@ def test_sgd_and_bn_head_train(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("suffix", [".npz", ".safetensors"])
-def test_save_embeddings_roundtrip(tmp_path: Path, suffix: str) -> None:
+def test_write_embeddings_roundtrip(tmp_path: Path, suffix: str) -> None:
     from tcm.cli.main import _load_source
 
     e = np.random.default_rng(0).normal(size=(5, 3)).astype(np.float32)
     y = np.array([0, 1, 1, 2, 0])
-    p = save_embeddings(tmp_path / f"e{suffix}", e, y, ["a", "b", "c"])
+    p = write_embeddings(tmp_path / f"e{suffix}", e, y, ["a", "b", "c"])
     f = _load_source(p)
     e2, y2, names = f.embeddings, f.labels, f.class_names
     np.testing.assert_array_equal(e2, e)

@@ -19,7 +19,6 @@ Example:
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -32,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 import tcm
+from tcm._io import write_embeddings, write_json
 
 if TYPE_CHECKING:
     from tcm.data.embedding_file import EmbeddingFile
@@ -40,7 +40,6 @@ __all__ = ["build_parser", "console_text", "main"]
 
 EXIT_OK, EXIT_DIVERGED, EXIT_BAD_INPUT, EXIT_INTERRUPTED, EXIT_TERMINATED = 0, 1, 2, 130, 143
 EXIT_STDOUT_CLOSED = 141  # 128 + SIGPIPE, what a tool killed by a closed pipe reports
-DEMO_KEYS = ("recall_at_1", "map_at_r", "opis", "epsilon_opis_0.05", "epsilon_opis_0.1")
 #: Defaults of the options that only apply to some inputs (``None`` in the parser, so that an
 #: option given without effect can be refused; filled in by :func:`_check_options`).
 SOURCE_DEFAULTS: dict[str, Any] = {"split": "test", "batch_size": 256, "device": "auto"}
@@ -95,21 +94,6 @@ def _out(text: str) -> None:
 def _warn(command: str, text: str) -> None:
     """One ``tcm COMMAND: warning: ...`` line on stderr (control characters escaped)."""
     print(f"tcm {command}: warning: {console_text(text)}", file=sys.stderr, flush=True)
-
-
-def _json_bytes(obj: Any) -> bytes:
-    """Strict JSON (``tcm.metrics.results.json_value``: NaN -> null, inf -> "inf")."""
-    from tcm.metrics.results import json_value
-
-    return json.dumps(json_value(obj), indent=2, allow_nan=False).encode()
-
-
-def _write_json(path: str | Path, obj: Any) -> Path:
-    """Write ``obj`` as strict JSON (:func:`_json_bytes`), atomically."""
-    from tcm.train.checkpoint import atomic_write
-
-    data = _json_bytes(obj)
-    return atomic_write(path, lambda fh: fh.write(data))
 
 
 # ----------------------------------------------------------------------------- sources
@@ -300,6 +284,7 @@ def _resume_hint(args: argparse.Namespace) -> str:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
+    from tcm.metrics import headline_keys
     from tcm.train.config import load_config
     from tcm.train.evaluation import metric_table
     from tcm.train.loop import train
@@ -321,7 +306,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         runs = {"validation (best)": result.best_metrics}
         if result.test_metrics:
             runs["test (same ckpt)"] = result.test_metrics
-        _out(metric_table(runs, DEMO_KEYS))
+        _out(metric_table(runs, headline_keys()))
         _out(result.selection.get("description", ""))
     _out(
         f"checkpoints: {result.best_checkpoint} (best on validation), "
@@ -331,7 +316,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    from tcm.metrics import DEFAULT_TAR_FARS, evaluate, metric_label
+    from tcm.metrics import DEFAULT_TAR_FARS, evaluate, metric_info, metric_label
     from tcm.train.evaluation import metric_table
 
     f = _load_source(args.source, args)
@@ -350,13 +335,9 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     )
     if _rank() == 0:
         if args.json:  # the file first: a closed stdout (`| head`) cannot lose it
-            _write_json(args.json, {"source": args.source, **ev.to_dict(names)})
+            write_json(args.json, {"source": args.source, **ev.to_dict(names)})
         metrics = ev.metrics()
-        shown = {
-            k: v
-            for k, v in metrics.items()
-            if not k.startswith(("threshold_at_far", "group_")) or k == "group_opis"
-        }
+        shown = {k: v for k, v in metrics.items() if metric_info(k).in_console}
         _out(metric_table({console_text(Path(args.source).name): shown}))
         if ev.intervals:
             _out(f"\n{ev.intervals[next(iter(ev.intervals))].ci:.0%} class-bootstrap intervals:")
@@ -464,7 +445,7 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
     if warnings:
         res["warnings"] = warnings
     if args.json:  # the file first: a closed stdout (`| head`) cannot lose it
-        _write_json(args.json, res)
+        write_json(args.json, res)
     for w in warnings:
         _warn(args.command, w)
     if args.source_group:
@@ -553,7 +534,7 @@ def _calibrate_transfer(args: argparse.Namespace) -> int:
     warnings = _far_resolution_warnings(args.far, sets)
     if args.json:  # the file first: a closed stdout (`| head`) cannot lose it
         res = {"source": args.source, "target": args.on, **tr.to_dict()}
-        _write_json(args.json, {**res, "warnings": warnings} if warnings else res)
+        write_json(args.json, {**res, "warnings": warnings} if warnings else res)
     for w in warnings:
         _warn(args.command, w)
     src = console_text(args.source)
@@ -588,8 +569,6 @@ def _calibrate_transfer(args: argparse.Namespace) -> int:
 
 
 def _cmd_embed(args: argparse.Namespace) -> int:
-    from tcm.train.loop import save_embeddings
-
     path = Path(args.checkpoint)
     if not path.is_file():
         raise ValueError(f"checkpoint not found: {path}")
@@ -603,10 +582,7 @@ def _cmd_embed(args: argparse.Namespace) -> int:
         progress=_show_progress(args),
     )
     emb, names = f.embeddings, f.class_names or []
-    out = save_embeddings(args.out, emb, _labels(f), names)
-    from tcm.data.embedding_file import add_sample_arrays
-
-    add_sample_arrays(out, ids=f.ids, groups=f.groups)
+    out = write_embeddings(args.out, emb, _labels(f), names, ids=f.ids, groups=f.groups)
     _out(
         f"wrote {console_text(out)}: {emb.shape[0]} embeddings of dim {emb.shape[1]}, "
         f"{len(names)} classes"
@@ -727,6 +703,7 @@ DEMO_OVERRIDES: tuple[str, ...] = (
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
+    from tcm.metrics import headline_keys
     from tcm.train.evaluation import metric_table
     from tcm.train.loop import train
 
@@ -751,16 +728,16 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         "\nunseen test classes (glyphs), each run's checkpoint selected on held-out training "
         f"classes ({selection}); test classes used only for this table:"
     )
-    _out(metric_table(results, DEMO_KEYS))
-    _write_json(Path(args.out) / "comparison.json", results)
+    _out(metric_table(results, headline_keys()))
+    write_json(Path(args.out) / "comparison.json", results)
     report_path: Path | None = None
     if not args.no_report:
-        from tcm.report import METRIC_KEYS, ReportRun, write_report
+        from tcm.report import ReportRun, write_report
 
         runs = []
         for name, npz in report_runs:
             f = _load_source(npz)
-            best = {k: v for k, v in results[name].items() if k in METRIC_KEYS}
+            best = {k: v for k, v in results[name].items() if k in headline_keys()}
             runs.append(
                 ReportRun(name, f.embeddings, _labels(f), metrics=best, class_names=f.class_names)
             )

@@ -3,9 +3,11 @@
 ``EMB`` is an embeddings file (``.npz`` / ``.safetensors``, as written by ``tcm embed``) with
 ``embeddings`` and ``ids``; ``FILE`` is an LFW ``pairs.txt`` (ids ``name/name_%04d.jpg``) or a CSV
 ``a,b,same[,fold]`` (:mod:`tcm.data.pairs`). Prints TAR@FAR (FAR 1e-4 .. 1e-1, the threshold being
-the exact impostor-similarity quantile), the EER and, for lists with folds, the cross-validated
-accuracy (LFW rule); ``--json`` writes :meth:`tcm.metrics.Verification.to_dict` atomically, as
-strict JSON (:func:`tcm.metrics.results.json_value`: NaN -> null, inf -> "inf").
+the exact impostor-similarity quantile), the EER and, for lists with at least 2 folds, the
+cross-validated accuracy (LFW rule; a one-fold list such as ``pairsDevTrain.txt`` gets TAR@FAR
+and EER, and the accuracy row and the JSON's ``accuracy_note`` say why it is absent);
+``--json`` writes :meth:`tcm.metrics.Verification.to_dict` atomically, as strict JSON
+(:func:`tcm._io.json_value`: NaN -> null, inf -> "inf").
 Bad input (unknown id, malformed line, ...) exits with status 2 and one ``error:`` line.
 
 Example:
@@ -85,6 +87,8 @@ def format_table(res: dict[str, Any]) -> str:
             f"{'accuracy (' + str(len(acc['folds'])) + '-fold)':<22} {acc['mean']:>9.4f} "
             f"{'':>10}  ± {acc['std']:.4f} (std), ± {acc['stderr']:.4f} (s.e.)"
         )
+    elif res.get("accuracy_note"):
+        lines.append(f"{'accuracy':<22} {'-':>9} {'':>10}  not computed: {res['accuracy_note']}")
     if coarse:
         lines.append(
             f"* FAR < 1 / {res['num_impostor']} impostor pairs: the threshold is interpolated "
@@ -94,12 +98,13 @@ def format_table(res: dict[str, Any]) -> str:
 
 
 def _cmd_verify(args: argparse.Namespace) -> int:
-    from tcm.cli.main import _out, _write_json, console_text
+    from tcm._io import write_json
+    from tcm.cli.main import _out, console_text
 
     fars = tuple(args.far) if args.far else None
     res = run_verify(args.embeddings, args.pairs, fars)
     if args.json:  # the file first (strict JSON, atomic): a closed stdout cannot lose it
-        _write_json(args.json, res)
+        write_json(args.json, res)
     _out(format_table(res))
     if args.json:
         _out(f"wrote {console_text(args.json)}")
@@ -109,7 +114,7 @@ def _cmd_verify(args: argparse.Namespace) -> int:
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Register ``verify`` on the ``tcm`` sub-command parsers; returns its parser."""
     v: argparse.ArgumentParser = subparsers.add_parser(
-        "verify", help="1:1 verification on a pair list: TAR@FAR, EER, 10-fold accuracy"
+        "verify", help="1:1 verification on a pair list: TAR@FAR, EER, fold accuracy (>= 2 folds)"
     )
     v.add_argument("embeddings", metavar="EMB", help=".npz / .safetensors with embeddings + ids")
     v.add_argument(

@@ -1,16 +1,18 @@
-"""Per-sample arrays of an embeddings file (``tcm embed`` output): read them, add ids and groups.
+"""Read an embeddings file (``tcm embed`` output, a run's ``embeddings.npz``).
 
 Layout (``.npz``): ``embeddings`` ``(N, D)`` float, ``labels`` ``(N,)`` int64, ``class_names``
 ``(C,)`` str, and, when the dataset has them, ``ids`` ``(N,)`` str (stable sample ids) and
 ``groups`` ``(N,)`` str (the domain of each sample: font family, vendor, ...). ``.safetensors``
 holds the numeric arrays as tensors and the string lists as JSON in the metadata
-(``class_names``, ``ids``, ``groups``).
+(``class_names``, ``ids``, ``groups``). The one writer is :func:`tcm._io.write_embeddings` (all
+arrays in one go).
 
 Example:
     >>> import tempfile, os, numpy as np
+    >>> from tcm._io import write_embeddings
     >>> path = os.path.join(tempfile.mkdtemp(), "emb.npz")
-    >>> np.savez(path, embeddings=np.eye(2, dtype=np.float32), labels=np.array([0, 1]))
-    >>> _ = add_sample_arrays(path, ids=["a@x", "b@y"], groups=["x", "y"])
+    >>> ids, groups = ["a@x", "b@y"], ["x", "y"]
+    >>> _ = write_embeddings(path, np.eye(2), np.array([0, 1]), ids=ids, groups=groups)
     >>> f = read_embedding_file(path)
     >>> f.embeddings.shape, f.ids, f.groups.tolist(), f.class_names
     ((2, 2), ['a@x', 'b@y'], ['x', 'y'], None)
@@ -20,14 +22,14 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
-__all__ = ["EmbeddingFile", "add_sample_arrays", "read_embedding_file"]
+from tcm._io import EMBEDDING_STRING_KEYS
+
+__all__ = ["EmbeddingFile", "read_embedding_file"]
 
 
 @dataclass(frozen=True)
@@ -65,7 +67,7 @@ def _read_raw(path: Path) -> tuple[dict[str, np.ndarray], dict[str, list[str]]]:
         except Exception as exc:  # safetensors raises its own error types
             raise ValueError(f"cannot read embeddings file {path}: {exc}") from exc
         strings: dict[str, list[str]] = {}
-        for key in ("class_names", "ids", "groups"):
+        for key in EMBEDDING_STRING_KEYS:
             if key in meta:
                 try:
                     values = json.loads(meta[key])
@@ -85,9 +87,7 @@ def _read_raw(path: Path) -> tuple[dict[str, np.ndarray], dict[str, list[str]]]:
     except (OSError, ValueError) as exc:
         raise ValueError(f"cannot read embeddings file {path}: {exc}") from exc
     strings = {
-        k: [str(s) for s in arrays.pop(k).tolist()]
-        for k in ("class_names", "ids", "groups")
-        if k in arrays
+        k: [str(s) for s in arrays.pop(k).tolist()] for k in EMBEDDING_STRING_KEYS if k in arrays
     }
     return arrays, strings
 
@@ -134,56 +134,3 @@ def read_embedding_file(path: str | os.PathLike[str]) -> EmbeddingFile:
         groups=np.asarray(strings["groups"], dtype=str) if "groups" in strings else None,
         path=p,
     )
-
-
-def add_sample_arrays(
-    path: str | os.PathLike[str],
-    *,
-    ids: Sequence[str] | None = None,
-    groups: Sequence[str] | np.ndarray | None = None,
-) -> Path:
-    """Atomically rewrite an embeddings file with ``ids`` and / or ``groups`` added.
-
-    Everything already in the file is kept (``.safetensors``: tensors and metadata); ``None``
-    leaves that entry as it is.
-
-    Raises:
-        ValueError: the file cannot be read, or a length differs from the number of embeddings.
-    """
-    from tcm.train.checkpoint import atomic_write
-
-    p = Path(path)
-    extra: dict[str, list[str]] = {}
-    if ids is not None:
-        extra["ids"] = [str(s) for s in ids]
-    if groups is not None:
-        extra["groups"] = [str(s) for s in np.asarray(groups, dtype=object).tolist()]
-    if not extra:
-        return p
-    if p.suffix == ".safetensors":
-        from safetensors import safe_open
-        from safetensors.numpy import load_file, save
-
-        arrays = dict(load_file(str(p)))
-        with safe_open(str(p), framework="np") as fh:
-            meta: dict[str, str] = dict(fh.metadata() or {})
-        n = int(arrays["embeddings"].shape[0]) if "embeddings" in arrays else -1
-        _check_lengths(p, extra, n)
-        meta.update({k: json.dumps(v) for k, v in extra.items()})
-        blob = save(arrays, metadata=meta)
-        return atomic_write(p, lambda fh: fh.write(blob))
-    try:
-        with np.load(p, allow_pickle=False) as z:
-            data: dict[str, Any] = {k: z[k] for k in z.files}
-    except (OSError, ValueError) as exc:
-        raise ValueError(f"cannot read embeddings file {p}: {exc}") from exc
-    n = int(data["embeddings"].shape[0]) if "embeddings" in data else -1
-    _check_lengths(p, extra, n)
-    data.update({k: np.asarray(v, dtype=str) for k, v in extra.items()})
-    return atomic_write(p, lambda fh: np.savez(fh, **data))
-
-
-def _check_lengths(p: Path, extra: dict[str, list[str]], n: int) -> None:
-    for key, values in extra.items():
-        if len(values) != n:
-            raise ValueError(f"{p}: {key!r} has length {len(values)} but there are {n} embeddings")

@@ -8,11 +8,16 @@ Formats (every error names the file and the 1-based line number):
   *mismatched* lines ``name1 n1 name2 n2``; fields are separated by whitespace. The image id is
   ``name/name_%04d.jpg`` (``Aaron_Peirsol/Aaron_Peirsol_0001.jpg``, relative to the LFW root),
   the fold id the position of the block (``0 .. F-1``). Exactly ``2 F P`` pair lines must
-  follow; trailing blank lines are ignored.
+  follow; trailing blank lines are ignored. ``F``, ``P`` and the image numbers are plain ASCII
+  decimal integers ``>= 1`` (``1_0``, ``+1`` or non-ASCII digits are refused), and a
+  mismatched line must name two different people.
 * **CSV**: rows ``a,b,same`` with ``same`` in ``{0, 1, true, false}``, optionally a fourth
   column ``fold`` (integer fold id); a header row (``a,b,same[,fold]`` in any column order) is
   optional. Ids are free strings (for ``tcm embed`` files: paths relative to the dataset root, or
   ``char@font`` for glyphs).
+
+In both formats a pair of a sample with itself, or a pair listed twice (in either order), is
+refused.
 
 :func:`resolve_pairs` maps the ids to rows of an embeddings file's ``ids`` array.
 
@@ -97,13 +102,43 @@ def _int_field(text: str, where: str, what: str) -> int:
         raise ValueError(f"{where}: {what} must be an integer; got {text!r}") from None
 
 
+def _count_field(text: str, where: str, what: str) -> int:
+    """A plain ASCII decimal integer ``>= 1`` (no sign, no ``_``, no other digits: Python's
+    ``int`` accepts ``1_0`` and ``'١'``, which an LFW file never means)."""
+    if not (text.isascii() and text.isdigit()):
+        raise ValueError(
+            f"{where}: {what} must be a plain decimal integer >= 1 (ASCII digits only); "
+            f"got {text!r}"
+        )
+    v = int(text)
+    if v < 1:
+        raise ValueError(f"{where}: {what} must be >= 1; got {text!r}")
+    return v
+
+
+def _check_pair_set(a: list[str], b: list[str], lines: Sequence[int], src: str) -> None:
+    """Refuse a pair of a sample with itself and a pair listed twice (in either order)."""
+    seen: dict[tuple[str, str], int] = {}
+    for ia, ib, lineno in zip(a, b, lines, strict=True):
+        if ia == ib:
+            raise ValueError(f"{src} line {lineno}: pairs the image {ia!r} with itself")
+        key = (ia, ib) if ia <= ib else (ib, ia)
+        first = seen.setdefault(key, lineno)
+        if first != lineno:
+            raise ValueError(
+                f"{src} line {lineno}: the pair {ia!r}, {ib!r} is already listed on line {first}"
+            )
+
+
 def read_lfw_pairs(path: str | os.PathLike[str]) -> PairList:
     """Parse an LFW ``pairs.txt`` (layout in the module doc).
 
     Raises:
         ValueError: missing file, empty file, a bad header, a line with the wrong number of
-            fields (3 for matched, 4 for mismatched lines) or a non-integer image number, or a
-            number of pair lines other than ``2 F P`` - each naming the line.
+            fields (3 for matched, 4 for mismatched lines), an image number that is not a plain
+            decimal integer >= 1, a mismatched line naming one person twice, an image paired
+            with itself, a pair listed twice, or a number of pair lines other than ``2 F P`` -
+            each naming the line.
     """
     src, text = _read_text(path)
     lines = text.splitlines()
@@ -116,16 +151,16 @@ def read_lfw_pairs(path: str | os.PathLike[str]) -> PairList:
         raise ValueError(
             f"{src} line 1: expected 'F P' (folds, pairs per kind per fold); got {lines[0]!r}"
         )
-    nums = [_int_field(h, f"{src} line 1", "the header 'F P'") for h in head]
+    what = ["P (pairs of each kind)"] if len(head) == 1 else ["F (folds)", "P (pairs per fold)"]
+    nums = [_count_field(h, f"{src} line 1", w) for h, w in zip(head, what, strict=True)]
     n_folds, per = (1, nums[0]) if len(nums) == 1 else (nums[0], nums[1])
-    if n_folds < 1 or per < 1:
-        raise ValueError(f"{src} line 1: F and P must be >= 1; got F={n_folds}, P={per}")
     expected = 2 * n_folds * per
     body = lines[1:]
     if len(body) != expected:
         raise ValueError(
-            f"{src}: header 'F P' = '{n_folds} {per}' needs 2*F*P = {expected} pair lines after "
-            f"line 1; found {len(body)}"
+            f"{src}: the header {lines[0].strip()!r} ({n_folds} fold(s) x {per} matched + {per} "
+            f"mismatched pairs) needs 2*F*P = {expected} pair lines after line 1; found "
+            f"{len(body)}"
         )
     a: list[str] = []
     b: list[str] = []
@@ -144,8 +179,8 @@ def read_lfw_pairs(path: str | os.PathLike[str]) -> PairList:
                     f"here; got {len(fields)} field(s): {line!r}"
                 )
             name = fields[0]
-            n1 = _int_field(fields[1], where, "image number n1")
-            n2 = _int_field(fields[2], where, "image number n2")
+            n1 = _count_field(fields[1], where, "image number n1")
+            n2 = _count_field(fields[2], where, "image number n2")
             a.append(lfw_id(name, n1))
             b.append(lfw_id(name, n2))
         else:
@@ -154,13 +189,20 @@ def read_lfw_pairs(path: str | os.PathLike[str]) -> PairList:
                     f"{where}: fold {fold + 1} expects a mismatched pair 'name1 n1 name2 n2' "
                     f"(4 fields) here; got {len(fields)} field(s): {line!r}"
                 )
-            n1 = _int_field(fields[1], where, "image number n1")
-            n2 = _int_field(fields[3], where, "image number n2")
+            n1 = _count_field(fields[1], where, "image number n1")
+            n2 = _count_field(fields[3], where, "image number n2")
+            if fields[0] == fields[2]:
+                raise ValueError(
+                    f"{where}: a mismatched pair names one person twice ({fields[0]!r}); "
+                    "same-person pairs go on the 'name n1 n2' lines"
+                )
             a.append(lfw_id(fields[0], n1))
             b.append(lfw_id(fields[2], n2))
         same[k] = matched
         folds[k] = fold
-    return PairList(a, b, same, folds, np.arange(2, expected + 2, dtype=np.int64), src)
+    lines_no = np.arange(2, expected + 2, dtype=np.int64)
+    _check_pair_set(a, b, lines_no.tolist(), src)
+    return PairList(a, b, same, folds, lines_no, src)
 
 
 def _parse_same(text: str, where: str) -> bool:
@@ -177,8 +219,9 @@ def read_pairs_csv(path: str | os.PathLike[str]) -> PairList:
 
     Raises:
         ValueError: missing or empty file, a row with the wrong number of fields, an empty id,
-            a ``same`` value other than 0/1/true/false, a non-integer fold, or fold ids on only
-            some rows - each naming the line.
+            a ``same`` value other than 0/1/true/false, a non-integer fold, fold ids on only
+            some rows, a sample paired with itself or a pair listed twice - each naming the
+            line.
     """
     src, text = _read_text(path)
     reader = csv.reader(io.StringIO(text))
@@ -235,6 +278,7 @@ def read_pairs_csv(path: str | os.PathLike[str]) -> PairList:
         if "fold" in cols:
             folds.append(_int_field(row[cols["fold"]], where, "fold"))
         lines.append(lineno)
+    _check_pair_set(a, b, lines, src)
     return PairList(
         a,
         b,

@@ -9,6 +9,9 @@ when ``similarity >= threshold``.
 * Single metrics: :func:`threshold_consistency`, :func:`opis`, :func:`epsilon_opis`,
   :func:`operating_point`, :func:`threshold_at_far`, :func:`similarity_histogram`,
   :func:`retrieval_metrics`; :func:`calibrate` chooses a threshold from :class:`PairStats`.
+* The metric table (:mod:`tcm.metrics.vocabulary`): :func:`metric_info` -> :class:`MetricInfo`
+  (display name, format, direction, bounds of each key), :func:`metric_label`,
+  :func:`headline_keys`.
 """
 
 from tcm.metrics._checks import MAX_TABLE_BYTES, MAX_THRESHOLDS
@@ -33,14 +36,7 @@ from tcm.metrics.consistency import (
     threshold_consistency,
 )
 from tcm.metrics.distributed import Communicator, TorchCommunicator, default_communicator
-from tcm.metrics.evaluation import (
-    DEFAULT_TAR_FARS,
-    SECTIONS,
-    Evaluation,
-    evaluate,
-    far_key,
-    metric_label,
-)
+from tcm.metrics.evaluation import DEFAULT_TAR_FARS, SECTIONS, Evaluation, evaluate
 from tcm.metrics.groups import (
     GroupConsistency,
     GroupOperatingPoint,
@@ -54,6 +50,13 @@ from tcm.metrics.retrieval import RetrievalMetrics, retrieval_metrics
 from tcm.metrics.statistics import Grid, PairIndex, PairStats, pair_statistics
 from tcm.metrics.transfer import CalibrationTransfer, calibration_transfer
 from tcm.metrics.verification import ROC, FoldAccuracy, Verification, verification
+from tcm.metrics.vocabulary import (
+    MetricInfo,
+    far_key,
+    headline_keys,
+    metric_info,
+    metric_label,
+)
 
 __all__ = [
     "DEFAULT_TAR_FARS",
@@ -70,6 +73,7 @@ __all__ = [
     "GroupConsistency",
     "GroupOperatingPoint",
     "Interval",
+    "MetricInfo",
     "OperatingPoint",
     "PairIndex",
     "PairStats",
@@ -95,6 +99,8 @@ __all__ = [
     "group_consistency",
     "group_operating_point",
     "group_summary",
+    "headline_keys",
+    "metric_info",
     "metric_label",
     "operating_point",
     "opis",

@@ -39,17 +39,24 @@ from typing import Any
 
 import numpy as np
 
+from tcm._io import json_value
+from tcm.metrics import _checks
+
 __all__ = [
+    "MAX_N_BOOT",
     "Interval",
     "bootstrap_epsilon_opis",
+    "bootstrap_memory_bytes",
     "bootstrap_opis",
     "bootstrap_rates",
     "bootstrap_ratio",
     "bootstrap_statistic",
     "check_bootstrap_args",
+    "check_bootstrap_memory",
     "class_bootstrap_indices",
     "class_bootstrap_weights",
     "interval_from_samples",
+    "min_n_boot",
     "percentile_interval",
     "ratio_or_nan",
 ]
@@ -57,13 +64,54 @@ __all__ = [
 FloatOrArray = float | np.ndarray
 
 
-def _check_n_boot(n_boot: int) -> int:
+MAX_N_BOOT = 100_000
+"""Most resamples accepted. At ``B = 100,000`` the Monte-Carlo error of a 95 % percentile
+endpoint is below 1 % of the bootstrap standard deviation (``sqrt(a (1 - a) / B) / phi(z_a)``
+for a normal figure), far below the sampling uncertainty the interval describes; memory and
+time grow linearly in ``B``."""
+
+WEIGHT_COPIES = 6
+"""Resample-by-class arrays ``(n_boot, T)`` (8 bytes each) alive at once at the peak: the
+indices, their offsets, the bincount and its int64 and float64 copies, and the sorted / summed
+weights of eps-OPIS."""
+
+
+def min_n_boot(ci: float) -> int:
+    """Fewest resamples for a meaningful ``ci`` percentile interval: ``ceil(2 / (1 - ci))``.
+
+    Each tail outside the interval, a fraction ``(1 - ci) / 2`` of the resamples, must be
+    expected to hold at least one resample; with fewer, the endpoints are the smallest and
+    largest resampled values and the interval cannot have the stated level.
+
+    Example:
+        >>> min_n_boot(0.95), min_n_boot(0.9), min_n_boot(0.99)
+        (40, 20, 200)
+    """
+    c = _check_ci(ci)
+    return math.ceil(round(2.0 / (1.0 - c), 9))  # round: 2 / (1 - 0.9) is 20.000000000000004
+
+
+def _check_n_boot(n_boot: int, ci: float | None = None) -> int:
     if isinstance(n_boot, bool) or not isinstance(n_boot, (int, np.integer)) or n_boot < 1:
         raise ValueError(f"n_boot must be an int >= 1; got {n_boot!r}")
+    if n_boot > MAX_N_BOOT:
+        raise ValueError(
+            f"n_boot = {n_boot:,} is above the limit of {MAX_N_BOOT:,} resamples (beyond it the "
+            "Monte-Carlo error of the interval is < 1 % of its spread; memory and time grow "
+            "linearly)"
+        )
+    if ci is not None and n_boot < min_n_boot(ci):
+        raise ValueError(
+            f"n_boot = {n_boot} is too few for a {ci!r} interval: need n_boot >= "
+            f"ceil(2 / (1 - ci)) = {min_n_boot(ci)} so that each tail outside the interval "
+            "holds a resample"
+        )
     return int(n_boot)
 
 
 def _check_ci(ci: float) -> float:
+    if isinstance(ci, bool):
+        raise ValueError(f"ci must be a number in (0, 1); got {ci!r}")
     try:
         v = float(ci)
     except (TypeError, ValueError) as exc:
@@ -71,6 +119,26 @@ def _check_ci(ci: float) -> float:
     if not 0.0 < v < 1.0:
         raise ValueError(f"ci must lie in the open interval (0, 1), e.g. 0.95; got {ci!r}")
     return v
+
+
+def bootstrap_memory_bytes(num_classes: int, n_boot: int, per_resample: int = 0) -> int:
+    """Estimated peak bytes of a class bootstrap: ``8 n_boot (WEIGHT_COPIES T + per_resample)``
+    (``per_resample``: float64 cells of the figure arrays each resample needs at once, e.g.
+    ``4 K`` for OPIS on ``K`` thresholds)."""
+    return 8 * int(n_boot) * (WEIGHT_COPIES * int(num_classes) + int(per_resample))
+
+
+def check_bootstrap_memory(num_classes: int, n_boot: int, per_resample: int = 0) -> None:
+    """Raise if :func:`bootstrap_memory_bytes` exceeds :data:`~tcm.metrics.MAX_TABLE_BYTES`
+    (before any resample is drawn)."""
+    need = bootstrap_memory_bytes(num_classes, n_boot, per_resample)
+    if need > _checks.MAX_TABLE_BYTES:
+        raise ValueError(
+            f"the bootstrap would need about {need / 2**30:.1f} GiB ({n_boot:,} resamples x "
+            f"({WEIGHT_COPIES} x {num_classes:,} classes + {per_resample:,} figure cells) x 8 "
+            f"bytes; limit {_checks.MAX_TABLE_BYTES / 2**30:.0f} GiB): use fewer resamples "
+            "(--n-boot)"
+        )
 
 
 def _check_num_classes(num_classes: int) -> int:
@@ -82,14 +150,6 @@ def _check_num_classes(num_classes: int) -> int:
 
 def _value(x: np.ndarray) -> FloatOrArray:
     return float(x) if x.ndim == 0 else x
-
-
-def _jsonable(x: FloatOrArray | None) -> Any:
-    if x is None:
-        return None
-    if isinstance(x, np.ndarray):
-        return x.tolist()
-    return float(x)
 
 
 @dataclass(frozen=True)
@@ -117,13 +177,14 @@ class Interval:
     n_valid: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        """``{"lo", "hi", "ci", "n_boot", "point", "n_valid"}`` (arrays -> lists)."""
+        """``{"lo", "hi", "ci", "n_boot", "point", "n_valid"}`` (arrays -> lists; NaN -> ``None``,
+        ``±inf`` -> ``"inf"`` / ``"-inf"``: :func:`tcm._io.json_value`)."""
         return {
-            "lo": _jsonable(self.lo),
-            "hi": _jsonable(self.hi),
+            "lo": json_value(self.lo),
+            "hi": json_value(self.hi),
             "ci": self.ci,
             "n_boot": self.n_boot,
-            "point": _jsonable(self.point),
+            "point": json_value(self.point),
             "n_valid": self.n_valid,
         }
 
@@ -139,6 +200,7 @@ def class_bootstrap_indices(num_classes: int, n_boot: int, seed: int = 0) -> np.
     """
     t = _check_num_classes(num_classes)
     b = _check_n_boot(n_boot)
+    check_bootstrap_memory(t, b)
     rng = np.random.default_rng(seed)
     return rng.integers(0, t, size=(b, t), dtype=np.int64)
 
@@ -230,6 +292,7 @@ def bootstrap_ratio(
     """
     n, d = _check_counts(numer, denom, "bootstrap_ratio")
     c = _check_ci(ci)
+    _check_n_boot(n_boot, c)
     w = class_bootstrap_weights(n.shape[0], n_boot, seed).astype(np.float64)
     t = n.shape[0]
     tail = n.shape[1:]
@@ -271,6 +334,7 @@ def bootstrap_rates(
     if not tables:
         raise ValueError("tables must hold at least one (numer, denom) pair")
     c = _check_ci(ci)
+    _check_n_boot(n_boot, c)
     checked: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     t = -1
     for name, (numer, denom) in tables.items():
@@ -341,6 +405,7 @@ def bootstrap_statistic(
     if x.ndim == 0 or x.shape[0] == 0:
         raise ValueError(f"table must have shape (T, ...) with T >= 1; got {x.shape}")
     c = _check_ci(ci)
+    _check_n_boot(n_boot, c)
     idx = class_bootstrap_indices(x.shape[0], n_boot, seed)
     samples = np.stack([np.asarray(fn(x[i]), dtype=np.float64) for i in idx])
     return _interval(samples, c, idx.shape[0], np.asarray(fn(x), dtype=np.float64))
@@ -376,6 +441,7 @@ def bootstrap_opis(
     """
     u = _check_utility(utility)
     c = _check_ci(ci)
+    _check_n_boot(n_boot, c)
     t = u.shape[0]
     w = class_bootstrap_weights(t, n_boot, seed).astype(np.float64)
     m1 = (w @ u) / t
@@ -416,6 +482,7 @@ def bootstrap_epsilon_opis(
     """
     u = _check_utility(utility)
     c = _check_ci(ci)
+    _check_n_boot(n_boot, c)
     eps = float(epsilon)
     if not 0.0 < eps <= 1.0 or math.isnan(eps):
         raise ValueError(f"epsilon must lie in (0, 1]; got {epsilon!r}")
@@ -437,10 +504,11 @@ def bootstrap_epsilon_opis(
 
 
 def check_bootstrap_args(ci: float | None, n_boot: int) -> None:
-    """Validate ``ci`` (None = no interval, else in ``(0, 1)``) and ``n_boot >= 1``."""
+    """Validate ``ci`` (None = no interval, else in ``(0, 1)``) and ``n_boot``: an integer in
+    ``[1, MAX_N_BOOT]``, and with ``ci`` at least :func:`min_n_boot` ``(ci)``."""
     if ci is not None:
         _check_ci(ci)
-    _check_n_boot(n_boot)
+    _check_n_boot(n_boot, ci)
 
 
 def interval_from_samples(samples: np.ndarray, ci: float, point: Any) -> Interval:

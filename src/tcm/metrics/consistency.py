@@ -31,7 +31,14 @@ from collections.abc import Sequence
 from typing import Any
 
 from tcm._validation import ArrayLike
-from tcm.metrics._checks import check_epsilon, check_finite, check_fraction, check_int
+from tcm.metrics._checks import (
+    check_epsilon,
+    check_finite,
+    check_fraction,
+    check_int,
+    check_num_thresholds,
+)
+from tcm.metrics.bootstrap import check_bootstrap_args, check_bootstrap_memory
 from tcm.metrics.results import OperatingPoint, SimilarityHistogram, ThresholdConsistency
 from tcm.metrics.statistics import (
     DEFAULT_EXACT_CUTOFF,
@@ -108,7 +115,12 @@ def threshold_consistency(
         >>> r.utility.shape, r.thresholds.shape, r.opis >= 0
         ((10, 11), (11,), True)
     """
+    check_bootstrap_args(ci, n_boot)  # before the passes
     index = PairIndex(embeddings, labels, block_size=block_size)
+    if ci is not None:
+        check_bootstrap_memory(
+            index.classes.shape[0], n_boot, 4 * check_num_thresholds(num_thresholds)
+        )
     stats = pair_statistics(
         index,
         far_range=far_range,
@@ -176,7 +188,10 @@ def operating_point(
         ([1.0, 1.0], [0.0, 0.0], 0.0)
     """
     t = check_finite(threshold, "threshold")
+    check_bootstrap_args(ci, n_boot)  # before the pass
     index = PairIndex(embeddings, labels, block_size=block_size)
+    if ci is not None:
+        check_bootstrap_memory(index.classes.shape[0], n_boot)
     stats = pair_statistics(index, far_range=None, thresholds=[t])
     return stats.operating_point(t, ci=ci, n_boot=n_boot, seed=seed)
 

@@ -6,32 +6,12 @@ a pair is accepted when ``s >= t``; retrieval is leave-one-out on the given set.
 
 The flat metric vocabulary of :meth:`Evaluation.metrics` is the one used everywhere in tcm
 (training logs and ``train.select_metric``, ``tcm evaluate --json``, ``tcm calibrate``,
-``tcm report``); :func:`metric_label` gives each key's display name:
+``tcm report``). Every key (``recall_at_{k}``, ``map_at_r``, ``opis``, ``epsilon_opis_{eps}``,
+``tar_at_far_{far}``, ``calibration_*``, ``group_*``, ...) is an entry of the one metric table
+:data:`tcm.metrics.vocabulary.METRICS`, with its display name (:func:`metric_label`), format,
+direction and bounds.
 
-====================================  =========================================================
-key                                   value
-====================================  =========================================================
-``recall_at_{k}``                     Recall@k (leave-one-out), e.g. ``recall_at_1``
-``map_at_r``, ``r_precision``         MAP@R and R-precision
-``opis``                              OPIS over the calibration range ``far_range``
-``epsilon_opis_{eps}``                eps-OPIS, ``eps`` written with ``%g``: ``epsilon_opis_0.05``
-``tar_at_far_{far}``                  global TAR at the threshold of global FAR ``far``
-                                      (``far`` written ``%.0e``: ``tar_at_far_1e-03``)
-``threshold_at_far_{far}``            that threshold (cosine similarity)
-``calibration_threshold``             the calibrated threshold (target FAR or max utility)
-``calibration_global_far`` / ``_tar`` global FAR / TAR at it
-``calibration_mean_utility``          mean per-class utility at it
-``calibration_far_max``               largest per-class FAR at it
-``calibration_classes_far_above_2x``  classes with FAR above twice the reference FAR
-``threshold``                         the given operating threshold ``threshold=``
-``global_far`` / ``global_tar``       global FAR / TAR at it
-``group_opis``                        OPIS across groups (with ``groups=``)
-``group_{summary}``                   group summaries at the calibrated threshold:
-                                      ``group_far_max_min``, ``group_far_max_geomean``,
-                                      ``group_far_gini``, ``group_garbe``, ``group_fdr``, ...
-====================================  =========================================================
-
-With ``ci=`` each figure of the first block that has an interval appears in
+With ``ci=`` each pair figure that has an interval appears in
 :attr:`Evaluation.intervals` under the same key.
 
 Sections (``include=`` / ``exclude=``): ``"retrieval"``, ``"consistency"``, ``"tar_at_far"``,
@@ -77,6 +57,7 @@ from tcm.metrics._progress import Progress, reporting
 from tcm.metrics.bootstrap import (
     Interval,
     check_bootstrap_args,
+    check_bootstrap_memory,
 )
 from tcm.metrics.calibration import SEARCH_GRID, Calibration, calibrate
 from tcm.metrics.distributed import Communicator, default_communicator
@@ -84,6 +65,8 @@ from tcm.metrics.groups import SUMMARY_KEYS as GROUP_SUMMARY_KEYS
 from tcm.metrics.groups import (
     GroupConsistency,
     GroupOperatingPoint,
+    check_group_consistency_input,
+    group_bootstrap_cells,
     group_consistency_view,
     group_operating_point_view,
 )
@@ -95,6 +78,7 @@ from tcm.metrics.retrieval import (
     retrieval_metrics,
 )
 from tcm.metrics.statistics import DEFAULT_SAMPLE_SIZE, PairIndex, PairStats, pair_statistics
+from tcm.metrics.vocabulary import eps_key, far_key, metric_label
 
 __all__ = [
     "DEFAULT_TAR_FARS",
@@ -115,60 +99,6 @@ SECTIONS: tuple[str, ...] = (
     "histogram",
     "groups",
 )
-
-
-def far_key(far: float) -> str:
-    """Suffix of the ``*_at_far_*`` keys: ``1e-3 -> "1e-03"``.
-
-    Example:
-        >>> far_key(1e-3), far_key(0.1)
-        ('1e-03', '1e-01')
-    """
-    return f"{far:.0e}"
-
-
-def eps_key(eps: float) -> str:
-    """Suffix of the ``epsilon_opis_*`` keys: ``0.05 -> "0.05"``, ``0.10 -> "0.1"``."""
-    return f"{float(eps):g}"
-
-
-_LABELS = {
-    "map_at_r": "MAP@R",
-    "r_precision": "R-precision",
-    "opis": "OPIS",
-    "threshold": "threshold",
-    "global_far": "global FAR",
-    "global_tar": "global TAR",
-    "calibration_threshold": "calibrated threshold",
-    "calibration_global_far": "calibrated global FAR",
-    "calibration_global_tar": "calibrated global TAR",
-    "calibration_mean_utility": "calibrated mean utility",
-    "calibration_far_max": "calibrated max class FAR",
-    "calibration_classes_far_above_2x": "classes FAR > 2x",
-}
-
-
-def metric_label(key: str) -> str:
-    """Display name of a metric key (tables, plots).
-
-    Example:
-        >>> metric_label("recall_at_1"), metric_label("epsilon_opis_0.05")
-        ('Recall@1', 'eps-OPIS 5%')
-        >>> metric_label("tar_at_far_1e-03")
-        'TAR@FAR=1e-03'
-    """
-    if key in _LABELS:
-        return _LABELS[key]
-    for prefix, label in (
-        ("recall_at_", "Recall@"),
-        ("tar_at_far_", "TAR@FAR="),
-        ("threshold_at_far_", "threshold@FAR="),
-    ):
-        if key.startswith(prefix):
-            return label + key[len(prefix) :]
-    if key.startswith("epsilon_opis_"):
-        return f"eps-OPIS {float(key[len('epsilon_opis_') :]) * 100:g}%"
-    return key
 
 
 @dataclass(frozen=True)
@@ -394,6 +324,11 @@ def evaluate(
     index = PairIndex(
         embeddings, labels, groups if "groups" in sections else None, block_size=block_size
     )
+    if "groups" in sections:
+        check_group_consistency_input(index)  # before any pass over the pairs
+    if ci is not None:
+        ng = 0 if index.group_names is None else int(index.group_names.shape[0])
+        check_bootstrap_memory(index.classes.shape[0], n_boot, 4 * k + group_bootstrap_cells(ng, k))
     retrieval = None
     if "retrieval" in sections:
         fn = retrieval_metrics if comm is None else distributed_retrieval_metrics

@@ -43,11 +43,17 @@ from typing import Any
 import numpy as np
 
 from tcm._validation import ArrayLike
-from tcm.metrics._checks import check_epsilon, check_finite, check_fraction
+from tcm.metrics._checks import (
+    check_epsilon,
+    check_finite,
+    check_fraction,
+    check_num_thresholds,
+)
 from tcm.metrics._passes import CountState
 from tcm.metrics.bootstrap import (
     Interval,
     check_bootstrap_args,
+    check_bootstrap_memory,
     class_bootstrap_weights,
     interval_from_samples,
     ratio_or_nan,
@@ -65,7 +71,9 @@ from tcm.metrics.statistics import (
 __all__ = [
     "GroupConsistency",
     "GroupOperatingPoint",
+    "check_group_consistency_input",
     "gini",
+    "group_bootstrap_cells",
     "group_consistency",
     "group_consistency_view",
     "group_operating_point",
@@ -206,10 +214,12 @@ def _group_tables(stats: PairStats, column: int, xcol: int) -> dict[str, np.ndar
     _, n_cg, gs = _require_groups(stats)
     n_cg = n_cg.astype(np.float64)
     n_g = n_cg.sum(axis=0)
-    gen_acc = CountState.accepted(gs.gpos)[:, :, column]  # (C, G)
-    imp_acc = CountState.accepted(gs.gneg)[:, :, column]  # each impostor pair twice (both classes)
-    xgen = CountState.accepted(gs.xpos)[:, :, :, xcol]  # (C, G, G)
-    ximp = CountState.accepted(gs.xneg)[:, :, :, xcol]
+    # accepted at one column = the buckets above it (CountState.accepted without its full-size
+    # copies of the tables)
+    gen_acc = gs.gpos[:, :, column + 1 :].sum(axis=-1)  # (C, G)
+    imp_acc = gs.gneg[:, :, column + 1 :].sum(axis=-1)  # each impostor pair twice (both classes)
+    xgen = gs.xpos[:, :, :, xcol + 1 :].sum(axis=-1)  # (C, G, G)
+    ximp = gs.xneg[:, :, :, xcol + 1 :].sum(axis=-1)
     eye = np.eye(n_cg.shape[1])
     return {
         "gen_acc": gen_acc.astype(np.float64),
@@ -255,6 +265,8 @@ def group_operating_point_view(
     names, _, _ = _require_groups(stats)
     t = check_finite(threshold, "threshold")
     check_bootstrap_args(ci, n_boot)
+    if ci is not None:
+        check_bootstrap_memory(stats.classes.shape[0], n_boot, group_bootstrap_cells(len(names)))
     cross = stats.cross_thresholds if stats.cross_thresholds is not None else np.empty(0)
     xcols = np.flatnonzero(cross == t)
     if xcols.shape[0] == 0:
@@ -331,6 +343,42 @@ class GroupConsistency:
         }
 
 
+def group_bootstrap_cells(num_groups: int, num_thresholds: int = 0) -> int:
+    """Float64 cells per resample that the group intervals hold at once (for
+    :func:`~tcm.metrics.bootstrap.check_bootstrap_memory`): ``6 G^2`` for the rates and
+    cross-group matrices, plus ``8 G K`` for group OPIS on ``K`` thresholds (resampled
+    accepted counts, rates and utility; measured 6.5 - 7.2 ``G K``)."""
+    g = int(num_groups)
+    return 6 * g * g + 8 * g * int(num_thresholds)
+
+
+def _groups_with_both_kinds(n_cg: np.ndarray, names: np.ndarray) -> np.ndarray:
+    """``(G,)`` bool: groups with both genuine and impostor within-group pairs, from the
+    ``(C, G)`` class-group sizes alone; ValueError if fewer than 2."""
+    n = np.asarray(n_cg, dtype=np.float64)
+    gen = (n * (n - 1) / 2).sum(axis=0)
+    imp = (n * (n.sum(axis=0)[None, :] - n)).sum(axis=0)
+    inc = np.asarray((gen > 0) & (imp > 0))
+    if int(inc.sum()) < 2:
+        raise ValueError(
+            f"fewer than 2 groups with both genuine and impostor pairs ({int(inc.sum())} of "
+            f"{names.shape[0]}): group OPIS compares at least 2 groups, each needing two samples "
+            "of one class and two samples of different classes"
+        )
+    return inc
+
+
+def check_group_consistency_input(index: PairIndex) -> None:
+    """Raise before any pass over the pairs when group OPIS is undefined for ``index`` (fewer
+    than 2 groups with both genuine and impostor pairs; decided by labels and groups alone)."""
+    if index.group_codes is None or index.group_names is None:
+        raise ValueError("group consistency needs groups: build the PairIndex with groups=")
+    prep = index.prepared
+    n_cg = np.zeros((prep.num_classes, index.group_names.shape[0]), dtype=np.int64)
+    np.add.at(n_cg, (prep.codes, index.group_codes), 1)
+    _groups_with_both_kinds(n_cg, index.group_names)
+
+
 def group_consistency_view(
     stats: PairStats,
     *,
@@ -347,18 +395,16 @@ def group_consistency_view(
     if grid not in stats.grids:
         raise ValueError(f"no threshold grid {grid!r} was counted (have {sorted(stats.grids)})")
     g = stats.grids[grid]
+    if ci is not None:
+        cells = group_bootstrap_cells(len(names), g.thresholds.shape[0])
+        check_bootstrap_memory(stats.classes.shape[0], n_boot, cells)
     n = n_cg.astype(np.float64)
     n_g = n.sum(axis=0)
     gen = CountState.accepted(gs.gpos)[:, :, g.columns].astype(np.float64)  # (C, G, K)
     imp = CountState.accepted(gs.gneg)[:, :, g.columns].astype(np.float64)
     gen_den = n * (n - 1) / 2  # (C, G)
     imp_den = n * (n_g[None, :] - n)
-    inc = (gen_den.sum(axis=0) > 0) & (imp_den.sum(axis=0) > 0)
-    if int(inc.sum()) < 2:
-        raise ValueError(
-            f"fewer than 2 groups with both genuine and impostor pairs ({int(inc.sum())} of "
-            f"{names.shape[0]})"
-        )
+    inc = _groups_with_both_kinds(n_cg, names)
 
     def table(w: np.ndarray | None) -> np.ndarray:
         if w is None:
@@ -420,7 +466,11 @@ def group_operating_point(
             errors of :class:`~tcm.metrics.statistics.PairIndex`.
     """
     t = check_finite(threshold, "threshold")
+    check_bootstrap_args(ci, n_boot)
     index = PairIndex(embeddings, labels, groups, block_size=block_size)
+    if ci is not None and index.group_names is not None:
+        cells = group_bootstrap_cells(index.group_names.shape[0])
+        check_bootstrap_memory(index.classes.shape[0], n_boot, cells)
     stats = pair_statistics(index, far_range=None, thresholds=[t])
     return group_operating_point_view(stats, t, alpha=alpha, ci=ci, n_boot=n_boot, seed=seed)
 
@@ -440,6 +490,12 @@ def group_consistency(
 ) -> GroupConsistency:
     """Group OPIS / eps-OPIS (classes replaced by groups; the grid spans the global-FAR range
     of all negative pairs of the set). Two passes (quantiles, counts)."""
+    check_bootstrap_args(ci, n_boot)
+    k = check_num_thresholds(num_thresholds)
     index = PairIndex(embeddings, labels, groups, block_size=block_size)
+    check_group_consistency_input(index)
+    if ci is not None and index.group_names is not None:
+        cells = group_bootstrap_cells(index.group_names.shape[0], k)
+        check_bootstrap_memory(index.classes.shape[0], n_boot, cells)
     stats = pair_statistics(index, far_range=far_range, num_thresholds=num_thresholds)
     return group_consistency_view(stats, epsilons=epsilons, ci=ci, n_boot=n_boot, seed=seed)

@@ -5,8 +5,6 @@ All thresholds are cosine **similarities**; a pair is accepted when ``similarity
 
 from __future__ import annotations
 
-import math
-import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,45 +14,14 @@ __all__ = [
     "OperatingPoint",
     "SimilarityHistogram",
     "ThresholdConsistency",
-    "json_value",
     "jsonable",
 ]
 
 
 def jsonable(a: np.ndarray) -> list[Any]:
-    """``a.tolist()`` (NumPy scalars -> Python ints / floats / strs)."""
+    """``a.tolist()`` (NumPy scalars -> Python ints / floats / strs; NaN / inf kept: files get
+    tcm's JSON convention from :func:`tcm._io.json_value` when written)."""
     return list(np.asarray(a).tolist())
-
-
-def json_value(x: Any) -> Any:
-    """``x`` as strict JSON values, the one convention of tcm's JSON files: NaN -> ``None``
-    (``null``), ``+inf`` / ``-inf`` -> the strings ``"inf"`` / ``"-inf"``, NumPy arrays and
-    tuples -> lists, NumPy scalars -> Python scalars, paths -> strings, mapping keys -> strings;
-    nested dicts / lists are converted recursively, anything else is returned unchanged.
-
-    ``json.dumps(json_value(x), allow_nan=False)`` then never writes the non-standard
-    ``NaN`` / ``Infinity`` tokens (a strict parser accepts the file).
-
-    Example:
-        >>> json_value({"a": np.array([1.0, np.nan, np.inf]), "b": -math.inf, "c": (1, 2)})
-        {'a': [1.0, None, 'inf'], 'b': '-inf', 'c': [1, 2]}
-    """
-    if isinstance(x, dict):
-        return {str(k): json_value(v) for k, v in x.items()}
-    if isinstance(x, np.ndarray):
-        return [json_value(v) for v in x.tolist()]
-    if isinstance(x, list | tuple):
-        return [json_value(v) for v in x]
-    if isinstance(x, os.PathLike):
-        return os.fspath(x)
-    if isinstance(x, np.generic):
-        x = x.item()
-    if isinstance(x, float):
-        if math.isnan(x):
-            return None
-        if math.isinf(x):
-            return "inf" if x > 0 else "-inf"
-    return x
 
 
 @dataclass(frozen=True)

@@ -50,6 +50,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
+from tcm._io import json_value
 from tcm._validation import ArrayLike, as_embeddings, encode_labels, l2_normalize
 from tcm.metrics._knn import (
     FaissSearcher,
@@ -86,11 +87,6 @@ _HEAP_MAX_K = 1024  # CPU faiss heaps: candidates per row ...
 _HEAP_STATE_BYTES = 256 << 20  # ... and (N, kk) float32 scores + int64 ids at most this large
 
 
-def _jsonable(a: np.ndarray) -> list[Any]:
-    out: list[Any] = a.tolist()
-    return out
-
-
 @dataclass(frozen=True)
 class PerClassRetrieval:
     """Per-class means over the evaluated queries of each class (all arrays shape ``(C,)``).
@@ -108,11 +104,11 @@ class PerClassRetrieval:
     def to_dict(self) -> dict[str, Any]:
         """JSON-serialisable dict of lists."""
         return {
-            "classes": _jsonable(self.classes),
-            "num_queries": _jsonable(self.num_queries),
-            "recall_at_1": _jsonable(self.recall_at_1),
-            "map_at_r": _jsonable(self.map_at_r),
-            "r_precision": _jsonable(self.r_precision),
+            "classes": json_value(self.classes),
+            "num_queries": json_value(self.num_queries),
+            "recall_at_1": json_value(self.recall_at_1),
+            "map_at_r": json_value(self.map_at_r),
+            "r_precision": json_value(self.r_precision),
         }
 
 

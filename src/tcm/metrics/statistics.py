@@ -52,6 +52,7 @@ from tcm.metrics._checks import (
     check_far_range,
     check_finite,
     check_fraction,
+    check_group_labels,
     check_int,
     check_negatives,
     check_num_thresholds,
@@ -171,7 +172,7 @@ class PairIndex:
         self.group_names: np.ndarray | None = None
         self.group_codes: np.ndarray | None = None
         if groups is not None:
-            codes, names = encode_labels(groups, n=self._prep.n, name="groups")
+            codes, names = encode_labels(check_group_labels(groups), n=self._prep.n, name="groups")
             self.group_names = names
             self.group_codes = codes[self._prep.order]
 

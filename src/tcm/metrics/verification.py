@@ -22,7 +22,8 @@ impostor pairs:
   ``d_k >= 0``: ``EER = FAR_{k-1} + λ (FAR_k - FAR_{k-1})``, ``λ = -d_{k-1} / (d_k - d_{k-1})``.
   ``eer_threshold`` is the similarity of point ``k`` (the highest threshold with FAR >= FRR).
   Perfectly separated lists have EER 0, perfectly inverted ones EER 1.
-* **Accuracy** (LFW "unrestricted" rule, only when fold ids are given): for each fold ``f`` the
+* **Accuracy** (LFW "unrestricted" rule, only when at least 2 folds are given; otherwise
+  ``accuracy`` is None and ``accuracy_note`` says why): for each fold ``f`` the
   threshold is chosen on the *other* folds: among the distinct similarities of those pairs, the
   ``t`` maximising ``(#genuine with s >= t + #impostor with s < t) / n`` (ties: the largest such
   ``t``); the accuracy of fold ``f`` is the same fraction over the pairs of ``f`` at that ``t``.
@@ -135,9 +136,11 @@ class Verification:
         eer: equal error rate in ``[0, 1]``.
         eer_threshold: similarity of the first ROC point with FAR >= FRR.
         roc: :class:`ROC` over all distinct similarities.
-        accuracy: :class:`FoldAccuracy` when fold ids were given, else None.
+        accuracy: :class:`FoldAccuracy` when at least 2 folds were given, else None.
         num_genuine: ``P``, number of genuine (same) pairs.
         num_impostor: ``M``, number of impostor pairs.
+        accuracy_note: why ``accuracy`` is None (no fold ids, or a single fold: each fold's
+            threshold is chosen on the other folds), else None.
     """
 
     tar_at_far: dict[float, float]
@@ -149,10 +152,12 @@ class Verification:
     accuracy: FoldAccuracy | None
     num_genuine: int
     num_impostor: int
+    accuracy_note: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-serialisable dict: ``tar_at_far`` (``{"0.0001": ..., ...}``), ``eer``,
-        ``accuracy`` (``{"mean", "std", "folds", ...}`` or None), ``roc`` and the rest."""
+        ``accuracy`` (``{"mean", "std", "folds", ...}`` or None, then ``accuracy_note`` says
+        why), ``roc`` and the rest."""
         return {
             "tar_at_far": {_key(f): v for f, v in self.tar_at_far.items()},
             "thresholds_at_far": {_key(f): v for f, v in self.thresholds_at_far.items()},
@@ -160,6 +165,7 @@ class Verification:
             "eer": self.eer,
             "eer_threshold": self.eer_threshold,
             "accuracy": None if self.accuracy is None else self.accuracy.to_dict(),
+            "accuracy_note": self.accuracy_note,
             "num_genuine": self.num_genuine,
             "num_impostor": self.num_impostor,
             "roc": self.roc.to_dict(),
@@ -267,8 +273,6 @@ def _fold_ids(folds: ArrayLike, n: int) -> tuple[np.ndarray, np.ndarray]:
     elif arr.dtype.kind not in "iu" or arr.dtype.kind == "b":
         raise ValueError(f"folds must be integer fold ids; got dtype {arr.dtype}")
     ids, codes = np.unique(arr.astype(np.int64), return_inverse=True)
-    if ids.size < 2:
-        raise ValueError(f"folds must hold at least 2 distinct fold ids; got {ids.tolist()}")
     return ids, codes.reshape(-1)
 
 
@@ -391,8 +395,9 @@ def verification(
             embedding arrays (NumPy or torch; row ``i`` of each forms pair ``i``; rows are
             L2-normalised, so any scale works).
         same: ``(N,)`` bool or 0/1: 1 for a genuine (same identity) pair.
-        folds: optional ``(N,)`` integer fold id per pair (at least 2 folds) for the
-            cross-validated accuracy; None skips it (``accuracy`` is then None).
+        folds: optional ``(N,)`` integer fold id per pair for the cross-validated accuracy,
+            which needs at least 2 distinct folds; with None or a single fold ``accuracy`` is
+            None and ``accuracy_note`` says why (TAR@FAR and EER never need folds).
         fars: target FARs for TAR@FAR, each in the open interval ``(0, 1)``.
 
     Returns:
@@ -400,7 +405,7 @@ def verification(
 
     Raises:
         ValueError: no genuine or no impostor pair, NaN/inf similarities, length mismatch,
-            ``same`` not bool/0-1, fewer than 2 folds, a far outside ``(0, 1)``, or embeddings
+            ``same`` not bool/0-1, non-integer fold ids, a far outside ``(0, 1)``, or embeddings
             of different shapes / with an all-zero row.
 
     Example:
@@ -436,7 +441,16 @@ def verification(
         reached[f] = float(np.count_nonzero(neg >= t)) / m
     roc = roc_curve(s, y)
     eer, eer_t = equal_error_rate(roc)
-    acc = _fold_accuracy(s, y, *fold_info) if fold_info is not None else None
+    acc = None
+    if fold_info is None:
+        note: str | None = "no fold ids: the cross-validated accuracy needs at least 2 folds"
+    elif fold_info[0].size < 2:
+        note = (
+            f"one fold (id {int(fold_info[0][0])}): the cross-validated accuracy needs at least "
+            "2 folds (each fold's threshold is chosen on the other folds)"
+        )
+    else:
+        acc, note = _fold_accuracy(s, y, *fold_info), None
     return Verification(
         tar_at_far=tar,
         thresholds_at_far=thr,
@@ -447,4 +461,5 @@ def verification(
         accuracy=acc,
         num_genuine=p,
         num_impostor=m,
+        accuracy_note=note,
     )

@@ -172,7 +172,7 @@ def load_pretrained_backbone(model: EmbeddingModel, path: str | Path) -> None:
     p = Path(path)
     if not p.is_file():
         raise ValueError(f"pretrained weights file not found: {p}")
-    from tcm.train.checkpoint import safe_torch_load  # tcm.train imports tcm.models
+    from tcm._io import safe_torch_load
 
     obj = safe_torch_load(
         p,

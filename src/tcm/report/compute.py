@@ -20,42 +20,19 @@ A missing section is a :class:`ValueError` that names it.
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from tcm._io import json_value
 from tcm.metrics import Evaluation, GroupOperatingPoint, Interval, OperatingPoint
+from tcm.metrics.vocabulary import headline_keys, metric_info
 from tcm.report.plots import far_log_ratio
-from tcm.report.run import METRIC_KEYS, ReportRun
+from tcm.report.run import ReportRun
 
-__all__ = ["RunAnalysis", "analyse_run", "class_display_names", "json_value"]
-
-
-def json_value(x: Any) -> Any:
-    """``x`` (float, NumPy array / scalar, nested lists / dicts) as strict JSON values: NaN ->
-    ``None``, ``±inf`` -> the strings ``"inf"`` / ``"-inf"``, arrays -> lists.
-
-    Example:
-        >>> json_value({"a": np.array([1.0, np.nan, np.inf]), "b": -math.inf})
-        {'a': [1.0, None, 'inf'], 'b': '-inf'}
-    """
-    if isinstance(x, dict):
-        return {str(k): json_value(v) for k, v in x.items()}
-    if isinstance(x, np.ndarray):
-        return [json_value(v) for v in x.tolist()]
-    if isinstance(x, list | tuple):
-        return [json_value(v) for v in x]
-    if isinstance(x, np.generic):
-        x = x.item()
-    if isinstance(x, float):
-        if math.isnan(x):
-            return None
-        if math.isinf(x):
-            return "inf" if x > 0 else "-inf"
-    return x
+__all__ = ["RunAnalysis", "analyse_run", "class_display_names"]
 
 
 def interval_json(iv: Interval) -> dict[str, Any]:
@@ -79,7 +56,8 @@ class RunAnalysis:
     Attributes:
         name: the run's display name (not escaped).
         metrics: table metrics under the keys of :meth:`tcm.metrics.Evaluation.metrics`
-            (:data:`~tcm.report.run.METRIC_KEYS` first, then any extra caller keys).
+            (the headline metrics :func:`tcm.metrics.headline_keys` first, then any extra
+            caller keys).
         sources: for every key of ``metrics``: ``"caller"`` or ``"computed"``.
         threshold: deployment threshold ``t`` (cosine similarity; accepted when ``s >= t``).
         threshold_source: ``"given"`` or ``"calibrated"`` (global FAR = ``target_far``).
@@ -415,15 +393,16 @@ def _metric_table(
     """The table metrics (caller values first) and their sources (``caller`` / ``computed``)."""
     table: dict[str, float] = {}
     sources: dict[str, str] = {}
-    for key in METRIC_KEYS:
+    for key in headline_keys():
         if key in given:
             table[key], sources[key] = given[key], "caller"
         elif key in computed:
             table[key], sources[key] = computed[key], "computed"
-        elif key.startswith("epsilon_opis_"):
+        elif metric_info(key).key == "epsilon_opis_{eps}":
             raise ValueError(f"its Evaluation has no {key!r} (evaluate(..., epsilons=(0.05, 0.1)))")
         else:
-            raise _missing("retrieval", f"{key!r}; or pass it in ReportRun(metrics=...)")
+            section = metric_info(key).section
+            raise _missing(section, f"{key!r}; or pass it in ReportRun(metrics=...)")
     for key, val in given.items():
         if key not in table:
             table[key], sources[key] = val, "caller"

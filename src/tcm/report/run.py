@@ -25,6 +25,7 @@ from typing import Any
 from tcm._validation import ArrayLike
 from tcm.metrics import Evaluation, evaluate
 from tcm.metrics.bootstrap import check_bootstrap_args
+from tcm.metrics.vocabulary import find_metric, headline_keys, metric_info
 
 __all__ = [
     "HISTOGRAM_BINS",
@@ -35,34 +36,18 @@ __all__ = [
     "report_evaluation",
 ]
 
-#: Metric keys of the report's metrics table, in column order: the vocabulary of
-#: :meth:`tcm.metrics.Evaluation.metrics` (display names: :func:`tcm.metrics.metric_label`).
-#: ``recall_at_1`` and ``map_at_r`` are fractions in ``[0, 1]`` (not percent); ``opis`` and the
-#: eps-OPIS values are mean squared utility deviations (dimensionless, ``>= 0``; lower = more
-#: threshold-consistent).
-METRIC_KEYS: tuple[str, ...] = (
-    "recall_at_1",
-    "map_at_r",
-    "opis",
-    "epsilon_opis_0.05",
-    "epsilon_opis_0.1",
-)
+#: Metric keys of the report's metrics table, in column order: the headline metrics of the metric
+#: table (:func:`tcm.metrics.headline_keys`, when tcm was imported; display names, formats,
+#: direction and bounds: :func:`tcm.metrics.metric_info`). ``recall_at_1`` and ``map_at_r`` are
+#: fractions in ``[0, 1]`` (not percent); ``opis`` and the eps-OPIS values are mean squared
+#: utility deviations (dimensionless, ``>= 0``; lower = more threshold-consistent).
+METRIC_KEYS: tuple[str, ...] = headline_keys()
 #: The report's eps values of eps-OPIS (the suffixes of the two ``epsilon_opis_*`` keys).
 EPSILONS: tuple[float, ...] = (0.05, 0.10)
 #: Number of thresholds of the utility curves / OPIS grid.
 NUM_THRESHOLDS = 101
 #: Bins of the similarity histogram over ``[-1, 1]``.
 HISTOGRAM_BINS = 200
-
-_RETRIEVAL_KEYS = ("recall_at_1", "map_at_r")
-
-
-def _is_fraction_key(key: str) -> bool:
-    return key.startswith("recall_at_") or key in ("map_at_r", "r_precision")
-
-
-def _is_opis_key(key: str) -> bool:
-    return key == "opis" or key.startswith("epsilon_opis_")
 
 
 def check_report_options(
@@ -322,7 +307,9 @@ class ReportRun:
                 threshold=threshold,
                 target_far=target_far,
                 far_range=far_range,
-                retrieval=not all(k in given for k in _RETRIEVAL_KEYS),
+                retrieval=not all(
+                    k in given for k in headline_keys() if metric_info(k).section == "retrieval"
+                ),
                 groups=groups,
                 ci=ci,
                 n_boot=n_boot,
@@ -335,8 +322,9 @@ class ReportRun:
         """The caller's metrics, validated, as Python floats (keys unchanged).
 
         Raises:
-            ValueError: a non-string key, a non-numeric or non-finite value, a recall / MAP@R /
-                R-precision value outside ``[0, 1]``, or a negative OPIS / eps-OPIS value.
+            ValueError: a non-string key, a non-numeric or non-finite value, or a value of a
+                key of the metric table outside its bounds (:attr:`tcm.metrics.MetricInfo.bounds`:
+                a recall / MAP@R / TAR value outside ``[0, 1]``, a negative OPIS value, ...).
         """
         if self.metrics is None:
             return {}
@@ -361,13 +349,10 @@ class ReportRun:
                 ) from exc
             if not math.isfinite(val):
                 raise ValueError(f"run {self.name!r}: metric {key!r} is not finite: {val}")
-            if _is_fraction_key(key) and not 0.0 <= val <= 1.0:
-                raise ValueError(
-                    f"run {self.name!r}: metric {key!r} must be a fraction in [0, 1] (not "
-                    f"percent); got {val}"
-                )
-            if _is_opis_key(key) and val < 0.0:
-                raise ValueError(f"run {self.name!r}: metric {key!r} must be >= 0; got {val}")
+            info = find_metric(key)
+            why = None if info is None else info.bounds_error(val)
+            if why is not None:
+                raise ValueError(f"run {self.name!r}: metric {key!r} {why}")
             out[key] = val
         return out
 

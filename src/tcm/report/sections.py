@@ -16,7 +16,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 import tcm
-from tcm.metrics import metric_label
+from tcm.metrics import headline_keys, metric_info, metric_label
 from tcm.report import html as H
 from tcm.report.compute import RunAnalysis
 from tcm.report.plots import (
@@ -28,13 +28,10 @@ from tcm.report.plots import (
     plot_utility_curves,
     run_color,
 )
-from tcm.report.run import METRIC_KEYS
 from tcm.report.text import format_metric, interval_text, levels_text, slug, swatch, with_ci
 from tcm.report.transfer import TransferRow
 
 __all__ = ["SECTIONS", "ReportContext", "Section", "render_body"]
-
-_HIGHER_IS_BETTER = {"recall_at_1", "map_at_r"}
 
 
 @dataclass
@@ -106,15 +103,18 @@ def _metric_cell(
 
 def _metrics_table(ctx: ReportContext) -> list[str]:
     analyses = ctx.analyses
+    headline = headline_keys()
     extra_keys: list[str] = []
     for a in analyses:
-        extra_keys += [k for k in a.metrics if k not in METRIC_KEYS and k not in extra_keys]
-    keys = list(METRIC_KEYS) + extra_keys
+        extra_keys += [k for k in a.metrics if k not in headline and k not in extra_keys]
+    keys = list(headline) + extra_keys
     best: dict[str, float] = {}
     if len(analyses) > 1:
-        for k in METRIC_KEYS:
-            vals = [a.metrics[k] for a in analyses]
-            best[k] = max(vals) if k in _HIGHER_IS_BETTER else min(vals)
+        for k in headline:
+            higher = metric_info(k).higher_is_better
+            if higher is not None:
+                vals = [a.metrics[k] for a in analyses]
+                best[k] = max(vals) if higher else min(vals)
     levels: set[tuple[float, int]] = set()
     rows = [
         [swatch(i, a.name), f"{a.num_samples:,}", f"{a.num_classes:,}"]

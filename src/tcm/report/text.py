@@ -13,25 +13,11 @@ from typing import Any
 import numpy as np
 
 from tcm.metrics import Interval
+from tcm.metrics.vocabulary import format_metric
 from tcm.report import html as H
 from tcm.report.plots import run_color
 
 __all__ = ["format_metric", "interval_text", "levels_text", "slug", "swatch", "with_ci"]
-
-
-def format_metric(key: str, value: float) -> str:
-    """Table text of a metric (key of :meth:`tcm.metrics.Evaluation.metrics`): recall, MAP@R and
-    R-precision (fractions) with 4 decimals, OPIS / eps-OPIS as ``x.xxxe-yy``, others ``%.4g``.
-
-    Example:
-        >>> format_metric("recall_at_1", 0.81234), format_metric("epsilon_opis_0.05", 0.0012346)
-        ('0.8123', '1.235e-03')
-    """
-    if key.startswith("recall_at_") or key in ("map_at_r", "r_precision"):
-        return f"{value:.4f}"
-    if key == "opis" or key.startswith("epsilon_opis_"):
-        return f"{value:.3e}"
-    return f"{value:.4g}"
 
 
 def interval_text(iv: Interval, fmt: str | Callable[[float], str], index: int | None = None) -> str:

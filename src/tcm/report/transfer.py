@@ -16,10 +16,11 @@ from typing import Any, TypeAlias
 
 import numpy as np
 
+from tcm._io import json_value
 from tcm.metrics import CalibrationTransfer, calibration_transfer
 from tcm.metrics.statistics import PairStats
 from tcm.metrics.transfer import transfer_view
-from tcm.report.compute import interval_json, json_value
+from tcm.report.compute import interval_json
 from tcm.report.run import ReportRun
 
 __all__ = ["TransferRow", "TransferSpec", "check_transfer", "transfer_rows"]

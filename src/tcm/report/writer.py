@@ -13,13 +13,13 @@ See ``docs/definitions.md`` for the exact definitions and ``docs/report.md`` for
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
 import tcm
+from tcm._io import json_bytes
 from tcm.metrics.bootstrap import check_bootstrap_args
 from tcm.report import html as H
 from tcm.report.compute import RunAnalysis, analyse_run
@@ -191,5 +191,5 @@ def _report_files(ctx: ReportContext, ci: float | None, n_boot: int) -> dict[str
         "transfers": [r.to_dict() for r in ctx.transfers],
         "figures": sorted(k for k in files if k.endswith(".png")),
     }
-    files["report.json"] = (json.dumps(summary, indent=2, allow_nan=False) + "\n").encode()
+    files["report.json"] = json_bytes(summary) + b"\n"
     return files

@@ -13,7 +13,7 @@ Example:
     1
 """
 
-from tcm.train.checkpoint import TrainingState, atomic_write, load_checkpoint, save_checkpoint
+from tcm.train.checkpoint import TrainingState, load_checkpoint, save_checkpoint
 from tcm.train.config import TrainingConfig, apply_overrides, dump_config, load_config
 from tcm.train.datasets import (
     DatasetProvider,
@@ -29,7 +29,6 @@ from tcm.train.loop import (
     TrainingDivergedError,
     TrainResult,
     load_model,
-    save_embeddings,
     train,
 )
 from tcm.train.rundir import RunDir
@@ -50,7 +49,6 @@ __all__ = [
     "TrainingDivergedError",
     "TrainingState",
     "apply_overrides",
-    "atomic_write",
     "compute_metrics",
     "dump_config",
     "embed_dataset",
@@ -60,7 +58,6 @@ __all__ = [
     "metric_table",
     "register_dataset",
     "save_checkpoint",
-    "save_embeddings",
     "split_validation_classes",
     "train",
     "unregister_dataset",

@@ -11,8 +11,8 @@ header (plain ``torch.save`` output, older tcm checkpoints) are still read, unve
 
 Writes go to ``<name>.tmp-<pid>`` in the same directory, are flushed and fsync'ed, then moved over
 the target with :func:`os.replace` (atomic on POSIX and Windows): a crash, kill or full disk leaves
-the previous file intact; the temporary file is removed on error (``tcm train`` also removes stale
-``*.tmp-*`` files left by a killed process when it starts).
+the previous file intact; the temporary file is removed on error (:func:`tcm._io.atomic_write`;
+``tcm train`` also removes the ``*.tmp-<pid>`` files a killed process left when it starts).
 
 :class:`TrainingState` is the *only* description of what a training checkpoint holds
 (``last.pt`` / ``best.pt``); the loop, ``load_model`` and the CLI go through it.
@@ -32,28 +32,22 @@ Example:
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import io
-import os
-import pickle
-import re
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import IO, Any
 
 import torch
 
+from tcm._io import atomic_write, safe_torch_load
 from tcm.train.config import TrainingConfig, config_from_dict
 
 __all__ = [
     "CHECKPOINT_FORMAT",
     "TrainingState",
-    "atomic_write",
     "load_checkpoint",
-    "remove_stale_temporaries",
-    "safe_torch_load",
     "save_checkpoint",
 ]
 
@@ -73,45 +67,6 @@ _REQUIRED = (
 )
 
 
-def atomic_write(path: str | Path, write: Callable[[IO[bytes]], object]) -> Path:
-    """Call ``write(fileobj)`` on a temporary file next to ``path``, then ``os.replace`` it.
-
-    Raises whatever ``write`` raises (after deleting the temporary file); ``path`` is then
-    untouched.
-    """
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f"{target.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as fh:
-            write(fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
-    return target
-
-
-def remove_stale_temporaries(directory: str | Path) -> list[Path]:
-    """Delete ``*.tmp-<pid>`` files (left by :func:`atomic_write` in a killed process) in
-    ``directory`` (not recursive); returns the removed paths. Our own process's files are kept."""
-    d = Path(directory)
-    removed: list[Path] = []
-    if not d.is_dir():
-        return removed
-    mine = f".tmp-{os.getpid()}"
-    for p in sorted(d.glob("*.tmp-*")):
-        suffix = p.name.rsplit(".tmp-", 1)[-1]
-        if suffix.isdigit() and not p.name.endswith(mine) and p.is_file():
-            with contextlib.suppress(FileNotFoundError):
-                p.unlink()
-                removed.append(p)
-    return removed
-
-
 def save_checkpoint(state: Mapping[str, Any], path: str | Path) -> Path:
     """Atomically write a state mapping (tensors, numbers, strings, lists, dicts) with its hash."""
     buf = io.BytesIO()
@@ -124,45 +79,6 @@ def save_checkpoint(state: Mapping[str, Any], path: str | Path) -> Path:
         fh.write(payload)
 
     return atomic_write(path, write)
-
-
-def safe_torch_load(
-    source: str | Path | IO[bytes],
-    map_location: str | torch.device = "cpu",
-    *,
-    unsafe: str,
-    unreadable: str,
-) -> Any:
-    """``torch.load(source, weights_only=True)`` with one-line errors.
-
-    A file that holds Python objects other than tensors, numbers, strings, lists and dicts
-    (a global that unpickling would have to import) is refused as ``"<unsafe> holds Python
-    objects that tcm does not load for safety (<global>) ..."``; any other failure is
-    ``"<unreadable>: <first line of torch's message>"``. torch's own advice (how to load the file
-    anyway) is never repeated: tcm never runs code from a file it reads.
-
-    Raises:
-        ValueError: as described.
-    """
-    try:
-        return torch.load(source, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as exc:
-        text = str(exc)
-        found = re.search(r"GLOBAL (\S+)", text)
-        if found is None:  # not a pickle at all, or a pickle opcode torch refuses
-            detail = text.split("WeightsUnpickler error:", 1)[-1]
-            raise ValueError(f"{unreadable}: {_first_line(detail, exc)}") from None
-        raise ValueError(
-            f"{unsafe} holds Python objects that tcm does not load for safety "
-            f"({found.group(1)}); only tensors, numbers, strings, lists and dicts are read"
-        ) from None
-    except Exception as exc:
-        raise ValueError(f"{unreadable}: {_first_line(str(exc), exc)}") from exc
-
-
-def _first_line(text: str, exc: BaseException) -> str:
-    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
-    return lines[0] if lines else f"{type(exc).__name__} (empty or truncated file?)"
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:

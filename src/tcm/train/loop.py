@@ -45,7 +45,6 @@ from __future__ import annotations
 
 import atexit
 import copy
-import json
 import math
 import os
 import signal
@@ -65,11 +64,11 @@ from torch import nn
 from torch.utils.data import DataLoader, default_collate, get_worker_info
 
 from tcm._distributed import is_distributed, join_process_group
+from tcm._io import atomic_write, write_embeddings, write_json
 from tcm.data.base import DMLDataset
-from tcm.data.embedding_file import add_sample_arrays
 from tcm.data.samplers import ClassBalancedBatchSampler
 from tcm.models import EmbeddingModel, build_model, model_from_spec
-from tcm.train.checkpoint import CHECKPOINT_FORMAT, TrainingState, atomic_write
+from tcm.train.checkpoint import CHECKPOINT_FORMAT, TrainingState
 from tcm.train.config import TrainingConfig, dump_config
 from tcm.train.datasets import (
     DatasetProvider,
@@ -91,7 +90,6 @@ __all__ = [
     "TrainingDivergedError",
     "config_differences",
     "load_model",
-    "save_embeddings",
     "train",
 ]
 
@@ -227,30 +225,6 @@ def config_differences(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[s
     for section, skip in _RESUME_KEYS.items():
         walk(section, old.get(section), new.get(section), skip)
     return out
-
-
-def save_embeddings(
-    path: str | Path,
-    embeddings: np.ndarray,
-    labels: np.ndarray,
-    class_names: Sequence[str] | None = None,
-) -> Path:
-    """Atomically write ``embeddings`` ``(N, D)`` float32, ``labels`` ``(N,)`` int64 and
-    ``class_names`` (``(C,)`` str, ``class_names[labels]`` names each row) to ``.npz`` or, when
-    the suffix is ``.safetensors``, to safetensors (class names in the metadata as JSON)."""
-    p = Path(path)
-    emb = np.ascontiguousarray(embeddings, dtype=np.float32)
-    lab = np.ascontiguousarray(labels, dtype=np.int64)
-    names = np.asarray(list(class_names) if class_names is not None else [], dtype=str)
-    if p.suffix == ".safetensors":
-        from safetensors.numpy import save
-
-        blob = save(
-            {"embeddings": emb, "labels": lab},
-            metadata={"class_names": json.dumps(names.tolist())},
-        )
-        return atomic_write(p, lambda fh: fh.write(blob))
-    return atomic_write(p, lambda fh: np.savez(fh, embeddings=emb, labels=lab, class_names=names))
 
 
 def load_model(
@@ -609,8 +583,7 @@ class Trainer:
         }
         if test is not None:
             summary["test"] = test
-        data = json.dumps(summary, indent=2).encode()
-        atomic_write(self.run_dir.metrics, lambda fh: fh.write(data))
+        write_json(self.run_dir.metrics, summary)  # strict JSON: NaN -> null, inf -> "inf"
 
     def _validate(self) -> None:
         """Checkpoint, evaluate the validation classes, update best / history / files."""
@@ -677,11 +650,13 @@ class Trainer:
             "note": "test classes, evaluated once for the checkpoint selected on validation",
         }
         if self.rank == 0:
-            save_embeddings(self.run_dir.embeddings, ev.embeddings, ev.labels, ev.class_names)
-            # per-sample ids and domains (font family, vendor, ...): `tcm evaluate RUN --groups`;
-            # only those of the evaluated rows (eval.max_classes keeps a subset of the classes)
-            add_sample_arrays(
+            # with per-sample ids and domains (font family, vendor, ...): `tcm evaluate RUN
+            # --groups`; only those of the evaluated rows (eval.max_classes keeps a subset)
+            write_embeddings(
                 self.run_dir.embeddings,
+                ev.embeddings,
+                ev.labels,
+                ev.class_names,
                 ids=ev.rows_of(getattr(self.parts.test_ds, "ids", None)),
                 groups=ev.rows_of(getattr(self.parts.test_ds, "domains", None)),
             )

@@ -27,26 +27,23 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import IO, Any
 
-from tcm.train.checkpoint import atomic_write, remove_stale_temporaries
+from tcm._io import atomic_write, remove_stale_temporaries
+from tcm.metrics.vocabulary import headline_keys, metric_info
 
-__all__ = ["CSV_FIELDS", "CsvLog", "RunDir"]
+__all__ = ["CSV_FIELDS", "RUN_COLUMNS", "CsvLog", "RunDir", "csv_fields"]
 
-CSV_FIELDS = [
-    "kind",
-    "split",
-    "step",
-    "epoch",
-    "loss",
-    "base",
-    "tcm",
-    "lr",
-    "recall_at_1",
-    "map_at_r",
-    "opis",
-    "epsilon_opis_0.05",
-    "epsilon_opis_0.1",
-    "elapsed_s",
-]
+#: The run's own columns of ``log.csv``; the metric columns between them and ``elapsed_s`` are
+#: the headline metrics of the metric table (:func:`tcm.metrics.headline_keys`).
+RUN_COLUMNS: tuple[str, ...] = ("kind", "split", "step", "epoch", "loss", "base", "tcm", "lr")
+
+
+def csv_fields() -> list[str]:
+    """The columns of ``log.csv``: :data:`RUN_COLUMNS`, the headline metrics, ``elapsed_s``."""
+    return [*RUN_COLUMNS, *headline_keys(), "elapsed_s"]
+
+
+#: The columns of ``log.csv`` (:func:`csv_fields` when tcm was imported).
+CSV_FIELDS = csv_fields()
 
 
 class RunDir:
@@ -89,12 +86,13 @@ class RunDir:
             ) from None
 
     def remove_stale_temporaries(self) -> list[Path]:
-        """Delete ``*.tmp-<pid>`` files left by killed runs (see ``checkpoint``)."""
+        """Delete the ``*.tmp-<pid>`` files of killed runs (only of processes no longer alive: a
+        concurrent writer's files are kept; :func:`tcm._io.remove_stale_temporaries`)."""
         return remove_stale_temporaries(self.root)
 
 
 class CsvLog:
-    """Append-only CSV log with the columns :data:`CSV_FIELDS`.
+    """Append-only CSV log with the columns :func:`csv_fields`.
 
     ``resume_step``: keep only the rows up to that step (rows written after the checkpoint by an
     interrupted run are dropped), rewriting the file atomically; ``None``: start a new file.
@@ -109,6 +107,7 @@ class CsvLog:
         keep_evals: Sequence[int] = (),
     ) -> None:
         self.path = path
+        self.fields = csv_fields()
         rows: list[dict[str, str]] = []
         if resume_step is not None and path.is_file():
             with open(path, newline="", encoding="utf-8") as fh:
@@ -123,18 +122,32 @@ class CsvLog:
                     elif kind == "eval" and step in set(keep_evals):
                         rows.append(row)
         buf = io.StringIO()
-        w = csv.DictWriter(buf, fieldnames=CSV_FIELDS, extrasaction="ignore")
+        w = csv.DictWriter(buf, fieldnames=self.fields)
         w.writeheader()
         for row in rows:
-            w.writerow({k: row.get(k, "") for k in CSV_FIELDS})
+            w.writerow({k: row.get(k, "") for k in self.fields})
         data = buf.getvalue().encode()
         atomic_write(path, lambda fh: fh.write(data))
         self._fh: IO[str] = open(path, "a", newline="", encoding="utf-8")
-        self._w = csv.DictWriter(self._fh, fieldnames=CSV_FIELDS, extrasaction="ignore")
+        self._w = csv.DictWriter(self._fh, fieldnames=self.fields)
 
     def row(self, **kw: Any) -> None:
-        """Append one row (missing columns empty) and flush."""
-        self._w.writerow({k: ("" if v is None else v) for k, v in kw.items()})
+        """Append one row (missing columns empty) and flush.
+
+        A metric key outside the headline set is left out of the log (``metrics.json`` and
+        TensorBoard carry every metric).
+
+        Raises:
+            UnknownMetricError: a key that is neither a column nor a metric key of the table
+                (:func:`tcm.metrics.metric_info`); nothing is written.
+        """
+        row: dict[str, Any] = {}
+        for k, v in kw.items():
+            if k in self.fields:
+                row[k] = "" if v is None else v
+            else:
+                metric_info(k)
+        self._w.writerow(row)
         self._fh.flush()
 
     def close(self) -> None:
