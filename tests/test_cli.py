@@ -286,9 +286,10 @@ def test_embed_writes_file(
     assert writes == [out]  # written once, ids included (no write / re-read / rewrite)
     f = read_embedding_file(out)
     assert f.ids is not None and len(f.ids) == len(f.embeddings)
-    from tcm.cli.main import _load_array_file
+    from tcm.cli.main import _load_source
 
-    e, y, names = _load_array_file(out)
+    f = _load_source(out)
+    e, y, names = f.embeddings, f.labels, f.class_names
     with np.load(trained / "embeddings.npz") as z:
         np.testing.assert_allclose(e, z["embeddings"], atol=1e-5)
         np.testing.assert_array_equal(y, z["labels"])
@@ -402,3 +403,32 @@ def test_no_command_is_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as ei:
         main([])
     assert ei.value.code == 2
+
+
+def test_one_source_loader_gives_an_embedding_file_for_every_kind(trained: Path) -> None:
+    """A run directory, its embeddings file and its checkpoint (embedded on the fly) all load
+    as an EmbeddingFile with the same samples; a group selection keeps ids and groups aligned."""
+    import argparse
+    from dataclasses import replace
+
+    from tcm.cli.main import SOURCE_DEFAULTS, _load_source, _select_groups
+    from tcm.data.embedding_file import EmbeddingFile
+
+    args = argparse.Namespace(data=None, root=None, quiet=True, progress=False, **SOURCE_DEFAULTS)
+    run = _load_source(str(trained), args)
+    npz = _load_source(trained / "embeddings.npz")
+    ckpt = _load_source(str(trained / "best.pt"), args)
+    for f in (run, npz, ckpt):
+        assert isinstance(f, EmbeddingFile) and f.labels is not None
+    assert run.path == npz.path == trained / "embeddings.npz" and ckpt.path == trained / "best.pt"
+    np.testing.assert_array_equal(run.labels, ckpt.labels)
+    np.testing.assert_allclose(ckpt.embeddings, run.embeddings, atol=1e-5)
+    assert ckpt.class_names == run.class_names and ckpt.ids == run.ids
+    assert ckpt.groups is None and run.groups is None  # the tiny dataset has no domains
+    n = run.embeddings.shape[0]
+    grouped = replace(run, groups=np.array(["a", "b", "c"] * n)[:n])
+    part = _select_groups(grouped, ["b"], "run")
+    m = grouped.groups == "b"
+    assert part.ids == [i for i, k in zip(run.ids or [], m, strict=True) if k]
+    assert part.groups is not None and (part.groups == "b").all()
+    np.testing.assert_array_equal(part.embeddings, run.embeddings[m])

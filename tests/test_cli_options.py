@@ -69,7 +69,7 @@ def no_work(monkeypatch: pytest.MonkeyPatch) -> list[str]:
 
         return fn
 
-    monkeypatch.setattr(cli, "_load_groups", record("load"))
+    monkeypatch.setattr(cli, "_load_source", record("load"))
     monkeypatch.setattr(cli, "_embed_checkpoint", record("embed"))
     monkeypatch.setattr(cli_verify, "run_verify", record("verify"))
     return calls

@@ -461,6 +461,42 @@ def test_available_datasets() -> None:
     assert {"inshop", "folder", "csv"} <= set(names)
 
 
+def test_one_dataset_registry_for_load_and_training() -> None:
+    """A dataset registered for training (provider of a DataConfig) is also what
+    ``tcm.data.load`` finds, and vice versa; unregistering restores a shadowed built-in."""
+    from conftest import tiny_dataset
+    from tcm.data import register_dataset, registered_loader, unregister_dataset
+    from tcm.train import datasets as tds
+    from tcm.train.config import DataConfig
+
+    seen: list[tuple[str, int]] = []
+
+    def provider(d: Any, split: str) -> Any:
+        seen.append((split, d.image_size))
+        return tiny_dataset(split, d.image_size)
+
+    tds.register_dataset("glyphs", provider)
+    try:
+        assert "glyphs" in tds.registered_datasets()
+        assert load("glyphs", "test", image_size=8).name == "tiny"
+        assert (
+            tds.default_provider(DataConfig(name="glyphs", image_size=12), "train").name == "tiny"
+        )
+        assert seen == [("test", 8), ("train", 12)]
+    finally:
+        tds.unregister_dataset("glyphs")
+    assert registered_loader("glyphs") is None and "glyphs" in available_datasets()
+    register_dataset("tiny2", lambda split, **kw: tiny_dataset(split, kw["image_size"]))
+    try:
+        ds = tds.default_provider(DataConfig(name="tiny2", image_size=8), "test")
+        assert ds.name == "tiny" and ds.split == "test" and "tiny2" in available_datasets()
+    finally:
+        unregister_dataset("tiny2")
+    assert "tiny2" not in available_datasets()
+    with pytest.raises(ValueError, match="non-empty string"):
+        tds.register_dataset("", provider)
+
+
 # ---------------------------------------------------------------- the shared photo reader
 def test_photo_loaders_share_one_reader_with_ids_relative_to_root(tmp_path: Path) -> None:
     from tcm.data._files import ParsedSplit, read_photo_split

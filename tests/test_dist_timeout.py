@@ -208,3 +208,18 @@ def test_training_joins_with_the_timeout(
     monkeypatch.setenv(DIST_TIMEOUT_ENV, "0")
     with pytest.raises(ValueError, match=f"{DIST_TIMEOUT_ENV} must be a number"):
         train(tiny_cfg(tmp_path / "run2", "train.device=cpu"), echo=None)
+
+
+def test_is_distributed_is_the_one_test_of_a_process_group() -> None:
+    """Without a group: not distributed, one rank, rank 0; and no other module of tcm asks
+    torch.distributed itself whether a group is on (one place: tcm._distributed)."""
+    from tcm import _distributed as td
+
+    assert (td.is_distributed(), td.world_size(), td.rank()) == (False, 1, 0)
+    src = Path(td.__file__).parent
+    spelled = [
+        str(p.relative_to(src))
+        for p in sorted(src.rglob("*.py"))
+        if p.name != "_distributed.py" and "is_initialized()" in p.read_text(encoding="utf-8")
+    ]
+    assert spelled == []

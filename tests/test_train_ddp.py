@@ -35,7 +35,7 @@ LAUNCHER = textwrap.dedent(
     # gradient check: DDP on 2 half-batches == one process on the whole batch
     from tcm.losses import build_loss
     from tcm.models import build_model
-    from tcm.train.loop import backward_global, global_batch_loss
+    from tcm.train.step import backward_global, global_batch_loss
     torch.manual_seed(0)
     model = build_model("small_cnn", 8, image_size=8)
     loss_fn = build_loss("proxy_anchor", tcm=True, num_classes=4, embedding_dim=8)

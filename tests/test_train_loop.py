@@ -24,10 +24,10 @@ from tcm.train.evaluation import compute_metrics, metric_table
 from tcm.train.loop import (
     StepInfo,
     TrainingDivergedError,
-    _lr_lambda,
     load_model,
     train,
 )
+from tcm.train.step import lr_lambda
 
 
 @pytest.fixture(autouse=True)
@@ -228,17 +228,17 @@ def test_lr_schedule_matches_formula() -> None:
     cfg = load_config(
         None, ["optim.warmup_steps=4", "optim.schedule=cosine", "optim.min_lr_ratio=0.1"]
     )
-    f = _lr_lambda(cfg, 24)
+    f = lr_lambda(cfg, 24)
     for s in range(4):
         assert f(s) == pytest.approx((s + 1) / 4)
     for s in range(4, 25):
         p = (s - 4) / 20
         assert f(s) == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * p)))
-    g = _lr_lambda(
+    g = lr_lambda(
         load_config(None, ["optim.schedule=step", "optim.step_size=3", "optim.gamma=0.5"]), 10
     )
     assert [g(s) for s in range(7)] == [1, 1, 1, 0.5, 0.5, 0.5, 0.25]
-    h = _lr_lambda(load_config(None, ["optim.schedule=constant"]), 10)
+    h = lr_lambda(load_config(None, ["optim.schedule=constant"]), 10)
     assert h(0) == h(9) == 1.0
 
 
@@ -259,12 +259,13 @@ def test_sgd_and_bn_head_train(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("suffix", [".npz", ".safetensors"])
 def test_write_embeddings_roundtrip(tmp_path: Path, suffix: str) -> None:
-    from tcm.cli.main import _load_array_file
+    from tcm.cli.main import _load_source
 
     e = np.random.default_rng(0).normal(size=(5, 3)).astype(np.float32)
     y = np.array([0, 1, 1, 2, 0])
     p = write_embeddings(tmp_path / f"e{suffix}", e, y, ["a", "b", "c"])
-    e2, y2, names = _load_array_file(p)
+    f = _load_source(p)
+    e2, y2, names = f.embeddings, f.labels, f.class_names
     np.testing.assert_array_equal(e2, e)
     np.testing.assert_array_equal(y2, y)
     assert names == ["a", "b", "c"]
@@ -466,3 +467,40 @@ def test_checkpoint_interval_saves_last_when_due(
     train(cfg, hooks=[tick], echo=None)
     # the evaluation at step 8 writes last.pt before and after it
     assert saves == [*time_saves, 8, 8]
+
+
+def test_load_model_gives_the_typed_config_even_when_the_data_root_is_gone(
+    tmp_path: Path,
+) -> None:
+    """``load_model`` returns the checkpoint's TrainingState with a validated TrainingConfig;
+    checks of the machine that trained (data root, weights file) are not repeated."""
+    from tcm.train.config import TrainingConfig
+
+    root = tmp_path / "root"
+    root.mkdir()
+    out = tmp_path / "run"
+    train(tiny_cfg(out, "train.epochs=1", f"data.root={root}"), echo=None)
+    root.rmdir()
+    model, state = load_model(out / "best.pt")
+    assert isinstance(state.config, TrainingConfig)
+    assert (state.config.data.name, state.config.data.root) == ("tiny", str(root))
+    assert state.to_dict()["config"] == state.config.model_dump(mode="json")
+    assert not model.training
+
+
+def test_trainer_parts_are_built_once_and_frozen(tmp_path: Path) -> None:
+    """Trainer creates every attribute in ``__init__``; the run's components are one frozen
+    value and what changes while training is in ``progress``."""
+    import dataclasses
+
+    from tcm.train.loop import Trainer
+
+    t = Trainer(tiny_cfg(tmp_path, "train.epochs=1", "train.tensorboard=false"), echo=None)
+    before = set(vars(t))
+    with pytest.raises(RuntimeError, match=r"built by Trainer\.run"):
+        _ = t.parts
+    res = t.run()
+    assert set(vars(t)) == before
+    assert res.steps == t.progress.step == t.parts.total == 2
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        t.parts.total = 3  # type: ignore[misc]

@@ -1,4 +1,7 @@
-"""Joining the ``torch.distributed`` process group, with a timeout (the one place that does it).
+"""Joining the ``torch.distributed`` process group, with a timeout (the one place that does it),
+and the one test of whether a group is on (:func:`is_distributed`, :func:`world_size`,
+:func:`rank`). This bottom module imports nothing from tcm (metrics, losses, train and cli all
+use it); torch is imported only inside the functions.
 
 ``tcm evaluate`` / ``tcm calibrate`` and training join the default process group when torchrun
 started more than one process (``WORLD_SIZE > 1``). The group's timeout bounds every collective
@@ -29,7 +32,10 @@ __all__ = [
     "DistributedTimeoutError",
     "collective",
     "dist_timeout",
+    "is_distributed",
     "join_process_group",
+    "rank",
+    "world_size",
 ]
 
 #: Seconds a rank waits for the others (rendezvous and every collective) unless told otherwise.
@@ -42,6 +48,27 @@ _joined_timeout: float | None = None  # the timeout of the group join_process_gr
 
 class DistributedTimeoutError(TimeoutError):
     """A rank waited longer than the process group's timeout for the other ranks."""
+
+
+def is_distributed() -> bool:
+    """Whether ``torch.distributed`` is available and its default process group is initialised."""
+    import torch.distributed as dist
+
+    return dist.is_available() and dist.is_initialized()
+
+
+def world_size() -> int:
+    """Number of ranks of the default process group (1 without one)."""
+    import torch.distributed as dist
+
+    return int(dist.get_world_size()) if is_distributed() else 1
+
+
+def rank() -> int:
+    """This process's rank in the default process group (0 without one)."""
+    import torch.distributed as dist
+
+    return int(dist.get_rank()) if is_distributed() else 0
 
 
 def dist_timeout(seconds: float | None = None) -> float:
@@ -85,7 +112,7 @@ def join_process_group(backend: str | None = None, *, timeout: float | None = No
     import torch
     import torch.distributed as dist
 
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or dist.is_initialized():
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or is_distributed():
         return False
     if backend is None:
         backend = "nccl" if torch.cuda.is_available() else "gloo"
@@ -115,15 +142,11 @@ def collective(what: str, seconds: float | None = None) -> Iterator[None]:
     except (RuntimeError, TimeoutError) as exc:
         if not _is_timeout(exc) or isinstance(exc, DistributedTimeoutError):
             raise
-        import torch.distributed as dist
-
         limit = _joined_timeout if seconds is None else seconds
         within = f"within {limit:g} s" if limit is not None else "within the group's timeout"
-        rank = os.environ.get("RANK", "?")
-        if dist.is_available() and dist.is_initialized():
-            rank = str(dist.get_rank())
+        who = str(rank()) if is_distributed() else os.environ.get("RANK", "?")
         raise DistributedTimeoutError(
-            f"rank {rank}: {what}: no answer from the other ranks {within} (a rank is stuck, "
+            f"rank {who}: {what}: no answer from the other ranks {within} (a rank is stuck, "
             f"stopped or far slower); wait longer with --dist-timeout SECONDS or "
             f"{DIST_TIMEOUT_ENV}=SECONDS"
         ) from exc

@@ -24,13 +24,17 @@ import sys
 import time
 import unicodedata
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 import tcm
 from tcm._io import write_embeddings, write_json
+
+if TYPE_CHECKING:
+    from tcm.data.embedding_file import EmbeddingFile
 
 __all__ = ["build_parser", "console_text", "main"]
 
@@ -95,22 +99,6 @@ def _warn(command: str, text: str) -> None:
 # ----------------------------------------------------------------------------- sources
 
 
-def _read_arrays(path: Path) -> tuple[np.ndarray, np.ndarray, list[str] | None, Any]:
-    """``(embeddings, labels, class_names, groups)`` of an ``.npz`` / ``.safetensors`` file
-    (:func:`tcm.data.embedding_file.read_embedding_file`; labels are required here)."""
-    from tcm.data.embedding_file import read_embedding_file
-
-    f = read_embedding_file(path)
-    if f.labels is None:
-        raise ValueError(f"{path} has no array 'labels'")
-    return f.embeddings, f.labels, f.class_names, f.groups
-
-
-def _load_array_file(path: Path) -> tuple[np.ndarray, np.ndarray, list[str] | None]:
-    """``(embeddings, labels, class_names)`` of an embeddings file."""
-    return _read_arrays(path)[:3]
-
-
 def _embed_checkpoint(
     path: Path,
     data: str | None,
@@ -118,39 +106,41 @@ def _embed_checkpoint(
     root: str | None,
     batch_size: int,
     device: str,
-    info: dict[str, Any] | None = None,
     progress: bool = True,
-) -> tuple[np.ndarray, np.ndarray, list[str]]:
+) -> EmbeddingFile:
+    """The samples of dataset ``data`` (default: the one the checkpoint trained on) / ``split``
+    embedded by the checkpoint at ``path``, with the dataset's per-sample ids and domains (as
+    ``groups``) when it has them; ``path`` of the result is the checkpoint."""
     import torch
 
     from tcm import data as tdata
+    from tcm.data.embedding_file import EmbeddingFile
     from tcm.train.evaluation import embed_dataset
     from tcm.train.loop import load_model
 
     dev = device if device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
-    model, ckpt = load_model(path, dev)
-    cfg = ckpt.get("config", {}).get("data", {})
-    name = data or cfg.get("name")
+    model, state = load_model(path, dev)
+    stored = state.config.data
+    name = data or stored.name
     if not name:
         raise ValueError(f"pass --data: checkpoint {path} does not name its dataset")
-    options = cfg.get("options", {}) if name == cfg.get("name") else {}
+    options = dict(stored.options) if name == stored.name else {}
     size = model.spec.image_size
     transform: Any = "default"
     if split == "train":  # embed training images with the deterministic evaluation pipeline
         transform = tdata.load(name, split="test", root=root, image_size=size, **options).transform
     ds = tdata.load(name, split=split, root=root, image_size=size, transform=transform, **options)
     emb, lab = embed_dataset(model, ds, batch_size=batch_size, device=dev, progress=progress)
-    if info is not None:  # per-sample ids / domains for `tcm embed`
-        info.update(ids=getattr(ds, "ids", None), groups=getattr(ds, "domains", None))
-    return emb, lab, list(ds.class_names)
-
-
-def _load_source(
-    args: argparse.Namespace, source: str
-) -> tuple[np.ndarray, np.ndarray, list[str] | None]:
-    """``(embeddings, labels, class_names)`` of a file, run directory or checkpoint."""
-    emb, lab, names, _ = _load_groups(args, source)
-    return emb, lab, names
+    ids = getattr(ds, "ids", None)
+    groups = getattr(ds, "domains", None)
+    return EmbeddingFile(
+        embeddings=emb,
+        labels=lab,
+        class_names=list(ds.class_names),
+        ids=None if ids is None else [str(i) for i in ids],
+        groups=None if groups is None else np.asarray(groups),
+        path=path,
+    )
 
 
 EMBEDDING_SUFFIXES = (".npz", ".safetensors")
@@ -167,45 +157,64 @@ def _is_checkpoint(source: str) -> bool:
     return _source_file(source).suffix not in EMBEDDING_SUFFIXES
 
 
-def _load_groups(args: argparse.Namespace, source: str) -> tuple[Any, ...]:
-    """``(embeddings, labels, class_names, groups)`` of a file, run directory or checkpoint;
-    ``groups`` is the per-sample domain array of the embeddings file / dataset, or None."""
-    path = _source_file(source)
-    if not path.exists():
-        raise ValueError(f"file not found: {source}")
-    if not _is_checkpoint(source):
-        return _read_arrays(path)
-    info: dict[str, Any] = {}
-    emb, lab, names = _embed_checkpoint(
-        path,
-        args.data,
-        args.split,
-        args.root,
-        args.batch_size,
-        args.device,
-        info,
-        progress=_show_progress(args),
-    )
-    groups = info.get("groups")
-    return emb, lab, names, None if groups is None else np.asarray(groups)
+def _load_source(
+    source: str | Path, args: argparse.Namespace | None = None, *, labels: bool = True
+) -> EmbeddingFile:
+    """The one loader of a SOURCE's samples (every command that reads embeddings uses it).
+
+    With ``args`` (the command's ``--data --root --split --batch-size --device`` and progress
+    options), SOURCE is an ``.npz`` / ``.safetensors`` embeddings file, a run directory (its
+    ``embeddings.npz``) or a checkpoint embedded on the fly (:func:`_embed_checkpoint`);
+    without, an embeddings file read as it is named (``tcm verify``, ``tcm demo``).
+    ``labels``: refuse a file without ``labels``.
+
+    Raises:
+        ValueError: a missing or unreadable source, or no labels where they are needed.
+    """
+    from tcm.data.embedding_file import read_embedding_file
+
+    if args is None:
+        path = Path(source)
+    else:
+        path = _source_file(str(source))
+        if not path.exists():
+            raise ValueError(f"file not found: {source}")
+        if _is_checkpoint(str(source)):
+            return _embed_checkpoint(
+                path,
+                args.data,
+                args.split,
+                args.root,
+                args.batch_size,
+                args.device,
+                progress=_show_progress(args),
+            )
+    f = read_embedding_file(path)
+    if labels and f.labels is None:
+        raise ValueError(f"{path} has no array 'labels'")
+    return f
 
 
-def _select_groups(
-    loaded: tuple[Any, ...], keep: Sequence[str] | None, source: str
-) -> tuple[np.ndarray, np.ndarray, Any, Any]:
-    """Keep only the samples whose group is in ``keep`` (None: all) of a :func:`_load_groups`
+def _labels(f: EmbeddingFile) -> np.ndarray:
+    """The labels of a :func:`_load_source` result loaded with ``labels=True``."""
+    assert f.labels is not None
+    return f.labels
+
+
+def _select_groups(f: EmbeddingFile, keep: Sequence[str] | None, source: str) -> EmbeddingFile:
+    """Keep only the samples whose group is in ``keep`` (None: all) of a :func:`_load_source`
     result."""
-    emb, lab, names, groups = loaded
     if not keep:
-        return emb, lab, names, groups
-    g = _require_groups(groups, source)
+        return f
+    g = _require_groups(f.groups, source)
     unknown = sorted(set(keep) - {str(v) for v in np.unique(g)})
     if unknown:
         raise ValueError(
             f"{source} has no group {unknown[0]!r} (groups: {sorted(map(str, np.unique(g)))})"
         )
     m = np.isin(g.astype(str), list(keep))
-    return emb[m], lab[m], names, g[m]
+    ids = None if f.ids is None else [f.ids[i] for i in np.flatnonzero(m).tolist()]
+    return replace(f, embeddings=f.embeddings[m], labels=_labels(f)[m], ids=ids, groups=g[m])
 
 
 def _require_groups(groups: Any, source: str) -> np.ndarray:
@@ -310,12 +319,13 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     from tcm.metrics import DEFAULT_TAR_FARS, evaluate, metric_info, metric_label
     from tcm.train.evaluation import metric_table
 
-    emb, lab, names, groups = _load_groups(args, args.source)
+    f = _load_source(args.source, args)
+    names, groups = f.class_names, f.groups
     if args.groups:
         groups = _require_groups(groups, args.source)
     ev = evaluate(
-        emb,
-        lab,
+        f.embeddings,
+        _labels(f),
         far_range=tuple(args.far_range),
         tar_fars=DEFAULT_TAR_FARS,
         groups=groups if args.groups else None,
@@ -342,9 +352,9 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 def _rank() -> int:
     """This process's ``torch.distributed`` rank (0 without a process group)."""
-    import torch.distributed as dist
+    from tcm._distributed import rank
 
-    return int(dist.get_rank()) if dist.is_available() and dist.is_initialized() else 0
+    return rank()
 
 
 def _show_progress(args: argparse.Namespace) -> bool:
@@ -380,9 +390,9 @@ def _leave_distributed(*, clean: bool) -> None:
     """
     import torch.distributed as dist
 
-    from tcm._distributed import collective
+    from tcm._distributed import collective, is_distributed
 
-    if not dist.is_initialized():
+    if not is_distributed():
         return
     if clean:
         with collective("final barrier"):
@@ -398,11 +408,10 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
 
     if args.on is not None:
         return _calibrate_transfer(args)
-    emb, lab, names, _ = _select_groups(
-        _load_groups(args, args.source), args.source_group, args.source
-    )
+    f = _select_groups(_load_source(args.source, args), args.source_group, args.source)
+    names, lab = f.class_names, _labels(f)
     ev = evaluate(
-        emb,
+        f.embeddings,
         lab,
         include=["calibration"],
         calibration_far=args.far,
@@ -506,20 +515,17 @@ def _calibrate_transfer(args: argparse.Namespace) -> int:
     """``tcm calibrate SOURCE --far F --on TARGET``: the source threshold on the target."""
     from tcm.metrics import calibration_transfer
 
-    s_emb, s_lab, _, s_groups = _select_groups(
-        _load_groups(args, args.source), args.source_group, args.source
-    )
-    t_emb, t_lab, _, t_groups = _select_groups(
-        _load_groups(args, args.on), args.target_group, args.on
-    )
+    s_f = _select_groups(_load_source(args.source, args), args.source_group, args.source)
+    t_f = _select_groups(_load_source(args.on, args), args.target_group, args.on)
+    s_lab, t_lab = _labels(s_f), _labels(t_f)
     tr = calibration_transfer(
-        s_emb,
+        s_f.embeddings,
         s_lab,
-        t_emb,
+        t_f.embeddings,
         t_lab,
         far=args.far,
-        source_groups=s_groups,
-        target_groups=t_groups,
+        source_groups=s_f.groups,
+        target_groups=t_f.groups,
         ci=args.ci,
         n_boot=args.n_boot,
         progress=_show_progress(args),
@@ -566,20 +572,17 @@ def _cmd_embed(args: argparse.Namespace) -> int:
     path = Path(args.checkpoint)
     if not path.is_file():
         raise ValueError(f"checkpoint not found: {path}")
-    info: dict[str, Any] = {}
-    emb, lab, names = _embed_checkpoint(
+    f = _embed_checkpoint(
         path,
         args.data,
         args.split,
         args.root,
         args.batch_size,
         args.device,
-        info,
         progress=_show_progress(args),
     )
-    out = write_embeddings(
-        args.out, emb, lab, names, ids=info.get("ids"), groups=info.get("groups")
-    )
+    emb, names = f.embeddings, f.class_names or []
+    out = write_embeddings(args.out, emb, _labels(f), names, ids=f.ids, groups=f.groups)
     _out(
         f"wrote {console_text(out)}: {emb.shape[0]} embeddings of dim {emb.shape[1]}, "
         f"{len(names)} classes"
@@ -599,10 +602,9 @@ def _cmd_report(args: argparse.Namespace) -> int:
     transfer = [_split_transfer(spec, run_names) for spec in args.transfer or ()]
     loaded = []
     for src, name in zip(args.sources, run_names, strict=True):
-        emb, lab, names, groups = _load_groups(args, src)
-        if args.groups:
-            groups = _require_groups(groups, src)
-        loaded.append((name, emb, lab, names, groups if args.groups else None))
+        f = _load_source(src, args)
+        groups = _require_groups(f.groups, src) if args.groups else None
+        loaded.append((name, f.embeddings, _labels(f), f.class_names, groups))
     in_transfer = {n for pair in transfer for n in pair}
     runs = []
     for name, emb, lab, names, groups in loaded:
@@ -730,17 +732,16 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     write_json(Path(args.out) / "comparison.json", results)
     report_path: Path | None = None
     if not args.no_report:
-        try:
-            from tcm.report import ReportRun, write_report
-        except ImportError as exc:  # pragma: no cover - report module missing
-            _out(f"[demo] report skipped: {exc}")
-        else:
-            runs = []
-            for name, npz in report_runs:
-                emb, lab, names = _load_array_file(npz)
-                best = {k: v for k, v in results[name].items() if k in headline_keys()}
-                runs.append(ReportRun(name, emb, lab, metrics=best, class_names=names))
-            report_path = write_report(Path(args.out) / "report", runs)
+        from tcm.report import ReportRun, write_report
+
+        runs = []
+        for name, npz in report_runs:
+            f = _load_source(npz)
+            best = {k: v for k, v in results[name].items() if k in headline_keys()}
+            runs.append(
+                ReportRun(name, f.embeddings, _labels(f), metrics=best, class_names=f.class_names)
+            )
+        report_path = write_report(Path(args.out) / "report", runs)
     if report_path is not None:
         _out(f"\nreport: {report_path}")
     _out(f"[demo] total {time.monotonic() - t0:.0f} s")
@@ -748,10 +749,6 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 # ----------------------------------------------------------------------------- parser
-
-
-def _floats2(s: str) -> float:
-    return float(s)
 
 
 def _add_progress_args(p: argparse.ArgumentParser) -> None:

@@ -34,11 +34,11 @@ def run_verify(
     Returns ``Verification.to_dict()`` plus ``embeddings``, ``pairs`` (the paths), and
     ``num_pairs``, ``num_folds``.
     """
-    from tcm.data.embedding_file import read_embedding_file
+    from tcm.cli.main import _load_source
     from tcm.data.pairs import read_pairs, resolve_pairs
     from tcm.metrics.verification import DEFAULT_VERIFICATION_FARS, verification
 
-    f = read_embedding_file(embeddings)
+    f = _load_source(embeddings, labels=False)
     if f.ids is None:
         raise ValueError(
             f"{f.path} has no sample 'ids' (re-create it with `tcm embed`, which stores them, or "

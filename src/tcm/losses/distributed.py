@@ -20,17 +20,9 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 
+from tcm._distributed import is_distributed, world_size
+
 __all__ = ["gather_no_grad", "gather_with_grad", "is_distributed", "world_size"]
-
-
-def is_distributed() -> bool:
-    """True when ``torch.distributed`` is available and a process group is initialised."""
-    return dist.is_available() and dist.is_initialized()
-
-
-def world_size() -> int:
-    """Number of ranks (1 when not distributed)."""
-    return dist.get_world_size() if is_distributed() else 1
 
 
 def _all_gather_padded(x: torch.Tensor) -> list[torch.Tensor]:

@@ -26,7 +26,7 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 import torch
 
-from tcm._distributed import DistributedTimeoutError, collective
+from tcm._distributed import DistributedTimeoutError, collective, is_distributed, world_size
 
 __all__ = ["Communicator", "DistributedTimeoutError", "TorchCommunicator", "default_communicator"]
 
@@ -64,7 +64,7 @@ class TorchCommunicator:
     def __init__(self) -> None:
         import torch.distributed as dist
 
-        if not (dist.is_available() and dist.is_initialized()):
+        if not is_distributed():
             raise ValueError("TorchCommunicator needs an initialised torch.distributed group")
         self._dist = dist
         self._rank = int(dist.get_rank())
@@ -113,8 +113,6 @@ class TorchCommunicator:
 def default_communicator() -> TorchCommunicator | None:
     """A :class:`TorchCommunicator` if ``torch.distributed`` is initialised with more than one
     rank, else ``None``."""
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+    if world_size() > 1:
         return TorchCommunicator()
     return None

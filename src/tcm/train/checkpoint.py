@@ -42,6 +42,7 @@ from typing import IO, Any
 import torch
 
 from tcm._io import atomic_write, safe_torch_load
+from tcm.train.config import TrainingConfig, config_from_dict
 
 __all__ = [
     "CHECKPOINT_FORMAT",
@@ -131,7 +132,8 @@ class TrainingState:
         rng: per-rank RNG states (torch / numpy / python / cuda) at the step boundary; with
             data-loader workers also ``loader_workers``: the states the workers of a loader
             restarted at ``in_epoch`` start from (see ``Trainer._loader_start``).
-        config: the resolved ``TrainingConfig`` as JSON-able dict; ``world_size``: ranks.
+        config: the resolved :class:`~tcm.train.config.TrainingConfig` (validated on load;
+            stored as its JSON-able ``model_dump(mode="json")``); ``world_size``: ranks.
         selection: ``{"split", "class_names"}`` of the validation (model-selection) classes.
     """
 
@@ -143,7 +145,7 @@ class TrainingState:
     step: int
     epoch: int
     in_epoch: int
-    config: dict[str, Any]
+    config: TrainingConfig
     scaler: dict[str, Any] = field(default_factory=dict)
     best: dict[str, Any] = field(default_factory=dict)
     history: list[dict[str, Any]] = field(default_factory=list)
@@ -153,12 +155,16 @@ class TrainingState:
     format: str = CHECKPOINT_FORMAT
 
     def to_dict(self) -> dict[str, Any]:
-        """The mapping written to disk (shallow: tensors are not copied)."""
-        return {f.name: getattr(self, f.name) for f in fields(self)}
+        """The mapping written to disk (shallow: tensors are not copied; the config as its
+        JSON-able dump)."""
+        out = {f.name: getattr(self, f.name) for f in fields(self)}
+        out["config"] = self.config.model_dump(mode="json")
+        return out
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any], source: str = "<checkpoint>") -> TrainingState:
-        """Validate a loaded mapping. Raises ValueError naming what is missing."""
+        """Validate a loaded mapping (also the stored config). Raises ValueError naming what is
+        missing or invalid."""
         if d.get("format") != CHECKPOINT_FORMAT:
             raise ValueError(
                 f"{source} is not a tcm training checkpoint (format {d.get('format')!r}, "
@@ -172,6 +178,7 @@ class TrainingState:
         for k in ("step", "epoch", "in_epoch", "world_size"):
             if k in kw:
                 kw[k] = int(kw[k])
+        kw["config"] = config_from_dict(kw["config"], f"stored in {source}", stored=True)
         return cls(**kw)
 
     def save(self, path: str | Path) -> Path:

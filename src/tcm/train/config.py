@@ -22,7 +22,15 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 __all__ = [
     "DataConfig",
@@ -46,6 +54,14 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+def _stored(info: ValidationInfo) -> bool:
+    """Whether the config being validated is one a checkpoint stores (``stored=True`` of
+    :func:`config_from_dict`): it was fully checked when its run started, and the machine that
+    reads it may lack the data root or weights file, so those checks (and building the loss)
+    are skipped."""
+    return isinstance(info.context, dict) and bool(info.context.get("stored"))
+
+
 class DataConfig(_Strict):
     """Dataset and batching. ``batch_size`` is per process (rank).
 
@@ -67,8 +83,8 @@ class DataConfig(_Strict):
 
     @field_validator("root")
     @classmethod
-    def _root_exists(cls, v: str | None) -> str | None:
-        if v is not None and not Path(os.path.expanduser(v)).exists():
+    def _root_exists(cls, v: str | None, info: ValidationInfo) -> str | None:
+        if v is not None and not _stored(info) and not Path(os.path.expanduser(v)).exists():
             raise ValueError(f"data root does not exist: {v!r}")
         return v
 
@@ -92,8 +108,10 @@ class ModelConfig(_Strict):
 
     @field_validator("pretrained")
     @classmethod
-    def _pretrained_exists(cls, v: str | None) -> str | None:
-        if v is not None and v != "imagenet" and not Path(os.path.expanduser(v)).is_file():
+    def _pretrained_exists(cls, v: str | None, info: ValidationInfo) -> str | None:
+        if v is None or v == "imagenet" or _stored(info):
+            return v
+        if not Path(os.path.expanduser(v)).is_file():
             raise ValueError(f"pretrained weights file does not exist: {v!r}")
         return v
 
@@ -240,8 +258,9 @@ class TrainingConfig(_Strict):
     eval: EvalConfig = Field(default_factory=EvalConfig)
 
     @model_validator(mode="after")
-    def _loss_builds(self) -> TrainingConfig:
-        check_loss(self.loss, self.model.embedding_dim)
+    def _loss_builds(self, info: ValidationInfo) -> TrainingConfig:
+        if not _stored(info):
+            check_loss(self.loss, self.model.embedding_dim)
         return self
 
 
@@ -300,12 +319,18 @@ def _format_errors(exc: ValidationError, source: str) -> str:
     return f"invalid config {source}:\n" + "\n".join(lines)
 
 
-def config_from_dict(data: Mapping[str, Any], source: str = "<dict>") -> TrainingConfig:
-    """Validate a nested mapping. Raises ValueError naming every bad key."""
+def config_from_dict(
+    data: Mapping[str, Any], source: str = "<dict>", *, stored: bool = False
+) -> TrainingConfig:
+    """Validate a nested mapping. Raises ValueError naming every bad key.
+
+    ``stored``: the config of a checkpoint (checked when its run started): the data root and
+    the pretrained weights file need not exist here, and the loss is not built again.
+    """
     if not isinstance(data, Mapping):
         raise ValueError(f"config {source} must be a mapping; got {type(data).__name__}")
     try:
-        return TrainingConfig.model_validate(dict(data))
+        return TrainingConfig.model_validate(dict(data), context={"stored": stored})
     except ValidationError as exc:
         raise ValueError(_format_errors(exc, source)) from None
 

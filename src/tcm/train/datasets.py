@@ -1,10 +1,12 @@
 """Where training gets its data, and the validation split used for model selection.
 
 The seam: a *dataset provider* is any callable ``provider(data_config, split) -> DMLDataset``.
-:func:`tcm.train.train` takes one as ``datasets=``; without it, :func:`default_provider` first
-looks ``data.name`` up in the registry filled by :func:`register_dataset` (how tests and
-launcher scripts plug in synthetic data, also in subprocesses and under ``torchrun``) and
-otherwise calls :func:`tcm.data.load`.
+:func:`tcm.train.train` takes one as ``datasets=``; without it, :func:`default_provider` looks
+``data.name`` up in the one dataset registry, :mod:`tcm.data`'s (built-ins, and what
+:func:`tcm.data.register_dataset` or :func:`register_dataset` here added: how tests and launcher
+scripts plug in synthetic data, also in subprocesses and under ``torchrun``). A provider
+registered here is called with the run's whole ``DataConfig``; ``tcm.data.load(name, ...)``
+reaches it too (with a ``DataConfig`` of the arguments given).
 
 Model selection (docs/definitions.md): :func:`split_validation_classes` holds out a seeded
 fraction of whole *training* classes; ``best.pt`` is chosen on them, and the test classes are
@@ -49,34 +51,63 @@ DatasetProvider = Callable[[DataConfig, str], DMLDataset]
 """``provider(data_config, split) -> DMLDataset``; ``split`` is ``data.train_split`` or
 ``data.test_split``."""
 
-_REGISTRY: dict[str, DatasetProvider] = {}
+
+class _ProviderLoader:
+    """A :data:`DatasetProvider` in :mod:`tcm.data`'s registry (with :func:`tcm.data.load`'s
+    signature, for callers without a ``DataConfig``)."""
+
+    def __init__(self, name: str, provider: DatasetProvider) -> None:
+        self.name = name
+        self.provider = provider
+
+    def __call__(
+        self,
+        split: str = "train",
+        root: str | None = None,
+        image_size: int | None = None,
+        transform: Any = "default",
+        **options: Any,
+    ) -> DMLDataset:
+        fields: dict[str, Any] = {"name": self.name, "root": root, "options": dict(options)}
+        if image_size is not None:
+            fields["image_size"] = image_size
+        return self.provider(DataConfig.model_construct(**fields), split)
 
 
 def register_dataset(name: str, provider: DatasetProvider) -> None:
-    """Make ``data.name=<name>`` use ``provider`` (takes precedence over ``tcm.data.load``)."""
-    if not isinstance(name, str) or not name:
-        raise ValueError(f"dataset name must be a non-empty string; got {name!r}")
-    if not callable(provider):
+    """Make ``data.name=<name>`` use ``provider`` (registered in :mod:`tcm.data`'s one registry;
+    takes precedence over a built-in dataset of that name)."""
+    from tcm import data as tdata
+
+    if isinstance(name, str) and name and not callable(provider):  # a bad name: tcm.data says
         raise ValueError(f"provider must be callable (data_config, split) -> dataset: {provider!r}")
-    _REGISTRY[name] = provider
+    tdata.register_dataset(name, _ProviderLoader(name, provider))
 
 
 def unregister_dataset(name: str) -> None:
-    """Remove a registered provider (no error when absent)."""
-    _REGISTRY.pop(name, None)
+    """Remove a registered provider (no error when absent; see
+    :func:`tcm.data.unregister_dataset`)."""
+    from tcm import data as tdata
+
+    tdata.unregister_dataset(name)
 
 
 def registered_datasets() -> list[str]:
-    """Names registered with :func:`register_dataset` (sorted)."""
-    return sorted(_REGISTRY)
+    """Names registered with :func:`register_dataset` or :func:`tcm.data.register_dataset`
+    (sorted)."""
+    from tcm import data as tdata
+
+    return [n for n in tdata.available_datasets() if tdata.registered_loader(n) is not None]
 
 
 def default_provider(data: DataConfig, split: str) -> DMLDataset:
-    """A registered provider for ``data.name``, else ``tcm.data.load`` with the config's options."""
-    if data.name in _REGISTRY:
-        return _REGISTRY[data.name](data, split)
+    """The registered provider of ``data.name`` (given the whole config), else
+    ``tcm.data.load`` with the config's options."""
     from tcm import data as tdata
 
+    loader = tdata.registered_loader(data.name)
+    if isinstance(loader, _ProviderLoader):
+        return loader.provider(data, split)
     return tdata.load(
         data.name,
         split=split,

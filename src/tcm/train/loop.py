@@ -57,16 +57,19 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader, default_collate, get_worker_info
 
-from tcm._distributed import join_process_group
+from tcm._distributed import is_distributed, join_process_group
 from tcm._io import atomic_write, write_embeddings, write_json
+from tcm.data.base import DMLDataset
+from tcm.data.samplers import ClassBalancedBatchSampler
 from tcm.models import EmbeddingModel, build_model, model_from_spec
 from tcm.train.checkpoint import CHECKPOINT_FORMAT, TrainingState
-from tcm.train.config import TrainingConfig, config_from_dict, dump_config
+from tcm.train.config import TrainingConfig, dump_config
 from tcm.train.datasets import (
     DatasetProvider,
     SelectionSplit,
@@ -77,14 +80,7 @@ from tcm.train.datasets import (
 from tcm.train.rundir import CsvLog, RunDir
 from tcm.train.runner import EvaluationRunner, SplitEvaluation
 from tcm.train.state import get_rng_state, seed_everything, set_rng_state
-from tcm.train.step import (
-    TrainingDivergedError,
-    TrainStep,
-    backward_global,
-    build_optimizer,
-    global_batch_loss,
-    lr_lambda,
-)
+from tcm.train.step import TrainingDivergedError, TrainStep, build_optimizer, lr_lambda
 
 __all__ = [
     "CHECKPOINT_FORMAT",
@@ -92,14 +88,10 @@ __all__ = [
     "TrainResult",
     "Trainer",
     "TrainingDivergedError",
-    "backward_global",
     "config_differences",
-    "global_batch_loss",
     "load_model",
     "train",
 ]
-
-_lr_lambda = lr_lambda  # backwards-compatible private name
 
 #: wall clock of the time-based checkpoints (``train.checkpoint_interval_s``); tests replace it
 _clock = time.monotonic
@@ -237,8 +229,9 @@ def config_differences(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[s
 
 def load_model(
     path: str | Path, device: str | torch.device = "cpu"
-) -> tuple[EmbeddingModel, dict[str, Any]]:
-    """Rebuild the model stored in a tcm checkpoint; returns ``(model in eval mode, checkpoint)``.
+) -> tuple[EmbeddingModel, TrainingState]:
+    """Rebuild the model stored in a tcm checkpoint; returns ``(model in eval mode, state)``
+    (``state.config``: the run's typed :class:`~tcm.train.config.TrainingConfig`).
 
     Raises:
         ValueError: not a tcm checkpoint, corrupt (hash mismatch), or weights that do not fit
@@ -252,7 +245,7 @@ def load_model(
         raise ValueError(
             f"checkpoint {path} does not fit architecture {state.model_spec}: {exc}"
         ) from exc
-    return model.to(device).eval(), state.to_dict()
+    return model.to(device).eval(), state
 
 
 def _unwrap(m: nn.Module) -> EmbeddingModel:
@@ -262,16 +255,64 @@ def _unwrap(m: nn.Module) -> EmbeddingModel:
 
 
 def _destroy_process_group() -> None:
-    if dist.is_available() and dist.is_initialized():
+    if is_distributed():
         dist.destroy_process_group()
 
 
-def config_of_checkpoint(ckpt: dict[str, Any]) -> TrainingConfig:
-    """The training configuration stored in a checkpoint."""
-    return config_from_dict(ckpt["config"], "checkpoint")
-
-
 # ----------------------------------------------------------------------------- the trainer
+
+
+@dataclass(frozen=True)
+class _Parts:
+    """The components of a run, built once (``Trainer._build``) from the config and the data."""
+
+    train_ds: DMLDataset
+    test_ds: DMLDataset
+    selection: SelectionSplit
+    val_view: TransformedView  # the validation classes, read with the test transform
+    model: EmbeddingModel
+    net: nn.Module  # ``model``, wrapped in DDP under torchrun
+    loss_fn: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    scaler: torch.amp.GradScaler
+    step_fn: TrainStep
+    evaluator: EvaluationRunner
+    train_idx: np.ndarray  # sample indices of the classes trained on
+    sampler: ClassBalancedBatchSampler
+    per_epoch: int  # optimiser steps per epoch
+    total: int  # optimiser steps of the whole run
+
+
+def _initial_best() -> dict[str, Any]:
+    return {"value": -math.inf, "step": -1, "metrics": None}
+
+
+@dataclass
+class _Progress:
+    """Where a run stands (everything that changes while it trains; restored on resume).
+
+    ``step`` / ``epoch`` / ``in_epoch``: optimiser steps done and the position of the next batch;
+    ``best`` / ``history`` / ``best_model_state``: model selection so far; ``rng_snapshot``: the
+    RNG states at the last step boundary; ``resume_workers`` / ``worker_after`` /
+    ``worker_order_ok``: data-loader worker RNG states (``Trainer._loader_start``);
+    ``at_boundary``: between two steps (a checkpoint may be written); ``evaluated_at`` /
+    ``saved_at``: step of the last validation, clock of the last ``last.pt``.
+    """
+
+    step: int = 0
+    epoch: int = 0
+    in_epoch: int = 0
+    best: dict[str, Any] = field(default_factory=_initial_best)
+    history: list[dict[str, Any]] = field(default_factory=list)
+    best_model_state: dict[str, Any] | None = None
+    rng_snapshot: dict[str, Any] = field(default_factory=dict)
+    resume_workers: list[dict[str, Any]] | None = None
+    worker_after: dict[int, dict[str, Any]] = field(default_factory=dict)
+    worker_order_ok: bool = True
+    at_boundary: bool = True
+    evaluated_at: int = -1
+    saved_at: float = 0.0
 
 
 class Trainer:
@@ -296,8 +337,21 @@ class Trainer:
         self.rank, self.world, self.local_rank = _dist_env()
         self.run_dir = RunDir(cfg.output_dir)
         self.signals = _Signals()
-        self.at_boundary = True
         self.t0 = time.monotonic()
+        self.device = _resolve_device(cfg, self.local_rank)
+        self._parts: _Parts | None = None  # built once by run() (_build)
+        self.progress = _Progress()
+        # rank 0's outputs of the run, open while run() trains (_loop)
+        self.csv: CsvLog | None = None
+        self.tb: Any = None
+        self.bar: Any = None
+
+    @property
+    def parts(self) -> _Parts:
+        """The run's components (built once, when :meth:`run` starts)."""
+        if self._parts is None:
+            raise RuntimeError("Trainer.parts is built by Trainer.run()")
+        return self._parts
 
     # -- small utilities
 
@@ -313,16 +367,16 @@ class Trainer:
 
     def _all_rng(self) -> list[dict[str, Any]]:
         if self.world == 1:
-            return [self.rng_snapshot]
+            return [self.progress.rng_snapshot]
         gathered: list[Any] = [None] * self.world
-        dist.all_gather_object(gathered, self.rng_snapshot)
+        dist.all_gather_object(gathered, self.progress.rng_snapshot)
         return gathered
 
     # -- phases
 
     def _preflight(self) -> TrainingState | None:
-        """Everything that can fail without data: device, output dir, resume checks."""
-        self.device = _resolve_device(self.cfg, self.local_rank)
+        """Everything that can fail without data: output dir, resume checks (the device was
+        resolved by ``__init__``)."""
         rd = self.run_dir
         if self.rank == 0:
             rd.check_writable()
@@ -333,7 +387,9 @@ class Trainer:
         if not rd.last.is_file():
             raise ValueError(f"cannot resume: no checkpoint at {rd.last}")
         state = TrainingState.load(rd.last)
-        diffs = config_differences(state.config, self.cfg.model_dump(mode="json"))
+        diffs = config_differences(
+            state.config.model_dump(mode="json"), self.cfg.model_dump(mode="json")
+        )
         if diffs and not self.force:
             raise ValueError(
                 f"cannot resume from {rd.last}: the config differs from the checkpoint's in "
@@ -344,24 +400,22 @@ class Trainer:
             self.say("resuming despite config changes (--force): " + "; ".join(diffs))
         return state
 
-    def _build(self) -> None:
+    def _build(self) -> _Parts:
         from tcm import data as tdata
         from tcm import losses as tlosses
 
         cfg, d = self.cfg, self.cfg.data
         self.say(f"loading dataset {d.name!r} (splits {d.train_split}/{d.test_split}) ...")
-        self.train_ds = self.provider(d, d.train_split)
-        self.test_ds = self.provider(d, d.test_split)
-        self.selection: SelectionSplit = split_validation_classes(
-            self.train_ds.labels,
-            self.train_ds.class_names,
+        train_ds = self.provider(d, d.train_split)
+        test_ds = self.provider(d, d.test_split)
+        selection = split_validation_classes(
+            train_ds.labels,
+            train_ds.class_names,
             d.val_classes,
             cfg.seed,
             min_train_classes=d.batch_size // d.m_per_class,
         )
-        self.val_view = TransformedView(
-            self.train_ds, self.selection.val_indices, self.test_ds.transform
-        )
+        val_view = TransformedView(train_ds, selection.val_indices, test_ds.transform)
         model = build_model(
             cfg.model.backbone,
             cfg.model.embedding_dim,
@@ -369,127 +423,139 @@ class Trainer:
             d.image_size,
             head=cfg.model.head,
         ).to(self.device)
-        self.model = model
         tcm_arg: bool | dict[str, float] = False
         if cfg.loss.tcm.enabled:
             tcm_arg = cfg.loss.tcm.model_dump(exclude={"enabled"})
-        self.loss_fn = tlosses.build_loss(
+        loss_fn = tlosses.build_loss(
             cfg.loss.name,
             tcm=tcm_arg,
-            num_classes=int(self.train_ds.num_classes),
+            num_classes=int(train_ds.num_classes),
             embedding_dim=cfg.model.embedding_dim,
             memory_size=cfg.loss.memory_size,
             memory_warmup=cfg.loss.memory_warmup,
             **cfg.loss.params,
         ).to(self.device)
-        self.optimizer = build_optimizer(cfg, model, self.loss_fn)
-        train_idx = self.selection.train_indices
-        self.train_idx = train_idx
-        self.sampler = tdata.ClassBalancedBatchSampler(
-            self.train_ds.labels[train_idx],
+        optimizer = build_optimizer(cfg, model, loss_fn)
+        train_idx = selection.train_indices
+        sampler = tdata.ClassBalancedBatchSampler(
+            train_ds.labels[train_idx],
             d.batch_size,
             d.m_per_class,
             seed=cfg.seed,
             rank=self.rank,
             world_size=self.world,
         )
-        per_epoch = len(self.sampler)
+        per_epoch = len(sampler)
         if cfg.train.steps_per_epoch is not None:
             per_epoch = min(per_epoch, cfg.train.steps_per_epoch)
-        self.per_epoch = per_epoch
         total = cfg.train.epochs * per_epoch
         if cfg.train.max_steps is not None:
             total = min(total, cfg.train.max_steps)
-        self.total = total
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(cfg, total))
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg, total))
         use_amp = cfg.train.amp and self.device.type == "cuda"
         amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
-        self.scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
-        self.net: nn.Module = model
+        scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
+        net: nn.Module = model
         if self.world > 1:
-            self.net = nn.parallel.DistributedDataParallel(
+            net = nn.parallel.DistributedDataParallel(
                 model, device_ids=[self.device.index] if self.device.type == "cuda" else None
             )
-        self.step_fn = TrainStep(
-            self.net,
+        step_fn = TrainStep(
+            net,
             model,
-            self.loss_fn,
-            self.optimizer,
-            self.scheduler,
-            self.scaler,
+            loss_fn,
+            optimizer,
+            scheduler,
+            scaler,
             amp_dtype=amp_dtype if use_amp else None,
             grad_clip=cfg.train.grad_clip,
             base_lr=cfg.optim.lr,
         )
-        self.evaluator = EvaluationRunner(
+        evaluator = EvaluationRunner(
             cfg.eval, seed=cfg.seed, device=self.device, rank=self.rank, world_size=self.world
+        )
+        return _Parts(
+            train_ds=train_ds,
+            test_ds=test_ds,
+            selection=selection,
+            val_view=val_view,
+            model=model,
+            net=net,
+            loss_fn=loss_fn,
+            optimizer=optimizer,
+            scheduler=scheduler,
+            scaler=scaler,
+            step_fn=step_fn,
+            evaluator=evaluator,
+            train_idx=train_idx,
+            sampler=sampler,
+            per_epoch=per_epoch,
+            total=total,
         )
 
     def _restore(self, state: TrainingState | None) -> None:
-        self.step, self.epoch, self.in_epoch = 0, 0, 0
-        self.best: dict[str, Any] = {"value": -math.inf, "step": -1, "metrics": None}
-        self.history: list[dict[str, Any]] = []
-        self.best_model_state: dict[str, Any] | None = None
-        self.resume_workers: list[dict[str, Any]] | None = None
-        self.worker_after: dict[int, dict[str, Any]] = {}
-        self.worker_order_ok = True
+        self.progress = _Progress()
         if state is None:
             torch.manual_seed(self.cfg.seed + 1000 * self.rank)  # per-rank augmentation stream
-            self.rng_snapshot = get_rng_state()
+            self.progress.rng_snapshot = get_rng_state()
             return
         src = self.run_dir.last
         try:
-            self.model.load_state_dict(state.model)
-            self.loss_fn.load_state_dict(state.loss)
+            self.parts.model.load_state_dict(state.model)
+            self.parts.loss_fn.load_state_dict(state.loss)
         except (RuntimeError, ValueError) as exc:
             raise ValueError(
                 f"cannot resume from {src}: the config's model/loss differs ({exc})"
             ) from exc
         try:
-            self.optimizer.load_state_dict(state.optimizer)
-            self.scheduler.load_state_dict(state.scheduler)
+            self.parts.optimizer.load_state_dict(state.optimizer)
+            self.parts.scheduler.load_state_dict(state.scheduler)
             if state.scaler:
-                self.scaler.load_state_dict(state.scaler)
+                self.parts.scaler.load_state_dict(state.scaler)
         except (RuntimeError, ValueError, KeyError) as exc:
             raise ValueError(
                 f"cannot resume from {src}: the optimiser state does not fit ({exc})"
             ) from exc
-        self.step, self.epoch, self.in_epoch = state.step, state.epoch, state.in_epoch
-        self.best = dict(state.best) if state.best else self.best
-        self.history = list(state.history)
+        self.progress.step, self.progress.epoch, self.progress.in_epoch = (
+            state.step,
+            state.epoch,
+            state.in_epoch,
+        )
+        self.progress.best = dict(state.best) if state.best else self.progress.best
+        self.progress.history = list(state.history)
         rng = state.rng[self.rank] if self.rank < len(state.rng) else state.rng[0]
         set_rng_state(rng)
-        self.rng_snapshot = rng
+        self.progress.rng_snapshot = rng
         workers = rng.get("loader_workers")
-        self.resume_workers = list(workers) if isinstance(workers, list) else None
+        self.progress.resume_workers = list(workers) if isinstance(workers, list) else None
         if self.run_dir.best.is_file():
-            self.best_model_state = TrainingState.load(self.run_dir.best).model
+            self.progress.best_model_state = TrainingState.load(self.run_dir.best).model
         self.say(
-            f"resumed from {src} at step {self.step} (epoch {self.epoch + 1}, "
-            f"batch {self.in_epoch})"
+            f"resumed from {src} at step {self.progress.step} (epoch {self.progress.epoch + 1}, "
+            f"batch {self.progress.in_epoch})"
         )
 
     def _state(self, rngs: list[dict[str, Any]]) -> TrainingState:
         return TrainingState(
-            model=_unwrap(self.net).state_dict(),
-            model_spec=self.model.spec.to_dict(),
-            loss=self.loss_fn.state_dict(),
-            optimizer=self.optimizer.state_dict(),
-            scheduler=self.scheduler.state_dict(),
-            scaler=self.scaler.state_dict() if self.scaler.is_enabled() else {},
-            step=self.step,
-            epoch=self.epoch,
-            in_epoch=self.in_epoch,
-            best=self.best,
-            history=self.history,
+            model=_unwrap(self.parts.net).state_dict(),
+            model_spec=self.parts.model.spec.to_dict(),
+            loss=self.parts.loss_fn.state_dict(),
+            optimizer=self.parts.optimizer.state_dict(),
+            scheduler=self.parts.scheduler.state_dict(),
+            scaler=self.parts.scaler.state_dict() if self.parts.scaler.is_enabled() else {},
+            step=self.progress.step,
+            epoch=self.progress.epoch,
+            in_epoch=self.progress.in_epoch,
+            best=self.progress.best,
+            history=self.progress.history,
             rng=rngs,
-            config=self.cfg.model_dump(mode="json"),
+            config=self.cfg,
             world_size=self.world,
             selection=self._selection_record(),
         )
 
     def _selection_record(self) -> dict[str, Any]:
-        s = self.selection
+        s = self.parts.selection
         return {
             "split": "validation",
             "description": s.describe(),
@@ -503,16 +569,16 @@ class Trainer:
         rngs = self._all_rng()
         if self.rank == 0:
             self._state(rngs).save(self.run_dir.last)
-        self.saved_at = _clock()
+        self.progress.saved_at = _clock()
 
     def _write_metrics(self, test: dict[str, Any] | None = None) -> None:
         if self.rank != 0:
             return
         summary: dict[str, Any] = {
-            "history": self.history,
-            "best": self.best,
-            "last": self.history[-1]["metrics"] if self.history else None,
-            "steps": self.step,
+            "history": self.progress.history,
+            "best": self.progress.best,
+            "last": self.progress.history[-1]["metrics"] if self.progress.history else None,
+            "steps": self.progress.step,
             "selection": self._selection_record(),
         }
         if test is not None:
@@ -522,26 +588,30 @@ class Trainer:
     def _validate(self) -> None:
         """Checkpoint, evaluate the validation classes, update best / history / files."""
         self._save_last()  # an evaluation failure never loses the training done so far
-        ev = self.evaluator(
-            _unwrap(self.net),
-            self.val_view,
+        ev = self.parts.evaluator(
+            _unwrap(self.parts.net),
+            self.parts.val_view,
             split="validation",
-            class_names=self.selection.class_names,
+            class_names=self.parts.selection.class_names,
         )
         metrics = ev.metrics
-        self.history.append({"step": self.step, "epoch": self.epoch, "metrics": metrics})
+        self.progress.history.append(
+            {"step": self.progress.step, "epoch": self.progress.epoch, "metrics": metrics}
+        )
         value = metrics[self.cfg.train.select_metric]
-        improved = value >= self.best["value"]  # ties: the later (longer-trained) checkpoint
+        improved = (
+            value >= self.progress.best["value"]
+        )  # ties: the later (longer-trained) checkpoint
         if improved:
-            self.best = {"value": value, "step": self.step, "metrics": metrics}
-            self.best_model_state = copy.deepcopy(_unwrap(self.net).state_dict())
+            self.progress.best = {"value": value, "step": self.progress.step, "metrics": metrics}
+            self.progress.best_model_state = copy.deepcopy(_unwrap(self.parts.net).state_dict())
         rngs = self._all_rng()
-        self.evaluated_at = self.step
-        self.saved_at = _clock()  # last.pt is (re)written below, on rank 0
+        self.progress.evaluated_at = self.progress.step
+        self.progress.saved_at = _clock()  # last.pt is (re)written below, on rank 0
         if self.rank != 0:
             return
         self.say(
-            f"validation step {self.step}: R@1 {metrics['recall_at_1']:.4f}"
+            f"validation step {self.progress.step}: R@1 {metrics['recall_at_1']:.4f}"
             f"  MAP@R {metrics['map_at_r']:.4f}  OPIS {metrics['opis']:.4g}"
             f"  eps-OPIS(5%) {metrics.get('epsilon_opis_0.05', float('nan')):.4g}"
             + ("  (best)" if improved else "")
@@ -550,14 +620,14 @@ class Trainer:
         self.csv.row(
             kind="eval",
             split="validation",
-            step=self.step,
-            epoch=self.epoch,
+            step=self.progress.step,
+            epoch=self.progress.epoch,
             elapsed_s=round(time.monotonic() - self.t0, 2),
             **metrics,
         )
         if self.tb is not None:
             for k, v in metrics.items():
-                self.tb.add_scalar(f"val/{k}", v, self.step)
+                self.tb.add_scalar(f"val/{k}", v, self.progress.step)
         state = self._state(rngs)
         if improved:
             state.save(self.run_dir.best)
@@ -566,13 +636,15 @@ class Trainer:
 
     def _report_test(self) -> SplitEvaluation | None:
         """Evaluate the selected checkpoint on the test classes (reporting only)."""
-        if self.best_model_state is None:
+        if self.progress.best_model_state is None:
             return None
-        model = model_from_spec(self.model.spec.to_dict()).to(self.device)
-        model.load_state_dict(self.best_model_state)
-        ev = self.evaluator(model, self.test_ds, split="test", class_names=self.test_ds.class_names)
+        model = model_from_spec(self.parts.model.spec.to_dict()).to(self.device)
+        model.load_state_dict(self.progress.best_model_state)
+        ev = self.parts.evaluator(
+            model, self.parts.test_ds, split="test", class_names=self.parts.test_ds.class_names
+        )
         test = {
-            "step": self.best["step"],
+            "step": self.progress.best["step"],
             "split": self.cfg.data.test_split,
             "metrics": ev.metrics,
             "note": "test classes, evaluated once for the checkpoint selected on validation",
@@ -585,35 +657,38 @@ class Trainer:
                 ev.embeddings,
                 ev.labels,
                 ev.class_names,
-                ids=ev.rows_of(getattr(self.test_ds, "ids", None)),
-                groups=ev.rows_of(getattr(self.test_ds, "domains", None)),
+                ids=ev.rows_of(getattr(self.parts.test_ds, "ids", None)),
+                groups=ev.rows_of(getattr(self.parts.test_ds, "domains", None)),
             )
             assert self.csv is not None
             self.csv.row(
                 kind="test",
                 split=self.cfg.data.test_split,
-                step=self.best["step"],
+                step=self.progress.best["step"],
                 elapsed_s=round(time.monotonic() - self.t0, 2),
                 **ev.metrics,
             )
             self._write_metrics(test)
             m = ev.metrics
+            best_step = self.progress.best["step"]
             self.say(
-                f"test classes, checkpoint of step {self.best['step']} (selected on validation):"
+                f"test classes, checkpoint of step {best_step} (selected on validation):"
                 f" R@1 {m['recall_at_1']:.4f}  MAP@R {m['map_at_r']:.4f}  OPIS {m['opis']:.4g}"
             )
         return ev
 
     def _eval_due(self) -> bool:
         t = self.cfg.train
-        return self.in_epoch == 0 and (self.epoch % t.eval_every == 0 or self.epoch == t.epochs)
+        return self.progress.in_epoch == 0 and (
+            self.progress.epoch % t.eval_every == 0 or self.progress.epoch == t.epochs
+        )
 
     def _boundary_flags(self) -> tuple[str | None, bool]:
         """``(stop signal or None, time-based checkpoint due)``, agreed by all ranks (one
         collective: a rank's signal or clock decides for all)."""
         code = {None: 0, "SIGINT": 1, "SIGTERM": 2}[self.signals.requested]
         interval = self.cfg.train.checkpoint_interval_s
-        due = bool(interval) and _clock() - self.saved_at >= float(interval or 0)
+        due = bool(interval) and _clock() - self.progress.saved_at >= float(interval or 0)
         flags = torch.tensor([float(code), float(due)])
         if self.world > 1:
             dist.all_reduce(flags, op=dist.ReduceOp.MAX)
@@ -634,16 +709,16 @@ class Trainer:
 
     def _loader_start(self, workers: int) -> tuple[int, _RestoreWorkerRng | None]:
         """The first batch of this epoch's loader and its ``worker_init_fn``."""
-        k = self.in_epoch
-        stored, self.resume_workers = self.resume_workers, None
-        self.worker_after = {}
+        k = self.progress.in_epoch
+        stored, self.progress.resume_workers = self.progress.resume_workers, None
+        self.progress.worker_after = {}
         if workers == 0 or k == 0:
             return k, None
         k0 = k - k % workers
         if k0 == 0:
             return 0, None
         if stored is not None and len(stored) == workers:
-            self.worker_after = {k0 - workers + w: st for w, st in enumerate(stored)}
+            self.progress.worker_after = {k0 - workers + w: st for w, st in enumerate(stored)}
             return k0, _RestoreWorkerRng(stored)
         self.say(
             f"note: {self.run_dir.last} holds no RNG states for {workers} data-loader workers "
@@ -655,29 +730,33 @@ class Trainer:
     def _worker_states(self, workers: int) -> list[dict[str, Any]] | None:
         """States the workers of a loader restarted at ``in_epoch`` need (see above); ``[]``:
         torch's own seeding; ``None``: unknown (the resume is then not exact)."""
-        k = self.in_epoch
+        k = self.progress.in_epoch
         k0 = k - k % workers
         if k0 == 0:
             return []
-        for j in [j for j in self.worker_after if j < k0 - workers]:
-            del self.worker_after[j]  # never needed again: in_epoch only grows
+        for j in [j for j in self.progress.worker_after if j < k0 - workers]:
+            del self.progress.worker_after[j]  # never needed again: in_epoch only grows
         need = [k0 - workers + w for w in range(workers)]
-        if not self.worker_order_ok or any(j not in self.worker_after for j in need):
+        if not self.progress.worker_order_ok or any(
+            j not in self.progress.worker_after for j in need
+        ):
             return None
-        return [self.worker_after[j] for j in need]
+        return [self.progress.worker_after[j] for j in need]
 
     def _log_step(self, value: torch.Tensor) -> float:
         lv = float(value)
-        lr = self.step_fn.current_lr()
+        lr = self.parts.step_fn.current_lr()
         cfg = self.cfg
-        if self.rank == 0 and (self.step % cfg.train.log_every == 0 or self.step == self.total):
-            raw = getattr(self.loss_fn, "last_terms", {}) or {}
+        if self.rank == 0 and (
+            self.progress.step % cfg.train.log_every == 0 or self.progress.step == self.parts.total
+        ):
+            raw = getattr(self.parts.loss_fn, "last_terms", {}) or {}
             terms = {k: float(v) for k, v in raw.items()}  # one host sync, only when logging
             assert self.csv is not None
             self.csv.row(
                 kind="train",
-                step=self.step,
-                epoch=self.epoch,
+                step=self.progress.step,
+                epoch=self.progress.epoch,
                 loss=lv,
                 lr=lr,
                 base=terms.get("base"),
@@ -686,31 +765,37 @@ class Trainer:
             )
             self.bar.set_postfix(loss=f"{lv:.4f}")
             if self.tb is not None:
-                self.tb.add_scalar("train/loss", lv, self.step)
-                self.tb.add_scalar("train/lr", lr, self.step)
+                self.tb.add_scalar("train/loss", lv, self.progress.step)
+                self.tb.add_scalar("train/lr", lr, self.progress.step)
                 for k in ("base", "tcm"):
                     if k in terms:
-                        self.tb.add_scalar(f"train/{k}", terms[k], self.step)
+                        self.tb.add_scalar(f"train/{k}", terms[k], self.progress.step)
         return lr
 
     def _epochs(self) -> str | None:
         """Run the remaining steps; returns the stop signal's name or ``None`` when done."""
         cfg, d = self.cfg, self.cfg.data
         if (
-            self.resume and self.step > 0 and self.evaluated_at != self.step and self._eval_due()
+            self.resume
+            and self.progress.step > 0
+            and self.progress.evaluated_at != self.progress.step
+            and self._eval_due()
         ):  # stopped after the last step of an epoch, before its evaluation
             self._validate()
         workers = d.num_workers
-        while self.step < self.total and self.epoch < cfg.train.epochs:
-            self.sampler.set_epoch(self.epoch)
-            batches = [self.train_idx[b].tolist() for b in list(self.sampler)[: self.per_epoch]]
-            gen = torch.Generator().manual_seed(cfg.seed * 100003 + self.epoch)
+        while self.progress.step < self.parts.total and self.progress.epoch < cfg.train.epochs:
+            self.parts.sampler.set_epoch(self.progress.epoch)
+            batches = [
+                self.parts.train_idx[b].tolist()
+                for b in list(self.parts.sampler)[: self.parts.per_epoch]
+            ]
+            gen = torch.Generator().manual_seed(cfg.seed * 100003 + self.progress.epoch)
             start, init_fn = self._loader_start(workers)
             extra: dict[str, Any] = {}
             if workers:
                 extra = {"collate_fn": _collate_with_rng, "worker_init_fn": init_fn}
             loader = DataLoader(
-                self.train_ds,
+                self.parts.train_ds,
                 batch_sampler=batches[start:],
                 num_workers=workers,
                 generator=gen,
@@ -720,40 +805,53 @@ class Trainer:
             it = iter(loader)
             pos = start  # index in the epoch of the next batch the loader yields
             while True:
-                self.at_boundary = False  # fetching a batch already advances RNG streams
+                self.progress.at_boundary = False  # fetching a batch already advances RNG streams
                 try:
                     item = next(it)
                 except StopIteration:
-                    self.at_boundary = True
+                    self.progress.at_boundary = True
                     break
                 if workers:
                     (images, labels), worker_id, worker_rng = item
                     if worker_id != (pos - start) % workers:
-                        self.worker_order_ok = False  # not the DataLoader we know: no states
-                    self.worker_after[pos] = worker_rng
+                        self.progress.worker_order_ok = (
+                            False  # not the DataLoader we know: no states
+                        )
+                    self.progress.worker_after[pos] = worker_rng
                     pos += 1
-                    if pos <= self.in_epoch:  # produced again only to advance its worker's RNG
-                        self.at_boundary = True
+                    if (
+                        pos <= self.progress.in_epoch
+                    ):  # produced again only to advance its worker's RNG
+                        self.progress.at_boundary = True
                         continue
                 else:
                     images, labels = item
                 images = images.to(self.device, non_blocking=True)
                 labels = torch.as_tensor(labels).to(self.device)
-                value = self.step_fn(images, labels, step=self.step, epoch=self.epoch)
-                self.step += 1
-                self.in_epoch += 1
-                if self.in_epoch >= self.per_epoch:
-                    self.epoch, self.in_epoch = self.epoch + 1, 0
-                self.rng_snapshot = get_rng_state()
-                if workers and self.in_epoch:
+                value = self.parts.step_fn(
+                    images, labels, step=self.progress.step, epoch=self.progress.epoch
+                )
+                self.progress.step += 1
+                self.progress.in_epoch += 1
+                if self.progress.in_epoch >= self.parts.per_epoch:
+                    self.progress.epoch, self.progress.in_epoch = self.progress.epoch + 1, 0
+                self.progress.rng_snapshot = get_rng_state()
+                if workers and self.progress.in_epoch:
                     states = self._worker_states(workers)
                     if states is not None:
-                        self.rng_snapshot["loader_workers"] = states
-                self.at_boundary = True
+                        self.progress.rng_snapshot["loader_workers"] = states
+                self.progress.at_boundary = True
                 self.bar.update(1)
                 lr = self._log_step(value)
                 for h in self.hooks:
-                    h(StepInfo(step=self.step, epoch=self.epoch, loss=float(value), lr=lr))
+                    h(
+                        StepInfo(
+                            step=self.progress.step,
+                            epoch=self.progress.epoch,
+                            loss=float(value),
+                            lr=lr,
+                        )
+                    )
                 stop, save_due = self._boundary_flags()
                 if stop is not None:
                     return stop
@@ -762,24 +860,26 @@ class Trainer:
                     stop = self._check_stop()
                     if stop is not None:
                         return stop
-                elif save_due and self.step < self.total:  # train.checkpoint_interval_s
+                elif (
+                    save_due and self.progress.step < self.parts.total
+                ):  # train.checkpoint_interval_s
                     self._save_last()
                     stop = self._check_stop()
                     if stop is not None:
                         return stop
-                if self.step >= self.total:
+                if self.progress.step >= self.parts.total:
                     break
-            if self.step >= self.total:
+            if self.progress.step >= self.parts.total:
                 break
-        if self.evaluated_at != self.step:
+        if self.progress.evaluated_at != self.progress.step:
             self._validate()
         return None
 
     def run(self) -> TrainResult:
         """Train; see :func:`train`."""
         cfg = self.cfg
-        if self.world > 1 and not dist.is_initialized():
-            device = _resolve_device(cfg, self.local_rank)
+        if self.world > 1 and not is_distributed():
+            device = self.device
             # kept for the life of the process (a second train() call, e.g. `tcm demo`, reuses it);
             # timeout: $TCM_DIST_TIMEOUT or 300 s (tcm._distributed)
             if join_process_group("nccl" if device.type == "cuda" else "gloo"):
@@ -797,7 +897,7 @@ class Trainer:
                 if self.device.type == "cuda":
                     torch.backends.cudnn.benchmark = False
             seed_everything(cfg.seed)
-            self._build()
+            self._parts = self._build()
             self._restore(state)
             return self._loop()
         finally:
@@ -805,31 +905,32 @@ class Trainer:
 
     def _loop(self) -> TrainResult:
         cfg, rd = self.cfg, self.run_dir
-        self.csv: CsvLog | None = None
-        self.tb: Any = None
+        self.csv, self.tb = None, None
         if self.rank == 0:
             data = dump_config(cfg).encode()
             atomic_write(rd.config, lambda fh: fh.write(data))
-            evals = [int(h["step"]) for h in self.history]
-            self.csv = CsvLog(rd.log, self.step if self.resume else None, evals)
+            evals = [int(h["step"]) for h in self.progress.history]
+            self.csv = CsvLog(rd.log, self.progress.step if self.resume else None, evals)
             if cfg.train.tensorboard:
                 from torch.utils.tensorboard import SummaryWriter
 
                 self.tb = SummaryWriter(
-                    str(rd.tensorboard), purge_step=self.step if self.resume else None
+                    str(rd.tensorboard), purge_step=self.progress.step if self.resume else None
                 )
         from tqdm.auto import tqdm
 
         self.bar = tqdm(
-            total=self.total,
-            initial=self.step,
+            total=self.parts.total,
+            initial=self.progress.step,
             disable=not (cfg.train.progress and self.rank == 0),
             unit="step",
             desc="train",
         )
-        self.evaluated_at = self.history[-1]["step"] if self.history else -1
-        self.saved_at = _clock()
-        self.net.train()
+        self.progress.evaluated_at = (
+            self.progress.history[-1]["step"] if self.progress.history else -1
+        )
+        self.progress.saved_at = _clock()
+        self.parts.net.train()
         stop: str | None = None
         saved = True
         test: SplitEvaluation | None = None
@@ -841,11 +942,11 @@ class Trainer:
                         test = self._report_test()
                 except KeyboardInterrupt:
                     stop = "SIGINT" if self.signals.requested is None else self.signals.requested
-                    if self.signals.hard or not self.at_boundary:
+                    if self.signals.hard or not self.progress.at_boundary:
                         saved = False
                         self.say(
-                            f"\ninterrupted again during step {self.step + 1}: exiting without "
-                            f"writing a checkpoint ({rd.last} is unchanged)"
+                            f"\ninterrupted again during step {self.progress.step + 1}: exiting "
+                            f"without writing a checkpoint ({rd.last} is unchanged)"
                         )
                 if stop is not None and saved:
                     try:
@@ -855,7 +956,7 @@ class Trainer:
                         self.say(f"\ninterrupted while saving: {rd.last} is unchanged")
                     else:
                         self.say(
-                            f"\n{stop}: stopped at step {self.step}; saved {rd.last} "
+                            f"\n{stop}: stopped at step {self.progress.step}; saved {rd.last} "
                             "(continue with --resume)"
                         )
         finally:
@@ -866,14 +967,14 @@ class Trainer:
                 self.tb.close()
         return TrainResult(
             output_dir=rd.root,
-            steps=self.step,
-            epochs_completed=self.epoch,
+            steps=self.progress.step,
+            epochs_completed=self.progress.epoch,
             interrupted=stop is not None,
-            best_metrics=self.best.get("metrics"),
-            last_metrics=self.history[-1]["metrics"] if self.history else None,
+            best_metrics=self.progress.best.get("metrics"),
+            last_metrics=self.progress.history[-1]["metrics"] if self.progress.history else None,
             best_checkpoint=rd.best if rd.best.is_file() else None,
             last_checkpoint=rd.last,
-            history=self.history,
+            history=self.progress.history,
             test_metrics=None if test is None else test.metrics,
             selection=self._selection_record(),
             stop_signal=stop,

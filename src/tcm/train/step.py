@@ -27,9 +27,9 @@ from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
 import torch
-import torch.distributed as dist
 from torch import nn
 
+from tcm._distributed import world_size
 from tcm.models import EmbeddingModel
 from tcm.train.config import TrainingConfig
 
@@ -67,7 +67,7 @@ def global_batch_loss(
     with amp if amp is not None else nullcontext():
         emb = net(images)
     emb = emb.float()
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+    if world_size() > 1:
         emb = tlosses.gather_with_grad(emb)
         labels = tlosses.gather_no_grad(labels)
     out: torch.Tensor = loss_fn(emb, labels)
@@ -82,7 +82,7 @@ def backward_global(loss: torch.Tensor, loss_fn: nn.Module) -> None:
     (e.g. proxies, not wrapped by DDP) receive the full ``dL/dp`` on every rank; the factor ``W``
     is divided out of them again.
     """
-    world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+    world = world_size()
     torch.autograd.backward(loss * world)
     if world > 1:
         for p in loss_fn.parameters():
