@@ -32,6 +32,7 @@ from tcm.metrics.consistency import (
     threshold_at_far,
     threshold_consistency,
 )
+from tcm.metrics.detection import DETCurve, act_dcf, cllr, det_curve, log_auc, min_dcf, werm
 from tcm.metrics.distributed import Communicator, TorchCommunicator, default_communicator
 from tcm.metrics.evaluation import (
     DEFAULT_TAR_FARS,
@@ -64,6 +65,7 @@ __all__ = [
     "Calibration",
     "CalibrationTransfer",
     "Communicator",
+    "DETCurve",
     "Evaluation",
     "FoldAccuracy",
     "Grid",
@@ -78,6 +80,7 @@ __all__ = [
     "ThresholdConsistency",
     "TorchCommunicator",
     "Verification",
+    "act_dcf",
     "bootstrap_epsilon_opis",
     "bootstrap_opis",
     "bootstrap_rates",
@@ -87,7 +90,9 @@ __all__ = [
     "calibration_transfer",
     "class_bootstrap_indices",
     "class_bootstrap_weights",
+    "cllr",
     "default_communicator",
+    "det_curve",
     "epsilon_opis",
     "evaluate",
     "far_key",
@@ -95,7 +100,9 @@ __all__ = [
     "group_consistency",
     "group_operating_point",
     "group_summary",
+    "log_auc",
     "metric_label",
+    "min_dcf",
     "operating_point",
     "opis",
     "pair_statistics",
@@ -106,4 +113,5 @@ __all__ = [
     "threshold_at_far",
     "threshold_consistency",
     "verification",
+    "werm",
 ]

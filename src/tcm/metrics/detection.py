@@ -239,7 +239,10 @@ def log_auc(scores: Any, same: Any, far_range: tuple[float, float] = (1e-3, 1e-1
     This is the definition of torchmetrics' ``BinaryLogAUC(fpr_range=(a, b))`` (non-binned); the
     test suite checks equality (torchmetrics computes the rates in float32, and applies a
     sigmoid to predictions outside [0, 1], which can merge nearby scores; this function does
-    neither).
+    neither). Where the ROC has vertical runs (several vertices at one FAR), torchmetrics 1.9.0
+    can differ: it orders the vertices with an unstable argsort before interpolating at ``a`` /
+    ``b``, so it may start from any vertex of the run (seen: 0.2833 instead of the exact 1/3 on
+    16 pairs whose TAR is 1/3 over the whole range); here the run's top vertex is used.
 
     Raises:
         ValueError: bad inputs (see :func:`det_curve`); ``far_range`` not ``0 < a < b < 1``.
