@@ -450,3 +450,28 @@ def test_unfitted_scorer_refused(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="not fitted"):
         ASNorm().save(tmp_path / "x.safetensors")
     assert not (tmp_path / "x.safetensors").exists()
+
+
+@pytest.mark.parametrize(
+    "codes,cap",
+    [
+        (np.repeat(np.arange(5), 4), 10_000),  # everything enumerated
+        (np.r_[np.zeros(99, np.int64), 1], 100),  # few impostors among many pairs: by class
+        (np.repeat(np.arange(6), 6), 50),  # both kinds sampled
+    ],
+)
+def test_pair_helpers_return_valid_pairs(codes: np.ndarray, cap: int) -> None:
+    from tcm.scoring.base import genuine_pairs, impostor_pairs
+
+    rng = np.random.default_rng(0)
+    n = codes.shape[0]
+    want_gen = {(i, j) for i in range(n) for j in range(i + 1, n) if codes[i] == codes[j]}
+    want_imp = {(i, j) for i in range(n) for j in range(i + 1, n) if codes[i] != codes[j]}
+    for fn, want in ((genuine_pairs, want_gen), (impostor_pairs, want_imp)):
+        a, b = fn(codes, cap, rng)
+        got = list(zip(a.tolist(), b.tolist(), strict=True))
+        assert set(got) <= want
+        if len(want) <= cap:
+            assert sorted(got) == sorted(want)  # all of them, each once
+        else:
+            assert len(got) == cap
