@@ -35,6 +35,7 @@ from tcm.metrics.consistency import (
     threshold_at_far,
     threshold_consistency,
 )
+from tcm.metrics.detection import DETCurve, act_dcf, cllr, det_curve, log_auc, min_dcf, werm
 from tcm.metrics.distributed import Communicator, TorchCommunicator, default_communicator
 from tcm.metrics.evaluation import DEFAULT_TAR_FARS, SECTIONS, Evaluation, evaluate
 from tcm.metrics.groups import (
@@ -67,6 +68,7 @@ __all__ = [
     "Calibration",
     "CalibrationTransfer",
     "Communicator",
+    "DETCurve",
     "Evaluation",
     "FoldAccuracy",
     "Grid",
@@ -82,6 +84,7 @@ __all__ = [
     "ThresholdConsistency",
     "TorchCommunicator",
     "Verification",
+    "act_dcf",
     "bootstrap_epsilon_opis",
     "bootstrap_opis",
     "bootstrap_rates",
@@ -91,7 +94,9 @@ __all__ = [
     "calibration_transfer",
     "class_bootstrap_indices",
     "class_bootstrap_weights",
+    "cllr",
     "default_communicator",
+    "det_curve",
     "epsilon_opis",
     "evaluate",
     "far_key",
@@ -100,8 +105,10 @@ __all__ = [
     "group_operating_point",
     "group_summary",
     "headline_keys",
+    "log_auc",
     "metric_info",
     "metric_label",
+    "min_dcf",
     "operating_point",
     "opis",
     "pair_statistics",
@@ -112,4 +119,5 @@ __all__ = [
     "threshold_at_far",
     "threshold_consistency",
     "verification",
+    "werm",
 ]

@@ -1,0 +1,151 @@
+"""Identity and cohort-based scorers: :class:`Cosine`, :class:`ASNorm` (S-norm / AS-norm)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import torch
+
+from tcm._validation import ArrayLike
+from tcm.scoring.base import Scorer, check_int_param, fitted_on_hash, normalized
+
+__all__ = ["ASNorm", "Cosine"]
+
+COMBINES = ("mean", "z", "t")
+
+
+class Cosine(Scorer):
+    """The identity: the score is the cosine similarity (the default; needs no fit).
+
+    Example:
+        >>> import numpy as np
+        >>> Cosine().score(np.eye(2), np.array([[1.0, 1.0]])).round(4).tolist()
+        [[0.7071], [0.7071]]
+    """
+
+    kind = "cosine"
+    score_scale = "cosine"
+    convention = "s' = cos"
+    needs_fit = False
+
+    def params(self) -> dict[str, Any]:
+        return {}
+
+    def fit(self, *args: Any, **kwargs: Any) -> Cosine:
+        """Nothing to fit (accepts and ignores any arguments); returns self."""
+        return self
+
+    def _score(
+        self, cos: torch.Tensor, a: Mapping[str, torch.Tensor], b: Mapping[str, torch.Tensor]
+    ) -> torch.Tensor:
+        return cos.clone()
+
+
+class ASNorm(Scorer):
+    """Adaptive symmetric score normalisation against a cohort (S-norm when ``top_k=None``).
+
+    For each sample ``i``: ``mu_i`` and ``sd_i`` are the mean and standard deviation (``ddof =
+    std_ddof``; 0, the population std, is WeSpeaker's convention) of its ``top_k`` largest
+    cosines to the cohort (all cohort cosines when ``top_k`` is None). The score of a pair with
+    cosine ``s`` is, by ``combine``:
+
+    * ``"mean"`` (default, symmetric AS-norm): ``0.5 * ((s - mu_i) / sd_i + (s - mu_j) / sd_j)``;
+    * ``"z"``: ``(s - mu_i) / sd_i``, the first (row) set's statistics only (Z-norm of the
+      enrolment side);
+    * ``"t"``: ``(s - mu_j) / sd_j``, the second (column) set's statistics only (T-norm of the
+      test side).
+
+    The cohort must not contain evaluated samples (a sample's own cosine 1 would enter its
+    statistics). ``prepare`` computes ``block_size x cohort`` cosines at a time (``torch.topk``).
+
+    Example:
+        >>> import numpy as np
+        >>> rng = np.random.default_rng(0)
+        >>> s = ASNorm(top_k=5).fit(rng.normal(size=(20, 4))).score(rng.normal(size=(2, 4)),
+        ...                                                         rng.normal(size=(3, 4)))
+        >>> s.shape
+        (2, 3)
+    """
+
+    kind = "as-norm"
+    score_scale = "z-score"
+    convention = (
+        "mu_i, sd_i = mean, std(ddof) of the top_k cohort cosines of i; "
+        "mean: 0.5*((s-mu_i)/sd_i + (s-mu_j)/sd_j); z: (s-mu_i)/sd_i; t: (s-mu_j)/sd_j"
+    )
+
+    def __init__(
+        self, top_k: int | None = 300, *, combine: str = "mean", std_ddof: int = 0
+    ) -> None:
+        super().__init__()
+        self.top_k = None if top_k is None else check_int_param(top_k, "top_k", 1)
+        if combine not in COMBINES:
+            raise ValueError(f"combine must be one of {COMBINES}; got {combine!r}")
+        self.combine = combine
+        if std_ddof not in (0, 1) or isinstance(std_ddof, bool):
+            raise ValueError(f"std_ddof must be 0 or 1; got {std_ddof!r}")
+        self.std_ddof = int(std_ddof)
+        if self.top_k is not None and self.top_k <= self.std_ddof:
+            raise ValueError(f"top_k must be > std_ddof ({self.std_ddof}); got {self.top_k}")
+        self.cohort = torch.zeros(0, 0)
+
+    def params(self) -> dict[str, Any]:
+        return {"top_k": self.top_k, "combine": self.combine, "std_ddof": self.std_ddof}
+
+    def fit(self, cohort: ArrayLike) -> ASNorm:
+        """Keep the L2-normalised cohort (deployment-side samples, disjoint from evaluated
+        data); returns self.
+
+        Raises:
+            ValueError: bad cohort embeddings; fewer cohort samples than ``top_k`` (or than
+                ``std_ddof + 1`` for S-norm).
+        """
+        c = normalized(cohort, "cohort")
+        self._check_size(c.shape[0])
+        self.cohort = c
+        self._mark_fitted(c.shape[1], fitted_on_hash(c))
+        return self
+
+    def _check_size(self, n: int) -> None:
+        need = self.top_k if self.top_k is not None else self.std_ddof + 1
+        if n < need:
+            raise ValueError(
+                f"cohort has {n} samples but top_k={self.top_k} needs at least {need}"
+                if self.top_k is not None
+                else f"cohort has {n} samples; S-norm with std_ddof={self.std_ddof} needs {need}"
+            )
+
+    def _tensors(self) -> dict[str, np.ndarray]:
+        return {"cohort": self.cohort.cpu().numpy()}
+
+    def _set_tensors(self, tensors: dict[str, np.ndarray]) -> None:
+        c = tensors["cohort"]
+        if c.ndim != 2 or not np.issubdtype(c.dtype, np.floating) or not np.isfinite(c).all():
+            raise ValueError("'cohort' must be a finite 2-D float array")
+        self._check_size(c.shape[0])
+        self.cohort = torch.from_numpy(c.copy())
+
+    def _prepare_rows(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        dtype = torch.promote_types(x.dtype, self.cohort.dtype)
+        cos = x.to(dtype) @ self.cohort.to(device=x.device, dtype=dtype).T
+        vals = cos if self.top_k is None else torch.topk(cos, self.top_k, dim=1).values
+        mu = vals.mean(dim=1)
+        sd = vals.std(dim=1, correction=self.std_ddof)
+        if bool((sd <= 0).any()):
+            raise ValueError(
+                "a sample's top-k cohort cosines are all equal (std 0); AS-norm is undefined for it"
+            )
+        return {"mu": mu, "sd": sd}
+
+    def _score(
+        self, cos: torch.Tensor, a: Mapping[str, torch.Tensor], b: Mapping[str, torch.Tensor]
+    ) -> torch.Tensor:
+        za = (cos - a["mu"][:, None]) / a["sd"][:, None]
+        if self.combine == "z":
+            return za
+        zb = (cos - b["mu"][None, :]) / b["sd"][None, :]
+        if self.combine == "t":
+            return zb
+        return 0.5 * (za + zb)
