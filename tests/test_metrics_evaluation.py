@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 import torch
 
-import tcm.metrics._passes as passes
 from tcm.metrics import (
     PairIndex,
     PairStats,
@@ -256,13 +255,20 @@ def test_union_of_grids_matches_each_grid_alone() -> None:
     np.testing.assert_array_equal(both.operating_point(0.4).far, t_op.far)
 
 
-def test_torch_path_equals_numpy_path(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_torch_path_equals_numpy_path() -> None:
     x, y = _data(seed=7)
     kw: dict[str, Any] = dict(fars=[0.02], num_thresholds=13, thresholds=[0.2], bins=12)
-    a = pair_statistics(PairIndex(x, y, block_size=16), **kw)
-    monkeypatch.setattr(passes, "FORCE_TORCH", True)
-    b = pair_statistics(PairIndex(x, y, block_size=16), **kw)
+    a = pair_statistics(PairIndex(x, y, block_size=16), backend="numpy", **kw)
+    b = pair_statistics(PairIndex(x, y, block_size=16), backend="torch", **kw)
     _assert_same_stats(a, b)
+    _assert_same_stats(a, pair_statistics(PairIndex(x, y, block_size=16), **kw))  # "auto"
+
+
+def test_unknown_pass_backend_fails_before_any_pass(pass_guard: Any) -> None:
+    index = PairIndex(*_data(seed=7))
+    pass_guard.forbid()
+    with pytest.raises(ValueError, match=r"backend must be one of \('auto', 'numpy', 'torch'\)"):
+        pair_statistics(index, fars=[0.1], backend="cuda")  # type: ignore[arg-type]
 
 
 def test_histogram_matches_numpy_histogram() -> None:
