@@ -462,17 +462,22 @@ def _atomic_json(path: Path, obj: Any) -> None:
 
 
 def deployment_view(npz: Path, target_far: float = TARGET_FAR) -> dict[str, Any]:
-    """Threshold for ``target_far`` on the calibration half; per-class FAR/FRR on the other."""
+    """Threshold for ``target_far`` on the calibration half; per-class FAR/FRR on the other.
+
+    Two count sweeps: the calibration half's statistics (its exact FAR threshold, counted at
+    that threshold in the same call) and the evaluation half's counts at that threshold."""
     from tcm.data.glyphs import glyph_split
-    from tcm.metrics import operating_point, threshold_at_far
+    from tcm.metrics import PairIndex, pair_statistics
 
     with np.load(npz, allow_pickle=False) as f:
         emb, lab, names = f["embeddings"], f["labels"], f["class_names"]
     half = np.array([glyph_split(str(names[int(y)])) for y in lab])
     cal, ev = half == "calibration", half == "evaluation"
-    t = threshold_at_far(emb[cal], lab[cal], far=target_far)
-    op_cal = operating_point(emb[cal], lab[cal], threshold=t)
-    op = operating_point(emb[ev], lab[ev], threshold=t)
+    cal_stats = pair_statistics(PairIndex(emb[cal], lab[cal]), fars=[target_far], far_range=None)
+    t = cal_stats.threshold_at_far(target_far)
+    op_cal = cal_stats.operating_point(t)
+    ev_stats = pair_statistics(PairIndex(emb[ev], lab[ev]), far_range=None, thresholds=[t])
+    op = ev_stats.operating_point(t)
     far, frr = np.asarray(op.far), np.asarray(op.frr)
     return {
         "target_far": target_far,

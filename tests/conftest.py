@@ -95,13 +95,13 @@ class PassGuard:
         ("tcm.metrics.statistics", "sweep"),
         ("tcm.metrics.statistics", "negative_quantiles"),
         ("tcm.metrics.evaluation", "pair_statistics"),
-        ("tcm.metrics.evaluation", "retrieval_metrics"),
-        ("tcm.metrics.evaluation", "distributed_retrieval_metrics"),
+        ("tcm.metrics.evaluation", "retrieval_metrics_of"),
         ("tcm.metrics.transfer", "pair_statistics"),
         ("tcm.metrics._passes", "tail_pass"),
         ("tcm.metrics._passes", "sweep"),
         ("tcm.metrics._passes", "negative_quantiles"),
         ("tcm.metrics.retrieval", "retrieval_per_query"),
+        ("tcm.metrics.retrieval", "retrieval_per_query_of"),
         ("tcm.report.run", "evaluate"),
     )
 

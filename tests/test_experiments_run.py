@@ -246,3 +246,35 @@ run._atomic_json(__import__("pathlib").Path({str(target)!r}), {{"run": "glyphs/x
     assert [p.name.startswith(f"{target.name}.tmp-") for p in leftovers] == [True]
     assert run.run_one("exp", sandbox["run"]) is not None  # not done: it runs
     assert json.loads(target.read_text())["run"] == "glyphs/x_s0"
+
+
+def test_deployment_view_counts_two_sweeps_with_the_numbers_of_the_public_functions(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import numpy as np
+
+    import tcm.metrics.statistics as statistics_mod
+    from tcm.data.glyphs import glyph_split
+    from tcm.metrics import operating_point, threshold_at_far
+
+    rng = np.random.default_rng(0)
+    names = np.array([f"c{i}" for i in range(40)])
+    y = np.repeat(np.arange(40), 4)
+    x = (rng.normal(size=(40, 8))[y] + 0.9 * rng.normal(size=(y.size, 8))).astype(np.float32)
+    np.savez(tmp_path / "e.npz", embeddings=x, labels=y, class_names=names)
+    half = np.array([glyph_split(str(names[v])) for v in y])
+    cal, ev = half == "calibration", half == "evaluation"
+    assert len(set(y[cal])) >= 3 and len(set(y[ev])) >= 3
+    far = 0.05
+    t = threshold_at_far(x[cal], y[cal], far=far)  # the figures as the public functions give them
+    op_cal, op = operating_point(x[cal], y[cal], t), operating_point(x[ev], y[ev], t)
+    sweeps: list[int] = []
+    real = statistics_mod.sweep
+    monkeypatch.setattr(statistics_mod, "sweep", lambda *a, **k: sweeps.append(1) or real(*a, **k))
+    dep = run.deployment_view(tmp_path / "e.npz", target_far=far)
+    assert len(sweeps) == 2
+    assert dep["threshold"] == t
+    assert dep["calibration_global_far"] == op_cal.global_far
+    assert dep["calibration_classes"] == len(op_cal.classes)
+    assert (dep["global_far"], dep["global_tar"]) == (op.global_far, op.global_tar)
+    assert dep["far_per_class"] == op.far.tolist() and dep["frr_per_class"] == op.frr.tolist()

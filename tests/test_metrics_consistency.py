@@ -12,6 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import tcm.metrics._passes as passes_mod
+from _reference import count_pass, hist_pass, merge_counts, merge_hists, merge_tails
 from tcm.metrics import (
     epsilon_opis,
     operating_point,
@@ -21,7 +22,7 @@ from tcm.metrics import (
     threshold_consistency,
 )
 from tcm.metrics._pairs import prepare
-from tcm.metrics._passes import bucketize, count_pass, hist_pass, tail_pass
+from tcm.metrics._passes import bucketize, tail_pass
 
 # ----------------------------------------------------------------------------- reference
 
@@ -274,20 +275,21 @@ def test_shard_merge_equals_single_run():
     th = np.linspace(-0.2, 0.6, 9)
     single = count_pass(prep, th, 16)
     merged = count_pass(prep, th, 16, (0, 3))
-    merged = merged.merge(count_pass(prep, th, 16, (1, 3))).merge(count_pass(prep, th, 16, (2, 3)))
+    merged = merge_counts(merged, count_pass(prep, th, 16, (1, 3)))
+    merged = merge_counts(merged, count_pass(prep, th, 16, (2, 3)))
     np.testing.assert_array_equal(single.neg, merged.neg)
     np.testing.assert_array_equal(single.pos, merged.pos)
 
     lo, hi = [-0.1, 0.3], [0.2, 0.5]
     t1 = tail_pass(prep, lo, hi, 16)
-    t2 = tail_pass(prep, lo, hi, 16, (0, 2)).merge(tail_pass(prep, lo, hi, 16, (1, 2)))
+    t2 = merge_tails(tail_pass(prep, lo, hi, 16, (0, 2)), tail_pass(prep, lo, hi, 16, (1, 2)))
     np.testing.assert_array_equal(t1.num_above, t2.num_above)
     for a, b in zip(t1.values, t2.values, strict=True):
         np.testing.assert_array_equal(np.sort(a), np.sort(b))
 
     edges = np.linspace(-1, 1, 21)
     h1 = hist_pass(prep, edges, 16)
-    h2 = hist_pass(prep, edges, 16, (0, 2)).merge(hist_pass(prep, edges, 16, (1, 2)))
+    h2 = merge_hists(hist_pass(prep, edges, 16, (0, 2)), hist_pass(prep, edges, 16, (1, 2)))
     np.testing.assert_array_equal(h1.pos, h2.pos)
     np.testing.assert_array_equal(h1.neg, h2.neg)
     # every pair counted exactly once over the shards

@@ -10,10 +10,10 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 import tcm.metrics._pairs as pairs_mod
-import tcm.metrics._passes as passes_mod
-from tcm.metrics import threshold_consistency
+from _reference import count_pass
+from tcm.metrics import PairIndex, pair_statistics, threshold_consistency
 from tcm.metrics._pairs import block_grid, iter_blocks, make_block, mask_buffer, prepare
-from tcm.metrics._passes import Buckets, ceil_to_dtype, count_pass, floor_to_dtype, tail_pass
+from tcm.metrics._passes import Buckets, ceil_to_dtype, floor_to_dtype, tail_pass
 
 
 def _data(n, ncls, d=6, seed=0, big_class=0):
@@ -135,27 +135,22 @@ def test_ceil_floor_to_dtype():
     assert ceil_to_dtype(0.1, torch.float64) == 0.1
 
 
-@pytest.fixture
-def torch_path(monkeypatch):
-    monkeypatch.setattr(passes_mod, "FORCE_TORCH", True)
-
-
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("bs", [9, 50, None])
-def test_numpy_path_equals_torch_path(dtype, bs, monkeypatch):
+def test_numpy_path_equals_torch_path(dtype, bs):
     x, y = _data(230, 25, seed=4, big_class=60)
     x = x.astype(dtype)
     prep = prepare(x, y)
     block = bs or 64
     th = np.linspace(-0.1, 0.7, 13)
     lo, hi = [-0.05, 0.3, -np.inf], [0.1, 0.45, np.inf]
-    fast_c = count_pass(prep, th, block)
-    fast_t = tail_pass(prep, lo, hi, block)
+    fast_c = count_pass(prep, th, block, backend="numpy")
+    fast_t = tail_pass(prep, lo, hi, block, backend="numpy")
     fast_r = threshold_consistency(x, y, block_size=bs, exact_cutoff=0, sample_size=500)
-    monkeypatch.setattr(passes_mod, "FORCE_TORCH", True)
-    slow_c = count_pass(prep, th, block)
-    slow_t = tail_pass(prep, lo, hi, block)
-    slow_r = threshold_consistency(x, y, block_size=bs, exact_cutoff=0, sample_size=500)
+    slow_c = count_pass(prep, th, block, backend="torch")
+    slow_t = tail_pass(prep, lo, hi, block, backend="torch")
+    index = PairIndex(x, y, block_size=bs)
+    slow_r = pair_statistics(index, exact_cutoff=0, sample_size=500, backend="torch").consistency()
     # bucket 0 (s < t_0) is never used; the paths pre-filter it differently
     np.testing.assert_array_equal(fast_c.neg[:, 1:], slow_c.neg[:, 1:])
     np.testing.assert_array_equal(fast_c.pos[:, 1:], slow_c.pos[:, 1:])

@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 import torch
 
-import tcm.metrics._passes as passes
 from tcm.metrics import (
     PairIndex,
     PairStats,
@@ -47,6 +46,44 @@ def _brute(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.nda
 
 
 # ----------------------------------------------------------------------------- evaluate
+
+
+def test_evaluate_validates_and_normalises_the_input_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    import tcm.metrics._pairs as pairs_mod
+    import tcm.metrics.retrieval as retrieval_mod
+
+    x, y = _data(seed=11)
+    ref = retrieval_metrics(x, y, ks=(1, 4))
+    calls: list[str] = []
+    real = pairs_mod.l2_normalize
+
+    def counted(*args: Any, **kw: Any) -> Any:
+        calls.append("pairs")
+        return real(*args, **kw)
+
+    def forbidden(*args: Any, **kw: Any) -> Any:
+        raise AssertionError("retrieval validated / normalised the input again")
+
+    monkeypatch.setattr(pairs_mod, "l2_normalize", counted)
+    monkeypatch.setattr(retrieval_mod, "as_embeddings", forbidden)
+    monkeypatch.setattr(retrieval_mod, "l2_normalize", forbidden)
+    ev = evaluate(x, y, ks=(1, 4), block_size=16)
+    assert calls == ["pairs"]
+    assert ev.retrieval is not None and ev.retrieval.to_dict() == ref.to_dict()
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_evaluate_retrieval_keeps_input_order_ties(dtype: Any) -> None:
+    # exact ties across classes (repeated rows): neighbours are ordered by input index, not by
+    # the class-sorted order of the pair passes
+    rng = np.random.default_rng(5)
+    base = rng.normal(size=(4, 3))
+    x = base[rng.integers(0, 4, size=40)].astype(dtype)
+    y = rng.integers(0, 6, size=40)
+    ev = evaluate(x, y, ks=(1, 2, 4), include=["retrieval"])
+    for chunk in (None, 7):  # the symmetric candidates / the per-chunk scan
+        ref = retrieval_metrics(x, y, ks=(1, 2, 4), chunk_size=chunk)
+        assert ev.retrieval is not None and ev.retrieval.to_dict() == ref.to_dict()
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -256,13 +293,20 @@ def test_union_of_grids_matches_each_grid_alone() -> None:
     np.testing.assert_array_equal(both.operating_point(0.4).far, t_op.far)
 
 
-def test_torch_path_equals_numpy_path(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_torch_path_equals_numpy_path() -> None:
     x, y = _data(seed=7)
     kw: dict[str, Any] = dict(fars=[0.02], num_thresholds=13, thresholds=[0.2], bins=12)
-    a = pair_statistics(PairIndex(x, y, block_size=16), **kw)
-    monkeypatch.setattr(passes, "FORCE_TORCH", True)
-    b = pair_statistics(PairIndex(x, y, block_size=16), **kw)
+    a = pair_statistics(PairIndex(x, y, block_size=16), backend="numpy", **kw)
+    b = pair_statistics(PairIndex(x, y, block_size=16), backend="torch", **kw)
     _assert_same_stats(a, b)
+    _assert_same_stats(a, pair_statistics(PairIndex(x, y, block_size=16), **kw))  # "auto"
+
+
+def test_unknown_pass_backend_fails_before_any_pass(pass_guard: Any) -> None:
+    index = PairIndex(*_data(seed=7))
+    pass_guard.forbid()
+    with pytest.raises(ValueError, match=r"backend must be one of \('auto', 'numpy', 'torch'\)"):
+        pair_statistics(index, fars=[0.1], backend="cuda")  # type: ignore[arg-type]
 
 
 def test_histogram_matches_numpy_histogram() -> None:

@@ -80,12 +80,13 @@ def test_group_rates_and_matrices_equal_brute_force(seed: int) -> None:
     np.testing.assert_array_equal(np.diag(gop.far_matrix), gop.far)
 
 
-def test_torch_path_groups_equal_numpy_path(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_torch_path_groups_equal_numpy_path() -> None:
     x, y, g = _data(3)
     x = x.astype(np.float32)
     a = group_operating_point(x, y, g, threshold=0.3, block_size=16)
-    monkeypatch.setattr(passes, "FORCE_TORCH", True)
-    b = group_operating_point(x, y, g, threshold=0.3, block_size=16)
+    index = PairIndex(x, y, g, block_size=16)
+    stats = pair_statistics(index, far_range=None, thresholds=[0.3], backend="torch")
+    b = group_operating_point_view(stats, 0.3)
     np.testing.assert_array_equal(a.far_matrix, b.far_matrix)
     np.testing.assert_array_equal(a.tar_matrix, b.tar_matrix)
 

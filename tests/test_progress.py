@@ -43,11 +43,17 @@ def _data(n_classes: int = 30, per: int = 4, dim: int = 8, seed: int = 0) -> tup
     return x.astype(np.float32), y
 
 
-@pytest.mark.parametrize("torch_path", [False, True])
-def test_evaluate_reports_every_pass_block_by_block_with_identical_results(
-    monkeypatch: pytest.MonkeyPatch, torch_path: bool
-) -> None:
-    monkeypatch.setattr("tcm.metrics._passes.FORCE_TORCH", torch_path)  # the CUDA code on CPU
+def _check_pair_bars(rec: Recorder, n: int, block: int) -> None:
+    """Every pair bar closed at its total: all unordered pairs, one update per block."""
+    for desc, total, updates, closed in rec.bars:
+        assert closed, desc
+        assert sum(updates) == total, desc  # the bar ends at its total
+        if desc.startswith("pairs"):
+            assert total == n * (n - 1) // 2  # every unordered pair once
+            assert len(updates) == len(range(0, n, block)) * (len(range(0, n, block)) + 1) // 2
+
+
+def test_evaluate_reports_every_pass_block_by_block_with_identical_results() -> None:
     x, y = _data()
     n = y.size
     rec = Recorder()
@@ -56,12 +62,23 @@ def test_evaluate_reports_every_pass_block_by_block_with_identical_results(
     assert with_bars.to_dict() == plain.to_dict()
     names = [b[0] for b in rec.bars]
     assert "kNN" in names and "pairs: FAR quantiles" in names and "pairs: counts" in names
-    for desc, total, updates, closed in rec.bars:
-        assert closed, desc
-        assert sum(updates) == total, desc  # the bar ends at its total
-        if desc.startswith("pairs"):
-            assert total == n * (n - 1) // 2  # every unordered pair once
-            assert len(updates) == len(range(0, n, 32)) * (len(range(0, n, 32)) + 1) // 2
+    _check_pair_bars(rec, n, 32)
+
+
+def test_torch_pair_passes_report_every_block_with_identical_results() -> None:
+    x, y = _data()  # the per-block code run on CUDA, here on the CPU
+    n = y.size
+    kw: dict[str, Any] = dict(fars=[1e-2], thresholds=[0.3], bins=10, backend="torch")
+    rec = Recorder()
+    index = PairIndex(x, y, np.arange(n) % 3, block_size=32)
+    a = pair_statistics(index, progress=rec, **kw)
+    b = pair_statistics(index, **kw)
+    assert [r[0] for r in rec.bars] == ["pairs: FAR quantiles", "pairs: counts"]
+    _check_pair_bars(rec, n, 32)
+    assert a.consistency().to_dict() == b.consistency().to_dict()
+    assert a.histogram().to_dict() == b.histogram().to_dict()
+    assert a.groups is not None and b.groups is not None
+    assert np.array_equal(a.groups.xneg, b.groups.xneg)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])  # faiss heaps / torch tiles

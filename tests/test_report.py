@@ -547,12 +547,12 @@ def spies(monkeypatch: pytest.MonkeyPatch) -> dict[str, _Spy]:
         "evaluate": _Spy(vars(report_run_mod)["evaluate"]),
         "pair_statistics": _Spy(vars(evaluation_mod)["pair_statistics"]),
         "sweep": _Spy(vars(statistics_mod)["sweep"]),
-        "retrieval": _Spy(vars(evaluation_mod)["retrieval_metrics"]),
+        "retrieval": _Spy(vars(evaluation_mod)["retrieval_metrics_of"]),
     }
     monkeypatch.setattr(report_run_mod, "evaluate", out["evaluate"])
     monkeypatch.setattr(evaluation_mod, "pair_statistics", out["pair_statistics"])
     monkeypatch.setattr(statistics_mod, "sweep", out["sweep"])
-    monkeypatch.setattr(evaluation_mod, "retrieval_metrics", out["retrieval"])
+    monkeypatch.setattr(evaluation_mod, "retrieval_metrics_of", out["retrieval"])
     return out
 
 

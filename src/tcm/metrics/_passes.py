@@ -1,12 +1,13 @@
 """Full passes over all pairs producing small, mergeable states (private to ``tcm.metrics``).
 
-Every pass takes ``shard=(shard_index, num_shards)``; the states of all shards merged with
-``merge`` equal the state of one unsharded pass (counts add, collected values concatenate).
+Every pass takes ``shard=(shard_index, num_shards)``; the states of all shards combined (counts
+add, collected values concatenate) equal the state of one unsharded pass.
 
 * :func:`tail_pass` - exact order statistics of the negative-pair similarities: for brackets
   ``[lo_q, hi_q]`` it counts negatives ``> hi_q`` and collects those inside the bracket.
-* :func:`count_pass` - per-class counts of accepted pairs on a threshold grid.
-* :func:`hist_pass` - positive / negative similarity histograms over fixed bins.
+* :func:`sweep` - per-class counts of accepted pairs on the union of threshold grids
+  (:class:`CountState`), optionally the positive / negative similarity histograms over fixed
+  bins (:class:`HistState`) and per-(class, group) counts (:class:`GroupState`), in one pass.
 * :func:`negative_quantiles` - exact ``np.quantile(neg_sims, q)`` (linear) without ever holding
   all negatives, via a sampled bracket and one exact :func:`tail_pass`.
 
@@ -19,10 +20,11 @@ collected in quantile brackets.
 On CPU the per-block work is done with NumPy on the block buffer, in the worker threads of
 :func:`~tcm.metrics._pairs.map_blocks`: one compare and one index scan over the block, then
 only its tail (the ~10% of pairs at or above the lowest bound) is touched, with work arrays
-reused from block to block (:class:`Scratch`). :func:`count_pass` buckets the tail against the
+reused from block to block (:class:`Scratch`). :func:`sweep` buckets the tail against the
 threshold grid arithmetically plus one exact correcting comparison (:class:`Buckets`) and counts
 both classes of every pair with a single small ``bincount`` per block. On other devices the
-passes use torch ops (:data:`FORCE_TORCH` selects that path on CPU too, for tests).
+passes use torch ops; every pass takes ``backend=`` (:data:`PassBackend`: ``"torch"`` runs that
+code on the CPU too, e.g. to test it against the NumPy code).
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ import functools
 import math
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Literal, NamedTuple
 
 import numpy as np
 import torch
@@ -47,29 +49,33 @@ from tcm.metrics._pairs import (
 )
 
 __all__ = [
-    "FORCE_TORCH",
+    "PASS_BACKENDS",
     "Buckets",
     "CountState",
+    "GroupSpec",
     "GroupState",
     "HistState",
     "MultiBuckets",
+    "PassBackend",
     "Scratch",
+    "Sweep",
     "TailState",
     "bucketize",
     "ceil_to_dtype",
-    "count_pass",
     "floor_to_dtype",
-    "hist_pass",
     "lerp",
     "multi_bucketize",
     "negative_quantiles",
+    "numpy_path",
     "quantile_index",
     "sweep",
     "tail_pass",
 ]
 
-FORCE_TORCH = False
-"""Use the torch per-block code (the one run on CUDA) on CPU as well; for tests."""
+PassBackend = Literal["auto", "numpy", "torch"]
+"""The per-block code of a pass: ``"numpy"`` (CPU only), ``"torch"`` (any device; the code run
+on CUDA) or ``"auto"`` (NumPy on CPU, torch elsewhere). Results are identical."""
+PASS_BACKENDS: tuple[str, ...] = ("auto", "numpy", "torch")
 
 MIN_SAMPLE_SIZE = 100_000
 """Smallest sample :func:`negative_quantiles` draws to bracket a quantile (unless capped by the
@@ -105,8 +111,18 @@ def _np_dtype(dtype: torch.dtype) -> type[np.floating]:
     return np.float64 if dtype == torch.float64 else np.float32
 
 
-def _use_numpy(prep: Prepared) -> bool:
-    return prep.x.device.type == "cpu" and not FORCE_TORCH
+def numpy_path(prep: Prepared, backend: PassBackend = "auto") -> bool:
+    """Whether the passes over ``prep`` run the NumPy per-block code (else the torch code).
+
+    Raises:
+        ValueError: an unknown ``backend``, or ``"numpy"`` for embeddings not on the CPU.
+    """
+    if backend not in PASS_BACKENDS:
+        raise ValueError(f"backend must be one of {PASS_BACKENDS}; got {backend!r}")
+    on_cpu = prep.x.device.type == "cpu"
+    if backend == "numpy" and not on_cpu:
+        raise ValueError(f"backend='numpy' needs embeddings on the CPU; got {prep.x.device}")
+    return on_cpu and backend != "torch"
 
 
 def quantile_index(m: int, q: float) -> tuple[int, int, float]:
@@ -149,17 +165,6 @@ class TailState:
     num_above: np.ndarray
     values: list[np.ndarray] = field(default_factory=list)
 
-    def merge(self, other: TailState) -> TailState:
-        """Combine two shards' states (same brackets)."""
-        if not (np.array_equal(self.lo, other.lo) and np.array_equal(self.hi, other.hi)):
-            raise ValueError("cannot merge TailStates computed with different brackets")
-        return TailState(
-            lo=self.lo,
-            hi=self.hi,
-            num_above=self.num_above + other.num_above,
-            values=[np.concatenate([a, b]) for a, b in zip(self.values, other.values, strict=True)],
-        )
-
 
 def tail_pass(
     prep: Prepared,
@@ -167,6 +172,8 @@ def tail_pass(
     hi: Sequence[float] | np.ndarray,
     block_size: int,
     shard: tuple[int, int] = (0, 1),
+    *,
+    backend: PassBackend = "auto",
 ) -> TailState:
     """One pass over the negative pairs: per bracket ``q`` count ``s > hi[q]`` and collect
     ``lo[q] <= s <= hi[q]`` (exact comparisons, see the module docstring). Each block is first
@@ -178,20 +185,20 @@ def tail_pass(
     lo_c = [ceil_to_dtype(float(v), dtype) for v in lo_a]
     hi_f = [floor_to_dtype(float(v), dtype) for v in hi_a]
     cut = min(lo_c, default=math.inf)
-    numpy_path = _use_numpy(prep)
+    use_numpy = numpy_path(prep, backend)
     tiny = float(torch.finfo(dtype).min)
 
     def work(blocks: Iterator[Block]) -> tuple[np.ndarray, list[list[np.ndarray]]]:
         above = np.zeros(nq, dtype=np.int64)
         chunks: list[list[np.ndarray]] = [[] for _ in range(nq)]
-        mbuf = mask_buffer(prep, block_size) if numpy_path else None
+        mbuf = mask_buffer(prep, block_size) if use_numpy else None
         tbuf = mask_buffer(prep, block_size)
         sc = Scratch(_np_dtype(dtype))
         for blk in blocks:
             if mbuf is not None:
                 idx = blk.negative_indices(cut, mbuf)
                 sc.ensure(idx.shape[0])
-                v = sc.f2[: idx.shape[0]]
+                v = sc.tail[: idx.shape[0]]
                 np.take(blk.sims.numpy().reshape(-1), idx, out=v, mode="clip")
             else:
                 s = blk.mask_non_negatives_()
@@ -232,6 +239,7 @@ def negative_quantiles(
     seed: int = 0,
     shard: tuple[int, int] = (0, 1),
     merge: Callable[[TailState], TailState] | None = None,
+    backend: PassBackend = "auto",
 ) -> np.ndarray:
     """Exact ``np.quantile(neg_sims, qs)`` (linear interpolation), returned as float64 ``(Q,)``.
 
@@ -246,6 +254,7 @@ def negative_quantiles(
     rank is widened (to unbounded on that side) and the pass repeated, so the result is always
     exact. (The sample is capped relative to ``M`` because drawing it costs about 0.5 us per
     pair, a lot next to a pass at small ``M``; a wider bracket only means more collected values.)
+    ``backend``: the per-block code (:data:`PassBackend`).
     """
     m = prep.num_negative_pairs
     pos = [quantile_index(m, float(q)) for q in qs]
@@ -269,7 +278,9 @@ def negative_quantiles(
     while todo:
         # identical brackets (e.g. all unbounded on the exact path) are evaluated once
         keys = sorted({(float(lo[k]), float(hi[k])) for k in todo})
-        st = tail_pass(prep, [a for a, _ in keys], [b for _, b in keys], block_size, shard)
+        st = tail_pass(
+            prep, [a for a, _ in keys], [b for _, b in keys], block_size, shard, backend=backend
+        )
         if merge is not None:
             st = merge(st)
         retry: list[int] = []
@@ -293,7 +304,7 @@ def negative_quantiles(
     return out
 
 
-# ----------------------------------------------------------------------------- count pass
+# ----------------------------------------------------------------------------- count sweep
 
 
 def bucketize(th: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
@@ -359,26 +370,26 @@ class Buckets:
 
     def __call__(self, v: np.ndarray, scratch: Scratch | None = None) -> np.ndarray:
         """int64 buckets of the 1-D array ``v`` (dtype of the grid, all ``>= t_0``); with
-        ``scratch`` the result is a view of ``scratch.i1`` (valid until its next use)."""
+        ``scratch`` the result is a view of ``scratch.buckets`` (valid until its next use)."""
         n = v.shape[0]
         sc = scratch if scratch is not None else Scratch(self.dt)
         sc.ensure(n)
-        e = sc.i1[:n]
+        e = sc.buckets[:n]
         if self.mode == "one":
-            m = sc.m[:n]
+            m = sc.mask[:n]
             np.less_equal(self.c[0], v, out=m)
             np.copyto(e, m, casting="unsafe")
             return e
         if self.mode == "search":
             e[:] = np.searchsorted(self.c, v, side="right")
             return e
-        t = sc.f1[:n]
+        t = sc.scaled[:n]
         np.subtract(v, self.c0h, out=t)
         np.multiply(t, self.inv, out=t)
         np.clip(t, 0, self.k, out=t)  # (clip is faster than minimum)
         np.copyto(e, t, casting="unsafe")  # truncation = floor (t >= 0)
         np.take(self.ext, e, out=t, mode="clip")
-        m = sc.m[:n]
+        m = sc.mask[:n]
         np.less_equal(t, v, out=m)
         np.add(e, m, out=e)
         return e
@@ -386,7 +397,17 @@ class Buckets:
 
 class Scratch:
     """Work arrays reused from block to block by one thread (fresh temporaries of a few hundred
-    KiB each cost page faults and cache misses; reused ones stay in cache)."""
+    KiB each cost page faults and cache misses; reused ones stay in cache).
+
+    Attributes (each holds at least ``n`` entries after :meth:`ensure`):
+        tail: the block's similarities gathered for bucketing (values' dtype).
+        scaled: :class:`Buckets`' arithmetic bucket estimate before truncation (values' dtype).
+        buckets: int64 buckets of one grid (:class:`Buckets`' result).
+        bucket_sum: int64 sum of the per-grid buckets (:class:`MultiBuckets`' result).
+        cols: int64 block column of each tail entry.
+        keys: ``(2 n,)`` int64 ``class * (K + 1) + bucket`` keys of both classes of each pair.
+        mask: bool comparison results.
+    """
 
     def __init__(self, dtype: type[np.floating]) -> None:
         self.dtype = dtype
@@ -399,13 +420,13 @@ class Scratch:
             return
         cap = max(n, int(self.cap * 1.25), 1024)
         self.cap = cap
-        self.f1 = np.empty(cap, dtype=self.dtype)
-        self.f2 = np.empty(cap, dtype=self.dtype)
-        self.i1 = np.empty(cap, dtype=np.int64)
-        self.i2 = np.empty(cap, dtype=np.int64)
-        self.i3 = np.empty(cap, dtype=np.int64)
+        self.scaled = np.empty(cap, dtype=self.dtype)
+        self.tail = np.empty(cap, dtype=self.dtype)
+        self.buckets = np.empty(cap, dtype=np.int64)
+        self.cols = np.empty(cap, dtype=np.int64)
+        self.bucket_sum = np.empty(cap, dtype=np.int64)
         self.keys = np.empty(2 * cap, dtype=np.int64)
-        self.m = np.empty(cap, dtype=bool)
+        self.mask = np.empty(cap, dtype=bool)
 
 
 class MultiBuckets:
@@ -432,13 +453,13 @@ class MultiBuckets:
         self.cut = ceil_to_dtype(float(self.thresholds[0]), dtype) if self.k else math.inf
 
     def __call__(self, v: np.ndarray, scratch: Scratch) -> np.ndarray:
-        """int64 union buckets of ``v``; a view of ``scratch.i1`` (one grid) or ``scratch.i3``
-        (valid until the scratch is used again)."""
-        if len(self.parts) == 1:  # the common case: no copy (a view of ``scratch.i1``)
+        """int64 union buckets of ``v``; a view of ``scratch.buckets`` (one grid) or
+        ``scratch.bucket_sum`` (valid until the scratch is used again)."""
+        if len(self.parts) == 1:  # the common case: no copy (a view of ``scratch.buckets``)
             return self.parts[0](v, scratch)
         n = v.shape[0]
         scratch.ensure(n)
-        acc = scratch.i3[:n]
+        acc = scratch.bucket_sum[:n]
         np.copyto(acc, self.parts[0](v, scratch))
         for part in self.parts[1:]:
             np.add(acc, part(v, scratch), out=acc)
@@ -482,10 +503,6 @@ class CountState:
 
     neg: np.ndarray
     pos: np.ndarray
-
-    def merge(self, other: CountState) -> CountState:
-        """Combine two shards' states (same grid)."""
-        return CountState(neg=self.neg + other.neg, pos=self.pos + other.pos)
 
     @staticmethod
     def accepted(table: np.ndarray) -> np.ndarray:
@@ -547,7 +564,7 @@ def _count_block_numpy(
     s = blk.sims.numpy()
     w = s.shape[1]
     sc.ensure(t)
-    v = sc.f2[:t]
+    v = sc.tail[:t]
     np.take(s.reshape(-1), idx, out=v, mode="clip")
     b = bk(v, sc)
     # Rows / columns of a block cover contiguous ranges of class codes (class-sorted order), so
@@ -555,7 +572,7 @@ def _count_block_numpy(
     # scattered updates of the C x K table.
     rs, cs = spans[blk.row0], spans[blk.col0]
     keys = sc.keys[: 2 * t]
-    cols = sc.i2[:t]
+    cols = sc.cols[:t]
     if w & (w - 1) == 0:
         np.bitwise_and(idx, w - 1, out=cols)
     else:  # (% is slower)
@@ -630,7 +647,7 @@ def _hist_block_numpy(
     if t == 0:
         return
     sc.ensure(t)
-    v = sc.f2[:t]
+    v = sc.tail[:t]
     np.take(blk.sims.numpy().reshape(-1), idx, out=v, mode="clip")
     hneg += np.bincount(eb(v, sc), minlength=nb2)
 
@@ -679,24 +696,53 @@ class GroupState:
         )
 
 
+@dataclass
+class HistState:
+    """Positive / negative pair counts per similarity bin (mergeable).
+
+    Attributes:
+        edges: ``(B + 1,)`` float64 bin edges; bin ``b`` is ``[edges[b], edges[b+1])``, the last
+            bin is closed. Similarities are clipped to ``[edges[0], edges[-1]]`` first.
+        pos, neg: ``(B,)`` int64 counts.
+    """
+
+    edges: np.ndarray
+    pos: np.ndarray
+    neg: np.ndarray
+
+
+def _bin_index(s: torch.Tensor, edges: torch.Tensor) -> torch.Tensor:
+    """Bin of each float64 value (already clipped to the edge range), ``np.histogram`` style."""
+    nb = edges.shape[0] - 1
+    lo, hi = float(edges[0]), float(edges[-1])
+    idx = ((s - lo) * (nb / (hi - lo))).floor().to(torch.int64).clamp_(0, nb - 1)
+    idx -= (s < edges[idx]).to(torch.int64)
+    idx += ((s >= edges[idx + 1]) & (idx != nb - 1)).to(torch.int64)
+    return idx
+
+
+class GroupSpec(NamedTuple):
+    """What :func:`sweep` needs to fill a :class:`GroupState`."""
+
+    codes: np.ndarray
+    """``(N,)`` group code of every class-sorted row."""
+    num_groups: int
+    """``G``."""
+    cross: np.ndarray
+    """The thresholds of the cross-group tables (float64)."""
+
+
 class _GroupCounter:
     """Accumulates one worker's :class:`GroupState` block by block (torch ops, any device;
     comparisons in float64 against float64 thresholds, hence exact)."""
 
-    def __init__(
-        self,
-        prep: Prepared,
-        gcodes: np.ndarray,
-        num_groups: int,
-        grids: Sequence[np.ndarray],
-        cross: np.ndarray,
-    ) -> None:
+    def __init__(self, prep: Prepared, spec: GroupSpec, grids: Sequence[np.ndarray]) -> None:
         dev = prep.x.device
         self.prep = prep
-        self.g = torch.as_tensor(np.asarray(gcodes, dtype=np.int64), device=dev)
-        self.ng = int(num_groups)
+        self.g = torch.as_tensor(np.asarray(spec.codes, dtype=np.int64), device=dev)
+        self.ng = int(spec.num_groups)
         self.grids = [torch.as_tensor(np.asarray(t, np.float64), device=dev) for t in grids]
-        self.cross = torch.as_tensor(np.sort(np.asarray(cross, np.float64)), device=dev)
+        self.cross = torch.as_tensor(np.sort(np.asarray(spec.cross, np.float64)), device=dev)
         self.kp1 = sum(int(t.shape[0]) for t in self.grids) + 1
         self.pp1 = int(self.cross.shape[0]) + 1
         lowest = min(
@@ -761,6 +807,17 @@ class _GroupCounter:
         )
 
 
+class Sweep(NamedTuple):
+    """The states one :func:`sweep` fills."""
+
+    counts: CountState
+    """Per-class bucket counts on the union of the grids."""
+    hist: HistState | None
+    """The similarity histograms (when ``edges`` was given)."""
+    groups: GroupState | None
+    """Per-(class, group) counts (when ``groups`` was given)."""
+
+
 def sweep(
     prep: Prepared,
     grids: Sequence[np.ndarray],
@@ -768,63 +825,108 @@ def sweep(
     shard: tuple[int, int] = (0, 1),
     *,
     edges: np.ndarray | None = None,
-    groups: tuple[np.ndarray, int, np.ndarray] | None = None,
-) -> tuple[CountState, HistState | None, GroupState | None]:
+    groups: GroupSpec | None = None,
+    backend: PassBackend = "auto",
+) -> Sweep:
     """One pass over the pairs of ``shard``: per-class bucket counts on the sorted union of
     ``grids`` (see :class:`CountState`; only pairs at or above the smallest threshold are
     touched) and, when ``edges`` (float64, increasing, ``B + 1`` values) is given, the exact
-    positive / negative similarity histograms over all pairs. With ``groups = (codes, G,
-    cross)`` (group code of every class-sorted row, number of groups, cross thresholds) it also
-    fills a :class:`GroupState`."""
+    positive / negative similarity histograms over all pairs. With ``groups`` it also fills a
+    :class:`GroupState`. ``backend``: the per-block code (:data:`PassBackend`)."""
+    if numpy_path(prep, backend):
+        return _sweep_numpy(prep, grids, block_size, shard, edges, groups)
+    return _sweep_torch(prep, grids, block_size, shard, edges, groups)
+
+
+class _WorkerCounts(NamedTuple):
+    """One worker thread's flat tables in :func:`_sweep_numpy`."""
+
+    neg: np.ndarray  # (C * (K + 1),) negative pairs per (class, bucket)
+    pos: np.ndarray  # (C * (K + 1),) positive pairs per (class, bucket)
+    hist_neg: np.ndarray  # (B + 2,) negative pairs per histogram slot (see _fold_hist)
+    hist_pos: np.ndarray  # (B + 2,) positive pairs per histogram slot
+    groups: GroupState | None
+
+
+def _sum_parts(arrays: list[np.ndarray]) -> np.ndarray:
+    """Element-wise int64 sum of the workers' tables."""
+    return np.asarray(np.sum(arrays, axis=0, dtype=np.int64))
+
+
+def _sweep_numpy(
+    prep: Prepared,
+    grids: Sequence[np.ndarray],
+    block_size: int,
+    shard: tuple[int, int],
+    edges: np.ndarray | None,
+    groups: GroupSpec | None,
+) -> Sweep:
+    """:func:`sweep` with the NumPy per-block code, one worker thread per core (CPU)."""
     c = prep.num_classes
-    dtype = prep.x.dtype
-    if _use_numpy(prep):
-        bk = MultiBuckets(grids, dtype)
-        kp1 = bk.k + 1
-        spans = _spans(prep, block_size, kp1) if bk.k else {}
-        eb = Buckets(np.asarray(edges, dtype=np.float64), dtype) if edges is not None else None
-        nb2 = 0 if edges is None else int(np.asarray(edges).shape[0]) + 1
+    bk = MultiBuckets(grids, prep.x.dtype)
+    kp1 = bk.k + 1
+    spans = _spans(prep, block_size, kp1) if bk.k else {}
+    eb = Buckets(np.asarray(edges, dtype=np.float64), prep.x.dtype) if edges is not None else None
+    num_slots = 0 if edges is None else int(np.asarray(edges).shape[0]) + 1
 
-        def work(blocks: Iterator[Block]) -> tuple[Any, ...]:
-            gc = _GroupCounter(prep, groups[0], groups[1], grids, groups[2]) if groups else None
-            neg = np.zeros(c * kp1, dtype=np.int64)
-            pos = np.zeros(c * kp1, dtype=np.int64)
-            hneg = np.zeros(nb2, dtype=np.int64)
-            hpos = np.zeros(nb2, dtype=np.int64)
-            mbuf = mask_buffer(prep, block_size)
-            sc = Scratch(bk.dt)
-            for blk in blocks:
-                if bk.k:
-                    _count_block_numpy(blk, bk, spans, mbuf, sc, neg, pos)
-                if eb is not None:
-                    _hist_block_numpy(blk, eb, mbuf, sc, hneg, hpos)
-                if gc is not None:
-                    gc.add(blk, mbuf)
-            return neg, pos, hneg, hpos, None if gc is None else gc.state()
+    def work(blocks: Iterator[Block]) -> _WorkerCounts:
+        gc = _GroupCounter(prep, groups, grids) if groups is not None else None
+        neg = np.zeros(c * kp1, dtype=np.int64)
+        pos = np.zeros(c * kp1, dtype=np.int64)
+        hneg = np.zeros(num_slots, dtype=np.int64)
+        hpos = np.zeros(num_slots, dtype=np.int64)
+        mbuf = mask_buffer(prep, block_size)
+        sc = Scratch(bk.dt)
+        for blk in blocks:
+            if bk.k:
+                _count_block_numpy(blk, bk, spans, mbuf, sc, neg, pos)
+            if eb is not None:
+                _hist_block_numpy(blk, eb, mbuf, sc, hneg, hpos)
+            if gc is not None:
+                gc.add(blk, mbuf)
+        return _WorkerCounts(neg, pos, hneg, hpos, None if gc is None else gc.state())
 
-        parts = map_blocks(prep, block_size, shard, work, desc="pairs: counts")
-        tot = [np.asarray(np.sum([p[i] for p in parts], axis=0, dtype=np.int64)) for i in range(4)]
-        state = CountState(neg=tot[0].reshape(c, kp1), pos=tot[1].reshape(c, kp1))
-        hist = None
-        if edges is not None:
-            e64 = np.asarray(edges, dtype=np.float64)
-            hist = HistState(edges=e64, pos=_fold_hist(tot[3]), neg=_fold_hist(tot[2]))
-        gstate = None
-        if groups is not None:
-            gstate = functools.reduce(GroupState.merge, [p[4] for p in parts])
-        return state, hist, gstate
+    parts = map_blocks(prep, block_size, shard, work, desc="pairs: counts")
+    counts = CountState(
+        neg=_sum_parts([p.neg for p in parts]).reshape(c, kp1),
+        pos=_sum_parts([p.pos for p in parts]).reshape(c, kp1),
+    )
+    hist = None
+    if edges is not None:
+        hist = HistState(
+            edges=np.asarray(edges, dtype=np.float64),
+            pos=_fold_hist(_sum_parts([p.hist_pos for p in parts])),
+            neg=_fold_hist(_sum_parts([p.hist_neg for p in parts])),
+        )
+    gstate = None
+    if groups is not None:
+        states = [p.groups for p in parts if p.groups is not None]
+        gstate = functools.reduce(GroupState.merge, states)
+    return Sweep(counts, hist, gstate)
+
+
+def _sweep_torch(
+    prep: Prepared,
+    grids: Sequence[np.ndarray],
+    block_size: int,
+    shard: tuple[int, int],
+    edges: np.ndarray | None,
+    groups: GroupSpec | None,
+) -> Sweep:
+    """:func:`sweep` with the torch per-block code (any device; float64 comparisons)."""
+    c = prep.num_classes
     device = prep.x.device
     grids_t = [torch.as_tensor(np.asarray(g, dtype=np.float64), device=device) for g in grids]
-    union = MultiBuckets(grids, dtype)  # only for k and the cut
+    union = MultiBuckets(grids, prep.x.dtype)  # only for k and the cut
     kp1 = union.k + 1
     neg_t = torch.zeros(c * kp1, dtype=torch.int64, device=device)
     pos_t = torch.zeros(c * kp1, dtype=torch.int64, device=device)
-    cut = floor_to_dtype(float(union.thresholds[0]), dtype) if union.k else math.inf
+    cut = floor_to_dtype(float(union.thresholds[0]), prep.x.dtype) if union.k else math.inf
     e_t = None if edges is None else torch.as_tensor(np.asarray(edges, np.float64), device=device)
     nb = 0 if e_t is None else int(e_t.shape[0]) - 1
     hpos_t = torch.zeros(nb, dtype=torch.int64, device=device)
     hneg_t = torch.zeros(nb, dtype=torch.int64, device=device)
-    gc = _GroupCounter(prep, groups[0], groups[1], grids, groups[2]) if groups else None
+    gc = _GroupCounter(prep, groups, grids) if groups is not None else None
     for blk in iter_blocks(prep, block_size, shard, desc="pairs: counts"):
         if e_t is not None and blk.pos_sims.numel():
             lo, hi = float(e_t[0]), float(e_t[-1])
@@ -837,68 +939,14 @@ def sweep(
             hneg_t += torch.bincount(_bin_index(v, e_t), minlength=nb)
         if gc is not None:
             gc.add(blk, None)
-    state = CountState(
+    counts = CountState(
         neg=neg_t.cpu().numpy().reshape(c, kp1), pos=pos_t.cpu().numpy().reshape(c, kp1)
     )
-    hist_t = None
-    if e_t is not None:
-        hist_t = HistState(
+    hist = None
+    if edges is not None:
+        hist = HistState(
             edges=np.asarray(edges, dtype=np.float64),
             pos=hpos_t.cpu().numpy(),
             neg=hneg_t.cpu().numpy(),
         )
-    return state, hist_t, None if gc is None else gc.state()
-
-
-def count_pass(
-    prep: Prepared,
-    thresholds: np.ndarray,
-    block_size: int,
-    shard: tuple[int, int] = (0, 1),
-) -> CountState:
-    """Bucket every pair with ``s >= thresholds[0]`` by ``searchsorted(thresholds, s, right)``
-    (exact comparisons) and accumulate per-class tables (see :class:`CountState`); the
-    single-grid case of :func:`sweep`."""
-    return sweep(prep, [np.asarray(thresholds, dtype=np.float64)], block_size, shard)[0]
-
-
-# ----------------------------------------------------------------------------- histogram pass
-
-
-@dataclass
-class HistState:
-    """Positive / negative pair counts per similarity bin (mergeable).
-
-    Attributes:
-        edges: ``(B + 1,)`` float64 bin edges; bin ``b`` is ``[edges[b], edges[b+1])``, the last
-            bin is closed. Similarities are clipped to ``[edges[0], edges[-1]]`` first.
-        pos, neg: ``(B,)`` int64 counts.
-    """
-
-    edges: np.ndarray
-    pos: np.ndarray
-    neg: np.ndarray
-
-    def merge(self, other: HistState) -> HistState:
-        """Combine two shards' states (same edges)."""
-        return HistState(edges=self.edges, pos=self.pos + other.pos, neg=self.neg + other.neg)
-
-
-def _bin_index(s: torch.Tensor, edges: torch.Tensor) -> torch.Tensor:
-    """Bin of each float64 value (already clipped to the edge range), ``np.histogram`` style."""
-    nb = edges.shape[0] - 1
-    lo, hi = float(edges[0]), float(edges[-1])
-    idx = ((s - lo) * (nb / (hi - lo))).floor().to(torch.int64).clamp_(0, nb - 1)
-    idx -= (s < edges[idx]).to(torch.int64)
-    idx += ((s >= edges[idx + 1]) & (idx != nb - 1)).to(torch.int64)
-    return idx
-
-
-def hist_pass(
-    prep: Prepared, edges: np.ndarray, block_size: int, shard: tuple[int, int] = (0, 1)
-) -> HistState:
-    """Histogram all positive and negative pair similarities over ``edges`` (float64); the
-    histogram-only case of :func:`sweep`."""
-    hist = sweep(prep, [], block_size, shard, edges=np.asarray(edges, dtype=np.float64))[1]
-    assert hist is not None
-    return hist
+    return Sweep(counts, hist, None if gc is None else gc.state())

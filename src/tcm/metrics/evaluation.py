@@ -74,8 +74,8 @@ from tcm.metrics.results import OperatingPoint, SimilarityHistogram, ThresholdCo
 from tcm.metrics.retrieval import (
     Backend,
     RetrievalMetrics,
-    distributed_retrieval_metrics,
-    retrieval_metrics,
+    leave_one_out_input,
+    retrieval_metrics_of,
 )
 from tcm.metrics.statistics import DEFAULT_SAMPLE_SIZE, PairIndex, PairStats, pair_statistics
 from tcm.metrics.vocabulary import eps_key, far_key, metric_label
@@ -292,135 +292,215 @@ def evaluate(
     Results equal the separate functions (``retrieval_metrics``, ``threshold_consistency``,
     ``threshold_at_far`` + ``operating_point``, ``similarity_histogram``) exactly.
     """
-    sections = _sections(include, exclude)
-    lo, hi = check_far_range(far_range)
-    k = check_num_thresholds(num_thresholds)
-    eps_l = [check_epsilon(e) for e in epsilons]
-    fars_l = [check_fraction(f, "tar_fars entry") for f in tar_fars]
-    cal_far = (
-        None if calibration_far is None else check_fraction(calibration_far, "calibration_far")
-    )
-    if max_utility:
-        check_far_range(search_range)
-        check_num_thresholds(search_thresholds, "search_thresholds")
-    t_given = None if threshold is None else check_finite(threshold, "threshold")
-    nbins = check_int(bins, "bins", 0)
-    if "operating_point" in sections and t_given is None:
-        sections.discard("operating_point")
-    if "histogram" in sections and nbins == 0:
-        sections.discard("histogram")
-    if "calibration" in sections and cal_far is None and not max_utility:
-        sections.discard("calibration")
-    if groups is None:
-        sections.discard("groups")
+    plan = _Plan.checked(
+        include, exclude, far_range, num_thresholds, epsilons, tar_fars, calibration_far,
+        max_utility, search_range, search_thresholds, threshold, bins, groups is not None,
+    )  # fmt: skip
     check_bootstrap_args(ci, n_boot)
-    if distributed is False:
-        comm: Communicator | None = None
-    else:
-        comm = default_communicator()
-        if distributed and comm is None:
-            raise ValueError("distributed=True but no torch.distributed group with >1 rank")
-
-    index = PairIndex(
-        embeddings, labels, groups if "groups" in sections else None, block_size=block_size
-    )
-    if "groups" in sections:
+    comm = _communicator(distributed)
+    with_groups = groups if "groups" in plan.sections else None
+    index = PairIndex(embeddings, labels, with_groups, block_size=block_size)
+    if "groups" in plan.sections:
         check_group_consistency_input(index)  # before any pass over the pairs
     if ci is not None:
+        k = plan.num_thresholds
         ng = 0 if index.group_names is None else int(index.group_names.shape[0])
         check_bootstrap_memory(index.classes.shape[0], n_boot, 4 * k + group_bootstrap_cells(ng, k))
     retrieval = None
-    if "retrieval" in sections:
-        fn = retrieval_metrics if comm is None else distributed_retrieval_metrics
+    if "retrieval" in plan.sections:
+        inp = leave_one_out_input(index.prepared)  # the rows validated and normalised once
         with reporting(progress):
-            retrieval = fn(embeddings, labels, ks=tuple(ks), backend=backend)
-
-    need_fars = list(fars_l) if "tar_at_far" in sections else []
-    if "calibration" in sections and cal_far is not None and not max_utility:
-        need_fars.append(cal_far)
-    grids = {}
-    if "calibration" in sections and max_utility:
-        grids[SEARCH_GRID] = (float(search_range[0]), float(search_range[1]), search_thresholds)
-    pair_sections = set(SECTIONS) - {"retrieval"}
-    if "groups" in sections and "consistency" not in sections:
-        sections.add("consistency")  # group OPIS needs the calibration grid
+            retrieval = retrieval_metrics_of(inp, tuple(ks), backend, comm=comm)
+        del inp
     stats = None
-    if sections & pair_sections:
+    if plan.sections & _PAIR_SECTIONS:
         stats = pair_statistics(
             index,
-            fars=sorted(set(need_fars)),
-            far_range=(lo, hi) if "consistency" in sections else None,
-            num_thresholds=k,
-            thresholds=[t_given] if "operating_point" in sections and t_given is not None else [],
-            grids=grids,
-            bins=nbins if "histogram" in sections else 0,
+            **plan.pair_request(),
             shard=(0, 1) if comm is None else (comm.rank, comm.world),
             comm=comm,
             sample_size=sample_size,
             seed=seed,
             progress=progress,
         )
-    consistency = None
-    if stats is not None and "consistency" in sections:
-        consistency = stats.consistency(eps_l, ci=ci, n_boot=n_boot, seed=seed)
-    tar_at_far: dict[float, float] = {}
-    th_at_far: dict[float, float] = {}
-    if stats is not None and "tar_at_far" in sections:
-        ths = [stats.threshold_at_far(f) for f in fars_l]
-        gtar = stats.rates(stats.columns_of(ths))["global_tar"] if ths else np.empty(0)
-        for f, t, g in zip(fars_l, ths, gtar, strict=True):
-            th_at_far[f] = t
-            tar_at_far[f] = float(g)
-    calibration = None
-    if stats is not None and "calibration" in sections:
-        calibration = calibrate(
-            stats, far=None if max_utility else cal_far, max_utility=max_utility
-        )
-    op = None
-    if stats is not None and "operating_point" in sections and t_given is not None:
-        op = stats.operating_point(t_given)
-    hist = stats.histogram() if stats is not None and "histogram" in sections else None
-    group_op = group_cons = None
-    if stats is not None and "groups" in sections:
-        t_groups = calibration.threshold if calibration is not None else t_given
-        if t_groups is not None:
-            group_op = group_operating_point_view(stats, t_groups, ci=ci, n_boot=n_boot, seed=seed)
-        group_cons = group_consistency_view(stats, epsilons=eps_l, ci=ci, n_boot=n_boot, seed=seed)
-    intervals: dict[str, Interval] = {}
-    if ci is not None and stats is not None:
-        intervals = _intervals(stats, consistency, th_at_far, calibration, ci, n_boot, seed)
-    options: dict[str, Any] = {
-        "sections": sorted(sections),
-        "ks": [int(v) for v in ks],
-        "far_range": [lo, hi],
-        "num_thresholds": k,
-        "epsilons": eps_l,
-        "tar_fars": fars_l,
-        "calibration_far": cal_far,
-        "max_utility": bool(max_utility),
-        "threshold": t_given,
-        "bins": nbins,
-        "groups": groups is not None,
-        "ci": ci,
-        "n_boot": n_boot if ci is not None else None,
-        "world_size": 1 if comm is None else comm.world,
-    }
-    if max_utility:
-        options["search_range"] = [float(search_range[0]), float(search_range[1])]
-        options["search_thresholds"] = int(search_thresholds)
+    figures = {} if stats is None else _pair_figures(stats, plan, ci, n_boot, seed)
     return Evaluation(
         num_samples=index.num_samples,
         num_classes=int(index.classes.shape[0]),
         retrieval=retrieval,
-        consistency=consistency,
-        tar_at_far=tar_at_far,
-        threshold_at_far=th_at_far,
-        calibration=calibration,
-        operating_point=op,
-        histogram=hist,
         stats=stats,
-        groups=group_op,
-        group_consistency=group_cons,
-        intervals=intervals,
-        options=options,
+        options=plan.options(ks, groups is not None, ci, n_boot, comm),
+        **figures,
     )
+
+
+_PAIR_SECTIONS = frozenset(SECTIONS) - {"retrieval"}
+
+
+def _communicator(distributed: bool | None) -> Communicator | None:
+    """The process group's communicator (``None``: detect, ``True``: required) or None."""
+    if distributed is False:
+        return None
+    comm = default_communicator()
+    if distributed and comm is None:
+        raise ValueError("distributed=True but no torch.distributed group with >1 rank")
+    return comm
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """The checked options of :func:`evaluate`: the sections to compute and their settings."""
+
+    sections: frozenset[str]
+    far_range: tuple[float, float]
+    num_thresholds: int
+    epsilons: list[float]
+    tar_fars: list[float]
+    calibration_far: float | None
+    max_utility: bool
+    search: tuple[float, float, int] | None  # (f_lo, f_hi, K) of the max-utility search
+    threshold: float | None
+    bins: int
+
+    @staticmethod
+    def checked(
+        include: Sequence[str] | None,
+        exclude: Sequence[str],
+        far_range: tuple[float, float],
+        num_thresholds: int,
+        epsilons: Sequence[float],
+        tar_fars: Sequence[float],
+        calibration_far: float | None,
+        max_utility: bool,
+        search_range: tuple[float, float],
+        search_thresholds: int,
+        threshold: float | None,
+        bins: int,
+        has_groups: bool,
+    ) -> _Plan:
+        """Validate in the order of :func:`evaluate`'s signature and drop the sections that the
+        options leave empty (ValueError naming the first bad value)."""
+        sections = _sections(include, exclude)
+        lo, hi = check_far_range(far_range)
+        k = check_num_thresholds(num_thresholds)
+        eps_l = [check_epsilon(e) for e in epsilons]
+        fars_l = [check_fraction(f, "tar_fars entry") for f in tar_fars]
+        cal_far = (
+            None if calibration_far is None else check_fraction(calibration_far, "calibration_far")
+        )
+        search = None
+        if max_utility:
+            check_far_range(search_range)
+            check_num_thresholds(search_thresholds, "search_thresholds")
+            search = (float(search_range[0]), float(search_range[1]), search_thresholds)
+        t_given = None if threshold is None else check_finite(threshold, "threshold")
+        nbins = check_int(bins, "bins", 0)
+        if t_given is None:
+            sections.discard("operating_point")
+        if nbins == 0:
+            sections.discard("histogram")
+        if cal_far is None and not max_utility:
+            sections.discard("calibration")
+        if not has_groups:
+            sections.discard("groups")
+        if "groups" in sections:
+            sections.add("consistency")  # group OPIS needs the calibration grid
+        return _Plan(
+            frozenset(sections), (lo, hi), k, eps_l, fars_l, cal_far, bool(max_utility),
+            search, t_given, nbins,
+        )  # fmt: skip
+
+    def pair_request(self) -> dict[str, Any]:
+        """What :func:`pair_statistics` counts for the pair sections."""
+        sec = self.sections
+        need_fars = list(self.tar_fars) if "tar_at_far" in sec else []
+        if "calibration" in sec and self.calibration_far is not None and not self.max_utility:
+            need_fars.append(self.calibration_far)
+        grids = {}
+        if "calibration" in sec and self.search is not None:
+            grids[SEARCH_GRID] = self.search
+        op = "operating_point" in sec and self.threshold is not None
+        return {
+            "fars": sorted(set(need_fars)),
+            "far_range": self.far_range if "consistency" in sec else None,
+            "num_thresholds": self.num_thresholds,
+            "thresholds": [self.threshold] if op else [],
+            "grids": grids,
+            "bins": self.bins if "histogram" in sec else 0,
+        }
+
+    def options(
+        self,
+        ks: Sequence[int],
+        has_groups: bool,
+        ci: float | None,
+        n_boot: int,
+        comm: Communicator | None,
+    ) -> dict[str, Any]:
+        """:attr:`Evaluation.options` (JSON-serialisable)."""
+        out: dict[str, Any] = {
+            "sections": sorted(self.sections),
+            "ks": [int(v) for v in ks],
+            "far_range": list(self.far_range),
+            "num_thresholds": self.num_thresholds,
+            "epsilons": self.epsilons,
+            "tar_fars": self.tar_fars,
+            "calibration_far": self.calibration_far,
+            "max_utility": self.max_utility,
+            "threshold": self.threshold,
+            "bins": self.bins,
+            "groups": has_groups,
+            "ci": ci,
+            "n_boot": n_boot if ci is not None else None,
+            "world_size": 1 if comm is None else comm.world,
+        }
+        if self.search is not None:
+            out["search_range"] = [self.search[0], self.search[1]]
+            out["search_thresholds"] = int(self.search[2])
+        return out
+
+
+def _pair_figures(
+    stats: PairStats, plan: _Plan, ci: float | None, n_boot: int, seed: int
+) -> dict[str, Any]:
+    """The :class:`Evaluation` fields read from the count tables (no pass)."""
+    sec = plan.sections
+    boot: dict[str, Any] = {"ci": ci, "n_boot": n_boot, "seed": seed}
+    consistency = None
+    if "consistency" in sec:
+        consistency = stats.consistency(plan.epsilons, **boot)
+    tar_at_far: dict[float, float] = {}
+    th_at_far: dict[float, float] = {}
+    if "tar_at_far" in sec:
+        ths = [stats.threshold_at_far(f) for f in plan.tar_fars]
+        gtar = stats.rates(stats.columns_of(ths))["global_tar"] if ths else np.empty(0)
+        for f, t, g in zip(plan.tar_fars, ths, gtar, strict=True):
+            th_at_far[f] = t
+            tar_at_far[f] = float(g)
+    calibration = None
+    if "calibration" in sec:
+        far = None if plan.max_utility else plan.calibration_far
+        calibration = calibrate(stats, far=far, max_utility=plan.max_utility)
+    op = None
+    if "operating_point" in sec and plan.threshold is not None:
+        op = stats.operating_point(plan.threshold)
+    group_op = group_cons = None
+    if "groups" in sec:
+        t_groups = calibration.threshold if calibration is not None else plan.threshold
+        if t_groups is not None:
+            group_op = group_operating_point_view(stats, t_groups, **boot)
+        group_cons = group_consistency_view(stats, epsilons=plan.epsilons, **boot)
+    intervals: dict[str, Interval] = {}
+    if ci is not None:
+        intervals = _intervals(stats, consistency, th_at_far, calibration, ci, n_boot, seed)
+    return {
+        "consistency": consistency,
+        "tar_at_far": tar_at_far,
+        "threshold_at_far": th_at_far,
+        "calibration": calibration,
+        "operating_point": op,
+        "histogram": stats.histogram() if "histogram" in sec else None,
+        "groups": group_op,
+        "group_consistency": group_cons,
+        "intervals": intervals,
+    }

@@ -60,17 +60,23 @@ from tcm.metrics._knn import (
     faiss_available,
     symmetric_candidates,
 )
+from tcm.metrics._pairs import Prepared
 from tcm.metrics._progress import stage
 from tcm.metrics.distributed import Communicator
 
 __all__ = [
     "PerClassRetrieval",
     "PerQueryRetrieval",
+    "RetrievalInput",
     "RetrievalMetrics",
     "distributed_retrieval_metrics",
+    "leave_one_out_input",
     "merge_per_query",
+    "prepare_retrieval",
     "retrieval_metrics",
+    "retrieval_metrics_of",
     "retrieval_per_query",
+    "retrieval_per_query_of",
     "shard_query_indices",
 ]
 
@@ -279,6 +285,79 @@ def _auto_chunk(n_gallery: int, elem_bytes: int, device: torch.device, backend: 
     return int(max(1, min(_MAX_CHUNK, budget // max(1, n_gallery * elem_bytes))))
 
 
+# --------------------------------------------------------------------------- input
+
+
+@dataclass(frozen=True)
+class RetrievalInput:
+    """Query and gallery sets validated and L2-normalised once (see :func:`prepare_retrieval`,
+    :func:`leave_one_out_input`).
+
+    Attributes:
+        queries: ``(Nq, D)`` L2-normalised query rows, in input order.
+        gallery: ``(Ng, D)`` L2-normalised gallery rows (the ``queries`` tensor itself in
+            leave-one-out mode), same device and dtype as ``queries``.
+        query_codes, gallery_codes: int64 label codes; ``classes[code]`` is the label.
+        classes: ``(C,)`` sorted distinct labels of queries and gallery.
+        leave_one_out: no separate gallery: each query is excluded from its own ranking.
+    """
+
+    queries: torch.Tensor
+    gallery: torch.Tensor
+    query_codes: np.ndarray
+    gallery_codes: np.ndarray
+    classes: np.ndarray
+    leave_one_out: bool
+
+
+def prepare_retrieval(
+    query_emb: ArrayLike,
+    query_labels: ArrayLike,
+    gallery_emb: ArrayLike | None = None,
+    gallery_labels: ArrayLike | None = None,
+    backend: Backend = "auto",
+) -> RetrievalInput:
+    """Validate and L2-normalise the arguments of :func:`retrieval_metrics` (``backend`` is only
+    checked, at the point where :func:`retrieval_per_query` has always checked it)."""
+    q = as_embeddings(query_emb, "query_emb")
+    nq = q.shape[0]
+    q_lab = _labels_numpy(query_labels, nq, "query_labels")
+    loo = gallery_emb is None
+    if loo:
+        if gallery_labels is not None:
+            raise ValueError("gallery_labels given without gallery_emb")
+        g = q
+        all_codes, classes = encode_labels(q_lab, name="query_labels")
+        q_codes_np = g_codes_np = all_codes
+    else:
+        g = as_embeddings(gallery_emb, "gallery_emb")
+        if g.shape[1] != q.shape[1]:
+            raise ValueError(
+                f"query_emb has dimension {q.shape[1]} but gallery_emb has dimension {g.shape[1]}"
+            )
+        g_lab = _labels_numpy(gallery_labels, g.shape[0], "gallery_labels")
+        all_codes, classes = encode_labels(_concat_labels(q_lab, g_lab), name="labels")
+        q_codes_np, g_codes_np = all_codes[:nq], all_codes[nq:]
+    dtype = torch.promote_types(q.dtype, g.dtype)
+    _resolve_backend(backend, q.device)
+    qn = l2_normalize(q.to(dtype), "query_emb")
+    gn = qn if loo else l2_normalize(g.to(device=q.device, dtype=dtype), "gallery_emb")
+    return RetrievalInput(qn, gn, q_codes_np, g_codes_np, classes, loo)
+
+
+def leave_one_out_input(prep: Prepared) -> RetrievalInput:
+    """The leave-one-out input of rows already prepared for the pair passes (e.g.
+    :attr:`tcm.metrics.PairIndex.prepared`): their normalised rows and label codes put back in
+    input order, so neither is validated or normalised again. Equal, bit for bit, to
+    ``prepare_retrieval(embeddings, labels)`` (the same normalisation of the same rows)."""
+    inverse = np.empty_like(prep.order)
+    inverse[prep.order] = np.arange(prep.n, dtype=inverse.dtype)
+    x = prep.x[torch.as_tensor(inverse, device=prep.x.device)]
+    codes = np.empty_like(prep.codes)
+    codes[prep.order] = prep.codes
+    return RetrievalInput(x, x, codes, codes, prep.classes, True)
+
+
 # --------------------------------------------------------------------------- core
 
 
@@ -311,139 +390,157 @@ def retrieval_per_query(
         >>> part.hits[:, 0].tolist(), part.r.tolist()
         ([True, True], [1, 1])
     """
+    _check_ks(ks)
+    _check_chunk_size(chunk_size)
+    inp = prepare_retrieval(query_emb, query_labels, gallery_emb, gallery_labels, backend)
+    return retrieval_per_query_of(inp, ks, backend, chunk_size, query_indices, comm)
+
+
+def retrieval_per_query_of(
+    inp: RetrievalInput,
+    ks: int | Sequence[int] = (1, 2, 4, 8),
+    backend: Backend = "auto",
+    chunk_size: int | None = None,
+    query_indices: ArrayLike | slice | None = None,
+    comm: Communicator | None = None,
+) -> PerQueryRetrieval:
+    """:func:`retrieval_per_query` of an already prepared input."""
     ks_t = _check_ks(ks)
     _check_chunk_size(chunk_size)
-    q = as_embeddings(query_emb, "query_emb")
-    nq = q.shape[0]
-    q_lab = _labels_numpy(query_labels, nq, "query_labels")
-    loo = gallery_emb is None
-    if loo:
-        if gallery_labels is not None:
-            raise ValueError("gallery_labels given without gallery_emb")
-        g = q
-        all_codes, classes = encode_labels(q_lab, name="query_labels")
-        q_codes_np = g_codes_np = all_codes
-    else:
-        g = as_embeddings(gallery_emb, "gallery_emb")
-        if g.shape[1] != q.shape[1]:
-            raise ValueError(
-                f"query_emb has dimension {q.shape[1]} but gallery_emb has dimension {g.shape[1]}"
-            )
-        g_lab = _labels_numpy(gallery_labels, g.shape[0], "gallery_labels")
-        all_codes, classes = encode_labels(_concat_labels(q_lab, g_lab), name="labels")
-        q_codes_np, g_codes_np = all_codes[:nq], all_codes[nq:]
-    ng = g.shape[0]
-    device = q.device
-    dtype = torch.promote_types(q.dtype, g.dtype)
-    backend_used = _resolve_backend(backend, device)
-
-    qn = l2_normalize(q.to(dtype), "query_emb")
-    gn = qn if loo else l2_normalize(g.to(device=device, dtype=dtype), "gallery_emb")
-
-    sel = _as_index_array(query_indices, nq)
-    counts = np.bincount(g_codes_np, minlength=classes.shape[0])
-    r_all = counts[q_codes_np[sel]] - int(loo)  # (M,)
-    m = sel.shape[0]
-    hits = np.zeros((m, len(ks_t)), dtype=bool)
-    map_r = np.full(m, np.nan)
-    r_prec = np.full(m, np.nan)
-
-    valid_pos = np.flatnonzero(r_all > 0)
+    backend_used = _resolve_backend(backend, inp.queries.device)
+    loo = inp.leave_one_out
+    sel = _as_index_array(query_indices, int(inp.queries.shape[0]))
+    counts = np.bincount(inp.gallery_codes, minlength=inp.classes.shape[0])
+    r_all = counts[inp.query_codes[sel]] - int(loo)  # (M,)
     shared = None
     if comm is not None and loo and backend_used == "torch" and comm.world > 1:
-        # decided from global quantities only: every shard takes the same branch
-        r_glob = counts[q_codes_np] - 1
-        n_avail_g = ng - 1
-        k_glob = min(max(ks_t[-1], int(r_glob.max())), n_avail_g)
-        kk_g = min(k_glob + 8, n_avail_g)
-        if int(r_glob.max()) > 0 and _use_symmetric(ng, kk_g, device):
-            xs = gn.float() if device.type == "cpu" else gn
-            block = chunk_size or _sym_block(device)
-            cv, ci = symmetric_candidates(xs, kk_g, block, shard=(comm.rank, comm.world))
-            vals = comm.concat(cv.cpu().numpy().reshape(-1)).reshape(comm.world, ng, kk_g)
-            ids = comm.concat(ci.cpu().numpy().reshape(-1)).reshape(comm.world, ng, kk_g)
-            v_all = torch.from_numpy(np.concatenate(list(vals), axis=1))
-            i_all = torch.from_numpy(np.concatenate(list(ids), axis=1))
-            top = torch.topk(v_all, kk_g, dim=1, sorted=True)
-            u0g = float(torch.finfo(xs.dtype).eps) * (1.0 if xs.dtype == gn.dtype else 2.0)
-            shared = (
-                top.values.to(device),
-                torch.gather(i_all, 1, top.indices).to(device),
-                u0g,
-            )
-            del xs
-    if valid_pos.size:
-        searcher: Searcher = FaissSearcher(gn) if backend_used == "faiss" else TorchSearcher(gn)
-        g_codes = torch.from_numpy(g_codes_np).to(device)
-        q_codes = torch.from_numpy(q_codes_np).to(device)
-        r_t = torch.from_numpy(r_all).to(device)
-        chunk = chunk_size or _auto_chunk(ng, gn.element_size(), device, backend_used)
-        n_avail = ng - int(loo)
-        kmax = ks_t[-1]
-        # score width shared by every chunk and shard, so float sums are bit-identical
-        q_r_max = int(counts[q_codes_np].max()) - int(loo)
-        width = min(max(kmax, q_r_max), n_avail)
-        k_all = min(max(kmax, int(r_all.max())), n_avail)
-        pre: torch.Tensor | None = None
-        kk = min(k_all + 8, n_avail)
-        cand: tuple[torch.Tensor, torch.Tensor, float] | None = shared
-        if cand is None and (
-            loo
-            and backend_used == "torch"
-            and query_indices is None
-            and _use_symmetric(ng, kk, device)
-        ):
-            # all queries = whole gallery: compute each similarity tile once (symmetry)
-            block = chunk_size or _sym_block(device)
-            # on CPU the candidates are searched in float32 (faiss heaps), certified with the
-            # float32 error bound, and only near-ties are re-ranked in float64
-            xs = gn.float() if device.type == "cpu" else gn
-            u0 = float(torch.finfo(xs.dtype).eps) * (1.0 if xs.dtype == gn.dtype else 2.0)
-            cand = (*symmetric_candidates(xs, kk, block), u0)
-            del xs
-        if cand is not None:
-            vq = torch.from_numpy(sel[valid_pos]).to(device)
-            pre = exact_topk(
-                searcher,
-                qn[vq],
-                gn,
-                k_all,
-                vq,
-                initial=(cand[0][vq], cand[1][vq]),
-                initial_unit_roundoff=cand[2],
-                max_rows=chunk,
-            )
-            del cand
-        # without candidates every query scans the gallery: (query, item) pairs as progress
-        with stage("kNN", 0 if pre is not None else valid_pos.size * ng) as tick:
-            for lo in range(0, valid_pos.size, chunk):
-                pos = torch.from_numpy(valid_pos[lo : lo + chunk]).to(device)
-                qi = torch.from_numpy(sel[valid_pos[lo : lo + chunk]]).to(device)
-                rc = r_t[pos]
-                if pre is not None:
-                    idx = pre[lo : lo + chunk]
-                else:
-                    k = min(max(kmax, int(rc.max())), n_avail)
-                    idx = exact_topk(searcher, qn[qi], gn, k, qi if loo else None, max_rows=chunk)
-                h, ap, rp = _chunk_scores(g_codes[idx], q_codes[qi], rc, ks_t, width)
-                p = pos.cpu().numpy()
-                hits[p] = h.cpu().numpy()
-                map_r[p] = ap.cpu().numpy()
-                r_prec[p] = rp.cpu().numpy()
-                tick(int(p.shape[0]) * ng)
-
+        shared = _sharded_candidates(inp, ks_t, counts, chunk_size, comm)
+    hits, map_r, r_prec = _score_queries(
+        inp, ks_t, backend_used, chunk_size, sel, r_all, counts, shared, query_indices is None
+    )
     return PerQueryRetrieval(
         query_indices=sel,
-        labels=classes[q_codes_np[sel]],
+        labels=inp.classes[inp.query_codes[sel]],
         r=r_all.astype(np.int64),
         ks=ks_t,
         hits=hits,
         map_at_r=map_r,
         r_precision=r_prec,
-        num_gallery=ng,
+        num_gallery=int(inp.gallery.shape[0]),
         leave_one_out=loo,
         backend=backend_used,
     )
+
+
+Candidates = tuple[torch.Tensor, torch.Tensor, float]
+"""``(scores, ids, unit roundoff of the scores)``: leave-one-out top-``kk`` of every row."""
+
+
+def _sharded_candidates(
+    inp: RetrievalInput,
+    ks: tuple[int, ...],
+    counts: np.ndarray,
+    chunk_size: int | None,
+    comm: Communicator,
+) -> Candidates | None:
+    """The symmetric candidate search split over the shards by tiles, the candidates exchanged
+    (every shard gets those of all rows); None when it does not pay off. Decided from global
+    quantities only, so every shard takes the same branch."""
+    gn = inp.gallery
+    device = gn.device
+    ng = int(gn.shape[0])
+    r_glob = counts[inp.query_codes] - 1
+    n_avail_g = ng - 1
+    k_glob = min(max(ks[-1], int(r_glob.max())), n_avail_g)
+    kk_g = min(k_glob + 8, n_avail_g)
+    if not (int(r_glob.max()) > 0 and _use_symmetric(ng, kk_g, device)):
+        return None
+    xs = gn.float() if device.type == "cpu" else gn
+    block = chunk_size or _sym_block(device)
+    cv, ci = symmetric_candidates(xs, kk_g, block, shard=(comm.rank, comm.world))
+    vals = comm.concat(cv.cpu().numpy().reshape(-1)).reshape(comm.world, ng, kk_g)
+    ids = comm.concat(ci.cpu().numpy().reshape(-1)).reshape(comm.world, ng, kk_g)
+    v_all = torch.from_numpy(np.concatenate(list(vals), axis=1))
+    i_all = torch.from_numpy(np.concatenate(list(ids), axis=1))
+    top = torch.topk(v_all, kk_g, dim=1, sorted=True)
+    u0g = float(torch.finfo(xs.dtype).eps) * (1.0 if xs.dtype == gn.dtype else 2.0)
+    return top.values.to(device), torch.gather(i_all, 1, top.indices).to(device), u0g
+
+
+def _local_candidates(gn: torch.Tensor, kk: int, chunk_size: int | None) -> Candidates:
+    """All queries = the whole gallery: compute each similarity tile once (symmetry). On CPU
+    the candidates are searched in float32 (faiss heaps), certified with the float32 error
+    bound, and only near-ties are re-ranked in float64."""
+    block = chunk_size or _sym_block(gn.device)
+    xs = gn.float() if gn.device.type == "cpu" else gn
+    u0 = float(torch.finfo(xs.dtype).eps) * (1.0 if xs.dtype == gn.dtype else 2.0)
+    return (*symmetric_candidates(xs, kk, block), u0)
+
+
+def _score_queries(
+    inp: RetrievalInput,
+    ks: tuple[int, ...],
+    backend: str,
+    chunk_size: int | None,
+    sel: np.ndarray,
+    r_all: np.ndarray,
+    counts: np.ndarray,
+    shared: Candidates | None,
+    all_queries: bool,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Hits ``(M, len(ks))``, MAP@R and R-precision ``(M,)`` of the queries ``sel`` with ``R =
+    r_all`` relevant items (False / NaN where ``R = 0``), chunk by chunk of queries."""
+    m = sel.shape[0]
+    hits = np.zeros((m, len(ks)), dtype=bool)
+    map_r = np.full(m, np.nan)
+    r_prec = np.full(m, np.nan)
+    valid_pos = np.flatnonzero(r_all > 0)
+    if not valid_pos.size:
+        return hits, map_r, r_prec
+    qn, gn, loo = inp.queries, inp.gallery, inp.leave_one_out
+    device = qn.device
+    ng = int(gn.shape[0])
+    searcher: Searcher = FaissSearcher(gn) if backend == "faiss" else TorchSearcher(gn)
+    g_codes = torch.from_numpy(inp.gallery_codes).to(device)
+    q_codes = torch.from_numpy(inp.query_codes).to(device)
+    r_t = torch.from_numpy(r_all).to(device)
+    chunk = chunk_size or _auto_chunk(ng, gn.element_size(), device, backend)
+    n_avail = ng - int(loo)
+    kmax = ks[-1]
+    # score width shared by every chunk and shard, so float sums are bit-identical
+    width = min(max(kmax, int(counts[inp.query_codes].max()) - int(loo)), n_avail)
+    k_all = min(max(kmax, int(r_all.max())), n_avail)
+    kk = min(k_all + 8, n_avail)
+    cand = shared
+    if cand is None and loo and backend == "torch" and all_queries:
+        cand = _local_candidates(gn, kk, chunk_size) if _use_symmetric(ng, kk, device) else None
+    pre: torch.Tensor | None = None
+    if cand is not None:
+        vq = torch.from_numpy(sel[valid_pos]).to(device)
+        initial = (cand[0][vq], cand[1][vq])
+        pre = exact_topk(
+            searcher, qn[vq], gn, k_all, vq, initial=initial, initial_unit_roundoff=cand[2],
+            max_rows=chunk,
+        )  # fmt: skip
+        del cand, initial
+    # without candidates every query scans the gallery: (query, item) pairs as progress
+    with stage("kNN", 0 if pre is not None else valid_pos.size * ng) as tick:
+        for lo in range(0, valid_pos.size, chunk):
+            pos = torch.from_numpy(valid_pos[lo : lo + chunk]).to(device)
+            qi = torch.from_numpy(sel[valid_pos[lo : lo + chunk]]).to(device)
+            rc = r_t[pos]
+            if pre is not None:
+                idx = pre[lo : lo + chunk]
+            else:
+                k = min(max(kmax, int(rc.max())), n_avail)
+                idx = exact_topk(searcher, qn[qi], gn, k, qi if loo else None, max_rows=chunk)
+            h, ap, rp = _chunk_scores(g_codes[idx], q_codes[qi], rc, ks, width)
+            p = pos.cpu().numpy()
+            hits[p] = h.cpu().numpy()
+            map_r[p] = ap.cpu().numpy()
+            r_prec[p] = rp.cpu().numpy()
+            tick(int(p.shape[0]) * ng)
+    return hits, map_r, r_prec
 
 
 def _chunk_scores(
@@ -621,28 +718,33 @@ def distributed_retrieval_metrics(
     candidate tiles are split over the ranks too (``retrieval_per_query(comm=...)``). Without a
     process group of more than one rank this is :func:`retrieval_metrics`.
     """
-    import torch.distributed as dist
-
-    from tcm._distributed import collective
     from tcm.metrics.distributed import default_communicator
 
     comm = default_communicator()
+    _check_ks(ks)
+    _check_chunk_size(chunk_size)
+    inp = prepare_retrieval(query_emb, query_labels, gallery_emb, gallery_labels, backend)
+    return retrieval_metrics_of(inp, ks, backend, chunk_size, comm)
+
+
+def retrieval_metrics_of(
+    inp: RetrievalInput,
+    ks: int | Sequence[int] = (1, 2, 4, 8),
+    backend: Backend = "auto",
+    chunk_size: int | None = None,
+    comm: Communicator | None = None,
+) -> RetrievalMetrics:
+    """:func:`retrieval_metrics` (``comm=None``) or :func:`distributed_retrieval_metrics` (the
+    queries split over the shards of ``comm``, every shard gets the merged result) of an
+    already prepared input."""
     if comm is None:
-        return retrieval_metrics(
-            query_emb, query_labels, gallery_emb, gallery_labels, ks, backend, chunk_size
-        )
-    n = as_embeddings(query_emb, "query_emb").shape[0]
-    part = retrieval_per_query(
-        query_emb,
-        query_labels,
-        gallery_emb,
-        gallery_labels,
-        ks,
-        backend,
-        chunk_size,
-        query_indices=shard_query_indices(n, comm.rank, comm.world),
-        comm=comm,
-    )
+        return merge_per_query([retrieval_per_query_of(inp, ks, backend, chunk_size)])
+    import torch.distributed as dist
+
+    from tcm._distributed import collective
+
+    shard = shard_query_indices(int(inp.queries.shape[0]), comm.rank, comm.world)
+    part = retrieval_per_query_of(inp, ks, backend, chunk_size, query_indices=shard, comm=comm)
     parts: list[Any] = [None] * comm.world
     with collective("all_gather_object"):
         dist.all_gather_object(parts, part)

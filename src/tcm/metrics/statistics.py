@@ -61,7 +61,18 @@ from tcm.metrics._checks import (
     check_table_memory,
 )
 from tcm.metrics._pairs import Prepared, check_block_size, check_shard, num_workers, prepare
-from tcm.metrics._passes import CountState, GroupState, TailState, negative_quantiles, sweep
+from tcm.metrics._passes import (
+    CountState,
+    GroupSpec,
+    GroupState,
+    HistState,
+    PassBackend,
+    Sweep,
+    TailState,
+    negative_quantiles,
+    numpy_path,
+    sweep,
+)
 from tcm.metrics._progress import Progress, reporting
 from tcm.metrics.bootstrap import (
     Interval,
@@ -523,6 +534,7 @@ def pair_statistics(
     sample_size: int = DEFAULT_SAMPLE_SIZE,
     seed: int = 0,
     progress: Progress = False,
+    backend: PassBackend = "auto",
 ) -> PairStats:
     """Count tables of all pairs of ``index`` in at most two passes (module docstring).
 
@@ -544,117 +556,189 @@ def pair_statistics(
         progress: ``True``: a progress bar (tqdm, stderr) per pass; or a factory
             ``(description, total) -> bar`` (see :mod:`tcm.metrics._progress`); ``False``:
             none (unless an enclosing call asked for it).
+        backend: the passes' per-block code: ``"auto"`` (NumPy on CPU, torch elsewhere),
+            ``"numpy"`` (CPU only) or ``"torch"`` (any device); results are identical.
 
     Raises:
         ValueError: a bad argument (naming it), no negative pairs when quantiles are needed,
             a grid or histogram over the size limits, count tables too large for memory, or a
-            sharded quantile request without a communicator.
+            sharded quantile request without a communicator, an unknown ``backend``.
     """
-    fars_l = [check_fraction(f, "fars entry") for f in fars]
-    all_grids: dict[str, tuple[float, float, int]] = {}
-    if far_range is not None:
-        lo, hi = check_far_range(far_range)
-        all_grids["opis"] = (lo, hi, check_num_thresholds(num_thresholds))
-    for name, spec in dict(grids or {}).items():
-        try:
-            g_lo, g_hi, g_k = spec
-        except (TypeError, ValueError) as exc:
-            raise ValueError(f"grid {name!r} must be (f_lo, f_hi, K); got {spec!r}") from exc
-        lo2, hi2 = check_far_range((g_lo, g_hi))
-        all_grids[str(name)] = (lo2, hi2, check_num_thresholds(g_k, f"grid {name!r} size"))
-    fixed = np.asarray([check_finite(t, "thresholds entry") for t in thresholds], np.float64)
-    check_size(len(fixed), "number of thresholds", 0)
-    nbins = check_size(check_int(bins, "bins", 0), "bins", 0)
-    shard_t = _check_shard_comm(shard, comm)
-    exact_cutoff = check_int(exact_cutoff, "exact_cutoff", 0)
-    sample_size = check_int(sample_size, "sample_size", 1)
-    prep = index.prepared
-    bs = index.block_size
+    req = _Request.checked(
+        fars, far_range, num_thresholds, thresholds, grids, bins, shard, comm, exact_cutoff,
+        sample_size,
+    )  # fmt: skip
+    numpy_path(index.prepared, backend)  # an unknown backend fails before any pass
+    with reporting(progress):
+        qval = _quantile_pass(index, req, comm, seed, backend)
+        return _count_sweep(index, req, qval, comm, backend)
 
-    # ---- pass 1: exact quantiles
+
+@dataclass(frozen=True)
+class _Request:
+    """The checked arguments of :func:`pair_statistics`."""
+
+    fars: list[float]
+    grids: dict[str, tuple[float, float, int]]  # {name: (f_lo, f_hi, K)}, "opis" first
+    fixed: np.ndarray  # the given thresholds, float64
+    bins: int
+    shard: tuple[int, int]
+    exact_cutoff: int
+    sample_size: int
+
+    @staticmethod
+    def checked(
+        fars: Sequence[float],
+        far_range: tuple[float, float] | None,
+        num_thresholds: int,
+        thresholds: Sequence[float] | np.ndarray,
+        grids: Mapping[str, tuple[float, float, int]] | None,
+        bins: int,
+        shard: tuple[int, int],
+        comm: Communicator | None,
+        exact_cutoff: int,
+        sample_size: int,
+    ) -> _Request:
+        """Validate in the order of the signature; ValueError naming the first bad one."""
+        fars_l = [check_fraction(f, "fars entry") for f in fars]
+        all_grids: dict[str, tuple[float, float, int]] = {}
+        if far_range is not None:
+            lo, hi = check_far_range(far_range)
+            all_grids["opis"] = (lo, hi, check_num_thresholds(num_thresholds))
+        for name, spec in dict(grids or {}).items():
+            try:
+                g_lo, g_hi, g_k = spec
+            except (TypeError, ValueError) as exc:
+                raise ValueError(f"grid {name!r} must be (f_lo, f_hi, K); got {spec!r}") from exc
+            lo2, hi2 = check_far_range((g_lo, g_hi))
+            all_grids[str(name)] = (lo2, hi2, check_num_thresholds(g_k, f"grid {name!r} size"))
+        fixed = np.asarray([check_finite(t, "thresholds entry") for t in thresholds], np.float64)
+        check_size(len(fixed), "number of thresholds", 0)
+        nbins = check_size(check_int(bins, "bins", 0), "bins", 0)
+        shard_t = _check_shard_comm(shard, comm)
+        return _Request(
+            fars=fars_l,
+            grids=all_grids,
+            fixed=fixed,
+            bins=nbins,
+            shard=shard_t,
+            exact_cutoff=check_int(exact_cutoff, "exact_cutoff", 0),
+            sample_size=check_int(sample_size, "sample_size", 1),
+        )
+
+
+def _quantile_pass(
+    index: PairIndex,
+    req: _Request,
+    comm: Communicator | None,
+    seed: int,
+    backend: PassBackend,
+) -> dict[float, float]:
+    """Pass 1: ``{q: quantile(neg, q)}`` for every quantile the FARs and grids need (exact;
+    no pass when none is needed)."""
     qs: list[float] = sorted(
-        {1.0 - f for f in fars_l}
-        | {1.0 - f for lo_, hi_, _ in all_grids.values() for f in (lo_, hi_)}
+        {1.0 - f for f in req.fars}
+        | {1.0 - f for lo_, hi_, _ in req.grids.values() for f in (lo_, hi_)}
     )
-    qval: dict[float, float] = {}
-    if qs:
-        check_negatives(prep.classes, prep.n)
-        if shard_t[1] > 1 and comm is None:
-            raise ValueError(
-                "a sharded pair_statistics needs comm= to find the exact quantiles of all "
-                "shards (or pass only fixed thresholds= and add the shards' results)"
-            )
-        with reporting(progress):
-            vals = negative_quantiles(
-                prep,
-                qs,
-                bs,
-                exact_cutoff=exact_cutoff,
-                sample_size=sample_size,
-                seed=seed,
-                shard=shard_t,
-                merge=_tail_merger(comm),
-            )
-        qval = {q: float(v) for q, v in zip(qs, vals, strict=True)}
-    far_thresholds = {f: qval[1.0 - f] for f in fars_l}
+    if not qs:
+        return {}
+    prep = index.prepared
+    check_negatives(prep.classes, prep.n)
+    if req.shard[1] > 1 and comm is None:
+        raise ValueError(
+            "a sharded pair_statistics needs comm= to find the exact quantiles of all "
+            "shards (or pass only fixed thresholds= and add the shards' results)"
+        )
+    vals = negative_quantiles(
+        prep,
+        qs,
+        index.block_size,
+        exact_cutoff=req.exact_cutoff,
+        sample_size=req.sample_size,
+        seed=seed,
+        shard=req.shard,
+        merge=_tail_merger(comm),
+        backend=backend,
+    )
+    return {q: float(v) for q, v in zip(qs, vals, strict=True)}
+
+
+def _count_sweep(
+    index: PairIndex,
+    req: _Request,
+    qval: dict[float, float],
+    comm: Communicator | None,
+    backend: PassBackend,
+) -> PairStats:
+    """Pass 2: bucket every pair against the union of the grids (placed at the quantiles
+    ``qval``), the FAR thresholds and the given thresholds, and assemble the statistics."""
+    prep = index.prepared
+    far_thresholds = {f: qval[1.0 - f] for f in req.fars}
     grid_th = {
         name: np.linspace(qval[1.0 - hi_], qval[1.0 - lo_], k)
-        for name, (lo_, hi_, k) in all_grids.items()
+        for name, (lo_, hi_, k) in req.grids.items()
     }
-
-    # ---- pass 2: count sweep
-    extras = np.sort(np.concatenate([np.asarray(list(far_thresholds.values())), fixed]))
+    extras = np.sort(np.concatenate([np.asarray(list(far_thresholds.values())), req.fixed]))
     components = [*grid_th.values(), extras]
     k_total = sum(int(c.shape[0]) for c in components)
     check_size(k_total, "total number of counted thresholds", 0)
-    workers = num_workers(prep)
     ng = 0 if index.group_names is None else int(index.group_names.shape[0])
-    check_table_memory(prep.num_classes, k_total, workers, ng, int(extras.shape[0]))
-    edges = np.linspace(-1.0, 1.0, nbins + 1) if nbins else None
-    gspec = None
-    if index.group_codes is not None:
-        gspec = (index.group_codes, ng, extras)
-    with reporting(progress):
-        state, hist, gstate = sweep(prep, components, bs, shard_t, edges=edges, groups=gspec)
-    pos, neg = state.pos, state.neg
-    hpos = hneg = None
-    if hist is not None:
-        hpos, hneg = hist.pos, hist.neg
-    if comm is not None and shard_t[1] > 1:
-        pos, neg = comm.sum(pos), comm.sum(neg)
-        if hpos is not None and hneg is not None:
-            hpos, hneg = comm.sum(hpos), comm.sum(hneg)
-        if gstate is not None:
-            gstate = GroupState(
-                gpos=comm.sum(gstate.gpos),
-                gneg=comm.sum(gstate.gneg),
-                xpos=comm.sum(gstate.xpos),
-                xneg=comm.sum(gstate.xneg),
-            )
-    cgs = None
-    if index.group_codes is not None:
-        cgs = np.zeros((prep.num_classes, ng), dtype=np.int64)
-        np.add.at(cgs, (prep.codes, index.group_codes), 1)
+    check_table_memory(prep.num_classes, k_total, num_workers(prep), ng, int(extras.shape[0]))
+    edges = np.linspace(-1.0, 1.0, req.bins + 1) if req.bins else None
+    gspec = None if index.group_codes is None else GroupSpec(index.group_codes, ng, extras)
+    counted = sweep(
+        prep, components, index.block_size, req.shard, edges=edges, groups=gspec, backend=backend
+    )
+    if comm is not None and req.shard[1] > 1:
+        counted = _sum_over_shards(counted, comm)
     union = np.sort(np.concatenate(components)) if components else np.empty(0)
     grid_objs = {}
     for name, th in grid_th.items():
         cols = np.searchsorted(union, th, side="left").astype(np.int64)
-        f_lo, f_hi, _ = all_grids[name]
+        f_lo, f_hi, _ = req.grids[name]
         grid_objs[name] = Grid(far_range=(f_lo, f_hi), thresholds=th, columns=cols)
+    hist = counted.hist
     return PairStats(
         classes=prep.classes,
         class_sizes=prep.counts,
         num_samples=prep.n,
         thresholds=union,
-        pos=pos,
-        neg=neg,
+        pos=counted.counts.pos,
+        neg=counted.counts.neg,
         grids=grid_objs,
         far_thresholds=far_thresholds,
         hist_edges=edges,
-        hist_pos=hpos,
-        hist_neg=hneg,
+        hist_pos=None if hist is None else hist.pos,
+        hist_neg=None if hist is None else hist.neg,
         group_names=index.group_names,
-        class_group_sizes=cgs,
-        groups=gstate,
-        cross_thresholds=extras if gstate is not None else None,
+        class_group_sizes=_class_group_sizes(index, ng),
+        groups=counted.groups,
+        cross_thresholds=extras if counted.groups is not None else None,
     )
+
+
+def _sum_over_shards(counted: Sweep, comm: Communicator) -> Sweep:
+    """The shards' tables summed (every shard gets the totals)."""
+    counts = CountState(pos=comm.sum(counted.counts.pos), neg=comm.sum(counted.counts.neg))
+    hist = counted.hist
+    if hist is not None:
+        hist = HistState(edges=hist.edges, pos=comm.sum(hist.pos), neg=comm.sum(hist.neg))
+    groups = counted.groups
+    if groups is not None:
+        groups = GroupState(
+            gpos=comm.sum(groups.gpos),
+            gneg=comm.sum(groups.gneg),
+            xpos=comm.sum(groups.xpos),
+            xneg=comm.sum(groups.xneg),
+        )
+    return Sweep(counts, hist, groups)
+
+
+def _class_group_sizes(index: PairIndex, num_groups: int) -> np.ndarray | None:
+    """``(C, G)`` int64 samples per (class, group), or None without groups."""
+    if index.group_codes is None:
+        return None
+    prep = index.prepared
+    cgs = np.zeros((prep.num_classes, num_groups), dtype=np.int64)
+    np.add.at(cgs, (prep.codes, index.group_codes), 1)
+    return cgs
