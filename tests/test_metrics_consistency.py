@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 import tcm.metrics._passes as passes_mod
@@ -307,6 +307,8 @@ def test_shard_merge_equals_single_run():
     k=st.integers(1, 120),
     seed=st.integers(0, 10**6),
 )
+@example(lo=1.0, width=2.220446049250313e-16, k=7, seed=0)  # a grid of repeated values
+@example(lo=0.5, width=1e-15, k=50, seed=1)
 def test_bucketize_equals_searchsorted(lo, width, k, seed):
     th = torch.as_tensor(np.linspace(lo, lo + width, k))
     rng = np.random.default_rng(seed)

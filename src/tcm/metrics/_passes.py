@@ -310,9 +310,13 @@ def negative_quantiles(
 def bucketize(th: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """``searchsorted(th, v, right=True)`` = ``#{k : th[k] <= v}`` for float64 ``v`` (torch).
 
-    ``th`` is an increasing grid; when it is (numerically) uniform the bucket is computed
+    ``th`` is a non-decreasing grid; when it is (numerically) uniform the bucket is computed
     arithmetically and then corrected by exact comparisons with ``th`` (two rounds each way, the
-    estimate is off by at most one), which is much cheaper than a binary search.
+    estimate is off by at most one), which is much cheaper than a binary search. "Uniform" is
+    checked, not assumed: with ``dev`` the largest distance of a ``th[k]`` from ``t0 + k * step``
+    and ``err`` a bound on the rounding of ``(v - t0) / step`` (both in steps), the arithmetic
+    path needs ``dev + err < 1/2``. A grid narrower than a few ulps (repeated values, e.g. from a
+    calibration range whose ends nearly coincide) fails that and takes the binary search.
     """
     k = int(th.shape[0])
     if k < 3:
@@ -320,6 +324,11 @@ def bucketize(th: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     t0, t1 = float(th[0]), float(th[-1])
     step = (t1 - t0) / (k - 1)
     if not step > 0:
+        return torch.searchsorted(th, v, right=True)
+    uniform = t0 + step * torch.arange(k, dtype=torch.float64, device=th.device)
+    dev = float((th.to(torch.float64) - uniform).abs().max()) / step
+    err = 4.0 * float(torch.finfo(v.dtype).eps) * max(abs(t0), abs(t1)) / step
+    if not dev + err < 0.5:
         return torch.searchsorted(th, v, right=True)
     inf = torch.tensor([float("inf")], dtype=th.dtype, device=th.device)
     ext = torch.cat([-inf, th, inf])  # ext[b] = th[b - 1]; ext[0] = -inf, ext[k + 1] = inf
