@@ -25,7 +25,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
 import torch
@@ -33,6 +33,9 @@ import torch
 from tcm._validation import ArrayLike, as_embeddings, encode_labels, l2_normalize
 from tcm.metrics._progress import Tick, no_tick, stage, tile_pairs
 from tcm.metrics._threads import run_single_threaded
+
+if TYPE_CHECKING:
+    from tcm.scoring.base import Scorer, SideState
 
 __all__ = [
     "Block",
@@ -70,6 +73,10 @@ class Prepared:
         starts: ``(C + 1,)`` int64 offsets: class ``c`` occupies sorted rows
             ``[starts[c], starts[c + 1])``.
         order: ``(N,)`` int64 permutation: sorted row ``r`` is input row ``order[r]``.
+        scorer, state: an optional fitted :class:`~tcm.scoring.Scorer` and its per-sample state
+            of the sorted rows: every block of :func:`make_block` then holds the scores
+            ``scorer.score_block(cos, state[rows], state[cols])`` instead of the cosines (see
+            :meth:`with_scorer`).
     """
 
     x: torch.Tensor
@@ -79,6 +86,35 @@ class Prepared:
     counts: np.ndarray
     starts: np.ndarray
     order: np.ndarray
+    scorer: Scorer | None = None
+    state: SideState | None = None
+
+    def with_scorer(self, scorer: Scorer | None) -> Prepared:
+        """These rows scored by ``scorer`` (its state prepared once on the sorted rows);
+        ``None`` returns ``self``.
+
+        Raises:
+            ValueError: the scorer is unfitted, was fitted on another dimension, or needs groups.
+        """
+        if scorer is None:
+            return self
+        from dataclasses import replace
+
+        if not scorer.fitted:
+            raise ValueError(f"{scorer.kind} scorer is not fitted; call fit(...) or load(...) first")
+        scorer.check_compatible(int(self.x.shape[1]))
+        if scorer.uses_groups:
+            raise ValueError(
+                f"{scorer.kind} scorer needs per-sample groups, which the pair engine does not pass"
+            )
+        return replace(self, scorer=scorer, state=scorer.prepare(self.x))
+
+    def score_(self, s: torch.Tensor, i0: int, i1: int, j0: int, j1: int) -> torch.Tensor:
+        """Replace the cosines ``s = S[i0:i1, j0:j1]`` by their scores in place (no-op
+        without a scorer); returns ``s``."""
+        if self.scorer is not None and self.state is not None:
+            s.copy_(self.scorer.score_block(s, self.state[i0:i1], self.state[j0:j1]))
+        return s
 
     @property
     def n(self) -> int:
@@ -284,6 +320,8 @@ def make_block(prep: Prepared, spec: BlockSpec, buf: torch.Tensor) -> Block:
     h, w = i1 - i0, j1 - j0
     s = buf[: h * w].view(h, w)
     torch.mm(x[i0:i1], x[j0:j1].T, out=s)
+    if prep.scorer is not None:
+        prep.score_(s, i0, i1, j0, j1)
     rect: tuple[int, int] | None = None
     cstart: np.ndarray | None = None
     if i0 == j0:
@@ -414,6 +452,8 @@ def sample_negative_similarities(
     several times slower: page faults and cache misses).
     """
     rng = np.random.default_rng(seed)
+    if prep.scorer is not None:
+        return _sample_scored(prep, num, rng)
     n = prep.n
     out: list[torch.Tensor] = []
     sub = 4096
@@ -448,3 +488,26 @@ def sample_negative_similarities(
             out.append((prep.x[ti] * prep.x[tj]).sum(dim=1).to(torch.float64))
         have += int(i.shape[0])
     return torch.cat(out)
+
+
+def _sample_scored(prep: Prepared, num: int, rng: np.random.Generator) -> torch.Tensor:
+    """Scores of ``num`` negative pairs, each a uniform ordered pair, drawn as the entries of
+    small random row x column blocks (a scorer maps blocks, not lists of pairs; the entries of
+    one block are correlated, which only widens the brackets they place)."""
+    n = prep.n
+    side = 256
+    out: list[torch.Tensor] = []
+    have = 0
+    while have < num:
+        i = np.sort(rng.integers(0, n, size=side))
+        j = np.sort(rng.integers(0, n, size=side))
+        ti = torch.as_tensor(i, device=prep.x.device)
+        tj = torch.as_tensor(j, device=prep.x.device)
+        s = prep.x.index_select(0, ti) @ prep.x.index_select(0, tj).T
+        assert prep.scorer is not None and prep.state is not None
+        s = prep.scorer.score_block(s, prep.state[i], prep.state[j])
+        keep = torch.as_tensor(prep.codes[i][:, None] != prep.codes[j][None, :], device=s.device)
+        v = s[keep].to(torch.float64)[: num - have]
+        out.append(v)
+        have += int(v.shape[0])
+    return torch.cat(out) if out else torch.empty(0, dtype=torch.float64)

@@ -68,6 +68,7 @@ __all__ = [
     "negative_quantiles",
     "numpy_path",
     "quantile_index",
+    "score_range",
     "sweep",
     "tail_pass",
 ]
@@ -302,6 +303,31 @@ def negative_quantiles(
                 retry.append(k)
         todo = retry
     return out
+
+
+# ----------------------------------------------------------------------------- score range
+
+
+def score_range(
+    prep: Prepared, block_size: int, shard: tuple[int, int] = (0, 1)
+) -> tuple[float, float]:
+    """``(min, max)`` of the values of all pairs of ``shard`` (positive and negative; ``(inf,
+    -inf)`` for none): the edges of a histogram of scores that have no fixed range."""
+
+    def work(blocks: Iterator[Block]) -> tuple[float, float]:
+        lo, hi = math.inf, -math.inf
+        for blk in blocks:
+            if blk.pos_sims.numel():
+                lo = min(lo, float(blk.pos_sims.min()))
+                hi = max(hi, float(blk.pos_sims.max()))
+            s = blk.mask_non_negatives_()
+            v = s[s > -math.inf]
+            if v.numel():
+                lo, hi = min(lo, float(v.min())), max(hi, float(v.max()))
+        return lo, hi
+
+    parts = map_blocks(prep, block_size, shard, work, desc="pairs: score range")
+    return min(p[0] for p in parts), max(p[1] for p in parts)
 
 
 # ----------------------------------------------------------------------------- count sweep

@@ -1,6 +1,10 @@
 """Result values of the pair metrics (NumPy fields, ``to_dict()`` for JSON).
 
 All thresholds are cosine **similarities**; a pair is accepted when ``similarity >= threshold``.
+With a scorer (``scorer=`` of the metric functions, :mod:`tcm.scoring`) they are scores on the
+scorer's ``score_scale`` instead; every result records that scale (``"cosine"`` by default, and
+``to_dict()`` lists ``score_scale`` only when it is not ``"cosine"``, so cosine outputs are
+unchanged).
 """
 
 from __future__ import annotations
@@ -24,6 +28,11 @@ def jsonable(a: np.ndarray) -> list[Any]:
     return list(np.asarray(a).tolist())
 
 
+def _scale(score_scale: str) -> dict[str, str]:
+    """``{"score_scale": ...}`` for a scorer's scale, nothing for ``"cosine"``."""
+    return {} if score_scale == "cosine" else {"score_scale": score_scale}
+
+
 @dataclass(frozen=True)
 class ThresholdConsistency:
     """Result of :func:`threshold_consistency` (``T`` included classes, ``K`` thresholds).
@@ -45,6 +54,7 @@ class ThresholdConsistency:
         num_negative_pairs: ``M = N (N - 1) / 2 - P``.
         intervals: ``{"opis" | "epsilon_opis_{eps}": Interval}`` class-bootstrap intervals
             (with ``ci=``; :mod:`tcm.metrics.bootstrap`), else empty.
+        score_scale: the scale of ``thresholds`` (``"cosine"``, or the scorer's).
     """
 
     opis: float
@@ -62,6 +72,7 @@ class ThresholdConsistency:
     num_positive_pairs: int
     num_negative_pairs: int
     intervals: dict[str, Any] = field(default_factory=dict)
+    score_scale: str = "cosine"
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-serialisable dict (arrays -> lists, epsilon keys -> strings)."""
@@ -81,6 +92,7 @@ class ThresholdConsistency:
             "num_positive_pairs": int(self.num_positive_pairs),
             "num_negative_pairs": int(self.num_negative_pairs),
             "intervals": {k: v.to_dict() for k, v in self.intervals.items()},
+            **_scale(self.score_scale),
         }
 
 
@@ -99,6 +111,7 @@ class OperatingPoint:
         excluded_classes: ``(E,)`` labels of classes with fewer than 2 samples.
         intervals: ``{"global_far" | "global_tar": Interval}`` class-bootstrap intervals of the
             pooled rates (with ``ci=``), else empty.
+        score_scale: the scale of ``threshold`` (``"cosine"``, or the scorer's).
     """
 
     threshold: float
@@ -112,6 +125,7 @@ class OperatingPoint:
     global_far: float
     excluded_classes: np.ndarray
     intervals: dict[str, Any] = field(default_factory=dict)
+    score_scale: str = "cosine"
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-serialisable dict (arrays -> lists)."""
@@ -127,6 +141,7 @@ class OperatingPoint:
             "global_tar": float(self.global_tar),
             "global_far": float(self.global_far),
             "excluded_classes": jsonable(self.excluded_classes),
+            **_scale(self.score_scale),
         }
 
 
@@ -140,11 +155,14 @@ class SimilarityHistogram:
             ``[-1, 1]`` first (rounding can push them slightly outside).
         pos: ``(B,)`` int64 number of positive pairs (same label, ``i < j``) per bin.
         neg: ``(B,)`` int64 number of negative pairs per bin.
+        score_scale: ``"cosine"``, or the scorer's scale; then the edges span ``[0, 1]``
+            (probabilities) or the exact range of all pair scores (z-scores, shifted cosines).
     """
 
     edges: np.ndarray
     pos: np.ndarray
     neg: np.ndarray
+    score_scale: str = "cosine"
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-serialisable dict (arrays -> lists)."""
@@ -152,4 +170,5 @@ class SimilarityHistogram:
             "edges": jsonable(self.edges),
             "pos": jsonable(self.pos),
             "neg": jsonable(self.neg),
+            **_scale(self.score_scale),
         }

@@ -42,7 +42,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -71,6 +71,7 @@ from tcm.metrics._passes import (
     TailState,
     negative_quantiles,
     numpy_path,
+    score_range,
     sweep,
 )
 from tcm.metrics._progress import Progress, reporting
@@ -83,6 +84,9 @@ from tcm.metrics.bootstrap import (
 )
 from tcm.metrics.distributed import Communicator
 from tcm.metrics.results import OperatingPoint, SimilarityHistogram, ThresholdConsistency
+
+if TYPE_CHECKING:
+    from tcm.scoring.base import Scorer
 
 __all__ = [
     "DEFAULT_EXACT_CUTOFF",
@@ -160,9 +164,15 @@ class PairIndex:
         groups: optional ``(N,)`` group ids (a data distribution or sub-population per sample,
             any sortable type); kept in the same order as the rows.
         block_size: rows per similarity block (default: 512 on CPU, 4096 / 2048 on GPUs).
+        scorer: a fitted :class:`~tcm.scoring.Scorer`: every pair is then scored by it (its
+            per-sample state prepared here, once, on the normalised class-sorted rows; each
+            block of cosines is mapped by ``score_block`` before any comparison), so all the
+            statistics are exact on the scores, on the scale :attr:`score_scale`. ``None``
+            (default) or :class:`~tcm.scoring.Cosine`: the cosines themselves.
 
     Raises:
-        ValueError: NaN/inf or all-zero rows, shape / length mismatch, bad ``block_size``.
+        ValueError: NaN/inf or all-zero rows, shape / length mismatch, bad ``block_size``, a
+            scorer that is unfitted, fitted on another dimension, or needs per-sample groups.
 
     Example:
         >>> idx = PairIndex([[1.0, 0.0], [2.0, 0.1], [0.0, 3.0]], ["b", "b", "a"])
@@ -177,9 +187,14 @@ class PairIndex:
         groups: ArrayLike | None = None,
         *,
         block_size: int | None = None,
+        scorer: Scorer | None = None,
     ) -> None:
         self._prep: Prepared = prepare(embeddings, labels)
         self.block_size: int = check_block_size(block_size, self._prep)
+        if scorer is not None and scorer.kind == "cosine":
+            scorer.check_compatible(int(self._prep.x.shape[1]))
+            scorer = None  # the identity: the cosine fast path, bit for bit
+        self._prep = self._prep.with_scorer(scorer)
         self.group_names: np.ndarray | None = None
         self.group_codes: np.ndarray | None = None
         if groups is not None:
@@ -196,6 +211,11 @@ class PairIndex:
     def num_samples(self) -> int:
         """``N``."""
         return self._prep.n
+
+    @property
+    def score_scale(self) -> str:
+        """The scale of the pair values: ``"cosine"``, or the scorer's ``score_scale``."""
+        return "cosine" if self._prep.scorer is None else self._prep.scorer.score_scale
 
     @property
     def classes(self) -> np.ndarray:
@@ -268,6 +288,8 @@ class PairStats:
             within-group tables on all thresholds, cross-group tables on ``cross_thresholds``.
         cross_thresholds: ``(P,)`` sorted thresholds of the cross-group tables (the FAR
             thresholds and the given thresholds).
+        score_scale: the scale of the pair values, thresholds and histogram edges
+            (``"cosine"``, or the scorer's, see :class:`PairIndex`).
     """
 
     classes: np.ndarray
@@ -285,6 +307,7 @@ class PairStats:
     class_group_sizes: np.ndarray | None = None
     groups: GroupState | None = None
     cross_thresholds: np.ndarray | None = None
+    score_scale: str = "cosine"
 
     # ------------------------------------------------------------------ merging
 
@@ -300,10 +323,12 @@ class PairStats:
             and _same_optional(self.hist_edges, other.hist_edges)
             and _same_optional(self.group_names, other.group_names)
             and _same_optional(self.cross_thresholds, other.cross_thresholds)
+            and self.score_scale == other.score_scale
         )
         if not same:
             raise ValueError(
-                "cannot add PairStats of different indexes, thresholds or histogram edges"
+                "cannot add PairStats of different indexes, thresholds, histogram edges or "
+                "score scales"
             )
         return PairStats(
             classes=self.classes,
@@ -325,6 +350,7 @@ class PairStats:
                 else self.groups.merge(other.groups)
             ),
             cross_thresholds=self.cross_thresholds,
+            score_scale=self.score_scale,
         )
 
     # ------------------------------------------------------------------ totals
@@ -440,6 +466,7 @@ class PairStats:
             global_far=float(r["global_far"][0]),
             excluded_classes=self.classes[~included],
             intervals=intervals,
+            score_scale=self.score_scale,
         )
 
     def consistency(
@@ -486,13 +513,16 @@ class PairStats:
             num_positive_pairs=self.num_positive_pairs,
             num_negative_pairs=self.num_negative_pairs,
             intervals=intervals,
+            score_scale=self.score_scale,
         )
 
     def histogram(self) -> SimilarityHistogram:
         """The similarity histogram (requested with ``bins=`` in :func:`pair_statistics`)."""
         if self.hist_edges is None or self.hist_pos is None or self.hist_neg is None:
             raise ValueError("no histogram was counted; pass bins=B to pair_statistics")
-        return SimilarityHistogram(edges=self.hist_edges, pos=self.hist_pos, neg=self.hist_neg)
+        return SimilarityHistogram(
+            edges=self.hist_edges, pos=self.hist_pos, neg=self.hist_neg, score_scale=self.score_scale
+        )
 
 
 # ----------------------------------------------------------------------------- the passes
@@ -546,7 +576,10 @@ def pair_statistics(
         thresholds: fixed similarity thresholds to count as well (e.g. a deployment threshold).
         grids: more named grids ``{name: (f_lo, f_hi, K)}`` (e.g. a calibration search range).
         bins: ``B > 0`` also histograms all pairs over ``linspace(-1, 1, B + 1)`` (touches every
-            pair of each block, so it costs more than the tail-only counting).
+            pair of each block, so it costs more than the tail-only counting). With a scorer the
+            edges span ``[0, 1]`` on the probability scale, else (z-scores, shifted cosines)
+            the exact range of all pair scores, found by one more pass (sharded: merged
+            through ``comm``, which is then required).
         shard: ``(rank, world)``: count only the pair blocks of this shard.
         comm: how shards exchange states (required when ``world > 1`` and quantiles are
             needed, i.e. ``fars`` or a grid; see :mod:`tcm.metrics.distributed`). With it the
@@ -684,7 +717,7 @@ def _count_sweep(
     check_size(k_total, "total number of counted thresholds", 0)
     ng = 0 if index.group_names is None else int(index.group_names.shape[0])
     check_table_memory(prep.num_classes, k_total, num_workers(prep), ng, int(extras.shape[0]))
-    edges = np.linspace(-1.0, 1.0, req.bins + 1) if req.bins else None
+    edges = _hist_edges(index, req, comm) if req.bins else None
     gspec = None if index.group_codes is None else GroupSpec(index.group_codes, ng, extras)
     counted = sweep(
         prep, components, index.block_size, req.shard, edges=edges, groups=gspec, backend=backend
@@ -714,7 +747,31 @@ def _count_sweep(
         class_group_sizes=_class_group_sizes(index, ng),
         groups=counted.groups,
         cross_thresholds=extras if counted.groups is not None else None,
+        score_scale=index.score_scale,
     )
+
+
+def _hist_edges(index: PairIndex, req: _Request, comm: Communicator | None) -> np.ndarray:
+    """``B + 1`` histogram edges on the index's score scale: ``[-1, 1]`` for cosines, ``[0, 1]``
+    for probabilities, else the exact range of all pair scores (one pass; merged via ``comm``)."""
+    scale = index.score_scale
+    if scale == "cosine":
+        return np.linspace(-1.0, 1.0, req.bins + 1)
+    if scale == "probability":
+        return np.linspace(0.0, 1.0, req.bins + 1)
+    if req.shard[1] > 1 and comm is None:
+        raise ValueError(
+            f"a sharded histogram of {scale} scores needs comm= (its edges span the range of "
+            "all shards' scores)"
+        )
+    lo, hi = score_range(index.prepared, index.block_size, req.shard)
+    if comm is not None and req.shard[1] > 1:
+        ends = comm.concat(np.asarray([lo, -hi], dtype=np.float64)).reshape(-1, 2).min(axis=0)
+        lo, hi = float(ends[0]), -float(ends[1])
+    if not lo < hi:  # one value (or no pair): a unit-wide range around it
+        mid = 0.0 if not math.isfinite(lo) else lo
+        lo, hi = mid - 0.5, mid + 0.5
+    return np.linspace(lo, hi, req.bins + 1)
 
 
 def _sum_over_shards(counted: Sweep, comm: Communicator) -> Sweep:
