@@ -28,7 +28,7 @@ equal to comparing the similarity converted to float64.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tcm._validation import ArrayLike
 from tcm.metrics._checks import (
@@ -46,6 +46,9 @@ from tcm.metrics.statistics import (
     PairIndex,
     pair_statistics,
 )
+
+if TYPE_CHECKING:
+    from tcm.scoring.base import Scorer
 
 __all__ = [
     "OperatingPoint",
@@ -68,6 +71,7 @@ def threshold_consistency(
     epsilons: Sequence[float] = (0.05, 0.10),
     *,
     block_size: int | None = None,
+    scorer: Scorer | None = None,
     exact_cutoff: int = DEFAULT_EXACT_CUTOFF,
     sample_size: int = DEFAULT_SAMPLE_SIZE,
     seed: int = 0,
@@ -93,6 +97,8 @@ def threshold_consistency(
         epsilons: each in ``(0, 0.5]``; eps-OPIS is reported for each.
         block_size: rows per similarity block (default 512 on CPU; 4096 for float32, 2048
             for float64 on other devices).
+        scorer: a fitted :class:`~tcm.scoring.Scorer` (default: cosine): the pairs are scored
+            by it block by block and every figure is exact on the scores (``score_scale``).
         exact_cutoff: collect all negatives when their number is at most this (no sampling).
         sample_size: at most this many negative pairs are sampled to bracket the quantiles
             (``max(100_000, M // 5000)`` when that is smaller; results stay exact).
@@ -116,7 +122,7 @@ def threshold_consistency(
         ((10, 11), (11,), True)
     """
     check_bootstrap_args(ci, n_boot)  # before the passes
-    index = PairIndex(embeddings, labels, block_size=block_size)
+    index = PairIndex(embeddings, labels, block_size=block_size, scorer=scorer)
     if ci is not None:
         check_bootstrap_memory(
             index.classes.shape[0], n_boot, 4 * check_num_thresholds(num_thresholds)
@@ -167,6 +173,7 @@ def operating_point(
     threshold: float,
     *,
     block_size: int | None = None,
+    scorer: Scorer | None = None,
     ci: float | None = None,
     n_boot: int = 1000,
     seed: int = 0,
@@ -189,7 +196,7 @@ def operating_point(
     """
     t = check_finite(threshold, "threshold")
     check_bootstrap_args(ci, n_boot)  # before the pass
-    index = PairIndex(embeddings, labels, block_size=block_size)
+    index = PairIndex(embeddings, labels, block_size=block_size, scorer=scorer)
     if ci is not None:
         check_bootstrap_memory(index.classes.shape[0], n_boot)
     stats = pair_statistics(index, far_range=None, thresholds=[t])
@@ -202,6 +209,7 @@ def threshold_at_far(
     far: float = 1e-3,
     *,
     block_size: int | None = None,
+    scorer: Scorer | None = None,
     exact_cutoff: int = DEFAULT_EXACT_CUTOFF,
     sample_size: int = DEFAULT_SAMPLE_SIZE,
     seed: int = 0,
@@ -221,7 +229,7 @@ def threshold_at_far(
         True
     """
     f = check_fraction(far, "far")
-    index = PairIndex(embeddings, labels, block_size=block_size)
+    index = PairIndex(embeddings, labels, block_size=block_size, scorer=scorer)
     stats = pair_statistics(
         index,
         fars=[f],
@@ -239,6 +247,7 @@ def similarity_histogram(
     bins: int = 200,
     *,
     block_size: int | None = None,
+    scorer: Scorer | None = None,
 ) -> SimilarityHistogram:
     """Exact counts of positive and negative pairs in ``bins`` equal cosine-similarity bins
     over ``[-1, 1]`` (``np.histogram`` convention, values clipped to ``[-1, 1]``).
@@ -252,5 +261,5 @@ def similarity_histogram(
         ([0, 0, 0, 1], [0, 0, 2, 0])
     """
     nb = check_int(bins, "bins", 1)
-    index = PairIndex(embeddings, labels, block_size=block_size)
+    index = PairIndex(embeddings, labels, block_size=block_size, scorer=scorer)
     return pair_statistics(index, far_range=None, bins=nb).histogram()

@@ -40,7 +40,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -79,6 +79,9 @@ from tcm.metrics.retrieval import (
 )
 from tcm.metrics.statistics import DEFAULT_SAMPLE_SIZE, PairIndex, PairStats, pair_statistics
 from tcm.metrics.vocabulary import eps_key, far_key, metric_label
+
+if TYPE_CHECKING:
+    from tcm.scoring.base import Scorer
 
 __all__ = [
     "DEFAULT_TAR_FARS",
@@ -248,6 +251,7 @@ def evaluate(
     distributed: bool | None = None,
     backend: Backend = "auto",
     block_size: int | None = None,
+    scorer: Scorer | None = None,
     sample_size: int = DEFAULT_SAMPLE_SIZE,
     seed: int = 0,
     progress: Progress = False,
@@ -277,6 +281,10 @@ def evaluate(
             is initialised; ``False`` = never; ``True`` = require it.
         backend: retrieval kNN backend (``"auto"``, ``"torch"``, ``"faiss"``).
         block_size: rows per similarity block of the pair passes.
+        scorer: a fitted :class:`~tcm.scoring.Scorer`: every pair figure (and the retrieval
+            ranking) is computed exactly on its scores, in the same passes; thresholds and
+            histogram edges are then on its ``score_scale``, recorded in ``options``
+            (docs/scoring.md, "Scores in the engine"). ``None`` / ``Cosine``: cosines.
         sample_size: negatives sampled to bracket the exact quantiles (larger = fewer values
             collected and exchanged at very large ``N``, see docs/scaling.md; results do not
             depend on it).
@@ -299,7 +307,7 @@ def evaluate(
     check_bootstrap_args(ci, n_boot)
     comm = _communicator(distributed)
     with_groups = groups if "groups" in plan.sections else None
-    index = PairIndex(embeddings, labels, with_groups, block_size=block_size)
+    index = PairIndex(embeddings, labels, with_groups, block_size=block_size, scorer=scorer)
     if "groups" in plan.sections:
         check_group_consistency_input(index)  # before any pass over the pairs
     if ci is not None:
@@ -329,7 +337,10 @@ def evaluate(
         num_classes=int(index.classes.shape[0]),
         retrieval=retrieval,
         stats=stats,
-        options=plan.options(ks, groups is not None, ci, n_boot, comm),
+        options={
+            **plan.options(ks, groups is not None, ci, n_boot, comm),
+            **({} if index.score_scale == "cosine" else {"score_scale": index.score_scale}),
+        },
         **figures,
     )
 

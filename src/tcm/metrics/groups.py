@@ -38,7 +38,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -67,6 +67,9 @@ from tcm.metrics.statistics import (
     pair_statistics,
     utility,
 )
+
+if TYPE_CHECKING:
+    from tcm.scoring.base import Scorer
 
 __all__ = [
     "GroupConsistency",
@@ -457,6 +460,7 @@ def group_operating_point(
     n_boot: int = 1000,
     seed: int = 0,
     block_size: int | None = None,
+    scorer: Scorer | None = None,
 ) -> GroupOperatingPoint:
     """Per-group FAR/FRR, cross-group matrices and differential summaries at ``threshold``
     (one count sweep; see the module docstring).
@@ -467,7 +471,7 @@ def group_operating_point(
     """
     t = check_finite(threshold, "threshold")
     check_bootstrap_args(ci, n_boot)
-    index = PairIndex(embeddings, labels, groups, block_size=block_size)
+    index = PairIndex(embeddings, labels, groups, block_size=block_size, scorer=scorer)
     if ci is not None and index.group_names is not None:
         cells = group_bootstrap_cells(index.group_names.shape[0])
         check_bootstrap_memory(index.classes.shape[0], n_boot, cells)
@@ -487,12 +491,13 @@ def group_consistency(
     n_boot: int = 1000,
     seed: int = 0,
     block_size: int | None = None,
+    scorer: Scorer | None = None,
 ) -> GroupConsistency:
     """Group OPIS / eps-OPIS (classes replaced by groups; the grid spans the global-FAR range
     of all negative pairs of the set). Two passes (quantiles, counts)."""
     check_bootstrap_args(ci, n_boot)
     k = check_num_thresholds(num_thresholds)
-    index = PairIndex(embeddings, labels, groups, block_size=block_size)
+    index = PairIndex(embeddings, labels, groups, block_size=block_size, scorer=scorer)
     check_group_consistency_input(index)
     if ci is not None and index.group_names is not None:
         cells = group_bootstrap_cells(index.group_names.shape[0], k)

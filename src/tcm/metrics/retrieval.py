@@ -45,7 +45,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import torch
@@ -63,6 +63,9 @@ from tcm.metrics._knn import (
 from tcm.metrics._pairs import Prepared
 from tcm.metrics._progress import stage
 from tcm.metrics.distributed import Communicator
+
+if TYPE_CHECKING:
+    from tcm.scoring.base import Scorer, SideState
 
 __all__ = [
     "PerClassRetrieval",
@@ -308,6 +311,9 @@ class RetrievalInput:
     gallery_codes: np.ndarray
     classes: np.ndarray
     leave_one_out: bool
+    scorer: Scorer | None = None
+    query_state: SideState | None = None
+    gallery_state: SideState | None = None
 
 
 def prepare_retrieval(
@@ -355,6 +361,9 @@ def leave_one_out_input(prep: Prepared) -> RetrievalInput:
     x = prep.x[torch.as_tensor(inverse, device=prep.x.device)]
     codes = np.empty_like(prep.codes)
     codes[prep.order] = prep.codes
+    if prep.scorer is not None and prep.state is not None:
+        st = prep.state[inverse]  # the scorer's state, prepared once, in input order
+        return RetrievalInput(x, x, codes, codes, prep.classes, True, prep.scorer, st, st)
     return RetrievalInput(x, x, codes, codes, prep.classes, True)
 
 
@@ -413,7 +422,7 @@ def retrieval_per_query_of(
     counts = np.bincount(inp.gallery_codes, minlength=inp.classes.shape[0])
     r_all = counts[inp.query_codes[sel]] - int(loo)  # (M,)
     shared = None
-    if comm is not None and loo and backend_used == "torch" and comm.world > 1:
+    if comm is not None and loo and backend_used == "torch" and comm.world > 1 and inp.scorer is None:
         shared = _sharded_candidates(inp, ks_t, counts, chunk_size, comm)
     hits, map_r, r_prec = _score_queries(
         inp, ks_t, backend_used, chunk_size, sel, r_all, counts, shared, query_indices is None
@@ -512,7 +521,7 @@ def _score_queries(
     k_all = min(max(kmax, int(r_all.max())), n_avail)
     kk = min(k_all + 8, n_avail)
     cand = shared
-    if cand is None and loo and backend == "torch" and all_queries:
+    if cand is None and loo and backend == "torch" and all_queries and inp.scorer is None:
         cand = _local_candidates(gn, kk, chunk_size) if _use_symmetric(ng, kk, device) else None
     pre: torch.Tensor | None = None
     if cand is not None:
@@ -533,7 +542,10 @@ def _score_queries(
                 idx = pre[lo : lo + chunk]
             else:
                 k = min(max(kmax, int(rc.max())), n_avail)
-                idx = exact_topk(searcher, qn[qi], gn, k, qi if loo else None, max_rows=chunk)
+                if inp.scorer is not None:
+                    idx = _scored_topk(inp, qi, k)
+                else:
+                    idx = exact_topk(searcher, qn[qi], gn, k, qi if loo else None, max_rows=chunk)
             h, ap, rp = _chunk_scores(g_codes[idx], q_codes[qi], rc, ks, width)
             p = pos.cpu().numpy()
             hits[p] = h.cpu().numpy()
@@ -541,6 +553,23 @@ def _score_queries(
             r_prec[p] = rp.cpu().numpy()
             tick(int(p.shape[0]) * ng)
     return hits, map_r, r_prec
+
+
+def _scored_topk(inp: RetrievalInput, qi: torch.Tensor, k: int) -> torch.Tensor:
+    """Exact top ``k`` gallery items of the queries ``qi`` by the scorer's score: the whole
+    ``(B, Ng)`` block scored in float64, ordered by ``(-score, j)`` (the cosine tie rule), the
+    query itself excluded in leave-one-out mode. A scorer that normalises the gallery side can
+    reorder neighbours, so cosine candidates are not used."""
+    assert inp.scorer is not None and inp.query_state is not None
+    assert inp.gallery_state is not None
+    q = inp.queries.index_select(0, qi).to(torch.float64)
+    cos = q @ inp.gallery.to(torch.float64).T
+    rows = qi.cpu().numpy()
+    s = inp.scorer.score_block(cos, inp.query_state[rows], inp.gallery_state)
+    if inp.leave_one_out:
+        s[torch.arange(s.shape[0], device=s.device), qi] = -torch.inf
+    order = torch.sort(-s, dim=1, stable=True).indices  # ties: ascending gallery index
+    return order[:, :k]
 
 
 def _chunk_scores(
@@ -651,6 +680,8 @@ def retrieval_metrics(
     ks: int | Sequence[int] = (1, 2, 4, 8),
     backend: Backend = "auto",
     chunk_size: int | None = None,
+    *,
+    scorer: Scorer | None = None,
 ) -> RetrievalMetrics:
     """Exact Recall@k, MAP@R and R-precision of a query set against a gallery.
 
@@ -665,6 +696,10 @@ def retrieval_metrics(
             float32 CPU) or ``"auto"`` (torch). Both give identical results.
         chunk_size: queries per block; ``None`` picks it so the ``(B, Ng)`` similarity block
             is ~64 MiB (CPU) / 512 MiB (CUDA).
+        scorer: a fitted :class:`~tcm.scoring.Scorer`: neighbours are ranked by its score
+            (exact: every ``(B, Ng)`` block scored in float64; no cosine candidates, since a
+            scorer that normalises the gallery side can reorder them). ``None`` / ``Cosine``:
+            cosine similarity.
 
     Returns:
         :class:`RetrievalMetrics`; similarities are cosine similarities, ranked descending,
@@ -680,10 +715,30 @@ def retrieval_metrics(
         >>> m.recall_at_k, m.r_precision
         ({1: 0.0, 2: 0.5}, 0.0)
     """
-    part = retrieval_per_query(
-        query_emb, query_labels, gallery_emb, gallery_labels, ks, backend, chunk_size
+    if scorer is None or scorer.kind == "cosine":
+        part = retrieval_per_query(
+            query_emb, query_labels, gallery_emb, gallery_labels, ks, backend, chunk_size
+        )
+        return merge_per_query([part])
+    _check_ks(ks)
+    _check_chunk_size(chunk_size)
+    inp = with_scorer(
+        prepare_retrieval(query_emb, query_labels, gallery_emb, gallery_labels, backend), scorer
     )
-    return merge_per_query([part])
+    return merge_per_query([retrieval_per_query_of(inp, ks, backend, chunk_size)])
+
+
+def with_scorer(inp: RetrievalInput, scorer: Scorer | None) -> RetrievalInput:
+    """``inp`` ranked by ``scorer`` (its state prepared once per side); ``None`` / ``Cosine``:
+    ``inp`` itself. Raises ValueError for a scorer fitted on another dimension."""
+    if scorer is None or scorer.kind == "cosine":
+        return inp
+    from dataclasses import replace
+
+    scorer.check_compatible(int(inp.queries.shape[1]))
+    qs = scorer.prepare(inp.queries)
+    gs = qs if inp.leave_one_out else scorer.prepare(inp.gallery)
+    return replace(inp, scorer=scorer, query_state=qs, gallery_state=gs)
 
 
 def shard_query_indices(num_queries: int, rank: int, world_size: int) -> np.ndarray:

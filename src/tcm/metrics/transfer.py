@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -41,6 +41,9 @@ from tcm.metrics.bootstrap import (
 from tcm.metrics.calibration import spread
 from tcm.metrics.groups import GroupOperatingPoint, group_operating_point_view
 from tcm.metrics.statistics import PairIndex, PairStats, pair_statistics
+
+if TYPE_CHECKING:
+    from tcm.scoring.base import Scorer
 
 __all__ = ["CalibrationTransfer", "calibration_transfer", "transfer_view"]
 
@@ -179,6 +182,7 @@ def calibration_transfer(
     n_boot: int = 1000,
     seed: int = 0,
     block_size: int | None = None,
+    scorer: Scorer | None = None,
     progress: Progress = False,
 ) -> CalibrationTransfer:
     """Calibrate the FAR-``far`` threshold on the source and evaluate it on the target.
@@ -193,8 +197,8 @@ def calibration_transfer(
     """
     f = check_fraction(far, "far")
     check_bootstrap_args(ci, n_boot)
-    s_index = PairIndex(source_embeddings, source_labels, source_groups, block_size=block_size)
-    t_index = PairIndex(target_embeddings, target_labels, target_groups, block_size=block_size)
+    s_index = PairIndex(source_embeddings, source_labels, source_groups, block_size=block_size, scorer=scorer)
+    t_index = PairIndex(target_embeddings, target_labels, target_groups, block_size=block_size, scorer=scorer)
     if s_index.prepared.x.shape[1] != t_index.prepared.x.shape[1]:
         raise ValueError(
             f"source embeddings have dimension {s_index.prepared.x.shape[1]} but target "
