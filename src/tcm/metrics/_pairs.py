@@ -101,7 +101,9 @@ class Prepared:
         from dataclasses import replace
 
         if not scorer.fitted:
-            raise ValueError(f"{scorer.kind} scorer is not fitted; call fit(...) or load(...) first")
+            raise ValueError(
+                f"{scorer.kind} scorer is not fitted; call fit(...) or load(...) first"
+            )
         scorer.check_compatible(int(self.x.shape[1]))
         if scorer.uses_groups:
             raise ValueError(

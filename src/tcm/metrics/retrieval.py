@@ -422,7 +422,13 @@ def retrieval_per_query_of(
     counts = np.bincount(inp.gallery_codes, minlength=inp.classes.shape[0])
     r_all = counts[inp.query_codes[sel]] - int(loo)  # (M,)
     shared = None
-    if comm is not None and loo and backend_used == "torch" and comm.world > 1 and inp.scorer is None:
+    if (
+        comm is not None
+        and loo
+        and backend_used == "torch"
+        and comm.world > 1
+        and inp.scorer is None
+    ):
         shared = _sharded_candidates(inp, ks_t, counts, chunk_size, comm)
     hits, map_r, r_prec = _score_queries(
         inp, ks_t, backend_used, chunk_size, sel, r_all, counts, shared, query_indices is None

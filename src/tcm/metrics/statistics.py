@@ -521,7 +521,10 @@ class PairStats:
         if self.hist_edges is None or self.hist_pos is None or self.hist_neg is None:
             raise ValueError("no histogram was counted; pass bins=B to pair_statistics")
         return SimilarityHistogram(
-            edges=self.hist_edges, pos=self.hist_pos, neg=self.hist_neg, score_scale=self.score_scale
+            edges=self.hist_edges,
+            pos=self.hist_pos,
+            neg=self.hist_neg,
+            score_scale=self.score_scale,
         )
 
 

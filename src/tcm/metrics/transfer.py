@@ -197,8 +197,12 @@ def calibration_transfer(
     """
     f = check_fraction(far, "far")
     check_bootstrap_args(ci, n_boot)
-    s_index = PairIndex(source_embeddings, source_labels, source_groups, block_size=block_size, scorer=scorer)
-    t_index = PairIndex(target_embeddings, target_labels, target_groups, block_size=block_size, scorer=scorer)
+    s_index = PairIndex(
+        source_embeddings, source_labels, source_groups, block_size=block_size, scorer=scorer
+    )
+    t_index = PairIndex(
+        target_embeddings, target_labels, target_groups, block_size=block_size, scorer=scorer
+    )
     if s_index.prepared.x.shape[1] != t_index.prepared.x.shape[1]:
         raise ValueError(
             f"source embeddings have dimension {s_index.prepared.x.shape[1]} but target "
