@@ -96,9 +96,12 @@ def test_pair_figures_equal_brute_force(kind: str) -> None:
     assert h.to_dict()["score_scale"] == sc.score_scale
 
 
+@pytest.mark.parametrize("ties", [False, True])
 @pytest.mark.parametrize("kind", KINDS)
-def test_retrieval_equals_brute_force(kind: str) -> None:
+def test_retrieval_equals_brute_force(kind: str, ties: bool) -> None:
     x, y = _data(seed=3)
+    if ties:  # rows repeated across classes: equal scores, ranked by gallery index
+        x[40:60] = x[0:20]
     sc = _scorer(kind)
     s = sc.score(x, x)
     np.fill_diagonal(s, -np.inf)

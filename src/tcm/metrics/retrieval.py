@@ -574,8 +574,19 @@ def _scored_topk(inp: RetrievalInput, qi: torch.Tensor, k: int) -> torch.Tensor:
     s = inp.scorer.score_block(cos, inp.query_state[rows], inp.gallery_state)
     if inp.leave_one_out:
         s[torch.arange(s.shape[0], device=s.device), qi] = -torch.inf
-    order = torch.sort(-s, dim=1, stable=True).indices  # ties: ascending gallery index
-    return order[:, :k]
+    n = int(s.shape[1])
+    kk = min(k + 8, n)
+    vals, cand = torch.topk(s, kk, dim=1, sorted=True)
+    # rows whose k-th score beats the kk-th strictly have their exact top k among the
+    # candidates; order those by (-score, j), the rest by a stable sort of the whole row
+    sure = vals[:, k - 1] > vals[:, kk - 1] if kk > k else torch.ones_like(vals[:, 0], dtype=bool)
+    cand, _ = torch.sort(cand, dim=1)  # ascending j, then a stable sort by score keeps it
+    cs = torch.gather(s, 1, cand)
+    out = torch.gather(cand, 1, torch.sort(-cs, dim=1, stable=True).indices)[:, :k]
+    redo = torch.nonzero(~sure).squeeze(1)
+    if redo.numel():  # ties across the candidate boundary: the whole row, exactly
+        out[redo] = torch.sort(-s[redo], dim=1, stable=True).indices[:, :k]
+    return out
 
 
 def _chunk_scores(
