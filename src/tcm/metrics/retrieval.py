@@ -579,7 +579,11 @@ def _scored_topk(inp: RetrievalInput, qi: torch.Tensor, k: int) -> torch.Tensor:
     vals, cand = torch.topk(s, kk, dim=1, sorted=True)
     # rows whose k-th score beats the kk-th strictly have their exact top k among the
     # candidates; order those by (-score, j), the rest by a stable sort of the whole row
-    sure = vals[:, k - 1] > vals[:, kk - 1] if kk > k else torch.ones_like(vals[:, 0], dtype=bool)
+    sure = (
+        vals[:, k - 1] > vals[:, kk - 1]
+        if kk > k
+        else torch.ones_like(vals[:, 0], dtype=torch.bool)
+    )
     cand, _ = torch.sort(cand, dim=1)  # ascending j, then a stable sort by score keeps it
     cs = torch.gather(s, 1, cand)
     out = torch.gather(cand, 1, torch.sort(-cs, dim=1, stable=True).indices)[:, :k]
