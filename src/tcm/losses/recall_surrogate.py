@@ -3,30 +3,22 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 import torch
-from torch import nn
 
-from tcm.losses._common import (
-    check_embeddings,
-    check_finite_param,
-    cosine_similarity_matrix,
-    label_codes,
-)
+from tcm.losses._common import check_finite_param
 from tcm.losses._ranking import (
     DEFAULT_MAX_ELEMENTS,
+    PositiveIndex,
+    RankingLoss,
     per_query_losses,
-    positive_index,
     relaxed_ranks,
-    zero_loss_no_positive,
 )
-from tcm.losses.smooth_ap import _check_chunk
 
 __all__ = ["RecallAtKSurrogateLoss"]
 
 
-class RecallAtKSurrogateLoss(nn.Module):
+class RecallAtKSurrogateLoss(RankingLoss):
     """Recall@k surrogate: ``1 - mean_k`` of a sigmoid-relaxed Recall@k, every sample a query.
 
     With ``S`` the ``B x B`` cosine-similarity matrix, query ``i``, positives
@@ -60,6 +52,8 @@ class RecallAtKSurrogateLoss(nn.Module):
         >>> loss.backward()
     """
 
+    loss_name = "RecallAtKSurrogateLoss"
+
     def __init__(
         self,
         ks: Sequence[int] = (1, 2, 4, 8, 16),
@@ -77,20 +71,13 @@ class RecallAtKSurrogateLoss(nn.Module):
         self.ks = tuple(int(k) for k in ks)
         self.tau1 = check_finite_param(tau1, "tau1", positive=True)
         self.tau2 = check_finite_param(tau2, "tau2", positive=True)
-        self.chunk_size, self.max_elements = _check_chunk(chunk_size, max_elements)
-        self._warned_no_pos = False
+        self._set_chunking(chunk_size, max_elements)
 
     def extra_repr(self) -> str:
         return f"ks={self.ks}, tau1={self.tau1}, tau2={self.tau2}, chunk_size={self.chunk_size}"
 
-    def forward(self, embeddings: torch.Tensor, labels: Any) -> torch.Tensor:
-        """Return the RS@k loss for ``embeddings (B, D)`` and ``labels (B,)``."""
-        emb = check_embeddings(embeddings)
-        lab, _ = label_codes(labels, emb.shape[0], emb.device)
-        sims = cosine_similarity_matrix(emb)
-        pidx = positive_index(lab)
-        if pidx.rows.numel() == 0:
-            return zero_loss_no_positive(sims, self, "RecallAtKSurrogateLoss")
+    def _ranking_loss(self, sims: torch.Tensor, pidx: PositiveIndex) -> torch.Tensor:
+        """Return the RS@k loss averaged over ``ks`` and the queries of ``pidx``."""
         tau1, tau2, ks = self.tau1, self.tau2, self.ks
 
         def chunk_recall(
