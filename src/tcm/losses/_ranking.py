@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import nn
@@ -27,6 +27,7 @@ from tcm.losses._common import check_embeddings, cosine_similarity_matrix, label
 __all__ = [
     "DEFAULT_MAX_ELEMENTS",
     "PositiveIndex",
+    "RankChunk",
     "RankingLoss",
     "check_chunk",
     "per_query_losses",
@@ -170,12 +171,23 @@ def check_chunk(chunk_size: int | None, max_elements: int) -> tuple[int | None, 
     return (None if chunk_size is None else int(chunk_size)), int(max_elements)
 
 
+class RankChunk(NamedTuple):
+    """Relaxed ranks of a chunk of ``c`` queries: ``r_all (c, P)``, ``r_pos (c, P)`` (``None``
+    unless asked for), the positive-slot mask ``valid (c, P)`` and positive counts ``n_pos (c,)``.
+    Padded slots of ``r_all`` / ``r_pos`` hold finite garbage and must be masked by ``valid``."""
+
+    r_all: torch.Tensor
+    r_pos: torch.Tensor | None
+    valid: torch.Tensor
+    n_pos: torch.Tensor
+
+
 class RankingLoss(nn.Module):
     """Base of the chunked ranking losses (Smooth-AP, RS@k): input checks, the batch similarity
     matrix, the positive index and the zero loss of a batch without positives.
 
     A subclass sets ``loss_name``, calls :meth:`_set_chunking` in its ``__init__`` (after its own
-    parameter checks) and implements :meth:`_ranking_loss`.
+    parameter checks) and implements :meth:`_ranking_loss`, usually with :meth:`_per_query`.
     """
 
     loss_name = "RankingLoss"
@@ -190,6 +202,29 @@ class RankingLoss(nn.Module):
     def _ranking_loss(self, sims: torch.Tensor, pidx: PositiveIndex) -> torch.Tensor:
         """The loss of a batch with ``B x B`` similarities ``sims`` and at least one positive."""
         raise NotImplementedError
+
+    def _per_query(
+        self,
+        sims: torch.Tensor,
+        pidx: PositiveIndex,
+        tau: float,
+        with_pos: bool,
+        fn: Callable[[RankChunk], torch.Tensor],
+    ) -> torch.Tensor:
+        """``(Q,)`` values ``fn(chunk)`` of the relaxed ranks (temperature ``tau``; ``r_pos`` only
+        ``with_pos``) of each query chunk, chunked as :func:`per_query_losses` does."""
+
+        def chunk_fn(
+            s_rows: torch.Tensor,
+            rows: torch.Tensor,
+            idx: torch.Tensor,
+            valid: torch.Tensor,
+            count: torch.Tensor,
+        ) -> torch.Tensor:
+            r_all, r_pos = relaxed_ranks(s_rows, rows, idx, valid, tau, with_pos=with_pos)
+            return fn(RankChunk(r_all, r_pos, valid, count))
+
+        return per_query_losses(sims, pidx, chunk_fn, self.chunk_size, self.max_elements)
 
     def forward(self, embeddings: torch.Tensor, labels: Any) -> torch.Tensor:
         """Return the loss for ``embeddings (B, D)`` and ``labels (B,)``."""

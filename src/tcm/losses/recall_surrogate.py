@@ -10,9 +10,8 @@ from tcm.losses._common import check_finite_param
 from tcm.losses._ranking import (
     DEFAULT_MAX_ELEMENTS,
     PositiveIndex,
+    RankChunk,
     RankingLoss,
-    per_query_losses,
-    relaxed_ranks,
 )
 
 __all__ = ["RecallAtKSurrogateLoss"]
@@ -78,22 +77,14 @@ class RecallAtKSurrogateLoss(RankingLoss):
 
     def _ranking_loss(self, sims: torch.Tensor, pidx: PositiveIndex) -> torch.Tensor:
         """Return the RS@k loss averaged over ``ks`` and the queries of ``pidx``."""
-        tau1, tau2, ks = self.tau1, self.tau2, self.ks
+        tau2, ks = self.tau2, self.ks
 
-        def chunk_recall(
-            s_rows: torch.Tensor,
-            rows: torch.Tensor,
-            idx: torch.Tensor,
-            valid: torch.Tensor,
-            count: torch.Tensor,
-        ) -> torch.Tensor:
-            r_all, _ = relaxed_ranks(s_rows, rows, idx, valid, tau1, with_pos=False)
-            zero = torch.zeros_like(r_all)
-            total = r_all.new_zeros(r_all.shape[0])
+        def recall_loss(ch: RankChunk) -> torch.Tensor:
+            zero = torch.zeros_like(ch.r_all)
+            total = ch.r_all.new_zeros(ch.r_all.shape[0])
             for k in ks:
-                hit = torch.where(valid, torch.sigmoid((k - r_all) / tau2), zero).sum(dim=1)
-                total = total + (1.0 - hit / count.clamp(max=k).to(hit.dtype))
+                hit = torch.where(ch.valid, torch.sigmoid((k - ch.r_all) / tau2), zero).sum(dim=1)
+                total = total + (1.0 - hit / ch.n_pos.clamp(max=k).to(hit.dtype))
             return total / len(ks)
 
-        per_query = per_query_losses(sims, pidx, chunk_recall, self.chunk_size, self.max_elements)
-        return per_query.mean()
+        return self._per_query(sims, pidx, self.tau1, False, recall_loss).mean()

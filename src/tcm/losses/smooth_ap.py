@@ -8,9 +8,8 @@ from tcm.losses._common import check_finite_param
 from tcm.losses._ranking import (
     DEFAULT_MAX_ELEMENTS,
     PositiveIndex,
+    RankChunk,
     RankingLoss,
-    per_query_losses,
-    relaxed_ranks,
 )
 
 __all__ = ["SmoothAPLoss"]
@@ -68,19 +67,10 @@ class SmoothAPLoss(RankingLoss):
 
     def _ranking_loss(self, sims: torch.Tensor, pidx: PositiveIndex) -> torch.Tensor:
         """Return ``1 - mean AP`` over the queries of ``pidx``."""
-        tau = self.temperature
 
-        def chunk_ap(
-            s_rows: torch.Tensor,
-            rows: torch.Tensor,
-            idx: torch.Tensor,
-            valid: torch.Tensor,
-            count: torch.Tensor,
-        ) -> torch.Tensor:
-            r_all, r_pos = relaxed_ranks(s_rows, rows, idx, valid, tau, with_pos=True)
-            assert r_pos is not None
-            ratio = torch.where(valid, r_pos / r_all, torch.zeros_like(r_all))
-            return ratio.sum(dim=1) / count.to(ratio.dtype)
+        def ap(ch: RankChunk) -> torch.Tensor:
+            assert ch.r_pos is not None
+            ratio = torch.where(ch.valid, ch.r_pos / ch.r_all, torch.zeros_like(ch.r_all))
+            return ratio.sum(dim=1) / ch.n_pos.to(ratio.dtype)
 
-        ap = per_query_losses(sims, pidx, chunk_ap, self.chunk_size, self.max_elements)
-        return 1.0 - ap.mean()
+        return 1.0 - self._per_query(sims, pidx, self.temperature, True, ap).mean()
