@@ -106,7 +106,40 @@ class _Shift(Scorer):
         self.global_threshold = float(g[0])
 
 
-class FSN(_Shift):
+class _Clustered(Scorer):
+    """Scorers that give each sample its nearest k-means center of the calibration set (FSN,
+    FairCal): the parameters ``n_clusters``, ``max_pairs``, ``seed``, ``n_init`` (FSN also ``far``),
+    the ``centers`` and the per-sample cluster ``id``."""
+
+    far: float | None = None
+
+    def _init_clusters(
+        self, n_clusters: int, max_pairs: int, seed: int, n_init: int, far: float | None = None
+    ) -> None:
+        """Check and store the parameters (``far`` only when given); no centers yet."""
+        self.n_clusters = check_int_param(n_clusters, "n_clusters", 1)
+        if far is not None:
+            self.far = check_float_param(far, "far", 0.0, 1.0)
+        self.max_pairs = check_int_param(max_pairs, "max_pairs", 1)
+        self.seed = check_int_param(seed, "seed", 0)
+        self.n_init = check_int_param(n_init, "n_init", 1)
+        self.centers = torch.zeros(0, 0, dtype=torch.float64)
+
+    def params(self) -> dict[str, Any]:
+        far = {} if self.far is None else {"far": self.far}
+        return {
+            "n_clusters": self.n_clusters,
+            **far,
+            "max_pairs": self.max_pairs,
+            "seed": self.seed,
+            "n_init": self.n_init,
+        }
+
+    def _prepare_rows(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"id": nearest_center(x, self.centers)}
+
+
+class FSN(_Clustered, _Shift):
     """Fair Score Normalisation (Terhörst et al., IJCB 2020).
 
     Fit on a labelled calibration set: k-means (scikit-learn, ``random_state=seed``) on the
@@ -128,6 +161,7 @@ class FSN(_Shift):
         "s' = s - 0.5*(thr_c(i) + thr_c(j)) + thr_G; thr = quantile(impostors, 1 - far); "
         "thr_c on impostor pairs with both samples in cluster c"
     )
+    far: float
 
     def __init__(
         self,
@@ -139,22 +173,8 @@ class FSN(_Shift):
         n_init: int = 10,
     ) -> None:
         super().__init__()
-        self.n_clusters = check_int_param(n_clusters, "n_clusters", 1)
-        self.far = check_float_param(far, "far", 0.0, 1.0)
-        self.max_pairs = check_int_param(max_pairs, "max_pairs", 1)
-        self.seed = check_int_param(seed, "seed", 0)
-        self.n_init = check_int_param(n_init, "n_init", 1)
-        self.centers = torch.zeros(0, 0, dtype=torch.float64)
+        self._init_clusters(n_clusters, max_pairs, seed, n_init, far=far)
         self.cluster_impostors = np.zeros(0, dtype=np.int64)
-
-    def params(self) -> dict[str, Any]:
-        return {
-            "n_clusters": self.n_clusters,
-            "far": self.far,
-            "max_pairs": self.max_pairs,
-            "seed": self.seed,
-            "n_init": self.n_init,
-        }
 
     def fit(self, embeddings: ArrayLike, labels: ArrayLike) -> FSN:
         """Fit on a labelled calibration set (disjoint from evaluated data); returns self.
@@ -198,11 +218,8 @@ class FSN(_Shift):
         self._set_shift(tensors, self.n_clusters)
         self.cluster_impostors = tensors["cluster_impostors"].astype(np.int64)
 
-    def _prepare_rows(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        return {"id": nearest_center(x, self.centers)}
 
-
-class FairCal(Scorer):
+class FairCal(_Clustered):
     """FairCal (Salvador et al., ICLR 2022): cluster-wise beta calibration, probability scale.
 
     Fit on a labelled calibration set: k-means (scikit-learn, ``random_state=seed``) on the
@@ -234,22 +251,10 @@ class FairCal(Scorer):
         n_init: int = 10,
     ) -> None:
         super().__init__()
-        self.n_clusters = check_int_param(n_clusters, "n_clusters", 1)
-        self.max_pairs = check_int_param(max_pairs, "max_pairs", 1)
-        self.seed = check_int_param(seed, "seed", 0)
-        self.n_init = check_int_param(n_init, "n_init", 1)
-        self.centers = torch.zeros(0, 0, dtype=torch.float64)
+        self._init_clusters(n_clusters, max_pairs, seed, n_init)
         self.abc = np.zeros((0, 3))
         self.weights = np.zeros(0)
         self.fallback = np.zeros(0, dtype=np.uint8)
-
-    def params(self) -> dict[str, Any]:
-        return {
-            "n_clusters": self.n_clusters,
-            "max_pairs": self.max_pairs,
-            "seed": self.seed,
-            "n_init": self.n_init,
-        }
 
     def fit(self, embeddings: ArrayLike, labels: ArrayLike) -> FairCal:
         """Fit on a labelled calibration set (disjoint from evaluated data); returns self.
@@ -298,9 +303,6 @@ class FairCal(Scorer):
             raise ValueError("'weights' must be >= 1")
         self.abc, self.weights = abc.astype(np.float64), w.astype(np.float64)
         self.fallback = tensors["fallback"].astype(np.uint8)
-
-    def _prepare_rows(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        return {"id": nearest_center(x, self.centers)}
 
     def _score(
         self, cos: torch.Tensor, a: Mapping[str, torch.Tensor], b: Mapping[str, torch.Tensor]
