@@ -135,6 +135,18 @@ class _Clustered(Scorer):
             "n_init": self.n_init,
         }
 
+    def _set_fitted(self, centers: np.ndarray, x: torch.Tensor, codes: np.ndarray) -> None:
+        """Store the fitted ``centers`` and mark fitted on ``x`` / label ``codes``."""
+        self.centers = torch.from_numpy(centers)
+        self._mark_fitted(x.shape[1], fitted_on_hash(x, codes))
+
+    def _tensors(self) -> dict[str, np.ndarray]:
+        return {"centers": self.centers.numpy(), **self._cluster_tensors()}
+
+    def _cluster_tensors(self) -> dict[str, np.ndarray]:
+        """The tensors saved after ``centers``."""
+        raise NotImplementedError
+
     def _prepare_rows(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         return {"id": nearest_center(x, self.centers)}
 
@@ -197,19 +209,14 @@ class FSN(_Clustered, _Shift):
             count[c] = ci.shape[0]
             if ci.shape[0]:
                 thr[c] = far_threshold(pair_cosines(x, members[ci], members[cj]), self.far)
-        self.centers = torch.from_numpy(centers)
         self.thresholds = torch.from_numpy(thr)
         self.global_threshold = thr_g
         self.cluster_impostors = count
-        self._mark_fitted(x.shape[1], fitted_on_hash(x, codes))
+        self._set_fitted(centers, x, codes)
         return self
 
-    def _tensors(self) -> dict[str, np.ndarray]:
-        return {
-            "centers": self.centers.numpy(),
-            "cluster_impostors": self.cluster_impostors,
-            **self._shift_tensors(),
-        }
+    def _cluster_tensors(self) -> dict[str, np.ndarray]:
+        return {"cluster_impostors": self.cluster_impostors, **self._shift_tensors()}
 
     def _set_tensors(self, tensors: dict[str, np.ndarray]) -> None:
         self.centers = _check_centers(tensors)
@@ -278,18 +285,12 @@ class FairCal(_Clustered):
                 fallback[k] = 1
                 continue
             abc[k] = fit_beta(s[sel], same[sel], balanced_weights(same[sel]))
-        self.centers = torch.from_numpy(centers)
         self.abc, self.weights, self.fallback = abc, np.maximum(weights, 1.0), fallback
-        self._mark_fitted(x.shape[1], fitted_on_hash(x, codes))
+        self._set_fitted(centers, x, codes)
         return self
 
-    def _tensors(self) -> dict[str, np.ndarray]:
-        return {
-            "centers": self.centers.numpy(),
-            "abc": self.abc,
-            "weights": self.weights,
-            "fallback": self.fallback,
-        }
+    def _cluster_tensors(self) -> dict[str, np.ndarray]:
+        return {"abc": self.abc, "weights": self.weights, "fallback": self.fallback}
 
     def _set_tensors(self, tensors: dict[str, np.ndarray]) -> None:
         k = self.n_clusters
