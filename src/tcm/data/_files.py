@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -25,6 +25,7 @@ __all__ = [
     "DEFAULT_PHOTO_SIZE",
     "ParsedSplit",
     "build_file_dataset",
+    "first_classes_split",
     "half_of",
     "read_lines",
     "read_photo_split",
@@ -131,6 +132,23 @@ class ParsedSplit:
 
 
 Parser = Callable[[str, str], ParsedSplit]
+
+
+def first_classes_split(
+    images: Iterable[tuple[str, int]],
+    split: str,
+    n_train: int,
+    class_names: dict[str, str] | None,
+) -> ParsedSplit:
+    """The CUB / Cars196 protocol: of the ``(path, class number)`` images, ``"train"`` keeps the
+    classes ``1..n_train``, any other split the rest; class ids are written ``"001"``."""
+    want_train = split == "train"
+    paths, ids = [], []
+    for path, c in images:
+        if (c <= n_train) == want_train:
+            paths.append(path)
+            ids.append(f"{c:03d}")
+    return ParsedSplit(paths, ids, class_names)
 
 
 def read_photo_split(
