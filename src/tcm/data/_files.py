@@ -19,7 +19,7 @@ from typing import Protocol
 import numpy as np
 
 from tcm.data.base import FileImageDataset, check_on_error
-from tcm.data.transforms import resolve_transform
+from tcm.data.transforms import image_size_or_default, resolve_transform
 
 __all__ = [
     "DEFAULT_PHOTO_SIZE",
@@ -84,9 +84,7 @@ def build_file_dataset(
     ``paths`` / ``class_ids`` must already hold the samples of the base split (``test`` for the
     halves).
     """
-    size = DEFAULT_PHOTO_SIZE if image_size is None else image_size
-    if isinstance(size, bool) or not isinstance(size, int) or size < 8:
-        raise ValueError(f"image_size must be an int >= 8 (pixels); got {image_size!r}")
+    size = image_size_or_default(image_size, DEFAULT_PHOTO_SIZE)
     ids = [str(c) for c in class_ids]
     plist = list(paths)
     if split in HALVES:
@@ -264,9 +262,7 @@ def _shared_coding(
     classes = list(parsed.shared_classes or [])
     if not parsed.paths:
         raise ValueError(f"{name}: split {split!r} has no samples")
-    size = DEFAULT_PHOTO_SIZE if image_size is None else image_size
-    if isinstance(size, bool) or not isinstance(size, int) or size < 8:
-        raise ValueError(f"image_size must be an int >= 8 (pixels); got {image_size!r}")
+    size = image_size_or_default(image_size, DEFAULT_PHOTO_SIZE)
     code = {c: i for i, c in enumerate(classes)}
     ds = FileImageDataset(
         name,
