@@ -12,19 +12,20 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
 
 from tcm.data.base import FileImageDataset, check_on_error
-from tcm.data.transforms import resolve_transform
+from tcm.data.transforms import image_size_or_default, resolve_transform
 
 __all__ = [
     "DEFAULT_PHOTO_SIZE",
     "ParsedSplit",
     "build_file_dataset",
+    "first_classes_split",
     "half_of",
     "read_lines",
     "read_photo_split",
@@ -83,9 +84,7 @@ def build_file_dataset(
     ``paths`` / ``class_ids`` must already hold the samples of the base split (``test`` for the
     halves).
     """
-    size = DEFAULT_PHOTO_SIZE if image_size is None else image_size
-    if isinstance(size, bool) or not isinstance(size, int) or size < 8:
-        raise ValueError(f"image_size must be an int >= 8 (pixels); got {image_size!r}")
+    size = image_size_or_default(image_size, DEFAULT_PHOTO_SIZE)
     ids = [str(c) for c in class_ids]
     plist = list(paths)
     if split in HALVES:
@@ -131,6 +130,23 @@ class ParsedSplit:
 
 
 Parser = Callable[[str, str], ParsedSplit]
+
+
+def first_classes_split(
+    images: Iterable[tuple[str, int]],
+    split: str,
+    n_train: int,
+    class_names: dict[str, str] | None,
+) -> ParsedSplit:
+    """The CUB / Cars196 protocol: of the ``(path, class number)`` images, ``"train"`` keeps the
+    classes ``1..n_train``, any other split the rest; class ids are written ``"001"``."""
+    want_train = split == "train"
+    paths, ids = [], []
+    for path, c in images:
+        if (c <= n_train) == want_train:
+            paths.append(path)
+            ids.append(f"{c:03d}")
+    return ParsedSplit(paths, ids, class_names)
 
 
 def read_photo_split(
@@ -246,9 +262,7 @@ def _shared_coding(
     classes = list(parsed.shared_classes or [])
     if not parsed.paths:
         raise ValueError(f"{name}: split {split!r} has no samples")
-    size = DEFAULT_PHOTO_SIZE if image_size is None else image_size
-    if isinstance(size, bool) or not isinstance(size, int) or size < 8:
-        raise ValueError(f"image_size must be an int >= 8 (pixels); got {image_size!r}")
+    size = image_size_or_default(image_size, DEFAULT_PHOTO_SIZE)
     code = {c: i for i, c in enumerate(classes)}
     ds = FileImageDataset(
         name,

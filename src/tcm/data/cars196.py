@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from tcm.data._files import ParsedSplit, photo_loader, require_file
+from tcm.data._files import ParsedSplit, first_classes_split, photo_loader, require_file
 
 __all__ = ["load_cars196", "parse_cars196"]
 
@@ -53,15 +53,11 @@ def parse_cars196(root: str, split: str) -> ParsedSplit:
     name_map = None
     if names is not None:
         name_map = {f"{i + 1:03d}": str(n) for i, n in enumerate(np.ravel(names))}
-    want_train = split == "train"
-    paths, ids = [], []
     for rel, c in zip(rels, classes, strict=True):
         if not 1 <= c <= 196:
             raise ValueError(f"cars196: class id must be in 1..196; got {c} for {rel!r}")
-        if (c <= 98) == want_train:
-            paths.append(os.path.join(root, rel))
-            ids.append(f"{c:03d}")
-    return ParsedSplit(paths, ids, name_map)
+    images = [(os.path.join(root, rel), c) for rel, c in zip(rels, classes, strict=True)]
+    return first_classes_split(images, split, 98, name_map)
 
 
 load_cars196 = photo_loader(

@@ -46,6 +46,7 @@ from tcm.data.glyphs import (
     build_glyph_dataset,
     render_glyphs,
 )
+from tcm.data.transforms import image_size_or_default
 
 __all__ = [
     "APT_LINE",
@@ -123,9 +124,7 @@ def load_cjk_glyphs(
         min_fonts: keep ideographs present in at least this many fonts.
         characters: optional subset of ideographs to consider (e.g. for quick experiments).
     """
-    size = DEFAULT_IMAGE_SIZE if image_size is None else image_size
-    if isinstance(size, bool) or not isinstance(size, int) or size < 8:
-        raise ValueError(f"image_size must be an int >= 8 (pixels); got {image_size!r}")
+    size = image_size_or_default(image_size, DEFAULT_IMAGE_SIZE)
     fonts = find_cjk_fonts(root)
     if isinstance(min_fonts, bool) or not isinstance(min_fonts, int) or min_fonts < 1:
         raise ValueError(f"min_fonts must be an int >= 1; got {min_fonts!r}")

@@ -17,7 +17,13 @@ from __future__ import annotations
 
 import os
 
-from tcm.data._files import ParsedSplit, photo_loader, read_lines, require_file
+from tcm.data._files import (
+    ParsedSplit,
+    first_classes_split,
+    photo_loader,
+    read_lines,
+    require_file,
+)
 
 __all__ = ["load_cub200", "parse_cub200"]
 
@@ -48,15 +54,10 @@ def parse_cub200(root: str, split: str) -> ParsedSplit:
     missing = sorted(set(images) - set(labels))
     if missing:
         raise ValueError(f"cub200: image id {missing[0]!r} has no entry in image_class_labels.txt")
-    want_train = split == "train"
-    paths, ids = [], []
-    for img_id in sorted(images, key=int):
-        c = labels[img_id]
-        if (c <= 100) == want_train:
-            paths.append(os.path.join(r, "images", images[img_id]))
-            ids.append(f"{c:03d}")
     name_map = {f"{int(k):03d}": v for k, v in names.items()} if names else None
-    return ParsedSplit(paths, ids, name_map)
+    ordered = sorted(images, key=int)
+    files = [(os.path.join(r, "images", images[i]), labels[i]) for i in ordered]
+    return first_classes_split(files, split, 100, name_map)
 
 
 load_cub200 = photo_loader(

@@ -43,7 +43,7 @@ from PIL import Image, ImageDraw, ImageFont
 from tcm.data._images import pil_to_uint8_chw
 from tcm.data.base import TensorImageDataset
 from tcm.data.glyphs import SPLITS, _augment_rgb, _unit_hash, glyph_split
-from tcm.data.transforms import resolve_transform
+from tcm.data.transforms import image_size_or_default, resolve_transform
 
 __all__ = [
     "NPM_VENDORS",
@@ -225,9 +225,7 @@ def load_emoji(
     """
     if split not in SPLITS:
         raise ValueError(f"emoji: split must be one of {SPLITS}; got {split!r}")
-    size = DEFAULT_IMAGE_SIZE if image_size is None else image_size
-    if isinstance(size, bool) or not isinstance(size, int) or size < 8:
-        raise ValueError(f"image_size must be an int >= 8 (pixels); got {image_size!r}")
+    size = image_size_or_default(image_size, DEFAULT_IMAGE_SIZE)
     if isinstance(min_vendors, bool) or not isinstance(min_vendors, int) or min_vendors < 1:
         raise ValueError(f"min_vendors must be an int >= 1; got {min_vendors!r}")
     if (

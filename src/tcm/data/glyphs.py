@@ -67,7 +67,7 @@ import torch
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
 from tcm.data.base import TensorImageDataset
-from tcm.data.transforms import resolve_transform
+from tcm.data.transforms import image_size_or_default, resolve_transform
 
 __all__ = [
     "ANALYSIS_SIZE",
@@ -725,9 +725,7 @@ def load_glyphs(
         augment_copies: seeded augmented copies added per (character, font) render.
         seed: seed of the augmented copies.
     """
-    size = DEFAULT_IMAGE_SIZE if image_size is None else image_size
-    if isinstance(size, bool) or not isinstance(size, int) or size < 8:
-        raise ValueError(f"image_size must be an int >= 8 (pixels); got {image_size!r}")
+    size = image_size_or_default(image_size, DEFAULT_IMAGE_SIZE)
     catalog = glyph_catalog(
         root,
         extra_fonts=extra_fonts,

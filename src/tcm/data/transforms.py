@@ -32,6 +32,7 @@ __all__ = [
     "IMAGENET_STD",
     "TRANSFORM_KINDS",
     "TransformKind",
+    "image_size_or_default",
     "test_transform",
     "train_transform",
 ]
@@ -40,6 +41,18 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 TransformKind = Literal["photo", "glyph", "emoji"]
 TRANSFORM_KINDS: tuple[str, ...] = ("photo", "glyph", "emoji")
+
+
+def image_size_or_default(image_size: int | None, default: int) -> int:
+    """``image_size`` (``default`` when ``None``), checked to be an int >= 8 (pixels).
+
+    Raises:
+        ValueError: not an int or below 8.
+    """
+    size = default if image_size is None else image_size
+    if isinstance(size, bool) or not isinstance(size, int) or size < 8:
+        raise ValueError(f"image_size must be an int >= 8 (pixels); got {image_size!r}")
+    return size
 
 
 def _check(kind: str, image_size: int) -> None:

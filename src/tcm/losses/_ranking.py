@@ -16,11 +16,23 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import torch
+from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-__all__ = ["DEFAULT_MAX_ELEMENTS", "PositiveIndex", "per_query_losses", "positive_index"]
+from tcm.losses._common import check_embeddings, cosine_similarity_matrix, label_codes
+
+__all__ = [
+    "DEFAULT_MAX_ELEMENTS",
+    "PositiveIndex",
+    "RankChunk",
+    "RankingLoss",
+    "check_chunk",
+    "per_query_losses",
+    "positive_index",
+]
 
 # Largest (queries x P_max x B) block materialised at once in auto mode (~256 MB in float32).
 DEFAULT_MAX_ELEMENTS = 1 << 26
@@ -141,3 +153,85 @@ def zero_loss_no_positive(sims: torch.Tensor, owner: object, loss_name: str) -> 
             stacklevel=3,
         )
     return sims.sum() * 0.0
+
+
+def check_chunk(chunk_size: int | None, max_elements: int) -> tuple[int | None, int]:
+    """Return ``(chunk_size, max_elements)`` as ints (``chunk_size`` may be ``None``).
+
+    Raises:
+        ValueError: ``chunk_size`` not a positive integer or ``None``, or ``max_elements`` not a
+            positive integer.
+    """
+    if chunk_size is not None and (
+        isinstance(chunk_size, bool) or int(chunk_size) != chunk_size or chunk_size < 1
+    ):
+        raise ValueError(f"chunk_size must be a positive integer or None; got {chunk_size!r}")
+    if isinstance(max_elements, bool) or int(max_elements) != max_elements or max_elements < 1:
+        raise ValueError(f"max_elements must be a positive integer; got {max_elements!r}")
+    return (None if chunk_size is None else int(chunk_size)), int(max_elements)
+
+
+class RankChunk(NamedTuple):
+    """Relaxed ranks of a chunk of ``c`` queries: ``r_all (c, P)``, ``r_pos (c, P)`` (``None``
+    unless asked for), the positive-slot mask ``valid (c, P)`` and positive counts ``n_pos (c,)``.
+    Padded slots of ``r_all`` / ``r_pos`` hold finite garbage and must be masked by ``valid``."""
+
+    r_all: torch.Tensor
+    r_pos: torch.Tensor | None
+    valid: torch.Tensor
+    n_pos: torch.Tensor
+
+
+class RankingLoss(nn.Module):
+    """Base of the chunked ranking losses (Smooth-AP, RS@k): input checks, the batch similarity
+    matrix, the positive index and the zero loss of a batch without positives.
+
+    A subclass sets ``loss_name``, calls :meth:`_set_chunking` in its ``__init__`` (after its own
+    parameter checks) and implements :meth:`_ranking_loss`, usually with :meth:`_per_query`.
+    """
+
+    loss_name = "RankingLoss"
+    chunk_size: int | None
+    max_elements: int
+
+    def _set_chunking(self, chunk_size: int | None, max_elements: int) -> None:
+        """Check and store the chunking parameters; arm the one-time no-positive warning."""
+        self.chunk_size, self.max_elements = check_chunk(chunk_size, max_elements)
+        self._warned_no_pos = False
+
+    def _ranking_loss(self, sims: torch.Tensor, pidx: PositiveIndex) -> torch.Tensor:
+        """The loss of a batch with ``B x B`` similarities ``sims`` and at least one positive."""
+        raise NotImplementedError
+
+    def _per_query(
+        self,
+        sims: torch.Tensor,
+        pidx: PositiveIndex,
+        tau: float,
+        with_pos: bool,
+        fn: Callable[[RankChunk], torch.Tensor],
+    ) -> torch.Tensor:
+        """``(Q,)`` values ``fn(chunk)`` of the relaxed ranks (temperature ``tau``; ``r_pos`` only
+        ``with_pos``) of each query chunk, chunked as :func:`per_query_losses` does."""
+
+        def chunk_fn(
+            s_rows: torch.Tensor,
+            rows: torch.Tensor,
+            idx: torch.Tensor,
+            valid: torch.Tensor,
+            count: torch.Tensor,
+        ) -> torch.Tensor:
+            r_all, r_pos = relaxed_ranks(s_rows, rows, idx, valid, tau, with_pos=with_pos)
+            return fn(RankChunk(r_all, r_pos, valid, count))
+
+        return per_query_losses(sims, pidx, chunk_fn, self.chunk_size, self.max_elements)
+
+    def forward(self, embeddings: torch.Tensor, labels: Any) -> torch.Tensor:
+        """Return the loss for ``embeddings (B, D)`` and ``labels (B,)``."""
+        emb = check_embeddings(embeddings)
+        lab, _ = label_codes(labels, emb.shape[0], emb.device)
+        sims = cosine_similarity_matrix(emb)
+        pidx = positive_index(lab)
+        if pidx.rows.numel() == 0:
+            return zero_loss_no_positive(sims, self, self.loss_name)
+        return self._ranking_loss(sims, pidx)

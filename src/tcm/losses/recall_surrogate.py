@@ -3,30 +3,21 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 import torch
-from torch import nn
 
-from tcm.losses._common import (
-    check_embeddings,
-    check_finite_param,
-    cosine_similarity_matrix,
-    label_codes,
-)
+from tcm.losses._common import check_finite_param
 from tcm.losses._ranking import (
     DEFAULT_MAX_ELEMENTS,
-    per_query_losses,
-    positive_index,
-    relaxed_ranks,
-    zero_loss_no_positive,
+    PositiveIndex,
+    RankChunk,
+    RankingLoss,
 )
-from tcm.losses.smooth_ap import _check_chunk
 
 __all__ = ["RecallAtKSurrogateLoss"]
 
 
-class RecallAtKSurrogateLoss(nn.Module):
+class RecallAtKSurrogateLoss(RankingLoss):
     """Recall@k surrogate: ``1 - mean_k`` of a sigmoid-relaxed Recall@k, every sample a query.
 
     With ``S`` the ``B x B`` cosine-similarity matrix, query ``i``, positives
@@ -60,6 +51,8 @@ class RecallAtKSurrogateLoss(nn.Module):
         >>> loss.backward()
     """
 
+    loss_name = "RecallAtKSurrogateLoss"
+
     def __init__(
         self,
         ks: Sequence[int] = (1, 2, 4, 8, 16),
@@ -77,36 +70,21 @@ class RecallAtKSurrogateLoss(nn.Module):
         self.ks = tuple(int(k) for k in ks)
         self.tau1 = check_finite_param(tau1, "tau1", positive=True)
         self.tau2 = check_finite_param(tau2, "tau2", positive=True)
-        self.chunk_size, self.max_elements = _check_chunk(chunk_size, max_elements)
-        self._warned_no_pos = False
+        self._set_chunking(chunk_size, max_elements)
 
     def extra_repr(self) -> str:
         return f"ks={self.ks}, tau1={self.tau1}, tau2={self.tau2}, chunk_size={self.chunk_size}"
 
-    def forward(self, embeddings: torch.Tensor, labels: Any) -> torch.Tensor:
-        """Return the RS@k loss for ``embeddings (B, D)`` and ``labels (B,)``."""
-        emb = check_embeddings(embeddings)
-        lab, _ = label_codes(labels, emb.shape[0], emb.device)
-        sims = cosine_similarity_matrix(emb)
-        pidx = positive_index(lab)
-        if pidx.rows.numel() == 0:
-            return zero_loss_no_positive(sims, self, "RecallAtKSurrogateLoss")
-        tau1, tau2, ks = self.tau1, self.tau2, self.ks
+    def _ranking_loss(self, sims: torch.Tensor, pidx: PositiveIndex) -> torch.Tensor:
+        """Return the RS@k loss averaged over ``ks`` and the queries of ``pidx``."""
+        tau2, ks = self.tau2, self.ks
 
-        def chunk_recall(
-            s_rows: torch.Tensor,
-            rows: torch.Tensor,
-            idx: torch.Tensor,
-            valid: torch.Tensor,
-            count: torch.Tensor,
-        ) -> torch.Tensor:
-            r_all, _ = relaxed_ranks(s_rows, rows, idx, valid, tau1, with_pos=False)
-            zero = torch.zeros_like(r_all)
-            total = r_all.new_zeros(r_all.shape[0])
+        def recall_loss(ch: RankChunk) -> torch.Tensor:
+            zero = torch.zeros_like(ch.r_all)
+            total = ch.r_all.new_zeros(ch.r_all.shape[0])
             for k in ks:
-                hit = torch.where(valid, torch.sigmoid((k - r_all) / tau2), zero).sum(dim=1)
-                total = total + (1.0 - hit / count.clamp(max=k).to(hit.dtype))
+                hit = torch.where(ch.valid, torch.sigmoid((k - ch.r_all) / tau2), zero).sum(dim=1)
+                total = total + (1.0 - hit / ch.n_pos.clamp(max=k).to(hit.dtype))
             return total / len(ks)
 
-        per_query = per_query_losses(sims, pidx, chunk_recall, self.chunk_size, self.max_elements)
-        return per_query.mean()
+        return self._per_query(sims, pidx, self.tau1, False, recall_loss).mean()

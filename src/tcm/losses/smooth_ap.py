@@ -2,39 +2,20 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
-from torch import nn
 
-from tcm.losses._common import (
-    check_embeddings,
-    check_finite_param,
-    cosine_similarity_matrix,
-    label_codes,
-)
+from tcm.losses._common import check_finite_param
 from tcm.losses._ranking import (
     DEFAULT_MAX_ELEMENTS,
-    per_query_losses,
-    positive_index,
-    relaxed_ranks,
-    zero_loss_no_positive,
+    PositiveIndex,
+    RankChunk,
+    RankingLoss,
 )
 
 __all__ = ["SmoothAPLoss"]
 
 
-def _check_chunk(chunk_size: int | None, max_elements: int) -> tuple[int | None, int]:
-    if chunk_size is not None and (
-        isinstance(chunk_size, bool) or int(chunk_size) != chunk_size or chunk_size < 1
-    ):
-        raise ValueError(f"chunk_size must be a positive integer or None; got {chunk_size!r}")
-    if isinstance(max_elements, bool) or int(max_elements) != max_elements or max_elements < 1:
-        raise ValueError(f"max_elements must be a positive integer; got {max_elements!r}")
-    return (None if chunk_size is None else int(chunk_size)), int(max_elements)
-
-
-class SmoothAPLoss(nn.Module):
+class SmoothAPLoss(RankingLoss):
     """Smooth-AP: 1 - mean smoothed Average Precision, every batch sample a query.
 
     With ``S`` the ``B x B`` cosine-similarity matrix of the L2-normalised batch, query ``i``,
@@ -69,6 +50,8 @@ class SmoothAPLoss(nn.Module):
         True
     """
 
+    loss_name = "SmoothAPLoss"
+
     def __init__(
         self,
         temperature: float = 0.01,
@@ -77,33 +60,17 @@ class SmoothAPLoss(nn.Module):
     ) -> None:
         super().__init__()
         self.temperature = check_finite_param(temperature, "temperature", positive=True)
-        self.chunk_size, self.max_elements = _check_chunk(chunk_size, max_elements)
-        self._warned_no_pos = False
+        self._set_chunking(chunk_size, max_elements)
 
     def extra_repr(self) -> str:
         return f"temperature={self.temperature}, chunk_size={self.chunk_size}"
 
-    def forward(self, embeddings: torch.Tensor, labels: Any) -> torch.Tensor:
-        """Return the Smooth-AP loss for ``embeddings (B, D)`` and ``labels (B,)``."""
-        emb = check_embeddings(embeddings)
-        lab, _ = label_codes(labels, emb.shape[0], emb.device)
-        sims = cosine_similarity_matrix(emb)
-        pidx = positive_index(lab)
-        if pidx.rows.numel() == 0:
-            return zero_loss_no_positive(sims, self, "SmoothAPLoss")
-        tau = self.temperature
+    def _ranking_loss(self, sims: torch.Tensor, pidx: PositiveIndex) -> torch.Tensor:
+        """Return ``1 - mean AP`` over the queries of ``pidx``."""
 
-        def chunk_ap(
-            s_rows: torch.Tensor,
-            rows: torch.Tensor,
-            idx: torch.Tensor,
-            valid: torch.Tensor,
-            count: torch.Tensor,
-        ) -> torch.Tensor:
-            r_all, r_pos = relaxed_ranks(s_rows, rows, idx, valid, tau, with_pos=True)
-            assert r_pos is not None
-            ratio = torch.where(valid, r_pos / r_all, torch.zeros_like(r_all))
-            return ratio.sum(dim=1) / count.to(ratio.dtype)
+        def ap(ch: RankChunk) -> torch.Tensor:
+            assert ch.r_pos is not None
+            ratio = torch.where(ch.valid, ch.r_pos / ch.r_all, torch.zeros_like(ch.r_all))
+            return ratio.sum(dim=1) / ch.n_pos.to(ratio.dtype)
 
-        ap = per_query_losses(sims, pidx, chunk_ap, self.chunk_size, self.max_elements)
-        return 1.0 - ap.mean()
+        return 1.0 - self._per_query(sims, pidx, self.temperature, True, ap).mean()

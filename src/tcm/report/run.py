@@ -238,26 +238,24 @@ class ReportRun:
             raise ValueError(
                 f"run {self.name!r}: embeddings must be 2-D of shape (N, D); got shape {emb_shape}"
             )
-        if lab_shape is not None and len(lab_shape) != 1:
+        self._check_per_sample("labels", lab_shape, emb_shape)
+        if self.groups is not None:
+            self._check_per_sample("groups", _shape_of(self.groups), emb_shape)
+
+    def _check_per_sample(
+        self, what: str, shape: tuple[int, ...] | None, emb_shape: tuple[int, ...] | None
+    ) -> None:
+        """ValueError unless ``shape`` (of ``what``, one value per sample) is ``(N,)`` with ``N``
+        the number of embeddings (``None``: shape unknown, not checked)."""
+        if shape is not None and len(shape) != 1:
             raise ValueError(
-                f"run {self.name!r}: labels must be 1-D of shape (N,); got shape {lab_shape}"
+                f"run {self.name!r}: {what} must be 1-D of shape (N,); got shape {shape}"
             )
-        if emb_shape is not None and lab_shape is not None and emb_shape[0] != lab_shape[0]:
+        if emb_shape is not None and shape is not None and emb_shape[0] != shape[0]:
             raise ValueError(
-                f"run {self.name!r}: {emb_shape[0]} embeddings but {lab_shape[0]} labels "
+                f"run {self.name!r}: {emb_shape[0]} embeddings but {shape[0]} {what} "
                 "(lengths must match)"
             )
-        if self.groups is not None:
-            grp_shape = _shape_of(self.groups)
-            if grp_shape is not None and len(grp_shape) != 1:
-                raise ValueError(
-                    f"run {self.name!r}: groups must be 1-D of shape (N,); got shape {grp_shape}"
-                )
-            if grp_shape is not None and emb_shape is not None and grp_shape[0] != emb_shape[0]:
-                raise ValueError(
-                    f"run {self.name!r}: {emb_shape[0]} embeddings but {grp_shape[0]} groups "
-                    "(lengths must match)"
-                )
 
     @classmethod
     def from_embeddings(

@@ -106,7 +106,52 @@ class _Shift(Scorer):
         self.global_threshold = float(g[0])
 
 
-class FSN(_Shift):
+class _Clustered(Scorer):
+    """Scorers that give each sample its nearest k-means center of the calibration set (FSN,
+    FairCal): the parameters ``n_clusters``, ``max_pairs``, ``seed``, ``n_init`` (FSN also ``far``),
+    the ``centers`` and the per-sample cluster ``id``."""
+
+    far: float | None = None
+
+    def _init_clusters(
+        self, n_clusters: int, max_pairs: int, seed: int, n_init: int, far: float | None = None
+    ) -> None:
+        """Check and store the parameters (``far`` only when given); no centers yet."""
+        self.n_clusters = check_int_param(n_clusters, "n_clusters", 1)
+        if far is not None:
+            self.far = check_float_param(far, "far", 0.0, 1.0)
+        self.max_pairs = check_int_param(max_pairs, "max_pairs", 1)
+        self.seed = check_int_param(seed, "seed", 0)
+        self.n_init = check_int_param(n_init, "n_init", 1)
+        self.centers = torch.zeros(0, 0, dtype=torch.float64)
+
+    def params(self) -> dict[str, Any]:
+        far = {} if self.far is None else {"far": self.far}
+        return {
+            "n_clusters": self.n_clusters,
+            **far,
+            "max_pairs": self.max_pairs,
+            "seed": self.seed,
+            "n_init": self.n_init,
+        }
+
+    def _set_fitted(self, centers: np.ndarray, x: torch.Tensor, codes: np.ndarray) -> None:
+        """Store the fitted ``centers`` and mark fitted on ``x`` / label ``codes``."""
+        self.centers = torch.from_numpy(centers)
+        self._mark_fitted(x.shape[1], fitted_on_hash(x, codes))
+
+    def _tensors(self) -> dict[str, np.ndarray]:
+        return {"centers": self.centers.numpy(), **self._cluster_tensors()}
+
+    def _cluster_tensors(self) -> dict[str, np.ndarray]:
+        """The tensors saved after ``centers``."""
+        raise NotImplementedError
+
+    def _prepare_rows(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"id": nearest_center(x, self.centers)}
+
+
+class FSN(_Clustered, _Shift):
     """Fair Score Normalisation (Terhörst et al., IJCB 2020).
 
     Fit on a labelled calibration set: k-means (scikit-learn, ``random_state=seed``) on the
@@ -128,6 +173,7 @@ class FSN(_Shift):
         "s' = s - 0.5*(thr_c(i) + thr_c(j)) + thr_G; thr = quantile(impostors, 1 - far); "
         "thr_c on impostor pairs with both samples in cluster c"
     )
+    far: float
 
     def __init__(
         self,
@@ -139,22 +185,8 @@ class FSN(_Shift):
         n_init: int = 10,
     ) -> None:
         super().__init__()
-        self.n_clusters = check_int_param(n_clusters, "n_clusters", 1)
-        self.far = check_float_param(far, "far", 0.0, 1.0)
-        self.max_pairs = check_int_param(max_pairs, "max_pairs", 1)
-        self.seed = check_int_param(seed, "seed", 0)
-        self.n_init = check_int_param(n_init, "n_init", 1)
-        self.centers = torch.zeros(0, 0, dtype=torch.float64)
+        self._init_clusters(n_clusters, max_pairs, seed, n_init, far=far)
         self.cluster_impostors = np.zeros(0, dtype=np.int64)
-
-    def params(self) -> dict[str, Any]:
-        return {
-            "n_clusters": self.n_clusters,
-            "far": self.far,
-            "max_pairs": self.max_pairs,
-            "seed": self.seed,
-            "n_init": self.n_init,
-        }
 
     def fit(self, embeddings: ArrayLike, labels: ArrayLike) -> FSN:
         """Fit on a labelled calibration set (disjoint from evaluated data); returns self.
@@ -177,19 +209,14 @@ class FSN(_Shift):
             count[c] = ci.shape[0]
             if ci.shape[0]:
                 thr[c] = far_threshold(pair_cosines(x, members[ci], members[cj]), self.far)
-        self.centers = torch.from_numpy(centers)
         self.thresholds = torch.from_numpy(thr)
         self.global_threshold = thr_g
         self.cluster_impostors = count
-        self._mark_fitted(x.shape[1], fitted_on_hash(x, codes))
+        self._set_fitted(centers, x, codes)
         return self
 
-    def _tensors(self) -> dict[str, np.ndarray]:
-        return {
-            "centers": self.centers.numpy(),
-            "cluster_impostors": self.cluster_impostors,
-            **self._shift_tensors(),
-        }
+    def _cluster_tensors(self) -> dict[str, np.ndarray]:
+        return {"cluster_impostors": self.cluster_impostors, **self._shift_tensors()}
 
     def _set_tensors(self, tensors: dict[str, np.ndarray]) -> None:
         self.centers = _check_centers(tensors)
@@ -198,11 +225,8 @@ class FSN(_Shift):
         self._set_shift(tensors, self.n_clusters)
         self.cluster_impostors = tensors["cluster_impostors"].astype(np.int64)
 
-    def _prepare_rows(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        return {"id": nearest_center(x, self.centers)}
 
-
-class FairCal(Scorer):
+class FairCal(_Clustered):
     """FairCal (Salvador et al., ICLR 2022): cluster-wise beta calibration, probability scale.
 
     Fit on a labelled calibration set: k-means (scikit-learn, ``random_state=seed``) on the
@@ -234,22 +258,10 @@ class FairCal(Scorer):
         n_init: int = 10,
     ) -> None:
         super().__init__()
-        self.n_clusters = check_int_param(n_clusters, "n_clusters", 1)
-        self.max_pairs = check_int_param(max_pairs, "max_pairs", 1)
-        self.seed = check_int_param(seed, "seed", 0)
-        self.n_init = check_int_param(n_init, "n_init", 1)
-        self.centers = torch.zeros(0, 0, dtype=torch.float64)
+        self._init_clusters(n_clusters, max_pairs, seed, n_init)
         self.abc = np.zeros((0, 3))
         self.weights = np.zeros(0)
         self.fallback = np.zeros(0, dtype=np.uint8)
-
-    def params(self) -> dict[str, Any]:
-        return {
-            "n_clusters": self.n_clusters,
-            "max_pairs": self.max_pairs,
-            "seed": self.seed,
-            "n_init": self.n_init,
-        }
 
     def fit(self, embeddings: ArrayLike, labels: ArrayLike) -> FairCal:
         """Fit on a labelled calibration set (disjoint from evaluated data); returns self.
@@ -273,18 +285,12 @@ class FairCal(Scorer):
                 fallback[k] = 1
                 continue
             abc[k] = fit_beta(s[sel], same[sel], balanced_weights(same[sel]))
-        self.centers = torch.from_numpy(centers)
         self.abc, self.weights, self.fallback = abc, np.maximum(weights, 1.0), fallback
-        self._mark_fitted(x.shape[1], fitted_on_hash(x, codes))
+        self._set_fitted(centers, x, codes)
         return self
 
-    def _tensors(self) -> dict[str, np.ndarray]:
-        return {
-            "centers": self.centers.numpy(),
-            "abc": self.abc,
-            "weights": self.weights,
-            "fallback": self.fallback,
-        }
+    def _cluster_tensors(self) -> dict[str, np.ndarray]:
+        return {"abc": self.abc, "weights": self.weights, "fallback": self.fallback}
 
     def _set_tensors(self, tensors: dict[str, np.ndarray]) -> None:
         k = self.n_clusters
@@ -298,9 +304,6 @@ class FairCal(Scorer):
             raise ValueError("'weights' must be >= 1")
         self.abc, self.weights = abc.astype(np.float64), w.astype(np.float64)
         self.fallback = tensors["fallback"].astype(np.uint8)
-
-    def _prepare_rows(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        return {"id": nearest_center(x, self.centers)}
 
     def _score(
         self, cos: torch.Tensor, a: Mapping[str, torch.Tensor], b: Mapping[str, torch.Tensor]
