@@ -45,6 +45,7 @@ __all__ = [
     "add_scorer_args",
     "check_scorer_options",
     "load_scorer_inputs",
+    "pair_scores",
     "scale_label",
 ]
 
@@ -331,6 +332,29 @@ class ScorerInputs:
             out["fit_file"] = self.fit_path
             out["fit_file_sha256"] = file_sha256(self.fit_path)
         return out
+
+
+def pair_scores(
+    scorer: Scorer, embeddings: np.ndarray, ia: np.ndarray, ib: np.ndarray, chunk: int = 512
+) -> np.ndarray:
+    """Scores of the listed pairs ``(embeddings[ia[p]], embeddings[ib[p]])`` (float64): the
+    per-sample state of the samples used is prepared once, then each chunk of pairs is scored as
+    the diagonal of its ``(chunk, chunk)`` block (``score_block`` is elementwise)."""
+    import torch
+
+    from tcm.scoring.base import normalized
+
+    used, inv = np.unique(np.concatenate([ia, ib]), return_inverse=True)
+    pa, pb = inv[: ia.shape[0]], inv[ia.shape[0] :]
+    x = normalized(embeddings[used]).to(torch.float64)
+    state = scorer.prepare(x)
+    out = np.empty(ia.shape[0], dtype=np.float64)
+    for s in range(0, ia.shape[0], chunk):
+        a, b = pa[s : s + chunk], pb[s : s + chunk]
+        cos = x[torch.from_numpy(a)] @ x[torch.from_numpy(b)].T
+        block = scorer.score_block(cos, state[a], state[b])
+        out[s : s + chunk] = torch.diagonal(block).numpy()
+    return out
 
 
 def load_scorer_inputs(args: argparse.Namespace) -> ScorerInputs:
