@@ -56,7 +56,13 @@ def files(tmp_path: Path) -> dict[str, Path]:
         "dim8": _npz(tmp_path / "dim8.npz", 4, "train", dim=8),
         "singletons": _npz(tmp_path / "single.npz", 5, "train", classes=12, per_class=1),
         "target": _npz(tmp_path / "target.npz", 6, "other", classes=6),
+        "nolabels": _unlabelled(tmp_path / "nolabels.npz"),
     }
+
+
+def _unlabelled(path: Path) -> Path:
+    np.savez(path, embeddings=np.random.default_rng(7).normal(size=(20, 12)).astype("f4"))
+    return path
 
 
 def _run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
@@ -207,6 +213,7 @@ def test_no_class_names_warns(files: dict[str, Path], capsys: pytest.CaptureFixt
         (["--scorer", "fsn", "--fit-on", "{cohort}", "--clusters", "41"], "--clusters 41 is more"),
         (["--scorer", "platt", "--fit-on", "{nonames}x"], "--fit-on: file not found"),
         (["--scorer-file", "{tmp}/missing.safetensors"], "--scorer-file: file not found"),
+        (["--scorer", "beta", "--fit-on", "{nolabels}"], "--fit-on: "),
         # found against the evaluated set, before the evaluation
         (["--scorer", "asnorm", "--cohort", "{overlap}", "--top-k", "5"], "shares 3 class(es)"),
         (["--scorer", "snorm", "--cohort", "{emb}"], "is the evaluated set"),

@@ -396,7 +396,10 @@ def load_scorer_inputs(args: argparse.Namespace) -> ScorerInputs:
             params["far"] = SCORER_FAR_DEFAULT if args.scorer_far is None else args.scorer_far
     if not Path(path).is_file():
         raise ValueError(f"{option}: file not found: {path}")
-    f = _load_source(path, labels=kind in LABELLED_SCORERS)
+    try:
+        f = _load_source(path, labels=kind in LABELLED_SCORERS)
+    except ValueError as exc:
+        raise ValueError(f"{option}: {exc}") from None
     n = int(f.embeddings.shape[0]) if f.embeddings.ndim == 2 else 0
     k = params.get("top_k")
     if k is not None and n < k:
