@@ -260,3 +260,17 @@ def test_scorer_file_of_other_dimension_refused(
     code, _, err = _run(["evaluate", files["emb"], "--scorer-file", saved], capsys)
     assert code == 2
     assert "fitted on 8-dimensional embeddings; got 12" in err and str(saved) in err
+
+
+def test_scorer_cosine_equals_no_scorer(
+    files: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    base = ["calibrate", files["emb"], "--far", 0.05]
+    code, out1, _ = _run([*base, "--json", tmp_path / "a.json"], capsys)
+    assert code == 0 and "scores:" not in out1
+    code, out2, _ = _run([*base, "--scorer", "cosine", "--json", tmp_path / "b.json"], capsys)
+    assert code == 0 and out2.splitlines()[0] == "scores: cosine() on the cosine scale, no fit"
+    assert out2.splitlines()[1:-1] == out1.splitlines()[:-1]
+    a = json.loads((tmp_path / "a.json").read_text())
+    b = json.loads((tmp_path / "b.json").read_text())
+    assert b.pop("scorer")["kind"] == "cosine" and a == b

@@ -250,7 +250,10 @@ class ScorerInputs:
             kw = {k: v for k, v in self.params.items() if k in ("n_clusters", "far")}
             scorer = cls(**kw).fit(fit.embeddings, fit.labels)
         if save is not None:
-            scorer.save(save)
+            from tcm._distributed import rank
+
+            if rank() == 0:  # under torchrun every rank fits the same scorer; one writes it
+                scorer.save(save)
         self.scorer = scorer
         return scorer
 
