@@ -131,7 +131,7 @@ def test_evaluate_with_scorer_equals_library(
     out_json = tmp_path / "e.json"
     argv = ["evaluate", files["emb"], "--scorer", "platt", "--fit-on", files["cohort"]]
     code, out, _ = _run([*argv, "--json", out_json], capsys)
-    assert code == 0 and "on the probability scale" in out
+    assert code == 0 and "thresholds on the probability scale" in out
     d, c = _load(files["emb"]), _load(files["cohort"])
     ev = evaluate(d["embeddings"], d["labels"], scorer=Platt().fit(c["embeddings"], c["labels"]))
     res = json.loads(out_json.read_text())
@@ -269,7 +269,9 @@ def test_scorer_cosine_equals_no_scorer(
     code, out1, _ = _run([*base, "--json", tmp_path / "a.json"], capsys)
     assert code == 0 and "scores:" not in out1
     code, out2, _ = _run([*base, "--scorer", "cosine", "--json", tmp_path / "b.json"], capsys)
-    assert code == 0 and out2.splitlines()[0] == "scores: cosine() on the cosine scale, no fit"
+    assert code == 0 and out2.splitlines()[0] == (
+        "scores: cosine(), no fit; thresholds on the cosine scale (accept if >=)"
+    )
     assert out2.splitlines()[1:-1] == out1.splitlines()[:-1]
     a = json.loads((tmp_path / "a.json").read_text())
     b = json.loads((tmp_path / "b.json").read_text())

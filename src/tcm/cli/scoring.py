@@ -307,7 +307,10 @@ class ScorerInputs:
             if self.fit_path is not None
             else "no fit"
         )
-        return [f"scores: {s.kind}({params}) on the {s.score_scale} scale, {src}"]
+        return [
+            f"scores: {s.kind}({params}), {src}; thresholds on the {s.score_scale} scale "
+            "(accept if >=)"
+        ]
 
     def json(self) -> dict[str, Any]:
         """``{"scorer": record()}``, or ``{}`` without a scorer (cosine JSON unchanged)."""
