@@ -23,7 +23,7 @@ import os
 import sys
 import time
 import unicodedata
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -32,6 +32,7 @@ import numpy as np
 
 import tcm
 from tcm._io import write_embeddings, write_json
+from tcm.cli.scoring import add_scorer_args, check_scorer_options, load_scorer_inputs
 
 if TYPE_CHECKING:
     from tcm.data.embedding_file import EmbeddingFile
@@ -94,6 +95,11 @@ def _out(text: str) -> None:
 def _warn(command: str, text: str) -> None:
     """One ``tcm COMMAND: warning: ...`` line on stderr (control characters escaped)."""
     print(f"tcm {command}: warning: {console_text(text)}", file=sys.stderr, flush=True)
+
+
+def _warner(args: argparse.Namespace) -> Callable[[str], None]:
+    """:func:`_warn` of ``args.command`` (rank 0 only)."""
+    return lambda text: _warn(args.command, text) if _rank() == 0 else None
 
 
 # ----------------------------------------------------------------------------- sources
@@ -319,10 +325,12 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     from tcm.metrics import DEFAULT_TAR_FARS, evaluate, metric_info, metric_label
     from tcm.train.evaluation import metric_table
 
+    sc = load_scorer_inputs(args)
     f = _load_source(args.source, args)
     names, groups = f.class_names, f.groups
     if args.groups:
         groups = _require_groups(groups, args.source)
+    scorer = sc.build([(args.source, f)], _warner(args), args.save_scorer)
     ev = evaluate(
         f.embeddings,
         _labels(f),
@@ -332,10 +340,13 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         ci=args.ci,
         n_boot=args.n_boot,
         progress=_show_progress(args),
+        scorer=scorer,
     )
     if _rank() == 0:
         if args.json:  # the file first: a closed stdout (`| head`) cannot lose it
-            write_json(args.json, {"source": args.source, **ev.to_dict(names)})
+            write_json(args.json, {"source": args.source, **ev.to_dict(names), **sc.json()})
+        for line in sc.describe():
+            _out(line)
         metrics = ev.metrics()
         shown = {k: v for k, v in metrics.items() if metric_info(k).in_console}
         _out(metric_table({console_text(Path(args.source).name): shown}))
@@ -408,8 +419,10 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
 
     if args.on is not None:
         return _calibrate_transfer(args)
+    sc = load_scorer_inputs(args)
     f = _select_groups(_load_source(args.source, args), args.source_group, args.source)
     names, lab = f.class_names, _labels(f)
+    scorer = sc.build([(args.source, f)], _warner(args), args.save_scorer)
     ev = evaluate(
         f.embeddings,
         lab,
@@ -421,9 +434,10 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
         ci=args.ci,
         n_boot=args.n_boot,
         progress=_show_progress(args),
+        scorer=scorer,
     )
     assert ev.calibration is not None
-    res = ev.calibration.to_dict(names)
+    res = {**ev.calibration.to_dict(names), **sc.json()}
     if _rank() != 0:
         return EXIT_OK
     pc = res["per_class"]
@@ -451,7 +465,9 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
     if args.source_group:
         groups = ", ".join(console_text(g) for g in args.source_group)
         _out(f"calibrated on group(s) {groups} of {console_text(args.source)}: {len(lab)} samples")
-    _out(f"threshold (cosine similarity, accept if >=): {res['threshold']:.6f}")
+    for line in sc.describe():
+        _out(line)
+    _out(f"threshold ({sc.scale_label()}, accept if >=): {res['threshold']:.6f}")
     _out(
         f"global FAR {res['global_far']:.3e}   global TAR {res['global_tar']:.4f}   "
         f"classes {res['num_classes']}"
@@ -515,9 +531,11 @@ def _calibrate_transfer(args: argparse.Namespace) -> int:
     """``tcm calibrate SOURCE --far F --on TARGET``: the source threshold on the target."""
     from tcm.metrics import calibration_transfer
 
+    sc = load_scorer_inputs(args)
     s_f = _select_groups(_load_source(args.source, args), args.source_group, args.source)
     t_f = _select_groups(_load_source(args.on, args), args.target_group, args.on)
     s_lab, t_lab = _labels(s_f), _labels(t_f)
+    scorer = sc.build([(args.source, s_f), (args.on, t_f)], _warner(args), args.save_scorer)
     tr = calibration_transfer(
         s_f.embeddings,
         s_lab,
@@ -529,16 +547,20 @@ def _calibrate_transfer(args: argparse.Namespace) -> int:
         ci=args.ci,
         n_boot=args.n_boot,
         progress=_show_progress(args),
+        scorer=scorer,
     )
     sets = [(f"the source {args.source!r}", s_lab), (f"the target {args.on!r}", t_lab)]
     warnings = _far_resolution_warnings(args.far, sets)
     if args.json:  # the file first: a closed stdout (`| head`) cannot lose it
-        res = {"source": args.source, "target": args.on, **tr.to_dict()}
+        res = {"source": args.source, "target": args.on, **tr.to_dict(), **sc.json()}
         write_json(args.json, {**res, "warnings": warnings} if warnings else res)
     for w in warnings:
         _warn(args.command, w)
     src = console_text(args.source)
-    _out(f"threshold calibrated on {src} for FAR {args.far:g}: {tr.threshold:.6f}")
+    for line in sc.describe():
+        _out(line)
+    on_scale = "" if scorer is None else f" ({sc.scale_label()}, accept if >=)"
+    _out(f"threshold{on_scale} calibrated on {src} for FAR {args.far:g}: {tr.threshold:.6f}")
     _out(f"{'':<22} {'source':>10} {'target':>10}")
     _out(f"{'global FAR':<22} {tr.source_far:>10.3e} {tr.target_far:>10.3e}")
     _out(f"{'global TAR':<22} {tr.source_tar:>10.4f} {tr.target_tar:>10.4f}")
@@ -841,6 +863,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_ci_args(e)
     _add_dist_timeout_arg(e)
     _add_progress_args(e)
+    add_scorer_args(e)
     e.add_argument("--json", metavar="OUT.json", help="also write the metrics as JSON")
     e.set_defaults(func=_cmd_evaluate)
 
@@ -887,6 +910,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_ci_args(c)
     _add_dist_timeout_arg(c)
     _add_progress_args(c)
+    add_scorer_args(c)
     c.add_argument("--json", metavar="OUT.json", help="also write the result as JSON")
     c.set_defaults(func=_cmd_calibrate)
 
@@ -1043,6 +1067,8 @@ def _check_options(args: argparse.Namespace) -> None:
         for spec in args.transfer or ():
             _split_transfer(spec, names)
         _check_output_dir(args.out, "--out")
+    if hasattr(args, "scorer_file"):
+        check_scorer_options(args)
     if getattr(args, "json", None):
         _check_output_file(args.json, "--json", (".json",))
 

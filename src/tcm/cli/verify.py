@@ -18,23 +18,36 @@ Example:
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from tcm.cli.scoring import ScorerInputs, add_scorer_args
+
 __all__ = ["add_parser", "format_table", "run_verify"]
 
 
 def run_verify(
-    embeddings: str | Path, pairs: str | Path, fars: tuple[float, ...] | None = None
+    embeddings: str | Path,
+    pairs: str | Path,
+    fars: tuple[float, ...] | None = None,
+    scoring: ScorerInputs | None = None,
+    warn: Callable[[str], None] | None = None,
+    save_scorer: str | None = None,
 ) -> dict[str, Any]:
     """Load ``embeddings`` and ``pairs``, resolve the ids and compute the verification metrics.
 
+    ``scoring`` (:func:`tcm.cli.scoring.load_scorer_inputs`): score the pairs with that scorer
+    (built against the embeddings file; ``warn`` gets its warnings, ``save_scorer`` the path to
+    save it to) instead of the cosine; thresholds are then on its score scale.
+
     Returns ``Verification.to_dict()`` plus ``embeddings``, ``pairs`` (the paths), and
-    ``num_pairs``, ``num_folds``.
+    ``num_pairs``, ``num_folds``; with a scorer also ``score_scale`` and ``scorer``.
     """
     from tcm.cli.main import _load_source
+    from tcm.cli.scoring import pair_scores
     from tcm.data.pairs import read_pairs, resolve_pairs
     from tcm.metrics.verification import DEFAULT_VERIFICATION_FARS, verification
 
@@ -47,8 +60,12 @@ def run_verify(
     pl = read_pairs(pairs)
     ia, ib = resolve_pairs(pl, f.ids)
     emb = np.asarray(f.embeddings)
+    scorer = None
+    if scoring is not None:
+        scorer = scoring.build([(str(embeddings), f)], warn or (lambda _: None), save_scorer)
+    scores: Any = (emb[ia], emb[ib]) if scorer is None else pair_scores(scorer, emb, ia, ib)
     res = verification(
-        (emb[ia], emb[ib]),
+        scores,
         pl.same,
         folds=pl.folds,
         fars=DEFAULT_VERIFICATION_FARS if fars is None else fars,
@@ -60,6 +77,9 @@ def run_verify(
         "num_folds": 0 if pl.folds is None else int(np.unique(pl.folds).size),
         **res.to_dict(),
     }
+    if scorer is not None:
+        out["score_scale"] = scorer.score_scale
+        out.update(scoring.json() if scoring is not None else {})
     return out
 
 
@@ -68,7 +88,10 @@ def format_table(res: dict[str, Any]) -> str:
     lines = [
         f"pairs: {res['num_pairs']} ({res['num_genuine']} genuine, {res['num_impostor']} "
         f"impostor)" + (f", {res['num_folds']} folds" if res["num_folds"] else ""),
-        "similarity = cosine; a pair is accepted when similarity >= threshold",
+        "similarity = cosine; a pair is accepted when similarity >= threshold"
+        if "scorer" not in res
+        else f"score = {res['scorer']['kind']} ({res['score_scale']} scale); a pair is accepted "
+        "when score >= threshold",
         "",
         f"{'metric':<22} {'value':>9} {'threshold':>10}",
         f"{'-' * 22} {'-' * 9} {'-' * 10}",
@@ -99,10 +122,12 @@ def format_table(res: dict[str, Any]) -> str:
 
 def _cmd_verify(args: argparse.Namespace) -> int:
     from tcm._io import write_json
-    from tcm.cli.main import _out, console_text
+    from tcm.cli.main import _out, _warner, console_text
+    from tcm.cli.scoring import load_scorer_inputs
 
     fars = tuple(args.far) if args.far else None
-    res = run_verify(args.embeddings, args.pairs, fars)
+    sc = load_scorer_inputs(args)
+    res = run_verify(args.embeddings, args.pairs, fars, sc, _warner(args), args.save_scorer)
     if args.json:  # the file first (strict JSON, atomic): a closed stdout cannot lose it
         write_json(args.json, res)
     _out(format_table(res))
@@ -131,5 +156,6 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         metavar="F",
         help="target FARs for TAR@FAR (default 1e-4 1e-3 1e-2 1e-1)",
     )
+    add_scorer_args(v)
     v.set_defaults(func=_cmd_verify)
     return v
