@@ -121,6 +121,7 @@ def _faiss_index(gallery: np.ndarray, kind: str, seed: int = 0) -> Any:
     except ImportError as exc:
         raise ValueError(f"--index {kind} needs the faiss package (pip install faiss-cpu)") from exc
     d = gallery.shape[1]
+    index: Any
     if kind == "hnsw":
         index = faiss.IndexHNSWFlat(d, 32, faiss.METRIC_INNER_PRODUCT)
         index.hnsw.efSearch = 128

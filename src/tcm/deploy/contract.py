@@ -106,8 +106,8 @@ class Threshold:
 
     def to_dict(self) -> dict[str, Any]:
         """The file's JSON object (with ``format``, ``version`` and ``checksum``)."""
-        body = {"format": FORMAT, "version": VERSION, **asdict(self)}
-        body = json.loads(json_bytes(body))  # the exact values the file will hold
+        raw = {"format": FORMAT, "version": VERSION, **asdict(self)}
+        body: dict[str, Any] = json.loads(json_bytes(raw))  # the exact values the file will hold
         body["checksum"] = _checksum(body)
         return body
 

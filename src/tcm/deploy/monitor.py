@@ -349,7 +349,7 @@ def monitor(
     for i, (a, b) in enumerate(spans):
         xw = x[a:b]
         cw = None if codes is None else codes[a:b]
-        w = {"window": i, "start": a, "stop": b}
+        w: dict[str, Any] = {"window": i, "start": a, "stop": b}
         w.update(_window_signals(contract, xw, cw, ci=ci, n_boot=n_boot, seed=seed, scores=True))
         if matcher is not None and glab is not None:
             r = matcher.match(xw)
