@@ -20,8 +20,8 @@ Example:
     >>> g = np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
     >>> m = Matcher(g, threshold=0.7)
     >>> r = m.match(np.array([[1.0, 0.1]]))
-    >>> r.query_index.tolist(), r.gallery_index.tolist(), np.round(r.score, 3).tolist()
-    ([0, 0], [0, 2], [0.995, 0.778])
+    >>> r.query_index.tolist(), r.gallery_index.tolist(), [round(float(s), 3) for s in r.score]
+    ([0, 0], [0, 2], [0.995, 0.774])
 """
 
 from __future__ import annotations
