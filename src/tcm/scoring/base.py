@@ -275,7 +275,7 @@ class Scorer(ABC):
         """Write the fitted scorer atomically to a ``.safetensors`` file; returns its path."""
         from safetensors.numpy import save
 
-        from tcm.train.checkpoint import atomic_write
+        from tcm._io import atomic_write
 
         self._check_fitted()
         tensors = {k: np.ascontiguousarray(v) for k, v in self._tensors().items()}
