@@ -160,6 +160,24 @@ def test_contract_refuses_other_dimension_and_scorer(contract) -> None:
         contract.check_applicable(8, scorer=Fake())
 
 
+def test_contract_records_and_checks_a_fitted_scorer(contract, tmp_path) -> None:
+    from dataclasses import replace
+
+    from tcm.deploy.contract import scorer_score
+    from tcm.scoring import ASNorm
+
+    rng = np.random.default_rng(9)
+    path = ASNorm(top_k=3).fit(rng.normal(size=(10, 8))).save(tmp_path / "s.safetensors")
+    c = replace(contract, score=scorer_score(path))
+    assert c.score["kind"] == "as-norm" and c.score["scale"] == "z-score"
+    c.check_applicable(8, scorer_file=path)  # the same file: accepted
+    with pytest.raises(ContractError, match=r"'as-norm' but .* 'cosine'"):
+        Matcher(np.eye(8), c)  # the matcher scores by cosine
+    ASNorm(top_k=3).fit(rng.normal(size=(10, 8))).save(path)  # refitted: another file
+    with pytest.raises(ContractError, match="differs from the one the threshold was calibrated"):
+        c.check_applicable(8, scorer_file=path)
+
+
 # ----------------------------------------------------------------------------- guarantee
 
 

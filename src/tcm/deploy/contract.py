@@ -40,7 +40,15 @@ from typing import Any
 
 from tcm._io import json_bytes, write_json
 
-__all__ = ["COMPARISON", "FORMAT", "VERSION", "ContractError", "Threshold", "cosine_score"]
+__all__ = [
+    "COMPARISON",
+    "FORMAT",
+    "VERSION",
+    "ContractError",
+    "Threshold",
+    "cosine_score",
+    "scorer_score",
+]
 
 FORMAT = "tcm-threshold"
 VERSION = 1
@@ -55,6 +63,26 @@ class ContractError(ValueError):
 def cosine_score() -> dict[str, Any]:
     """The ``score`` field of plain cosine similarity."""
     return {"kind": "cosine"}
+
+
+def scorer_score(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The ``score`` field of a fitted scorer file (:meth:`tcm.scoring.Scorer.save`): its
+    ``kind``, ``file``, ``sha256`` (of the file's bytes), ``scale`` and ``dimension``.
+
+    Raises:
+        ValueError: the file is not a readable scorer.
+    """
+    from tcm.scoring import load_scorer
+
+    p = Path(path)
+    sc = load_scorer(p)
+    return {
+        "kind": sc.kind,
+        "file": str(p),
+        "sha256": hashlib.sha256(p.read_bytes()).hexdigest(),
+        "scale": sc.score_scale,
+        "dimension": sc.dim,
+    }
 
 
 def _checksum(body: dict[str, Any]) -> str:
@@ -174,13 +202,20 @@ class Threshold:
     # ------------------------------------------------------------------ use
 
     def check_applicable(
-        self, dimension: int, *, scorer: Any = None, what: str = "the embeddings"
+        self,
+        dimension: int,
+        *,
+        scorer: Any = None,
+        scorer_file: str | os.PathLike[str] | None = None,
+        what: str = "the embeddings",
     ) -> None:
-        """Refuse embeddings of another dimension, or a scorer other than the recorded one.
+        """Refuse embeddings of another dimension, or a score other than the recorded one.
 
         Args:
             dimension: ``D`` of the embeddings it is applied to.
-            scorer: ``None`` (cosine) or a fitted :class:`tcm.scoring.Scorer`.
+            scorer: ``None`` (cosine) or a :class:`tcm.scoring.Scorer` (its ``kind`` is
+                compared).
+            scorer_file: the scorer's file: its kind and SHA-256 must match the contract's.
 
         Raises:
             ContractError: naming both sides of the mismatch.
@@ -192,19 +227,24 @@ class Threshold:
             )
         kind = self.score.get("kind")
         got = "cosine" if scorer is None else str(getattr(scorer, "kind", type(scorer).__name__))
+        sha = None
+        if scorer_file is not None:
+            try:
+                field_ = scorer_score(scorer_file)
+            except (OSError, ValueError) as exc:
+                raise ContractError(f"cannot read the scorer {scorer_file}: {exc}") from exc
+            got, sha = str(field_["kind"]), str(field_["sha256"])
         if kind != got:
             raise ContractError(
                 f"the threshold contract's score is {kind!r} but {what} are scored with "
                 f"{got!r}: a threshold only holds for the score it was calibrated on"
             )
-        if scorer is not None and kind != "cosine":
-            sha = self.score.get("sha256")
-            meta_sha = getattr(scorer, "tensors_sha256", None)
-            if sha and meta_sha and sha != meta_sha:
-                raise ContractError(
-                    f"the {kind} scorer differs from the one the threshold was calibrated with "
-                    f"(sha256 {meta_sha[:12]}... vs {sha[:12]}...)"
-                )
+        want = self.score.get("sha256")
+        if sha is not None and want and sha != want:
+            raise ContractError(
+                f"the {kind} scorer file {scorer_file} differs from the one the threshold was "
+                f"calibrated with (sha256 {sha[:12]}... vs {str(want)[:12]}...)"
+            )
 
 
 def _refuse_constant(name: str) -> Any:
