@@ -161,6 +161,14 @@ def test_monitor_exit_codes_json_and_report(files, tmp_path, capsys) -> None:
     assert "4-dimensional" in capsys.readouterr().err
     assert main([*base, str(files["new"]), "--window", "1"]) == 2
     assert "--window must be >= 2" in capsys.readouterr().err
+    one = write_embeddings(tmp_path / "one.npz", np.ones((1, 8)), np.zeros(1))
+    assert main([*base, str(one)]) == 2  # an empty window: no pairs
+    assert "1 sample(s): a window needs >= 2" in capsys.readouterr().err
+    assert main([*base, str(one), "--labels"]) == 2
+    nan_contract = tmp_path / "nan.json"
+    nan_contract.write_text(files["t"].read_text().replace('"far": ', '"far": NaN, "x": ', 1))
+    assert main(["monitor", "--threshold", str(nan_contract), str(files["new"])]) == 2
+    assert "complete JSON: non-standard JSON constant NaN" in capsys.readouterr().err
 
 
 def test_kill_9_while_writing_matches_leaves_no_output(files, tmp_path) -> None:

@@ -163,8 +163,8 @@ class Threshold:
             obj = json.loads(text, parse_constant=_refuse_constant)
         except ValueError as exc:
             raise ContractError(
-                f"{p} is not a valid threshold contract (not complete JSON: {exc}); it may be "
-                "truncated - write it again with `tcm calibrate ... --save`"
+                f"{p} is not a valid threshold contract (not strict, complete JSON: {exc}); it "
+                "may be truncated or edited - write it again with `tcm calibrate ... --save`"
             ) from exc
         return cls.from_dict(obj, str(p))
 
