@@ -149,6 +149,13 @@ def _faiss_range(index: Any, q: np.ndarray, t: float) -> tuple[np.ndarray, ...]:
     return qi[o].astype(np.int64), gi[o], s[o]
 
 
+def _faiss_blocks(index: Any, q: np.ndarray, t: float, block: int) -> Any:
+    """:func:`_faiss_range` one block of queries at a time (global query indices)."""
+    for a in range(0, q.shape[0], block):
+        qi, gi, s = _faiss_range(index, q[a : a + block], t)
+        yield qi + a, gi, s, np.ones(qi.shape[0], bool)
+
+
 def range_recall(approx: tuple[np.ndarray, ...], exact: Any) -> float:
     """Share of the exact ``(query, gallery)`` pairs the approximate search found (1 if none)."""
     if len(exact) == 0:
@@ -218,8 +225,7 @@ def _cmd_match(args: argparse.Namespace) -> int:
             )
         if recall < 1.0:
             _warn(args.command, f"the {args.index} index misses {1 - recall:.2%} of the matches")
-        qi, gi, s = _faiss_range(index, qx.numpy(), matcher.threshold)
-        parts = [(qi, gi, s, np.ones(qi.shape[0], bool))]
+        parts = _faiss_blocks(index, qx.numpy(), matcher.threshold, matcher.query_block)
     qids, gids = _ids(q), matcher.ids or []
     box: dict[str, int] = {}
 
