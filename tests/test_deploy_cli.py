@@ -73,6 +73,20 @@ def test_calibrate_save_option_errors(files, tmp_path, capsys) -> None:
     assert main(["calibrate", str(files["cal"]), "--far", "0.01", "--save", "x.txt"]) == 2
 
 
+def test_calibrate_save_refuses_a_scorer(tmp_path) -> None:
+    import argparse
+
+    from tcm.cli.deploy import check_calibrate_args
+
+    args = argparse.Namespace(
+        guarantee=False, save=str(tmp_path / "t.json"), far=1e-3, on=None, scorer="asnorm"
+    )
+    with pytest.raises(ValueError, match="cosine-score contract"):
+        check_calibrate_args(args)
+    args.scorer = None
+    check_calibrate_args(args)
+
+
 def _rows(path: Path) -> list[list[str]]:
     with open(path, newline="") as fh:
         return list(csv.reader(fh))

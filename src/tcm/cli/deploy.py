@@ -70,6 +70,11 @@ def check_calibrate_args(args: argparse.Namespace) -> None:
     if args.save:
         if args.far is None or args.on is not None:
             raise ValueError("--save needs --far F and no --on (the contract is for a target FAR)")
+        if getattr(args, "scorer", None) or getattr(args, "scorer_file", None):
+            raise ValueError(
+                "--save writes a cosine-score contract (tcm match scores by cosine); it cannot "
+                "be combined with --scorer / --scorer-file yet"
+            )
         _check_output_file(args.save, "--save", (".json",))
 
 
