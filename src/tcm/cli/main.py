@@ -498,6 +498,10 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
         )
     if args.json:
         _out(f"wrote {console_text(args.json)}")
+    if args.save:
+        from tcm.cli.deploy import save_contract
+
+        save_contract(args, f, lab)
     return EXIT_OK
 
 
@@ -912,6 +916,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_progress_args(c)
     add_scorer_args(c)
     c.add_argument("--json", metavar="OUT.json", help="also write the result as JSON")
+    from tcm.cli import deploy as _deploy
+
+    _deploy.add_calibrate_args(c)
     c.set_defaults(func=_cmd_calibrate)
 
     m = sub.add_parser("embed", help="write embeddings + labels (+ class names) of a dataset")
@@ -951,6 +958,7 @@ def build_parser() -> argparse.ArgumentParser:
     from tcm.cli import verify as _verify
 
     _verify.add_parser(sub)
+    _deploy.add_parsers(sub)
     return p
 
 
@@ -1057,6 +1065,10 @@ def _check_options(args: argparse.Namespace) -> None:
     elif cmd == "verify":
         for far in args.far or ():
             _check_fraction(far, "--far")
+    elif cmd in ("match", "monitor"):
+        from tcm.cli import deploy as _deploy
+
+        (_deploy.check_match_args if cmd == "match" else _deploy.check_monitor_args)(args)
     elif cmd == "embed":
         _check_output_file(args.out, "--out", EMBEDDING_SUFFIXES)
     elif cmd == "report":
@@ -1101,6 +1113,9 @@ def _check_calibrate(args: argparse.Namespace) -> None:
         from tcm.metrics._checks import check_num_thresholds
 
         check_num_thresholds(args.num_thresholds, "--num-thresholds")
+    from tcm.cli.deploy import check_calibrate_args
+
+    check_calibrate_args(args)
     args.top = TOP_DEFAULT if args.top is None else args.top
     args.search_range = SEARCH_RANGE_DEFAULT if args.search_range is None else args.search_range
     if args.num_thresholds is None:
