@@ -11,9 +11,10 @@ from hypothesis import strategies as st
 
 import tcm.metrics._pairs as pairs_mod
 from _reference import count_pass
+from tcm._validation import ceil_to_dtype
 from tcm.metrics import PairIndex, pair_statistics, threshold_consistency
 from tcm.metrics._pairs import block_grid, iter_blocks, make_block, mask_buffer, prepare
-from tcm.metrics._passes import Buckets, ceil_to_dtype, floor_to_dtype, tail_pass
+from tcm.metrics._passes import Buckets, floor_to_dtype, tail_pass
 
 
 def _data(n, ncls, d=6, seed=0, big_class=0):

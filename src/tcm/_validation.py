@@ -10,6 +10,7 @@ the offending value.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -21,6 +22,7 @@ ArrayLike = Any  # numpy array, torch tensor or a (nested) sequence
 __all__ = [
     "ArrayLike",
     "as_embeddings",
+    "ceil_to_dtype",
     "check_same_length",
     "encode_labels",
     "l2_normalize",
@@ -167,3 +169,22 @@ def check_same_length(a: int, b: int, what_a: str, what_b: str) -> None:
     """Raise :class:`ValueError` if two lengths differ, naming both."""
     if a != b:
         raise ValueError(f"{what_a} has length {a} but {what_b} has length {b}")
+
+
+def ceil_to_dtype(t: float, dtype: torch.dtype) -> float:
+    """Smallest value representable in ``dtype`` that is ``>= t``: for ``s`` of that dtype,
+    ``s >= ceil_to_dtype(t)`` iff ``s >= t`` (and ``s < ceil_to_dtype(t)`` iff ``s < t``), so a
+    threshold on float64 scores is applied exactly to float32 scores.
+
+    Example:
+        >>> import torch
+        >>> t = ceil_to_dtype(0.1, torch.float32)
+        >>> t >= 0.1 and torch.tensor(t, dtype=torch.float32).item() == t
+        True
+    """
+    if math.isinf(t) or dtype == torch.float64:
+        return t
+    v = torch.tensor(t, dtype=torch.float64).to(dtype)
+    if float(v) < t:
+        v = torch.nextafter(v, torch.tensor(float("inf"), dtype=dtype))
+    return float(v)

@@ -163,6 +163,20 @@ def _is_checkpoint(source: str) -> bool:
     return _source_file(source).suffix not in EMBEDDING_SUFFIXES
 
 
+def _embed_as_asked(path: Path, args: argparse.Namespace) -> EmbeddingFile:
+    """Embed a checkpoint with the command's source options (``--data``, ``--split``,
+    ``--root``, ``--batch-size``, ``--device``) and its progress setting."""
+    return _embed_checkpoint(
+        path,
+        args.data,
+        args.split,
+        args.root,
+        args.batch_size,
+        args.device,
+        progress=_show_progress(args),
+    )
+
+
 def _load_source(
     source: str | Path, args: argparse.Namespace | None = None, *, labels: bool = True
 ) -> EmbeddingFile:
@@ -186,15 +200,7 @@ def _load_source(
         if not path.exists():
             raise ValueError(f"file not found: {source}")
         if _is_checkpoint(str(source)):
-            return _embed_checkpoint(
-                path,
-                args.data,
-                args.split,
-                args.root,
-                args.batch_size,
-                args.device,
-                progress=_show_progress(args),
-            )
+            return _embed_as_asked(path, args)
     f = read_embedding_file(path)
     if labels and f.labels is None:
         raise ValueError(f"{path} has no array 'labels'")
@@ -598,15 +604,7 @@ def _cmd_embed(args: argparse.Namespace) -> int:
     path = Path(args.checkpoint)
     if not path.is_file():
         raise ValueError(f"checkpoint not found: {path}")
-    f = _embed_checkpoint(
-        path,
-        args.data,
-        args.split,
-        args.root,
-        args.batch_size,
-        args.device,
-        progress=_show_progress(args),
-    )
+    f = _embed_as_asked(path, args)
     emb, names = f.embeddings, f.class_names or []
     out = write_embeddings(args.out, emb, _labels(f), names, ids=f.ids, groups=f.groups)
     _out(
@@ -813,6 +811,16 @@ def _add_ci_args(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_pass_args(p: argparse.ArgumentParser, *, json_help: str) -> None:
+    """The options of the commands that make pair passes (evaluate, calibrate): intervals,
+    process-group timeout, progress bars, the scorer, and ``--json``."""
+    _add_ci_args(p)
+    _add_dist_timeout_arg(p)
+    _add_progress_args(p)
+    add_scorer_args(p)
+    p.add_argument("--json", metavar="OUT.json", help=json_help)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argparse parser of the ``tcm`` command (subcommands: see docs/cli.md)."""
     p = argparse.ArgumentParser(
@@ -864,11 +872,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="per-group FAR/FRR, cross-group matrices and summaries (needs per-sample groups)",
     )
-    _add_ci_args(e)
-    _add_dist_timeout_arg(e)
-    _add_progress_args(e)
-    add_scorer_args(e)
-    e.add_argument("--json", metavar="OUT.json", help="also write the metrics as JSON")
+    _add_pass_args(e, json_help="also write the metrics as JSON")
     e.set_defaults(func=_cmd_evaluate)
 
     c = sub.add_parser("calibrate", help="choose one threshold; per-class FAR/FRR at it")
@@ -911,11 +915,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="NAME",
         help="with --on: evaluate on these groups of TARGET only (repeatable)",
     )
-    _add_ci_args(c)
-    _add_dist_timeout_arg(c)
-    _add_progress_args(c)
-    add_scorer_args(c)
-    c.add_argument("--json", metavar="OUT.json", help="also write the result as JSON")
+    _add_pass_args(c, json_help="also write the result as JSON")
     from tcm.cli import deploy as _deploy
 
     _deploy.add_calibrate_args(c)

@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from tcm._validation import ArrayLike, as_embeddings, l2_normalize
+from tcm._validation import ArrayLike, as_embeddings, ceil_to_dtype, l2_normalize
 
 if TYPE_CHECKING:
     from tcm.deploy.contract import Threshold
@@ -126,9 +126,10 @@ class Matcher:
         from tcm.deploy.contract import Threshold
 
         self.gallery = normalized_rows(gallery, "gallery")
+        self.size, self.dimension = (int(v) for v in self.gallery.shape)  # M rows, D
         self.contract: Threshold | None = None
         if isinstance(threshold, Threshold):
-            threshold.check_applicable(int(self.gallery.shape[1]), what="the gallery")
+            threshold.check_applicable(self.dimension, what="the gallery")
             self.contract = threshold
             t = threshold.threshold
         else:
@@ -148,17 +149,7 @@ class Matcher:
         # the float32 value every score is compared with: scores are float32, so compare
         # against the float32 rounding of t (a float32 score s satisfies s >= t exactly when
         # s >= the smallest float32 >= t)
-        self._t32 = _float32_at_least(self.threshold)
-
-    @property
-    def dimension(self) -> int:
-        """``D``."""
-        return int(self.gallery.shape[1])
-
-    @property
-    def size(self) -> int:
-        """``M`` gallery rows."""
-        return int(self.gallery.shape[0])
+        self._t32 = ceil_to_dtype(self.threshold, torch.float32)
 
     def _queries(self, queries: ArrayLike) -> torch.Tensor:
         q = normalized_rows(queries, "queries")
@@ -273,11 +264,3 @@ def _sorted(qs: list[np.ndarray], gs: list[np.ndarray], ss: list[np.ndarray]) ->
     s = np.concatenate(ss).astype(np.float32)
     o = _order(q, g, s)
     return MatchResult(q[o], g[o], s[o], np.ones(q.shape[0], bool))
-
-
-def _float32_at_least(t: float) -> float:
-    """The smallest float32 value ``>= t`` (as a Python float)."""
-    t32 = np.float32(t)
-    if float(t32) < t:
-        t32 = np.nextafter(t32, np.float32(np.inf))
-    return float(t32)

@@ -52,10 +52,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import torch
 
-from tcm._validation import ArrayLike, encode_labels
+from tcm._validation import ArrayLike, ceil_to_dtype, encode_labels
 from tcm.deploy.contract import Threshold
-from tcm.deploy.matcher import Matcher, MatchResult, _float32_at_least, normalized_rows
+from tcm.deploy.matcher import Matcher, MatchResult, normalized_rows
 
 __all__ = [
     "REFERENCE_SAMPLES",
@@ -128,7 +129,7 @@ def calibration_reference(
     n = int(x.shape[0])
     total = n * (n - 1) // 2
     m = min(n, REFERENCE_SUBSET)
-    t32 = _float32_at_least(float(threshold))
+    t32 = ceil_to_dtype(float(threshold), torch.float32)
     return {
         "tail_far": TAIL_FAR,
         "tail_threshold": t_tail,
@@ -266,7 +267,7 @@ def _window_signals(
     n = int(x.shape[0])
     total = n * (n - 1) // 2
     pairs = _self_pairs(x, min(t_tail, t))
-    t32 = _float32_at_least(t)
+    t32 = ceil_to_dtype(t, torch.float32)
     acc = int(np.count_nonzero(pairs.score >= t32))
     a = acc / total
     pi = ref.get("genuine_share")
@@ -281,7 +282,7 @@ def _window_signals(
     if not scores or not ref:
         return w
     rng = np.random.default_rng(seed)
-    in_tail = pairs.score >= _float32_at_least(t_tail)
+    in_tail = pairs.score >= ceil_to_dtype(t_tail, torch.float32)
     # at most one tail pair per sample on average: pairs sharing samples are dependent
     size = max(n, 5)
     tail = _subsample(pairs.score[in_tail].astype(np.float64), size, rng)

@@ -74,6 +74,29 @@ def _pml(cls_name: str) -> Any:
     return getattr(pml_losses, cls_name)
 
 
+def _pml_plain(cls_name: str) -> Callable[[dict[str, Any], int | None, int | None], nn.Module]:
+    """Builder of a pytorch-metric-learning loss that takes only its own parameters."""
+    return lambda p, _nc, _d: _pml(cls_name)(**p)
+
+
+def _pml_with_classes(
+    cls_name: str,
+) -> Callable[[dict[str, Any], int | None, int | None], nn.Module]:
+    """Builder of a pytorch-metric-learning classification loss (proxies / class weights: it
+    also takes the number of classes and the embedding size)."""
+    return lambda p, nc, d: _pml(cls_name)(num_classes=nc, embedding_size=d, **p)
+
+
+def _pml_spec(
+    cls_name: str, params: tuple[str, ...], description: str, *, classes: bool = False
+) -> _Spec:
+    """The registry entry of a pytorch-metric-learning loss ``cls_name`` taking ``params``;
+    ``classes``: a classification loss (also built with the number of classes and the embedding
+    size)."""
+    build = _pml_with_classes(cls_name) if classes else _pml_plain(cls_name)
+    return _Spec(params, build, needs_classes=classes, description=description)
+
+
 def _triplet(p: dict[str, Any], _nc: int | None, _d: int | None) -> nn.Module:
     from pytorch_metric_learning import miners as pml_miners
 
@@ -97,22 +120,21 @@ _REGISTRY: dict[str, _Spec] = {
         lambda p, _nc, _d: RecallAtKSurrogateLoss(**p),
         description="Recall@k surrogate RS@k (Patel et al. 2022)",
     ),
-    "proxy_anchor": _Spec(
+    "proxy_anchor": _pml_spec(
+        "ProxyAnchorLoss",
         ("margin", "alpha"),
-        lambda p, nc, d: _pml("ProxyAnchorLoss")(num_classes=nc, embedding_size=d, **p),
-        needs_classes=True,
-        description="pytorch-metric-learning ProxyAnchorLoss",
+        "pytorch-metric-learning ProxyAnchorLoss",
+        classes=True,
     ),
-    "multi_similarity": _Spec(
+    "multi_similarity": _pml_spec(
+        "MultiSimilarityLoss",
         ("alpha", "beta", "base"),
-        lambda p, _nc, _d: _pml("MultiSimilarityLoss")(**p),
-        description="pytorch-metric-learning MultiSimilarityLoss",
+        "pytorch-metric-learning MultiSimilarityLoss",
     ),
-    "contrastive": _Spec(
+    "contrastive": _pml_spec(
+        "ContrastiveLoss",
         ("pos_margin", "neg_margin"),
-        lambda p, _nc, _d: _pml("ContrastiveLoss")(**p),
-        description="pytorch-metric-learning ContrastiveLoss (Euclidean distance of normalised "
-        "embeddings)",
+        "pytorch-metric-learning ContrastiveLoss (Euclidean distance of normalised embeddings)",
     ),
     "triplet": _Spec(
         (
@@ -126,17 +148,17 @@ _REGISTRY: dict[str, _Spec] = {
         _triplet,
         description="pytorch-metric-learning TripletMarginLoss + TripletMarginMiner (semihard)",
     ),
-    "arcface": _Spec(
+    "arcface": _pml_spec(
+        "ArcFaceLoss",
         ("margin", "scale"),
-        lambda p, nc, d: _pml("ArcFaceLoss")(num_classes=nc, embedding_size=d, **p),
-        needs_classes=True,
-        description="pytorch-metric-learning ArcFaceLoss (margin in degrees)",
+        "pytorch-metric-learning ArcFaceLoss (margin in degrees)",
+        classes=True,
     ),
-    "cosface": _Spec(
+    "cosface": _pml_spec(
+        "CosFaceLoss",
         ("margin", "scale"),
-        lambda p, nc, d: _pml("CosFaceLoss")(num_classes=nc, embedding_size=d, **p),
-        needs_classes=True,
-        description="pytorch-metric-learning CosFaceLoss",
+        "pytorch-metric-learning CosFaceLoss",
+        classes=True,
     ),
     "none": _Spec((), lambda p, _nc, _d: nn.Identity(), description="no base loss (TCM only)"),
 }

@@ -38,6 +38,7 @@ from typing import Literal, NamedTuple
 import numpy as np
 import torch
 
+from tcm._validation import ceil_to_dtype
 from tcm.metrics._pairs import (
     Block,
     Prepared,
@@ -94,17 +95,6 @@ def floor_to_dtype(t: float, dtype: torch.dtype) -> float:
     v = torch.tensor(t, dtype=torch.float64).to(dtype)
     if float(v) > t:
         v = torch.nextafter(v, torch.tensor(float("-inf"), dtype=dtype))
-    return float(v)
-
-
-def ceil_to_dtype(t: float, dtype: torch.dtype) -> float:
-    """Smallest value representable in ``dtype`` that is ``>= t``: for ``s`` of that dtype,
-    ``s >= ceil_to_dtype(t)`` iff ``s >= t`` (and ``s < ceil_to_dtype(t)`` iff ``s < t``)."""
-    if math.isinf(t) or dtype == torch.float64:
-        return t
-    v = torch.tensor(t, dtype=torch.float64).to(dtype)
-    if float(v) < t:
-        v = torch.nextafter(v, torch.tensor(float("inf"), dtype=dtype))
     return float(v)
 
 
