@@ -29,6 +29,7 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -83,6 +84,108 @@ def _first_safe(upper: np.ndarray, far: float) -> int | None:
     return 0 if bad.size == 0 else int(bad[-1]) + 1
 
 
+@dataclass(frozen=True)
+class _Sweep:
+    """The candidate thresholds (FAR-descending) with their rates and FAR / TAR intervals."""
+
+    fars: list[float]
+    ths: np.ndarray
+    gfar: np.ndarray
+    gtar: np.ndarray
+    boot_lo: np.ndarray
+    boot_hi: np.ndarray
+    tar_lo: np.ndarray
+    tar_hi: np.ndarray
+    cp_hi: np.ndarray
+
+
+def _sweep(index: PairIndex, far: float, *, ci: float, n_boot: int, seed: int) -> _Sweep:
+    """Rates, class-bootstrap intervals and Clopper-Pearson bounds at every candidate FAR."""
+    m_imp = index.num_negative_pairs
+    fars = _candidates(float(far), m_imp)
+    stats = pair_statistics(index, fars=fars, far_range=None)
+    ths = np.asarray([stats.threshold_at_far(f) for f in fars])
+    cols = stats.columns_of(ths)
+    r = stats.rates(cols)
+    pos_acc, neg_acc = stats.accepted()
+    nc = stats.class_sizes.astype(np.float64)
+    pos_den = nc * (nc - 1) / 2
+    neg_den = nc * (stats.num_samples - nc)
+    k_cols = len(fars)
+    neg_iv = bootstrap_ratio(
+        neg_acc[:, cols], np.repeat(neg_den[:, None], k_cols, 1), ci=ci, n_boot=n_boot, seed=seed
+    )
+    pos_iv = bootstrap_ratio(
+        pos_acc[:, cols], np.repeat(pos_den[:, None], k_cols, 1), ci=ci, n_boot=n_boot, seed=seed
+    )
+    k_acc = neg_acc[:, cols].sum(axis=0) // 2
+    return _Sweep(
+        fars=fars,
+        ths=ths,
+        gfar=r["global_far"],
+        gtar=r["global_tar"],
+        boot_lo=np.atleast_1d(np.asarray(neg_iv.lo, dtype=np.float64)),
+        boot_hi=np.atleast_1d(np.asarray(neg_iv.hi, dtype=np.float64)),
+        tar_lo=np.atleast_1d(np.asarray(pos_iv.lo, dtype=np.float64)),
+        tar_hi=np.atleast_1d(np.asarray(pos_iv.hi, dtype=np.float64)),
+        cp_hi=clopper_pearson_upper(k_acc, m_imp, ci),
+    )
+
+
+def _guarantee_report(
+    sw: _Sweep, far: float, *, ci: float, n_boot: int, seed: int
+) -> tuple[dict[str, Any], int | None]:
+    """The contract's ``guarantee`` report and the class-bootstrap safe candidate (or None)."""
+
+    def _entry(i: int | None, upper: np.ndarray) -> dict[str, Any]:
+        if i is None:
+            return {"threshold": None, "far": None, "far_upper": None, "tar": None}
+        return {
+            "threshold": float(sw.ths[i]),
+            "candidate_far": float(sw.fars[i]),
+            "far": float(sw.gfar[i]),
+            "far_upper": float(upper[i]),
+            "tar": float(sw.gtar[i]),
+        }
+
+    i_boot = _first_safe(sw.boot_hi, far)
+    i_cp = _first_safe(sw.cp_hi, far)
+    rep: dict[str, Any] = {
+        "ci": ci,
+        "alpha": 1.0 - ci,
+        "n_boot": n_boot,
+        "seed": seed,
+        "num_candidates": len(sw.fars),
+        "resolution": 2.0 ** (1.0 / GRID_STEPS_PER_OCTAVE),
+        "point": _entry(0, sw.boot_hi),
+        "class_bootstrap": _entry(i_boot, sw.boot_hi),
+        "clopper_pearson": _entry(i_cp, sw.cp_hi),
+    }
+    for key in ("class_bootstrap", "clopper_pearson"):
+        e = rep[key]
+        e["tar_cost"] = None if e["tar"] is None else float(sw.gtar[0]) - e["tar"]
+    return rep, i_boot
+
+
+def _calibration_record(
+    index: PairIndex, embeddings: ArrayLike, labels: ArrayLike, source: str | None
+) -> dict[str, Any]:
+    """The contract's ``calibration`` block: set sizes, groups, content hash and source."""
+    from tcm.scoring.base import sha256_arrays
+
+    prep = index.prepared
+    return {
+        "num_samples": int(prep.n),
+        "num_classes": int(prep.num_classes),
+        "num_genuine_pairs": int(index.num_positive_pairs),
+        "num_impostor_pairs": int(index.num_negative_pairs),
+        "num_groups": 0 if index.group_names is None else int(index.group_names.shape[0]),
+        "groups": [] if index.group_names is None else [str(g) for g in index.group_names],
+        "sha256": _content_hash(embeddings, labels, sha256_arrays),
+        "source": source,
+    }
+
+
 def calibrate_threshold(
     embeddings: ArrayLike,
     labels: ArrayLike,
@@ -114,87 +217,25 @@ def calibrate_threshold(
         ValueError: bad input, too few classes, or a calibration set too small to guarantee
             ``far`` (even the smallest candidate's upper bound is above it).
     """
-    from tcm.scoring.base import sha256_arrays
-
     if isinstance(far, bool) or not isinstance(far, (int, float)) or not 0.0 < far < 1.0:
         raise ValueError(f"far must lie in (0, 1); got {far!r}")
     index = PairIndex(embeddings, labels, groups)
-    prep = index.prepared
-    m_imp = index.num_negative_pairs
-    if m_imp == 0 or index.num_positive_pairs == 0:
+    if index.num_negative_pairs == 0 or index.num_positive_pairs == 0:
         raise ValueError(
             "the calibration set needs impostor and genuine pairs (>= 2 classes, one with >= 2 "
             "samples)"
         )
-    fars = _candidates(float(far), m_imp)
-    stats = pair_statistics(index, fars=fars, far_range=None)
-    ths = np.asarray([stats.threshold_at_far(f) for f in fars])
-    cols = stats.columns_of(ths)
-    r = stats.rates(cols)
-    pos_acc, neg_acc = stats.accepted()
-    nc = stats.class_sizes.astype(np.float64)
-    pos_den = nc * (nc - 1) / 2
-    neg_den = nc * (stats.num_samples - nc)
-    k_cols = len(fars)
-    neg_iv = bootstrap_ratio(
-        neg_acc[:, cols], np.repeat(neg_den[:, None], k_cols, 1), ci=ci, n_boot=n_boot, seed=seed
-    )
-    pos_iv = bootstrap_ratio(
-        pos_acc[:, cols], np.repeat(pos_den[:, None], k_cols, 1), ci=ci, n_boot=n_boot, seed=seed
-    )
-    boot_hi = np.atleast_1d(np.asarray(neg_iv.hi, dtype=np.float64))
-    boot_lo = np.atleast_1d(np.asarray(neg_iv.lo, dtype=np.float64))
-    tar_lo = np.atleast_1d(np.asarray(pos_iv.lo, dtype=np.float64))
-    tar_hi = np.atleast_1d(np.asarray(pos_iv.hi, dtype=np.float64))
-    k_acc = neg_acc[:, cols].sum(axis=0) // 2
-    cp_hi = clopper_pearson_upper(k_acc, m_imp, ci)
-    gfar, gtar = r["global_far"], r["global_tar"]
-
-    def _entry(i: int | None, upper: np.ndarray) -> dict[str, Any]:
-        if i is None:
-            return {"threshold": None, "far": None, "far_upper": None, "tar": None}
-        return {
-            "threshold": float(ths[i]),
-            "candidate_far": float(fars[i]),
-            "far": float(gfar[i]),
-            "far_upper": float(upper[i]),
-            "tar": float(gtar[i]),
-        }
-
-    i_boot = _first_safe(boot_hi, far)
-    i_cp = _first_safe(cp_hi, far)
-    rep: dict[str, Any] = {
-        "ci": ci,
-        "alpha": 1.0 - ci,
-        "n_boot": n_boot,
-        "seed": seed,
-        "num_candidates": k_cols,
-        "resolution": 2.0 ** (1.0 / GRID_STEPS_PER_OCTAVE),
-        "point": _entry(0, boot_hi),
-        "class_bootstrap": _entry(i_boot, boot_hi),
-        "clopper_pearson": _entry(i_cp, cp_hi),
-    }
-    for key in ("class_bootstrap", "clopper_pearson"):
-        e = rep[key]
-        e["tar_cost"] = None if e["tar"] is None else float(gtar[0]) - e["tar"]
+    sw = _sweep(index, far, ci=ci, n_boot=n_boot, seed=seed)
+    rep, i_boot = _guarantee_report(sw, far, ci=ci, n_boot=n_boot, seed=seed)
     if guarantee and i_boot is None:
         raise ValueError(
             f"the calibration set is too small to guarantee FAR {far:g} at {ci:.0%}: even at "
-            f"threshold {ths[-1]:.6f} (FAR {gfar[-1]:.2e}) the class-bootstrap upper bound is "
-            f"{boot_hi[-1]:.2e}; use more classes / samples or a larger target FAR"
+            f"threshold {sw.ths[-1]:.6f} (FAR {sw.gfar[-1]:.2e}) the class-bootstrap upper bound "
+            f"is {sw.boot_hi[-1]:.2e}; use more classes / samples or a larger target FAR"
         )
     i = i_boot if guarantee and i_boot is not None else 0
-    t = float(ths[i])
-    cal: dict[str, Any] = {
-        "num_samples": int(prep.n),
-        "num_classes": int(prep.num_classes),
-        "num_genuine_pairs": int(index.num_positive_pairs),
-        "num_impostor_pairs": int(m_imp),
-        "num_groups": 0 if index.group_names is None else int(index.group_names.shape[0]),
-        "groups": [] if index.group_names is None else [str(g) for g in index.group_names],
-        "sha256": _content_hash(embeddings, labels, sha256_arrays),
-        "source": source,
-    }
+    t = float(sw.ths[i])
+    cal = _calibration_record(index, embeddings, labels, source)
     ref: dict[str, Any] = {}
     if reference:
         from tcm.deploy.monitor import calibration_reference
@@ -204,12 +245,12 @@ def calibrate_threshold(
     return Threshold(
         threshold=t,
         target_far=float(far),
-        far=float(gfar[i]),
-        tar=float(gtar[i]),
-        dimension=int(prep.x.shape[1]),
+        far=float(sw.gfar[i]),
+        tar=float(sw.gtar[i]),
+        dimension=int(index.prepared.x.shape[1]),
         method="upper_bound" if guarantee else "point",
-        far_interval={"lo": float(boot_lo[i]), "hi": float(boot_hi[i]), **iv},
-        tar_interval={"lo": float(tar_lo[i]), "hi": float(tar_hi[i]), **iv},
+        far_interval={"lo": float(sw.boot_lo[i]), "hi": float(sw.boot_hi[i]), **iv},
+        tar_interval={"lo": float(sw.tar_lo[i]), "hi": float(sw.tar_hi[i]), **iv},
         guarantee=rep,
         calibration=cal,
         score=cosine_score(),
