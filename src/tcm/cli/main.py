@@ -417,6 +417,64 @@ def _leave_distributed(*, clean: bool) -> None:
     dist.destroy_process_group()
 
 
+def _add_calibration_extras(
+    args: argparse.Namespace, res: dict[str, Any], intervals: dict[str, Any]
+) -> tuple[np.ndarray, dict[str, Any]]:
+    """Add the worst classes by FAR, the source groups and (``--ci``) the global FAR / TAR
+    intervals to the ``calibrate`` result ``res``; returns the worst-class order and intervals."""
+    pc = res["per_class"]
+    far = np.asarray(pc["far"])
+    order = np.argsort(-far, kind="stable")[: args.top]
+    res["worst_classes"] = [
+        {"class": pc["names"][i], "far": pc["far"][i], "frr": pc["frr"][i]} for i in order.tolist()
+    ]
+    if args.source_group:
+        res["source_groups"] = list(args.source_group)
+    ivs = (
+        {k: intervals[f"calibration_{k}"] for k in ("global_far", "global_tar")} if args.ci else {}
+    )
+    if ivs:
+        res["intervals"] = {k: iv.to_dict() for k, iv in ivs.items()}
+    return order, ivs
+
+
+def _print_calibration(
+    res: dict[str, Any], ivs: dict[str, Any], order: np.ndarray, scale_label: str
+) -> None:
+    """The ``calibrate`` console report: threshold, global rates (and intervals), per-class
+    spreads and the worst classes by FAR."""
+    pc = res["per_class"]
+    _out(f"threshold ({scale_label}, accept if >=): {res['threshold']:.6f}")
+    _out(
+        f"global FAR {res['global_far']:.3e}   global TAR {res['global_tar']:.4f}   "
+        f"classes {res['num_classes']}"
+    )
+    if ivs:
+        fa, ta = ivs["global_far"], ivs["global_tar"]
+        _out(
+            f"{fa.ci:.0%} class-bootstrap intervals: global FAR [{float(fa.lo):.3e}, "
+            f"{float(fa.hi):.3e}]   global TAR [{float(ta.lo):.4f}, {float(ta.hi):.4f}]"
+        )
+    for what in ("far", "frr"):
+        s = res[f"{what}_spread"]
+        _out(
+            f"per-class {what.upper()}: min {s['min']:.3e}  median {s['p50']:.3e}  "
+            f"p95 {s['p95']:.3e}  "
+            f"max {s['max']:.3e}  std {s['std']:.3e}"
+        )
+    _out(
+        f"classes with FAR > 2x target ({2 * res['reference_far']:.3e}): "
+        f"{res['classes_far_above_2x']}"
+    )
+    _out(f"\nworst {len(order)} classes by FAR:")
+    _out(f"{'class':<24} {'size':>6} {'FAR':>10} {'FRR':>8}")
+    for i in order.tolist():
+        _out(
+            f"{console_text(pc['names'][i])[:24]:<24} {pc['size'][i]:>6} {pc['far'][i]:>10.3e} "
+            f"{pc['frr'][i]:>8.4f}"
+        )
+
+
 def _cmd_calibrate(args: argparse.Namespace) -> int:
     """``tcm calibrate SOURCE (--far F | --max-utility)``: one threshold and the per-class rates
     at it (``--source-group``: on those groups of SOURCE; ``--ci``: intervals of the global
@@ -446,21 +504,7 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
     res = {**ev.calibration.to_dict(names), **sc.json()}
     if _rank() != 0:
         return EXIT_OK
-    pc = res["per_class"]
-    far = np.asarray(pc["far"])
-    order = np.argsort(-far, kind="stable")[: args.top]
-    res["worst_classes"] = [
-        {"class": pc["names"][i], "far": pc["far"][i], "frr": pc["frr"][i]} for i in order.tolist()
-    ]
-    if args.source_group:
-        res["source_groups"] = list(args.source_group)
-    ivs = (
-        {k: ev.intervals[f"calibration_{k}"] for k in ("global_far", "global_tar")}
-        if args.ci
-        else {}
-    )
-    if ivs:
-        res["intervals"] = {k: iv.to_dict() for k, iv in ivs.items()}
+    order, ivs = _add_calibration_extras(args, res, ev.intervals)
     warnings = _far_resolution_warnings(args.far, [(f"the source {args.source!r}", lab)])
     if warnings:
         res["warnings"] = warnings
@@ -473,35 +517,7 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
         _out(f"calibrated on group(s) {groups} of {console_text(args.source)}: {len(lab)} samples")
     for line in sc.describe():
         _out(line)
-    _out(f"threshold ({sc.scale_label()}, accept if >=): {res['threshold']:.6f}")
-    _out(
-        f"global FAR {res['global_far']:.3e}   global TAR {res['global_tar']:.4f}   "
-        f"classes {res['num_classes']}"
-    )
-    if ivs:
-        fa, ta = ivs["global_far"], ivs["global_tar"]
-        _out(
-            f"{fa.ci:.0%} class-bootstrap intervals: global FAR [{float(fa.lo):.3e}, "
-            f"{float(fa.hi):.3e}]   global TAR [{float(ta.lo):.4f}, {float(ta.hi):.4f}]"
-        )
-    for what in ("far", "frr"):
-        s = res[f"{what}_spread"]
-        _out(
-            f"per-class {what.upper()}: min {s['min']:.3e}  median {s['p50']:.3e}  "
-            f"p95 {s['p95']:.3e}  "
-            f"max {s['max']:.3e}  std {s['std']:.3e}"
-        )
-    _out(
-        f"classes with FAR > 2x target ({2 * res['reference_far']:.3e}): "
-        f"{res['classes_far_above_2x']}"
-    )
-    _out(f"\nworst {len(order)} classes by FAR:")
-    _out(f"{'class':<24} {'size':>6} {'FAR':>10} {'FRR':>8}")
-    for i in order.tolist():
-        _out(
-            f"{console_text(pc['names'][i])[:24]:<24} {pc['size'][i]:>6} {pc['far'][i]:>10.3e} "
-            f"{pc['frr'][i]:>8.4f}"
-        )
+    _print_calibration(res, ivs, order, sc.scale_label())
     if args.json:
         _out(f"wrote {console_text(args.json)}")
     if args.save:
