@@ -837,19 +837,8 @@ def _add_pass_args(p: argparse.ArgumentParser, *, json_help: str) -> None:
     p.add_argument("--json", metavar="OUT.json", help=json_help)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The argparse parser of the ``tcm`` command (subcommands: see docs/cli.md)."""
-    p = argparse.ArgumentParser(
-        prog="tcm",
-        description="Threshold-consistent deep metric learning: train, evaluate, calibrate, "
-        "embed, report. Embeddings are L2-normalised; similarity = cosine; accept if >= threshold.",
-    )
-    p.add_argument("--version", action="version", version=f"tcm {tcm.__version__}")
-    p.add_argument(
-        "--debug", action="store_true", help="show the traceback of an error (any command)"
-    )
-    sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
-
+def _add_train_parser(sub: Any) -> None:
+    """Register ``tcm train``."""
     t = sub.add_parser("train", help="train a model from a YAML config")
     t.add_argument("--config", help="YAML config (see configs/); default: built-in defaults")
     t.add_argument(
@@ -872,6 +861,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     t.set_defaults(func=_cmd_train)
 
+
+def _add_evaluate_parser(sub: Any) -> None:
+    """Register ``tcm evaluate``."""
     e = sub.add_parser("evaluate", help="Recall@k, MAP@R, R-precision, OPIS, eps-OPIS, TAR@FAR")
     e.add_argument("source", metavar="CHECKPOINT|EMBEDDINGS.npz|RUN_DIR")
     _add_source_args(e, data_help="dataset to embed (checkpoints; default: the training dataset)")
@@ -891,6 +883,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_pass_args(e, json_help="also write the metrics as JSON")
     e.set_defaults(func=_cmd_evaluate)
 
+
+def _add_calibrate_parser(sub: Any) -> None:
+    """Register ``tcm calibrate``."""
     c = sub.add_parser("calibrate", help="choose one threshold; per-class FAR/FRR at it")
     c.add_argument("source", metavar="CHECKPOINT|EMBEDDINGS.npz|RUN_DIR")
     _add_source_args(c, data_help="dataset to embed (checkpoints; default: the training dataset)")
@@ -937,6 +932,9 @@ def build_parser() -> argparse.ArgumentParser:
     _deploy.add_calibrate_args(c)
     c.set_defaults(func=_cmd_calibrate)
 
+
+def _add_embed_parser(sub: Any) -> None:
+    """Register ``tcm embed``."""
     m = sub.add_parser("embed", help="write embeddings + labels (+ class names) of a dataset")
     m.add_argument("checkpoint", metavar="CHECKPOINT")
     _add_source_args(m, data_help="dataset to embed (default: the training dataset)")
@@ -944,6 +942,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_progress_args(m)
     m.set_defaults(func=_cmd_embed)
 
+
+def _add_report_parser(sub: Any) -> None:
+    """Register ``tcm report``."""
     r = sub.add_parser("report", help="HTML report over one or more runs")
     r.add_argument("sources", nargs="+", metavar="RUN_DIR|EMBEDDINGS.npz|CHECKPOINT")
     _add_source_args(r, data_help="dataset to embed for checkpoint sources")
@@ -966,14 +967,40 @@ def build_parser() -> argparse.ArgumentParser:
     )
     r.set_defaults(func=_cmd_report)
 
+
+def _add_demo_parser(sub: Any) -> None:
+    """Register ``tcm demo``."""
     d = sub.add_parser("demo", help="glyphs: base loss vs base loss + TCM, table + report")
     d.add_argument("--out", default="runs/demo", help="output directory (default runs/demo)")
     d.add_argument("overrides", nargs="*", metavar="key=value", help="overrides for both runs")
     d.add_argument("--no-report", action="store_true", help="skip the HTML report")
     d.set_defaults(func=_cmd_demo)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argparse parser of the ``tcm`` command (subcommands: see docs/cli.md)."""
+    p = argparse.ArgumentParser(
+        prog="tcm",
+        description="Threshold-consistent deep metric learning: train, evaluate, calibrate, "
+        "embed, report. Embeddings are L2-normalised; similarity = cosine; accept if >= threshold.",
+    )
+    p.add_argument("--version", action="version", version=f"tcm {tcm.__version__}")
+    p.add_argument(
+        "--debug", action="store_true", help="show the traceback of an error (any command)"
+    )
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    _add_train_parser(sub)
+    _add_evaluate_parser(sub)
+    _add_calibrate_parser(sub)
+    _add_embed_parser(sub)
+    _add_report_parser(sub)
+    _add_demo_parser(sub)
     from tcm.cli import verify as _verify
 
     _verify.add_parser(sub)
+    from tcm.cli import deploy as _deploy
+
     _deploy.add_parsers(sub)
     return p
 
