@@ -304,6 +304,77 @@ def _window_signals(
     return w
 
 
+def _multi_identity_share(matcher: Matcher, glab: np.ndarray, xw: torch.Tensor) -> float:
+    """Share of the window's queries accepted against two or more gallery identities."""
+    r = matcher.match(xw)
+    nw = int(xw.shape[0])
+    pairs = np.unique(np.stack([r.query_index, glab[r.gallery_index]]), axis=1)
+    per_q = np.bincount(pairs[0], minlength=nw) if pairs.size else np.zeros(nw)
+    return float(np.mean(per_q >= 2))
+
+
+def _group_signals(
+    contract: Threshold,
+    xw: torch.Tensor,
+    cw: np.ndarray | None,
+    gw_codes: np.ndarray,
+    gnames: np.ndarray,
+    *,
+    ci: float,
+    n_boot: int,
+    seed: int,
+) -> dict[str, Any]:
+    """Per-group signals of one window (``gw_codes``: the window's group codes)."""
+    per: dict[str, Any] = {}
+    for gi, name in enumerate(gnames.tolist()):
+        sel = np.flatnonzero(gw_codes == gi)
+        if sel.shape[0] < 2:
+            per[str(name)] = {"num_samples": int(sel.shape[0]), "note": "< 2 samples"}
+            continue
+        per[str(name)] = _window_signals(
+            contract,
+            xw[sel],
+            None if cw is None else cw[sel],
+            ci=ci,
+            n_boot=n_boot,
+            seed=seed,
+            scores=False,
+        )
+    return per
+
+
+def _set_alarms(
+    out: list[dict[str, Any]], far_alarm_level: float, drift_alpha: float
+) -> tuple[int, float, bool]:
+    """Set each window's (and group's) ``far_alarm`` and ``drift_alarm`` in place; returns the
+    number of drift tests, their Bonferroni level and whether any alarm fired."""
+    num_tests = sum(
+        1
+        for w in out
+        for key in ("tail", "top1")
+        for p in ("ks_p", "cvm_p")
+        if w.get(key, {}).get(p) is not None
+    )
+    level = drift_alpha / max(num_tests, 1)
+    any_alarm = False
+    for w in out:
+        far_iv = w.get("far_interval")
+        w["far_alarm"] = bool(far_iv is not None and far_iv["lo"] > far_alarm_level)
+        ps = [
+            w.get(key, {}).get(p)
+            for key in ("tail", "top1")
+            for p in ("ks_p", "cvm_p")
+            if w.get(key, {}).get(p) is not None
+        ]
+        w["drift_alarm"] = bool(ps and min(ps) < level)
+        for gw in (w.get("groups") or {}).values():
+            giv = gw.get("far_interval")
+            gw["far_alarm"] = bool(giv is not None and giv["lo"] > far_alarm_level)
+            w["far_alarm"] = w["far_alarm"] or gw["far_alarm"]
+        any_alarm = any_alarm or w["far_alarm"] or w["drift_alarm"]
+    return num_tests, level, any_alarm
+
+
 def monitor(
     contract: Threshold,
     embeddings: ArrayLike,
@@ -363,54 +434,40 @@ def monitor(
         w: dict[str, Any] = {"window": i, "start": a, "stop": b}
         w.update(_window_signals(contract, xw, cw, ci=ci, n_boot=n_boot, seed=seed, scores=True))
         if matcher is not None and glab is not None:
-            r = matcher.match(xw)
-            pairs = np.unique(np.stack([r.query_index, glab[r.gallery_index]]), axis=1)
-            per_q = np.bincount(pairs[0], minlength=b - a) if pairs.size else np.zeros(b - a)
-            w["multi_identity_share"] = float(np.mean(per_q >= 2))
+            w["multi_identity_share"] = _multi_identity_share(matcher, glab, xw)
         if gcodes is not None and gnames is not None:
-            per: dict[str, Any] = {}
-            for gi, name in enumerate(gnames.tolist()):
-                sel = np.flatnonzero(gcodes[a:b] == gi)
-                if sel.shape[0] < 2:
-                    per[str(name)] = {"num_samples": int(sel.shape[0]), "note": "< 2 samples"}
-                    continue
-                per[str(name)] = _window_signals(
-                    contract,
-                    xw[sel],
-                    None if cw is None else cw[sel],
-                    ci=ci,
-                    n_boot=n_boot,
-                    seed=seed,
-                    scores=False,
-                )
-            w["groups"] = per
+            w["groups"] = _group_signals(
+                contract, xw, cw, gcodes[a:b], gnames, ci=ci, n_boot=n_boot, seed=seed
+            )
         out.append(w)
-    num_tests = sum(
-        1
-        for w in out
-        for key in ("tail", "top1")
-        for p in ("ks_p", "cvm_p")
-        if w.get(key, {}).get(p) is not None
+    num_tests, level, any_alarm = _set_alarms(out, k * contract.target_far, drift_alpha)
+    settings = _monitor_settings(
+        contract,
+        k=k,
+        ci=ci,
+        n_boot=n_boot,
+        drift_alpha=drift_alpha,
+        level=level,
+        num_tests=num_tests,
+        labelled=labels is not None,
     )
-    level = drift_alpha / max(num_tests, 1)
-    any_alarm = False
-    for w in out:
-        far_iv = w.get("far_interval")
-        w["far_alarm"] = bool(far_iv is not None and far_iv["lo"] > k * contract.target_far)
-        ps = [
-            w.get(key, {}).get(p)
-            for key in ("tail", "top1")
-            for p in ("ks_p", "cvm_p")
-            if w.get(key, {}).get(p) is not None
-        ]
-        w["drift_alarm"] = bool(ps and min(ps) < level)
-        for gw in (w.get("groups") or {}).values():
-            giv = gw.get("far_interval")
-            gw["far_alarm"] = bool(giv is not None and giv["lo"] > k * contract.target_far)
-            w["far_alarm"] = w["far_alarm"] or gw["far_alarm"]
-        any_alarm = any_alarm or w["far_alarm"] or w["drift_alarm"]
+    return MonitorResult(windows=out, alarm=any_alarm, settings=settings)
+
+
+def _monitor_settings(
+    contract: Threshold,
+    *,
+    k: float,
+    ci: float,
+    n_boot: int,
+    drift_alpha: float,
+    level: float,
+    num_tests: int,
+    labelled: bool,
+) -> dict[str, Any]:
+    """The ``settings`` block of a :class:`MonitorResult`."""
     pi = contract.reference.get("genuine_share")
-    settings = {
+    return {
         "threshold": contract.threshold,
         "target_far": contract.target_far,
         "k": k,
@@ -420,7 +477,7 @@ def monitor(
         "drift_alpha": drift_alpha,
         "drift_test_level": level,
         "num_drift_tests": num_tests,
-        "labelled": labels is not None,
+        "labelled": labelled,
         "calibration_acceptance_rate": contract.reference.get("acceptance_rate"),
         "bound": (
             "FAR <= acceptance_rate / (1 - pi), pi = the window's share of genuine pairs; "
@@ -430,4 +487,3 @@ def monitor(
             else "no calibration reference in the contract"
         ),
     }
-    return MonitorResult(windows=out, alarm=any_alarm, settings=settings)
