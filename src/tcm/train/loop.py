@@ -400,9 +400,68 @@ class Trainer:
             self.say("resuming despite config changes (--force): " + "; ".join(diffs))
         return state
 
+    def _build_loss(self, num_classes: int) -> nn.Module:
+        """The configured loss (with the TCM term when enabled), on the run's device."""
+        from tcm import losses as tlosses
+
+        cfg = self.cfg
+        tcm_arg: bool | dict[str, float] = False
+        if cfg.loss.tcm.enabled:
+            tcm_arg = cfg.loss.tcm.model_dump(exclude={"enabled"})
+        return tlosses.build_loss(
+            cfg.loss.name,
+            tcm=tcm_arg,
+            num_classes=num_classes,
+            embedding_dim=cfg.model.embedding_dim,
+            memory_size=cfg.loss.memory_size,
+            memory_warmup=cfg.loss.memory_warmup,
+            **cfg.loss.params,
+        ).to(self.device)
+
+    def _schedule_length(self, sampler_batches: int) -> tuple[int, int]:
+        """``(steps per epoch, steps of the whole run)``, capped by ``train.steps_per_epoch``
+        and ``train.max_steps``."""
+        t = self.cfg.train
+        per_epoch = sampler_batches
+        if t.steps_per_epoch is not None:
+            per_epoch = min(per_epoch, t.steps_per_epoch)
+        total = t.epochs * per_epoch
+        if t.max_steps is not None:
+            total = min(total, t.max_steps)
+        return per_epoch, total
+
+    def _build_step(
+        self,
+        model: EmbeddingModel,
+        loss_fn: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        scheduler: torch.optim.lr_scheduler.LambdaLR,
+    ) -> tuple[nn.Module, torch.amp.GradScaler, TrainStep]:
+        """``(net, scaler, step)``: mixed precision, the DDP wrapper under torchrun, one step."""
+        cfg = self.cfg
+        use_amp = cfg.train.amp and self.device.type == "cuda"
+        amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
+        scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
+        net: nn.Module = model
+        if self.world > 1:
+            net = nn.parallel.DistributedDataParallel(
+                model, device_ids=[self.device.index] if self.device.type == "cuda" else None
+            )
+        step_fn = TrainStep(
+            net,
+            model,
+            loss_fn,
+            optimizer,
+            scheduler,
+            scaler,
+            amp_dtype=amp_dtype if use_amp else None,
+            grad_clip=cfg.train.grad_clip,
+            base_lr=cfg.optim.lr,
+        )
+        return net, scaler, step_fn
+
     def _build(self) -> _Parts:
         from tcm import data as tdata
-        from tcm import losses as tlosses
 
         cfg, d = self.cfg, self.cfg.data
         self.say(f"loading dataset {d.name!r} (splits {d.train_split}/{d.test_split}) ...")
@@ -423,18 +482,7 @@ class Trainer:
             d.image_size,
             head=cfg.model.head,
         ).to(self.device)
-        tcm_arg: bool | dict[str, float] = False
-        if cfg.loss.tcm.enabled:
-            tcm_arg = cfg.loss.tcm.model_dump(exclude={"enabled"})
-        loss_fn = tlosses.build_loss(
-            cfg.loss.name,
-            tcm=tcm_arg,
-            num_classes=int(train_ds.num_classes),
-            embedding_dim=cfg.model.embedding_dim,
-            memory_size=cfg.loss.memory_size,
-            memory_warmup=cfg.loss.memory_warmup,
-            **cfg.loss.params,
-        ).to(self.device)
+        loss_fn = self._build_loss(int(train_ds.num_classes))
         optimizer = build_optimizer(cfg, model, loss_fn)
         train_idx = selection.train_indices
         sampler = tdata.ClassBalancedBatchSampler(
@@ -445,32 +493,9 @@ class Trainer:
             rank=self.rank,
             world_size=self.world,
         )
-        per_epoch = len(sampler)
-        if cfg.train.steps_per_epoch is not None:
-            per_epoch = min(per_epoch, cfg.train.steps_per_epoch)
-        total = cfg.train.epochs * per_epoch
-        if cfg.train.max_steps is not None:
-            total = min(total, cfg.train.max_steps)
+        per_epoch, total = self._schedule_length(len(sampler))
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg, total))
-        use_amp = cfg.train.amp and self.device.type == "cuda"
-        amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
-        scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
-        net: nn.Module = model
-        if self.world > 1:
-            net = nn.parallel.DistributedDataParallel(
-                model, device_ids=[self.device.index] if self.device.type == "cuda" else None
-            )
-        step_fn = TrainStep(
-            net,
-            model,
-            loss_fn,
-            optimizer,
-            scheduler,
-            scaler,
-            amp_dtype=amp_dtype if use_amp else None,
-            grad_clip=cfg.train.grad_clip,
-            base_lr=cfg.optim.lr,
-        )
+        net, scaler, step_fn = self._build_step(model, loss_fn, optimizer, scheduler)
         evaluator = EvaluationRunner(
             cfg.eval, seed=cfg.seed, device=self.device, rank=self.rank, world_size=self.world
         )
