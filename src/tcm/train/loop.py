@@ -797,9 +797,45 @@ class Trainer:
                         self.tb.add_scalar(f"train/{k}", terms[k], self.progress.step)
         return lr
 
+    def _epoch_loader(self, workers: int) -> tuple[DataLoader[Any], int]:
+        """The loader of the current epoch's remaining batches and the index in the epoch of
+        its first batch (see ``_loader_start``)."""
+        cfg = self.cfg
+        self.parts.sampler.set_epoch(self.progress.epoch)
+        batches = [
+            self.parts.train_idx[b].tolist()
+            for b in list(self.parts.sampler)[: self.parts.per_epoch]
+        ]
+        gen = torch.Generator().manual_seed(cfg.seed * 100003 + self.progress.epoch)
+        start, init_fn = self._loader_start(workers)
+        extra: dict[str, Any] = {}
+        if workers:
+            extra = {"collate_fn": _collate_with_rng, "worker_init_fn": init_fn}
+        loader = DataLoader(
+            self.parts.train_ds,
+            batch_sampler=batches[start:],
+            num_workers=workers,
+            generator=gen,
+            pin_memory=self.device.type == "cuda",
+            **extra,
+        )
+        return loader, start
+
+    def _evaluate_or_checkpoint(self, save_due: bool) -> str | None:
+        """After a step: validate when due, else write ``last.pt`` when the time-based
+        checkpoint (``train.checkpoint_interval_s``) is due; then the agreed stop signal, or
+        ``None`` when neither was due or no signal came."""
+        if self._eval_due():
+            self._validate()
+        elif save_due and self.progress.step < self.parts.total:
+            self._save_last()
+        else:
+            return None
+        return self._check_stop()
+
     def _epochs(self) -> str | None:
         """Run the remaining steps; returns the stop signal's name or ``None`` when done."""
-        cfg, d = self.cfg, self.cfg.data
+        cfg = self.cfg
         if (
             self.resume
             and self.progress.step > 0
@@ -807,26 +843,9 @@ class Trainer:
             and self._eval_due()
         ):  # stopped after the last step of an epoch, before its evaluation
             self._validate()
-        workers = d.num_workers
+        workers = cfg.data.num_workers
         while self.progress.step < self.parts.total and self.progress.epoch < cfg.train.epochs:
-            self.parts.sampler.set_epoch(self.progress.epoch)
-            batches = [
-                self.parts.train_idx[b].tolist()
-                for b in list(self.parts.sampler)[: self.parts.per_epoch]
-            ]
-            gen = torch.Generator().manual_seed(cfg.seed * 100003 + self.progress.epoch)
-            start, init_fn = self._loader_start(workers)
-            extra: dict[str, Any] = {}
-            if workers:
-                extra = {"collate_fn": _collate_with_rng, "worker_init_fn": init_fn}
-            loader = DataLoader(
-                self.parts.train_ds,
-                batch_sampler=batches[start:],
-                num_workers=workers,
-                generator=gen,
-                pin_memory=self.device.type == "cuda",
-                **extra,
-            )
+            loader, start = self._epoch_loader(workers)
             it = iter(loader)
             pos = start  # index in the epoch of the next batch the loader yields
             while True:
@@ -878,20 +897,10 @@ class Trainer:
                         )
                     )
                 stop, save_due = self._boundary_flags()
+                if stop is None:
+                    stop = self._evaluate_or_checkpoint(save_due)
                 if stop is not None:
                     return stop
-                if self._eval_due():
-                    self._validate()
-                    stop = self._check_stop()
-                    if stop is not None:
-                        return stop
-                elif (
-                    save_due and self.progress.step < self.parts.total
-                ):  # train.checkpoint_interval_s
-                    self._save_last()
-                    stop = self._check_stop()
-                    if stop is not None:
-                        return stop
                 if self.progress.step >= self.parts.total:
                     break
             if self.progress.step >= self.parts.total:
