@@ -110,15 +110,7 @@ def _check_n_boot(n_boot: int, ci: float | None = None) -> int:
 
 
 def _check_ci(ci: float) -> float:
-    if isinstance(ci, bool):
-        raise ValueError(f"ci must be a number in (0, 1); got {ci!r}")
-    try:
-        v = float(ci)
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f"ci must be a number in (0, 1); got {ci!r}") from exc
-    if not 0.0 < v < 1.0:
-        raise ValueError(f"ci must lie in the open interval (0, 1), e.g. 0.95; got {ci!r}")
-    return v
+    return _checks.check_fraction(ci, "ci")
 
 
 def bootstrap_memory_bytes(num_classes: int, n_boot: int, per_resample: int = 0) -> int:

@@ -243,12 +243,18 @@ def _similarities(sim_or_pairs: Any) -> np.ndarray:
     return s
 
 
-def _same_flags(same: ArrayLike, n: int) -> np.ndarray:
-    arr = _to_numpy(same)
+def _per_pair(values: ArrayLike, n: int, name: str) -> np.ndarray:
+    """``values`` as a NumPy array of shape ``(n,)``: one entry per pair (else ``ValueError``)."""
+    arr = _to_numpy(values)
     if arr.ndim != 1:
-        raise ValueError(f"same must be 1-D of shape (N,); got shape {arr.shape}")
+        raise ValueError(f"{name} must be 1-D of shape (N,); got shape {arr.shape}")
     if arr.shape[0] != n:
-        raise ValueError(f"same has length {arr.shape[0]} but there are {n} pairs")
+        raise ValueError(f"{name} has length {arr.shape[0]} but there are {n} pairs")
+    return arr
+
+
+def _same_flags(same: ArrayLike, n: int) -> np.ndarray:
+    arr = _per_pair(same, n, "same")
     if arr.dtype.kind == "b":
         return arr.astype(bool)
     if arr.dtype.kind not in "fiu":
@@ -261,11 +267,7 @@ def _same_flags(same: ArrayLike, n: int) -> np.ndarray:
 
 
 def _fold_ids(folds: ArrayLike, n: int) -> tuple[np.ndarray, np.ndarray]:
-    arr = _to_numpy(folds)
-    if arr.ndim != 1:
-        raise ValueError(f"folds must be 1-D of shape (N,); got shape {arr.shape}")
-    if arr.shape[0] != n:
-        raise ValueError(f"folds has length {arr.shape[0]} but there are {n} pairs")
+    arr = _per_pair(folds, n, "folds")
     if arr.dtype.kind == "f":
         if not bool(np.isfinite(arr).all()) or not bool((np.floor(arr) == arr).all()):
             raise ValueError("folds must be integer fold ids")
