@@ -130,6 +130,61 @@ class _TCMFromEmbeddings(torch.autograd.Function):
         return grad_a, grad_b, None, None, None, None, None, None, None
 
 
+def _pair_sets(
+    emb: torch.Tensor, labels: Any, ref_emb: Any, ref_labels: Any, batch_in_ref: bool
+) -> tuple[
+    torch.Tensor,
+    torch.Tensor | None,
+    torch.Tensor,
+    torch.Tensor | None,
+    torch.Tensor,
+    torch.Tensor,
+    int,
+]:
+    """The two sides of :class:`TCMLoss`'s pairs: label codes ``lab``, the reference labels other
+    than the batch (or None), the normalised batch ``a``, the reference ``b`` (None: the batch
+    against itself), the positive / negative masks ``(B, R)`` and ``n_self`` (batch rows at the
+    front of the reference, whose self pairs are excluded)."""
+    n_self = 0
+    rlab_other: torch.Tensor | None = None  # reference labels other than the batch itself
+    if ref_emb is None:
+        lab, _ = label_codes(labels, emb.shape[0], emb.device)
+        a = normalized_float(emb)
+        b = None
+        pos_mask = lab[:, None] == lab[None, :]
+        neg_mask = ~pos_mask
+        pos_mask.fill_diagonal_(False)
+    else:
+        empty_memory = batch_in_ref and isinstance(ref_emb, torch.Tensor) and ref_emb.ndim == 2
+        empty_memory = empty_memory and ref_emb.shape[0] == 0
+        ref = ref_emb if empty_memory else check_embeddings(ref_emb, "ref_emb")
+        if ref.shape[1] != emb.shape[1]:
+            raise ValueError(
+                f"ref_emb has dimension {ref.shape[1]} but embeddings have dimension {emb.shape[1]}"
+            )
+        lab, rlab = label_codes(
+            labels, emb.shape[0], emb.device, ref_labels=ref_labels, n_ref=ref.shape[0]
+        )
+        assert rlab is not None
+        a = normalized_float(emb)
+        if batch_in_ref:
+            n_self = emb.shape[0]
+            b = a.detach()
+            if ref.shape[0]:
+                m = normalized_float(ref.detach().to(emb.device), "ref_emb").to(a.dtype)
+                b = torch.cat([b, m])
+            rlab_other = rlab
+            rlab = torch.cat([lab, rlab])
+        else:
+            b = normalized_float(ref.to(emb.device), "ref_emb").to(a.dtype)
+            rlab_other = rlab
+        pos_mask = lab[:, None] == rlab[None, :]
+        neg_mask = ~pos_mask
+        if batch_in_ref:
+            pos_mask[:, :n_self].fill_diagonal_(False)
+    return lab, rlab_other, a, b, pos_mask, neg_mask, n_self
+
+
 class TCMLoss(nn.Module):
     """Threshold-Consistent Margin loss on L2-normalised embeddings (cosine similarity).
 
@@ -237,44 +292,9 @@ class TCMLoss(nn.Module):
                 f"{'None' if ref_emb is None else 'tensor'}, ref_labels="
                 f"{'None' if ref_labels is None else 'given'}"
             )
-        n_self = 0
-        rlab_other: torch.Tensor | None = None  # reference labels other than the batch itself
-        if ref_emb is None:
-            lab, _ = label_codes(labels, emb.shape[0], emb.device)
-            a = normalized_float(emb)
-            b = None
-            pos_mask = lab[:, None] == lab[None, :]
-            neg_mask = ~pos_mask
-            pos_mask.fill_diagonal_(False)
-        else:
-            empty_memory = batch_in_ref and isinstance(ref_emb, torch.Tensor) and ref_emb.ndim == 2
-            empty_memory = empty_memory and ref_emb.shape[0] == 0
-            ref = ref_emb if empty_memory else check_embeddings(ref_emb, "ref_emb")
-            if ref.shape[1] != emb.shape[1]:
-                raise ValueError(
-                    f"ref_emb has dimension {ref.shape[1]} but embeddings have dimension "
-                    f"{emb.shape[1]}"
-                )
-            lab, rlab = label_codes(
-                labels, emb.shape[0], emb.device, ref_labels=ref_labels, n_ref=ref.shape[0]
-            )
-            assert rlab is not None
-            a = normalized_float(emb)
-            if batch_in_ref:
-                n_self = emb.shape[0]
-                b = a.detach()
-                if ref.shape[0]:
-                    m = normalized_float(ref.detach().to(emb.device), "ref_emb").to(a.dtype)
-                    b = torch.cat([b, m])
-                rlab_other = rlab
-                rlab = torch.cat([lab, rlab])
-            else:
-                b = normalized_float(ref.to(emb.device), "ref_emb").to(a.dtype)
-                rlab_other = rlab
-            pos_mask = lab[:, None] == rlab[None, :]
-            neg_mask = ~pos_mask
-            if batch_in_ref:
-                pos_mask[:, :n_self].fill_diagonal_(False)
+        lab, rlab_other, a, b, pos_mask, neg_mask, n_self = _pair_sets(
+            emb, labels, ref_emb, ref_labels, batch_in_ref
+        )
         in_ref = ref_emb is None or batch_in_ref
         # the positive-pair check costs a host sync on CUDA: first call, then every 100th
         check = not self._warned_no_pos and self._calls % 100 == 0
