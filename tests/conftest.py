@@ -9,6 +9,8 @@ thing as a ``datasets=`` argument of :func:`tcm.train.train`.
 from __future__ import annotations
 
 import contextlib
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -145,3 +147,22 @@ def no_passes(pass_guard: PassGuard) -> PassGuard:
     """Every pair pass, kNN pass and evaluate call fails for the whole test."""
     pass_guard.forbid()
     return pass_guard
+
+
+@pytest.fixture
+def dead_pid() -> int:
+    """The pid of a process that has exited (its temporaries count as stale)."""
+    p = subprocess.Popen([sys.executable, "-c", "pass"])
+    p.wait()
+    return p.pid
+
+
+@pytest.fixture
+def live_pid() -> Iterator[int]:
+    """The pid of a running process (a concurrent writer), stopped after the test."""
+    p = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        yield p.pid
+    finally:
+        p.kill()
+        p.wait()

@@ -6,9 +6,6 @@ import ast
 import json
 import math
 import os
-import subprocess
-import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
 
@@ -26,22 +23,6 @@ from tcm._io import (
 from tcm.data.embedding_file import read_embedding_file
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "tcm"
-
-
-def _dead_pid() -> int:
-    p = subprocess.Popen([sys.executable, "-c", "pass"])
-    p.wait()
-    return p.pid
-
-
-@pytest.fixture
-def live_pid() -> Iterator[int]:
-    p = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
-    try:
-        yield p.pid
-    finally:
-        p.kill()
-        p.wait()
 
 
 def _imports(path: Path) -> set[str]:
@@ -86,8 +67,10 @@ def test_atomic_write_failure_keeps_target(tmp_path: Path) -> None:
     assert [p.name for p in tmp_path.iterdir()] == ["f.bin"]
 
 
-def test_stale_temporaries_dead_removed_live_and_own_kept(tmp_path: Path, live_pid: int) -> None:
-    dead = _dead_pid()
+def test_stale_temporaries_dead_removed_live_and_own_kept(
+    tmp_path: Path, live_pid: int, dead_pid: int
+) -> None:
+    dead = dead_pid
     names = [
         f"a.json.tmp-{dead}",
         f"a.json.tmp-{live_pid}",

@@ -8,7 +8,6 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -34,24 +33,6 @@ def run(name: str, seed: int = 0) -> ReportRun:
     y = np.repeat(np.arange(6), 5)
     x = rng.normal(size=(6, 8))[y] + 0.6 * rng.normal(size=(y.size, 8))
     return ReportRun(name, x, y)
-
-
-def dead_pid() -> int:
-    """The pid of a process that has exited."""
-    p = subprocess.Popen([sys.executable, "-c", "pass"])
-    p.wait()
-    return p.pid
-
-
-@pytest.fixture
-def live_pid() -> Iterator[int]:
-    """The pid of a running process (a concurrent writer), stopped after the test."""
-    p = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
-    try:
-        yield p.pid
-    finally:
-        p.kill()
-        p.wait()
 
 
 _KILLED_WRITER = """
@@ -85,9 +66,9 @@ def test_kill_9_during_report_leaves_nothing_after_the_next_run(
 
 
 def test_stale_temporaries_of_dead_processes_are_removed_live_ones_kept(
-    tmp_path: Path, fast_png: None, live_pid: int
+    tmp_path: Path, fast_png: None, live_pid: int, dead_pid: int
 ) -> None:
-    dead = dead_pid()
+    dead = dead_pid
     out = tmp_path / "rep"
     out.mkdir()
     (out / f".tcm-report-{dead}-abc123").mkdir()

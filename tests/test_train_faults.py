@@ -319,16 +319,9 @@ def test_divergence_is_the_only_exit_1(
     assert "lower learning rate" in capsys.readouterr().err
 
 
-def _dead_pid() -> int:
-    """The pid of a process that has exited."""
-    p = subprocess.Popen([sys.executable, "-c", "pass"])
-    p.wait()
-    return p.pid
-
-
-def test_stale_temporaries_removed_on_start(tmp_path: Path) -> None:
+def test_stale_temporaries_removed_on_start(tmp_path: Path, dead_pid: int) -> None:
     tmp_path.mkdir(exist_ok=True)
-    dead = _dead_pid()
+    dead = dead_pid
     stale = [tmp_path / f"last.pt.tmp-{dead}", tmp_path / f"embeddings.npz.tmp-{dead}"]
     for p in stale:
         p.write_bytes(b"\0" * 100)
