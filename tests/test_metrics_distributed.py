@@ -56,6 +56,36 @@ def test_torchrun_evaluate_and_calibrate_equal_one_process(tmp_path: Path) -> No
 
 
 @pytest.mark.skipif(not dist.is_available(), reason="torch.distributed not built")
+def test_torchrun_scored_evaluate_and_calibrate_equal_one_process(tmp_path: Path) -> None:
+    """With AS-norm (cohort statistics prepared on every rank, scores inside the sharded passes,
+    the score-range pass for the histogram edges merged across ranks) 2 gloo processes give the
+    numbers of one process, exactly."""
+    rng = np.random.default_rng(2)
+    y = np.repeat(np.arange(30), 5)
+    x = (rng.normal(size=(30, 16))[y] + 0.9 * rng.normal(size=(150, 16))).astype(np.float32)
+    yc = np.repeat(np.arange(20), 4)
+    xc = (rng.normal(size=(20, 16))[yc] + 0.9 * rng.normal(size=(80, 16))).astype(np.float32)
+    npz, cohort = tmp_path / "emb.npz", tmp_path / "cohort.npz"
+    np.savez(npz, embeddings=x, labels=y, class_names=np.array([f"c{i}" for i in range(30)]))
+    np.savez(cohort, embeddings=xc, labels=yc, class_names=np.array([f"k{i}" for i in range(20)]))
+    scorer = ["--scorer", "asnorm", "--top-k", "20", "--cohort", str(cohort)]
+    out: dict[str, dict[str, object]] = {}
+    for name, distributed in (("one", False), ("two", True)):
+        ev, cal = tmp_path / f"{name}_ev.json", tmp_path / f"{name}_cal.json"
+        r = _run(["evaluate", str(npz), *scorer, "--json", str(ev)], distributed)
+        assert r.returncode == 0, r.stderr[-3000:]
+        r = _run(["calibrate", str(npz), "--far", "1e-2", *scorer, "--json", str(cal)], distributed)
+        assert r.returncode == 0, r.stderr[-3000:]
+        out[name] = {"ev": json.loads(ev.read_text()), "cal": json.loads(cal.read_text())}
+    one, two = out["one"], out["two"]
+    assert two["ev"]["options"]["world_size"] == 2  # type: ignore[index]
+    assert one["ev"]["metrics"] == two["ev"]["metrics"]  # type: ignore[index]
+    assert one["ev"]["metrics"] != {}  # type: ignore[index]
+    assert one["cal"]["threshold"] == two["cal"]["threshold"]  # type: ignore[index]
+    assert one["cal"]["far_spread"] == two["cal"]["far_spread"]  # type: ignore[index]
+
+
+@pytest.mark.skipif(not dist.is_available(), reason="torch.distributed not built")
 @pytest.mark.parametrize("fail", [False, True])
 def test_cli_leaves_the_process_group_it_joined(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fail: bool
