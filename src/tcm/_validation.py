@@ -23,6 +23,8 @@ __all__ = [
     "ArrayLike",
     "as_embeddings",
     "ceil_to_dtype",
+    "check_fraction",
+    "check_int",
     "check_same_length",
     "encode_labels",
     "l2_normalize",
@@ -188,3 +190,20 @@ def ceil_to_dtype(t: float, dtype: torch.dtype) -> float:
     if float(v) < t:
         v = torch.nextafter(v, torch.tensor(float("inf"), dtype=dtype))
     return float(v)
+
+
+def check_fraction(value: Any, name: str) -> float:
+    """A number in the open interval (0, 1) (not bool), e.g. a FAR or an interval level."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise ValueError(f"{name} must be a number in (0, 1); got {value!r}")
+    v = float(value)
+    if not 0.0 < v < 1.0:
+        raise ValueError(f"{name} must be in the open interval (0, 1); got {value!r}")
+    return v
+
+
+def check_int(value: Any, name: str, minimum: int) -> int:
+    """An integer (not bool) ``>= minimum``."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}; got {value!r}")
+    return int(value)

@@ -7,6 +7,9 @@ from typing import Any
 
 import numpy as np
 
+from tcm._validation import check_fraction as check_fraction
+from tcm._validation import check_int as check_int
+
 MAX_THRESHOLDS = 100_000
 """Largest threshold grid accepted (``num_thresholds``, given ``thresholds``, ``bins``): the
 per-class tables cost ``2 C (K + 1)`` int64 per worker thread, so 10^6 thresholds over 200
@@ -14,15 +17,6 @@ classes already need several GiB."""
 
 MAX_TABLE_BYTES = 4 << 30
 """Largest estimated memory of the per-class count tables of one sweep (all worker threads)."""
-
-
-def check_fraction(value: Any, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
-        raise ValueError(f"{name} must be a number in (0, 1); got {value!r}")
-    v = float(value)
-    if not 0.0 < v < 1.0:
-        raise ValueError(f"{name} must be in the open interval (0, 1); got {value!r}")
-    return v
 
 
 def check_far_range(far_range: Any) -> tuple[float, float]:
@@ -75,12 +69,6 @@ def check_pairs(classes: np.ndarray, counts: np.ndarray, n: int) -> np.ndarray:
             f"{classes.shape[0]} classes (need at least 2)"
         )
     return np.asarray(included)
-
-
-def check_int(value: Any, name: str, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}; got {value!r}")
-    return int(value)
 
 
 def check_finite(value: Any, name: str) -> float:

@@ -445,19 +445,3 @@ def _imp_by_class(codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         jj.append(np.tile(other, mem.shape[0]))
     a, b = np.concatenate(ii), np.concatenate(jj)
     return np.minimum(a, b), np.maximum(a, b)
-
-
-def check_int_param(value: Any, name: str, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}; got {value!r}")
-    return int(value)
-
-
-def check_float_param(value: Any, name: str, lo: float, hi: float) -> float:
-    """A number in the open interval ``(lo, hi)``."""
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
-        raise ValueError(f"{name} must be a number in ({lo}, {hi}); got {value!r}")
-    v = float(value)
-    if not lo < v < hi:
-        raise ValueError(f"{name} must be in the open interval ({lo}, {hi}); got {value!r}")
-    return v

@@ -22,10 +22,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from tcm._validation import ArrayLike
+from tcm._validation import ArrayLike, check_int
 from tcm.scoring.base import (
     Scorer,
-    check_int_param,
     fitted_on_hash,
     genuine_pairs,
     impostor_pairs,
@@ -119,8 +118,8 @@ class _Calibrator(Scorer):
 
     def __init__(self, *, max_pairs: int = 200_000, seed: int = 0) -> None:
         super().__init__()
-        self.max_pairs = check_int_param(max_pairs, "max_pairs", 1)
-        self.seed = check_int_param(seed, "seed", 0)
+        self.max_pairs = check_int(max_pairs, "max_pairs", 1)
+        self.seed = check_int(seed, "seed", 0)
 
     def params(self) -> dict[str, Any]:
         return {"max_pairs": self.max_pairs, "seed": self.seed}

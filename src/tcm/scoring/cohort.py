@@ -8,8 +8,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from tcm._validation import ArrayLike
-from tcm.scoring.base import Scorer, check_int_param, fitted_on_hash, normalized
+from tcm._validation import ArrayLike, check_int
+from tcm.scoring.base import Scorer, fitted_on_hash, normalized
 
 __all__ = ["ASNorm", "Cosine"]
 
@@ -80,7 +80,7 @@ class ASNorm(Scorer):
         self, top_k: int | None = 300, *, combine: str = "mean", std_ddof: int = 0
     ) -> None:
         super().__init__()
-        self.top_k = None if top_k is None else check_int_param(top_k, "top_k", 1)
+        self.top_k = None if top_k is None else check_int(top_k, "top_k", 1)
         if combine not in COMBINES:
             raise ValueError(f"combine must be one of {COMBINES}; got {combine!r}")
         self.combine = combine

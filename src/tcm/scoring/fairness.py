@@ -16,11 +16,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from tcm._validation import ArrayLike, encode_labels
+from tcm._validation import ArrayLike, check_fraction, check_int, encode_labels
 from tcm.scoring.base import (
     Scorer,
-    check_float_param,
-    check_int_param,
     fitted_on_hash,
     impostor_pairs,
     labelled,
@@ -117,12 +115,12 @@ class _Clustered(Scorer):
         self, n_clusters: int, max_pairs: int, seed: int, n_init: int, far: float | None = None
     ) -> None:
         """Check and store the parameters (``far`` only when given); no centers yet."""
-        self.n_clusters = check_int_param(n_clusters, "n_clusters", 1)
+        self.n_clusters = check_int(n_clusters, "n_clusters", 1)
         if far is not None:
-            self.far = check_float_param(far, "far", 0.0, 1.0)
-        self.max_pairs = check_int_param(max_pairs, "max_pairs", 1)
-        self.seed = check_int_param(seed, "seed", 0)
-        self.n_init = check_int_param(n_init, "n_init", 1)
+            self.far = check_fraction(far, "far")
+        self.max_pairs = check_int(max_pairs, "max_pairs", 1)
+        self.seed = check_int(seed, "seed", 0)
+        self.n_init = check_int(n_init, "n_init", 1)
         self.centers = torch.zeros(0, 0, dtype=torch.float64)
 
     def params(self) -> dict[str, Any]:
@@ -346,9 +344,9 @@ class GroupThresholds(_Shift):
         groups: list[str] | None = None,
     ) -> None:
         super().__init__()
-        self.far = check_float_param(far, "far", 0.0, 1.0)
-        self.max_pairs = check_int_param(max_pairs, "max_pairs", 1)
-        self.seed = check_int_param(seed, "seed", 0)
+        self.far = check_fraction(far, "far")
+        self.max_pairs = check_int(max_pairs, "max_pairs", 1)
+        self.seed = check_int(seed, "seed", 0)
         if groups is not None and (
             not isinstance(groups, list) or not all(isinstance(g, str) for g in groups)
         ):
