@@ -70,7 +70,12 @@ from tcm.metrics.groups import (
     group_consistency_view,
     group_operating_point_view,
 )
-from tcm.metrics.results import OperatingPoint, SimilarityHistogram, ThresholdConsistency
+from tcm.metrics.results import (
+    OperatingPoint,
+    SimilarityHistogram,
+    ThresholdConsistency,
+    scale_entry,
+)
 from tcm.metrics.retrieval import (
     Backend,
     RetrievalMetrics,
@@ -339,7 +344,7 @@ def evaluate(
         stats=stats,
         options={
             **plan.options(ks, groups is not None, ci, n_boot, comm),
-            **({} if index.score_scale == "cosine" else {"score_scale": index.score_scale}),
+            **scale_entry(index.score_scale),
         },
         **figures,
     )

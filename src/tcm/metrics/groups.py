@@ -58,7 +58,7 @@ from tcm.metrics.bootstrap import (
     interval_from_samples,
     ratio_or_nan,
 )
-from tcm.metrics.results import jsonable
+from tcm.metrics.results import jsonable, scale_entry
 from tcm.metrics.statistics import (
     PairIndex,
     PairStats,
@@ -181,6 +181,8 @@ class GroupOperatingPoint:
         summary: :func:`group_summary` of ``far`` / ``frr``.
         intervals: ``{name: Interval}`` class-bootstrap intervals (``far``, ``frr`` per group,
             each summary key) when ``ci`` was given, else empty.
+        score_scale: the scale of ``threshold`` (``"cosine"``, or the scorer's; ``to_dict``
+            lists it only when it is not ``"cosine"``).
     """
 
     threshold: float
@@ -195,6 +197,7 @@ class GroupOperatingPoint:
     tar_matrix: np.ndarray
     summary: dict[str, float]
     intervals: dict[str, Interval]
+    score_scale: str = "cosine"
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-serialisable dict (NaN / inf stay floats: use a JSON writer that allows them)."""
@@ -209,6 +212,7 @@ class GroupOperatingPoint:
             "tar_matrix": jsonable(self.tar_matrix),
             "summary": dict(self.summary),
             "intervals": {k: v.to_dict() for k, v in self.intervals.items()},
+            **scale_entry(self.score_scale),
         }
 
 
@@ -307,6 +311,7 @@ def group_operating_point_view(
         tar_matrix=r["tar_matrix"],
         summary=summary,
         intervals=intervals,
+        score_scale=stats.score_scale,
     )
 
 
@@ -321,6 +326,7 @@ class GroupConsistency:
         opis: mean over thresholds of the across-group variance of utility.
         epsilon_opis: ``{eps: value}`` (``m = max(1, floor(eps G'))`` groups at each end).
         intervals: class-bootstrap intervals of ``opis`` and each ``epsilon_opis_{eps}``.
+        score_scale: the scale of ``thresholds`` (``"cosine"``, or the scorer's).
     """
 
     groups: np.ndarray
@@ -332,6 +338,7 @@ class GroupConsistency:
     opis: float
     epsilon_opis: dict[float, float]
     intervals: dict[str, Interval]
+    score_scale: str = "cosine"
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-serialisable dict."""
@@ -343,6 +350,7 @@ class GroupConsistency:
             "opis": self.opis,
             "epsilon_opis": {f"{k:g}": v for k, v in self.epsilon_opis.items()},
             "intervals": {k: v.to_dict() for k, v in self.intervals.items()},
+            **scale_entry(self.score_scale),
         }
 
 
@@ -446,6 +454,7 @@ def group_consistency_view(
         opis=res_opis,
         epsilon_opis=res_eps,
         intervals=intervals,
+        score_scale=stats.score_scale,
     )
 
 

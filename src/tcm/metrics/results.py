@@ -19,6 +19,7 @@ __all__ = [
     "SimilarityHistogram",
     "ThresholdConsistency",
     "jsonable",
+    "scale_entry",
 ]
 
 
@@ -28,7 +29,7 @@ def jsonable(a: np.ndarray) -> list[Any]:
     return list(np.asarray(a).tolist())
 
 
-def _scale(score_scale: str) -> dict[str, str]:
+def scale_entry(score_scale: str) -> dict[str, str]:
     """``{"score_scale": ...}`` for a scorer's scale, nothing for ``"cosine"``."""
     return {} if score_scale == "cosine" else {"score_scale": score_scale}
 
@@ -92,7 +93,7 @@ class ThresholdConsistency:
             "num_positive_pairs": int(self.num_positive_pairs),
             "num_negative_pairs": int(self.num_negative_pairs),
             "intervals": {k: v.to_dict() for k, v in self.intervals.items()},
-            **_scale(self.score_scale),
+            **scale_entry(self.score_scale),
         }
 
 
@@ -141,7 +142,7 @@ class OperatingPoint:
             "global_tar": float(self.global_tar),
             "global_far": float(self.global_far),
             "excluded_classes": jsonable(self.excluded_classes),
-            **_scale(self.score_scale),
+            **scale_entry(self.score_scale),
         }
 
 
@@ -170,5 +171,5 @@ class SimilarityHistogram:
             "edges": jsonable(self.edges),
             "pos": jsonable(self.pos),
             "neg": jsonable(self.neg),
-            **_scale(self.score_scale),
+            **scale_entry(self.score_scale),
         }

@@ -40,6 +40,7 @@ from tcm.metrics.bootstrap import (
 )
 from tcm.metrics.calibration import spread
 from tcm.metrics.groups import GroupOperatingPoint, group_operating_point_view
+from tcm.metrics.results import scale_entry
 from tcm.metrics.statistics import PairIndex, PairStats, pair_statistics
 
 if TYPE_CHECKING:
@@ -66,6 +67,8 @@ class CalibrationTransfer:
         source_groups, target_groups: per-group rates at ``t`` when groups were given.
         intervals: class-bootstrap intervals (target classes) of ``target_far``, ``far_ratio``,
             ``target_tar`` when ``ci`` was given.
+        score_scale: the scale of ``threshold`` and ``target_threshold`` (``"cosine"``, or the
+            scorer's; ``to_dict`` lists it only when it is not ``"cosine"``).
     """
 
     far: float
@@ -85,6 +88,7 @@ class CalibrationTransfer:
     source_groups: GroupOperatingPoint | None = None
     target_groups: GroupOperatingPoint | None = None
     intervals: dict[str, Interval] = field(default_factory=dict)
+    score_scale: str = "cosine"
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-serialisable dict."""
@@ -110,6 +114,7 @@ class CalibrationTransfer:
         out["source_groups"] = None if self.source_groups is None else self.source_groups.to_dict()
         out["target_groups"] = None if self.target_groups is None else self.target_groups.to_dict()
         out["intervals"] = {k: v.to_dict() for k, v in self.intervals.items()}
+        out.update(scale_entry(self.score_scale))
         return out
 
 
@@ -124,8 +129,19 @@ def transfer_view(
     seed: int = 0,
 ) -> CalibrationTransfer:
     """:class:`CalibrationTransfer` from source statistics counted with ``fars=[far]`` and
-    target statistics counted with ``fars=[far]`` and ``thresholds=[t]`` (no pass)."""
+    target statistics counted with ``fars=[far]`` and ``thresholds=[t]`` (no pass).
+
+    Raises:
+        ValueError: ``far`` outside (0, 1), bad ``ci`` / ``n_boot``, statistics on two score
+            scales (a threshold on one scale means nothing on the other), and the errors of the
+            statistics' views.
+    """
     f = check_fraction(far, "far")
+    if source.score_scale != target.score_scale:
+        raise ValueError(
+            f"source scores are on the {source.score_scale} scale, target scores on the "
+            f"{target.score_scale} scale; score both with the same scorer"
+        )
     check_bootstrap_args(ci, n_boot)
     t = source.threshold_at_far(f)
     rs = source.rates(source.columns_of([t]))
@@ -165,6 +181,7 @@ def transfer_view(
         source_groups=groups_of(source),
         target_groups=groups_of(target),
         intervals=intervals,
+        score_scale=source.score_scale,
     )
 
 
