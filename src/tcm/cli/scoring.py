@@ -46,7 +46,6 @@ __all__ = [
     "check_scorer_options",
     "load_scorer_inputs",
     "pair_scores",
-    "scale_label",
 ]
 
 #: Scorers fitted on a cohort (``--cohort``; labels not needed).
@@ -176,12 +175,6 @@ def check_scorer_options(args: argparse.Namespace) -> None:
         _check_output_file(args.save_scorer, "--save-scorer", (".safetensors",))
 
 
-def scale_label(scale: str) -> str:
-    """How a threshold's scale is named on the console: ``"cosine similarity"`` for cosines,
-    else the scorer's ``score_scale`` (``"z-score"``, ``"shifted-cosine"``, ``"probability"``)."""
-    return "cosine similarity" if scale == "cosine" else scale
-
-
 def file_sha256(path: str | Path) -> str:
     """SHA-256 of a file's bytes (read in 1 MiB chunks)."""
     h = hashlib.sha256()
@@ -290,7 +283,9 @@ class ScorerInputs:
                 )
 
     def scale_label(self) -> str:
-        """:func:`scale_label` of the scorer built (cosine without one)."""
+        """:func:`tcm.metrics.results.scale_label` of the scorer built (cosine without one)."""
+        from tcm.metrics.results import scale_label
+
         return scale_label("cosine" if self.scorer is None else self.scorer.score_scale)
 
     def describe(self) -> list[str]:

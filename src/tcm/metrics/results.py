@@ -20,6 +20,7 @@ __all__ = [
     "ThresholdConsistency",
     "jsonable",
     "scale_entry",
+    "scale_label",
 ]
 
 
@@ -32,6 +33,12 @@ def jsonable(a: np.ndarray) -> list[Any]:
 def scale_entry(score_scale: str) -> dict[str, str]:
     """``{"score_scale": ...}`` for a scorer's scale, nothing for ``"cosine"``."""
     return {} if score_scale == "cosine" else {"score_scale": score_scale}
+
+
+def scale_label(scale: str) -> str:
+    """How a threshold's scale is named in text: ``"cosine similarity"`` for cosines, else the
+    scorer's ``score_scale`` (``"z-score"``, ``"shifted-cosine"``, ``"probability"``)."""
+    return "cosine similarity" if scale == "cosine" else scale
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,8 @@
 :class:`~tcm.report.run.ReportRun`, read from its :class:`~tcm.metrics.Evaluation` (no pair
 pass, no kNN pass, nothing recomputed here).
 
-Sections read (cosine similarity; a pair is accepted when ``s >= t``):
+Sections read (cosine similarity, or the scores of the run's scorer on its ``score_scale``,
+recorded in the Evaluation's ``options``; a pair is accepted when ``s >= t``):
 
 * ``consistency`` -> per-class utility ``U_c(t)`` on the calibration grid, the grid's global FAR,
   OPIS and eps-OPIS (5 %, 10 %);
@@ -28,7 +29,9 @@ import numpy as np
 
 from tcm._io import json_value
 from tcm.metrics import Evaluation, GroupOperatingPoint, Interval, OperatingPoint
+from tcm.metrics.results import scale_entry
 from tcm.metrics.vocabulary import headline_keys, metric_info
+from tcm.report.detection import RunDetection
 from tcm.report.plots import far_log_ratio
 from tcm.report.run import ReportRun
 
@@ -80,6 +83,11 @@ class RunAnalysis:
         groups: per-group rates at ``threshold`` (the Evaluation's ``groups``), or ``None``.
         group_opis: group OPIS (``group_consistency``) and ``group_opis_interval`` its
             interval, when present.
+        score_scale: the scale of ``threshold``, ``thresholds`` and ``hist_edges``
+            (``"cosine"``, or the run's scorer's, e.g. ``"z-score"``).
+        scorer: the scorer's JSON record (:meth:`ReportRun.scorer_json`), or ``None``.
+        detection: the run's DET data (:class:`~tcm.report.detection.RunDetection`), or
+            ``None``.
     """
 
     name: str
@@ -108,6 +116,9 @@ class RunAnalysis:
     groups: GroupOperatingPoint | None = None
     group_opis: float | None = None
     group_opis_interval: Interval | None = None
+    score_scale: str = "cosine"
+    scorer: dict[str, Any] | None = None
+    detection: RunDetection | None = None
 
     def group_far_log_ratio(self, target_far: float) -> np.ndarray:
         """``(G, G)`` ``log10(FAR_{g,h} / target_far)``: the colour values of the group FAR
@@ -146,6 +157,7 @@ class RunAnalysis:
             "groups_left_out": self.groups_left_out(),
             "group_opis": json_value(self.group_opis),
             "intervals": {k: interval_json(v) for k, v in gop.intervals.items()},
+            **scale_entry(gop.score_scale),
         }
 
     def far_exceeding(self, factor: float, target_far: float) -> int:
@@ -199,7 +211,18 @@ class RunAnalysis:
             "far_range": list(self.far_range),
             "intervals": {k: interval_json(v) for k, v in self.intervals.items()},
             "groups": self.groups_summary(target_far),
+            **self._scoring_summary(),
         }
+
+    def _scoring_summary(self) -> dict[str, Any]:
+        """The keys a cosine run without DET data does not have (its JSON stays as it was):
+        ``score_scale`` off the cosine scale, ``scorer``, ``detection``."""
+        out: dict[str, Any] = dict(scale_entry(self.score_scale))
+        if self.scorer is not None:
+            out["scorer"] = json_value(self.scorer)
+        if self.detection is not None:
+            out["detection"] = json_value(self.detection.to_dict())
+        return out
 
 
 def class_display_names(classes: np.ndarray, class_names: Sequence[str] | None) -> np.ndarray:
@@ -384,6 +407,9 @@ def _analyse(
         groups=gop,
         group_opis=None if gc is None else float(gc.opis),
         group_opis_interval=None if gc is None else gc.intervals.get("opis"),
+        score_scale=str(ev.options.get("score_scale", "cosine")),
+        scorer=run.scorer_json(),
+        detection=run.detection,
     )
 
 

@@ -1,7 +1,8 @@
 """Report figures (matplotlib, Agg canvas, no pyplot global state).
 
-Every function takes plain NumPy arrays (cosine-similarity units; a pair is accepted when
-``s >= t``) and returns a :class:`matplotlib.figure.Figure`; :func:`figure_to_png` renders it.
+Every function takes plain NumPy arrays (cosine-similarity units, or a scorer's scores on the
+``score_scale`` given; a pair is accepted when ``s >= t``) and returns a
+:class:`matplotlib.figure.Figure`; :func:`figure_to_png` renders it.
 
 Example:
     >>> import numpy as np
@@ -30,6 +31,7 @@ __all__ = [
     "far_log_ratio",
     "figure_to_png",
     "plot_accuracy_consistency",
+    "plot_det_curves",
     "plot_far_frr_spread",
     "plot_group_far_heatmap",
     "plot_similarity_distributions",
@@ -94,6 +96,7 @@ def plot_utility_curves(
     color: str = _PALETTE[0],
     max_lines: int = 400,
     seed: int = 0,
+    score_scale: str = "cosine",
 ) -> Figure:
     """Per-class utility curves ``U_c(t)`` over the calibration range.
 
@@ -103,7 +106,8 @@ def plot_utility_curves(
     line marks the deployment ``threshold`` if it lies in the range.
 
     Args:
-        thresholds: ``(K,)`` increasing cosine-similarity thresholds.
+        thresholds: ``(K,)`` increasing cosine-similarity thresholds (or scores on
+            ``score_scale``, named on the x axis).
         utility: ``(T, K)`` per-class utilities.
         grid_global_far: optional ``(K,)`` global FAR per threshold, shown on the top axis.
     """
@@ -150,7 +154,8 @@ def plot_utility_curves(
         pad = 1e-6 if t[-1] == t[0] else 0.0
         ax.set_xlim(t[0] - pad, t[-1] + pad)
     ax.set_ylim(y_lo, 1.01)
-    ax.set_xlabel("cosine-similarity threshold t  (pair accepted if s ≥ t)")
+    what = "cosine-similarity" if score_scale == "cosine" else _txt(score_scale)
+    ax.set_xlabel(f"{what} threshold t  (pair accepted if s ≥ t)")
     ax.set_ylabel("per-class utility  U_c(t) = F1(TAR_c, TRR_c)")
     ax.set_title(_txt(title), fontsize=11)
     ax.grid(alpha=0.3)
@@ -275,12 +280,14 @@ def plot_similarity_distributions(
     title: str,
     threshold: float | None = None,
     color: str = _PALETTE[0],
+    score_scale: str = "cosine",
 ) -> Figure:
-    """Distributions of positive (same class) and negative pair cosine similarities.
+    """Distributions of positive (same class) and negative pair cosine similarities (or scores
+    on ``score_scale``).
 
     Each histogram is normalised to a density (area 1) because negative pairs vastly outnumber
-    positive ones. ``edges`` is ``(B+1,)`` in ``[-1, 1]``; counts are ``(B,)``. A vertical line
-    marks the deployment ``threshold`` (pairs to its right are accepted).
+    positive ones. ``edges`` is ``(B+1,)`` (in ``[-1, 1]`` for cosines); counts are ``(B,)``. A
+    vertical line marks the deployment ``threshold`` (pairs to its right are accepted).
     """
     e = np.asarray(edges, dtype=np.float64)
     pos = np.asarray(pos_counts, dtype=np.float64)
@@ -303,13 +310,16 @@ def plot_similarity_distributions(
     if nz.size:
         lo, hi = e[nz[0]], e[nz[-1] + 1]
         pad = 0.05 * max(hi - lo, 1e-3)
-        ax.set_xlim(max(-1.0, lo - pad), min(1.0, hi + pad))
+        x_lo, x_hi = (-1.0, 1.0) if score_scale == "cosine" else (e[0], e[-1])
+        ax.set_xlim(max(x_lo, lo - pad), min(x_hi, hi + pad))
     if threshold is not None:
         ax.axvline(
             threshold, color="black", ls="--", lw=1.2, label=f"threshold t = {threshold:.3f}"
         )
     ax.set_ylim(bottom=0.0)
-    ax.set_xlabel("cosine similarity s(i, j)")
+    ax.set_xlabel(
+        "cosine similarity s(i, j)" if score_scale == "cosine" else f"{_txt(score_scale)} s(i, j)"
+    )
     ax.set_ylabel("density")
     ax.set_title(_txt(title), fontsize=11)
     ax.grid(alpha=0.3)
@@ -475,4 +485,58 @@ def plot_group_far_heatmap(
     ticks = np.arange(-np.floor(lim), np.floor(lim) + 1.0)
     cbar.set_ticks(list(ticks), labels=[f"{10.0**k:g}×" for k in ticks])
     cbar.set_label(f"FAR / target FAR {target_far:g}  (log10 scale)", fontsize=8)
+    return fig
+
+
+#: Tick values of the DET plot's probit axes (error rates as fractions).
+_DET_TICKS = (1e-5, 1e-4, 1e-3, 1e-2, 0.05, 0.2, 0.5, 0.8)
+
+
+def plot_det_curves(
+    names: Sequence[str],
+    fmrs: Sequence[np.ndarray],
+    fnmrs: Sequence[np.ndarray],
+    *,
+    points: Sequence[tuple[float, float]] | None = None,
+    colors: Sequence[str] | None = None,
+) -> Figure:
+    """DET curves on probit (normal-deviate) axes: false match rate (FAR, x) against false
+    non-match rate (FRR, y), one line per run (rates in ``[0, 1]``, any score scale: only the
+    order of the scores matters). ``points``: one ``(FAR, FRR)`` per run, e.g. the deployment
+    operating point, drawn as a dot. Rates are clipped to ``[lo, 1 - lo]`` with ``lo`` half the
+    smallest non-zero rate shown (at least ``1e-6``), so 0 stays on the plot's edge.
+    """
+    from scipy.special import ndtri
+
+    n = len(names)
+    if not (len(fmrs) == len(fnmrs) == n) or n == 0:
+        raise ValueError(
+            f"need one FMR and one FNMR array per run; got {n} names, {len(fmrs)} FMR, "
+            f"{len(fnmrs)} FNMR arrays"
+        )
+    cols = list(colors) if colors is not None else [run_color(i) for i in range(n)]
+    rates = [np.asarray(a, dtype=np.float64) for a in (*fmrs, *fnmrs)]
+    nonzero = [float(r[r > 0].min()) for r in rates if np.any(r > 0)]
+    lo = max(1e-6, 0.5 * min(nonzero, default=1e-3))
+
+    def probit(v: Any) -> np.ndarray:
+        return np.asarray(ndtri(np.clip(np.asarray(v, dtype=np.float64), lo, 1.0 - lo)))
+
+    fig = _new_figure(6.4, 5.0)
+    ax = fig.add_subplot()
+    for i in range(n):
+        ax.plot(probit(fmrs[i]), probit(fnmrs[i]), color=cols[i], lw=1.6, label=_txt(names[i]))
+        if points is not None:
+            px, py = probit(points[i])
+            ax.scatter([px], [py], s=36, color=cols[i], edgecolor="black", zorder=3)
+    ticks = [t for t in _DET_TICKS if lo <= t <= 1.0 - lo]
+    for axis in (ax.xaxis, ax.yaxis):
+        axis.set_ticks(list(probit(ticks)), labels=[f"{100 * t:g}%" for t in ticks])
+    ax.set_xlim(float(probit(lo)), float(probit(0.6)))
+    ax.set_ylim(float(probit(lo)), float(probit(0.6)))
+    ax.set_xlabel("false accept rate FAR (impostor pairs accepted, probit scale)")
+    ax.set_ylabel("false reject rate FRR (genuine pairs rejected, probit scale)")
+    ax.set_title("DET curves (lower left is better)", fontsize=11)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="upper right", fontsize=8, framealpha=0.85)
     return fig

@@ -20,12 +20,16 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tcm._validation import ArrayLike
 from tcm.metrics import Evaluation, evaluate
 from tcm.metrics.bootstrap import check_bootstrap_args
 from tcm.metrics.vocabulary import find_metric, headline_keys, metric_info
+from tcm.report.detection import RunDetection, run_detection
+
+if TYPE_CHECKING:
+    from tcm.scoring import Scorer
 
 __all__ = [
     "HISTOGRAM_BINS",
@@ -98,6 +102,7 @@ def report_evaluation(
     groups: ArrayLike | None = None,
     ci: float | None = None,
     n_boot: int = 1000,
+    scorer: Scorer | None = None,
 ) -> Evaluation:
     """The one :func:`tcm.metrics.evaluate` call a report needs for one run.
 
@@ -120,12 +125,16 @@ def report_evaluation(
         groups: optional ``(N,)`` group id per sample (data distribution / sub-population).
         ci, n_boot: confidence level in ``(0, 1)`` and number of class-bootstrap resamples of
             the intervals (``None``: no intervals).
+        scorer: a fitted :class:`~tcm.scoring.Scorer`: every figure on its scores (thresholds
+            and histogram on its ``score_scale``; ``threshold`` must then be ``None``).
 
     Raises:
-        ValueError: bad options or inputs (from :func:`tcm.metrics.evaluate`).
+        ValueError: bad options or inputs (from :func:`tcm.metrics.evaluate`), a threshold
+            with a scorer off the cosine scale.
     """
     t, far, (lo, hi) = check_report_options(threshold, target_far, far_range)
     check_bootstrap_args(ci, n_boot)
+    check_threshold_scale(t, scorer)
     include = ["consistency", "histogram"]
     include.append("calibration" if t is None else "operating_point")
     if retrieval:
@@ -146,7 +155,18 @@ def report_evaluation(
         ci=ci,
         n_boot=n_boot,
         include=include,
+        scorer=scorer,
     )
+
+
+def check_threshold_scale(threshold: float | None, scorer: Scorer | None) -> None:
+    """ValueError for a given (cosine-similarity) threshold with a scorer whose scores are on
+    another scale: the threshold would mean nothing there (calibrate per run instead)."""
+    if threshold is not None and scorer is not None and scorer.score_scale != "cosine":
+        raise ValueError(
+            f"threshold {threshold!r} is a cosine similarity; a {scorer.kind} scorer's scores "
+            f"are {scorer.score_scale}s: leave threshold=None (calibrated per run)"
+        )
 
 
 @dataclass
@@ -176,6 +196,13 @@ class ReportRun:
             font family, camera, site; the ``groups`` array of ``tcm embed`` files), with
             embeddings only: the evaluation then adds per-group rates (the report's groups
             section). An Evaluation computed with ``groups=`` already carries them.
+        scorer: optional fitted :class:`~tcm.scoring.Scorer` (with embeddings only): the run is
+            evaluated on its scores (docs/scoring.md); thresholds, histograms and the DET
+            section are then on its ``score_scale``.
+        scorer_record: optional JSON record of the scorer shown in ``report.json`` (e.g. the
+            CLI's, with the fit file and its SHA-256); default: kind, params, scale, convention.
+        detection: the run's DET data (:func:`~tcm.report.detection.run_detection`), set by
+            :meth:`from_embeddings` with ``det=True``; shown in the report's DET section.
 
     Raises:
         ValueError: empty or non-string name, neither or both of embeddings/labels and
@@ -196,6 +223,9 @@ class ReportRun:
     evaluation: Evaluation | None = None
     class_names: Sequence[str] | None = None
     groups: ArrayLike | None = None
+    scorer: Scorer | None = None
+    scorer_record: Mapping[str, Any] | None = None
+    detection: RunDetection | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name.strip():
@@ -216,6 +246,11 @@ class ReportRun:
                     f"run {self.name!r}: groups= goes with embeddings; an Evaluation carries its "
                     "own groups (evaluate(..., groups=...))"
                 )
+            if self.scorer is not None:
+                raise ValueError(
+                    f"run {self.name!r}: scorer= goes with embeddings; an Evaluation is already "
+                    "scored (evaluate(..., scorer=...))"
+                )
         elif self.embeddings is None or self.labels is None:
             raise ValueError(
                 f"run {self.name!r}: needs embeddings and labels, or evaluation= (a "
@@ -229,7 +264,27 @@ class ReportRun:
             or not all(isinstance(s, str) for s in self.class_names)
         ):
             raise ValueError(f"run {self.name!r}: class_names must be a sequence of strings")
+        self._check_scorer()
         self.caller_metrics()  # validates the metric values
+
+    def _check_scorer(self) -> None:
+        from tcm.scoring import Scorer
+
+        if self.scorer is not None and not (isinstance(self.scorer, Scorer) and self.scorer.fitted):
+            raise ValueError(f"run {self.name!r}: scorer must be a fitted tcm.scoring.Scorer")
+        if self.scorer_record is not None and not isinstance(self.scorer_record, Mapping):
+            raise ValueError(f"run {self.name!r}: scorer_record must be a mapping (JSON record)")
+
+    def scorer_json(self) -> dict[str, Any] | None:
+        """The scorer's record for ``report.json`` (``scorer_record``, else kind, params,
+        score scale and convention of ``scorer``), or ``None`` without either."""
+        if self.scorer_record is not None:
+            return dict(self.scorer_record)
+        s = self.scorer
+        if s is None:
+            return None
+        keys = ("kind", "params", "score_scale", "convention")
+        return {k: v for k, v in s.metadata().items() if k in keys}
 
     def _check_shapes(self) -> None:
         emb_shape = _shape_of(self.embeddings)
@@ -272,6 +327,9 @@ class ReportRun:
         groups: ArrayLike | None = None,
         ci: float | None = None,
         n_boot: int = 1000,
+        scorer: Scorer | None = None,
+        scorer_record: Mapping[str, Any] | None = None,
+        det: bool = False,
     ) -> ReportRun:
         """Evaluate embeddings now (one :func:`report_evaluation`) and return the run holding
         the :class:`~tcm.metrics.Evaluation` (the embeddings are not kept).
@@ -279,7 +337,9 @@ class ReportRun:
         ``threshold``, ``target_far``, ``far_range``, ``ci`` and ``n_boot`` must be the ones
         later passed to :func:`~tcm.report.write_report`. Retrieval is skipped when ``metrics``
         already has ``recall_at_1`` and ``map_at_r``. ``groups`` (``(N,)``, one group id per
-        sample) adds the per-group rates to the Evaluation.
+        sample) adds the per-group rates to the Evaluation. ``scorer``: evaluate on its scores
+        (``scorer_record``: its JSON record for ``report.json``). ``det``: also score every
+        pair once for the DET section (:func:`~tcm.report.detection.run_detection`).
 
         Raises:
             ValueError: as :class:`ReportRun` and :func:`report_evaluation`, prefixed with
@@ -295,7 +355,14 @@ class ReportRun:
             (True, 0.01)
         """
         check = cls(
-            name, embeddings, labels, metrics=metrics, class_names=class_names, groups=groups
+            name,
+            embeddings,
+            labels,
+            metrics=metrics,
+            class_names=class_names,
+            groups=groups,
+            scorer=scorer,
+            scorer_record=scorer_record,
         )
         given = check.caller_metrics()
         try:
@@ -311,10 +378,19 @@ class ReportRun:
                 groups=groups,
                 ci=ci,
                 n_boot=n_boot,
+                scorer=scorer,
             )
+            detection = run_detection(embeddings, labels, scorer) if det else None
         except ValueError as exc:
             raise ValueError(f"run {name!r}: {exc}") from exc
-        return cls(name, metrics=metrics, evaluation=ev, class_names=class_names)
+        return cls(
+            name,
+            metrics=metrics,
+            evaluation=ev,
+            class_names=class_names,
+            scorer_record=check.scorer_json(),
+            detection=detection,
+        )
 
     def caller_metrics(self) -> dict[str, float]:
         """The caller's metrics, validated, as Python floats (keys unchanged).

@@ -17,11 +17,14 @@ from matplotlib.figure import Figure
 
 import tcm
 from tcm.metrics import headline_keys, metric_info, metric_label
+from tcm.metrics.results import scale_label
 from tcm.report import html as H
 from tcm.report.compute import RunAnalysis
+from tcm.report.detection import DET_MAX_PAIRS, DET_P_TARGET
 from tcm.report.plots import (
     figure_to_png,
     plot_accuracy_consistency,
+    plot_det_curves,
     plot_far_frr_spread,
     plot_group_far_heatmap,
     plot_similarity_distributions,
@@ -56,6 +59,14 @@ class ReportContext:
     def colors(self) -> list[str]:
         """The run colours, in report order."""
         return [run_color(i) for i in range(len(self.analyses))]
+
+    @property
+    def scored(self) -> bool:
+        """Whether a run's scores are off the cosine scale (a scorer's): tables then get a
+        score-scale column (a report of cosine runs only stays as it was)."""
+        return any(a.score_scale != "cosine" for a in self.analyses) or any(
+            r.result.score_scale != "cosine" for r in self.transfers
+        )
 
     def threshold_mode(self) -> str:
         """How the deployment threshold was chosen, in words."""
@@ -147,7 +158,7 @@ def _spread_stat(x: np.ndarray, fn: str, fmt: str) -> str:
 
 
 def _operating_point_row(
-    i: int, a: RunAnalysis, target_far: float, levels: set[tuple[float, int]]
+    i: int, a: RunAnalysis, target_far: float, levels: set[tuple[float, int]], scored: bool
 ) -> list[str]:
     def global_ci(key: str, fmt: str) -> str | None:
         iv = a.intervals.get(key) if a.threshold_source == "calibrated" else None
@@ -158,6 +169,7 @@ def _operating_point_row(
 
     return [
         swatch(i, a.name),
+        *([scale_label(a.score_scale)] if scored else []),
         f"{a.threshold:.4f}",
         with_ci(f"{a.global_far:.2e}", global_ci("calibration_global_far", ".2e")),
         with_ci(f"{a.global_tar:.4f}", global_ci("calibration_global_tar", ".4f")),
@@ -174,12 +186,18 @@ def _operating_point_row(
 def _operating_point_table(ctx: ReportContext) -> list[str]:
     target_far = ctx.target_far
     levels: set[tuple[float, int]] = set()
-    rows = [_operating_point_row(i, a, target_far, levels) for i, a in enumerate(ctx.analyses)]
-    headers = ["run", "threshold t", "global FAR", "global TAR"]
+    scored = ctx.scored
+    rows = [
+        _operating_point_row(i, a, target_far, levels, scored) for i, a in enumerate(ctx.analyses)
+    ]
+    headers = ["run", *(["score scale"] if scored else []), "threshold t", "global FAR"]
+    headers += ["global TAR"]
     headers += ["FAR_c median", "FAR_c p95", "FAR_c max", f"FAR_c > {2 * target_far:g}"]
     headers += ["FRR_c median", "FRR_c p95", "FRR_c max"]
     note = (
-        f"Threshold t: {ctx.threshold_mode()}. FAR_c = share of pairs with exactly one member in "
+        f"Threshold t: {ctx.threshold_mode()}"
+        + (" (on each run's score scale)" if scored else "")
+        + ". FAR_c = share of pairs with exactly one member in "
         f"class c accepted (s ≥ t); FRR_c = share of the class's own pairs rejected. "
         f"“FAR_c > {2 * target_far:g}” counts classes above twice the target FAR."
         + (f" [lo, hi]: {levels_text(levels)}." if levels else "")
@@ -248,6 +266,62 @@ def far_frr_spread_section(ctx: ReportContext) -> list[str]:
     )
     png = ctx.figure_png(name, fig)
     return [H.figure(png, alt="per-class FAR and FRR spread", filename=name, caption=caption)]
+
+
+# --------------------------------------------------------------------------------------------
+# DET curves and minDCF (runs with DET data)
+# --------------------------------------------------------------------------------------------
+
+
+def _det_row(i: int, a: RunAnalysis) -> list[str]:
+    d = a.detection
+    if d is None:
+        value = "– (run given as an Evaluation)"
+    elif d.min_dcf is None:
+        value = f"– (more than {DET_MAX_PAIRS:,} pairs, not computed)"
+    else:
+        value = f"{d.min_dcf:.4f}"
+    counts = ["–", "–"] if d is None else [f"{d.num_genuine:,}", f"{d.num_impostor:,}"]
+    return [swatch(i, a.name), scale_label(a.score_scale), *counts, value]
+
+
+def det_section(ctx: ReportContext) -> list[str]:
+    """DET curves of the runs with DET data (probit axes) and their minDCF."""
+    if not any(a.detection is not None for a in ctx.analyses):
+        return []
+    shown = [
+        (i, a, d)
+        for i, a in enumerate(ctx.analyses)
+        if (d := a.detection) is not None and d.min_dcf is not None
+    ]
+    parts = []
+    if shown:
+        fig = plot_det_curves(
+            [a.name for _, a, _ in shown],
+            [d.fmr for _, _, d in shown],
+            [d.fnmr for _, _, d in shown],
+            points=[(a.global_far, 1.0 - a.global_tar) for _, a, _ in shown],
+            colors=[ctx.colors[i] for i, _, _ in shown],
+        )
+        name = "det.png"
+        caption = (
+            "False reject rate against false accept rate over every threshold, on normal-deviate "
+            "(probit) axes; the dot is the run's deployment threshold. Curves compare the order "
+            "of the scores, so raw and normalised runs share the axes."
+        )
+        png = ctx.figure_png(name, fig)
+        parts.append(H.figure(png, alt="DET curves of the runs", filename=name, caption=caption))
+    headers = ["run", "score scale", "genuine pairs", "impostor pairs"]
+    headers += [f"minDCF (P_target {DET_P_TARGET:g})"]
+    note = (
+        f"minDCF: min over thresholds t of (C_miss·P_target·FRR(t) + C_fa·(1 − P_target)·FAR(t)),"
+        f" divided by min(C_miss·P_target, C_fa·(1 − P_target)); P_target = {DET_P_TARGET:g}, "
+        "C_miss = C_fa = 1 (1 = no better than accepting or rejecting every pair; lower is "
+        "better). Exact, over every pair of the run."
+    )
+    rows = [_det_row(i, a) for i, a in enumerate(ctx.analyses)]
+    parts += [H.table(headers, rows), f'<p class="note">{H.esc(note)}</p>']
+    return parts
 
 
 # --------------------------------------------------------------------------------------------
@@ -360,7 +434,7 @@ def _group_run(ctx: ReportContext, i: int, a: RunAnalysis) -> str:
     parts = [
         f'<section class="run"><h3>{swatch(i, a.name)}</h3>',
         f'<p class="meta">{len(names)} groups · threshold t = {gop.threshold:.4f} '
-        f"(cosine similarity, accept when s ≥ t) · target FAR {target_far:g}</p>",
+        f"({scale_label(gop.score_scale)}, accept when s ≥ t) · target FAR {target_far:g}</p>",
         H.figure(png, alt=f"cross-group FAR heatmap of {a.name}", filename=fname, caption=caption),
         '<div class="scroll">' + H.table(headers, _group_rate_rows(a, target_far)) + "</div>",
         H.table(["summary", "FAR", "FRR"], _group_summary_rows(a)),
@@ -401,7 +475,7 @@ _TRANSFER_METHODS = {
 }
 
 
-def _transfer_row(row: TransferRow) -> list[str]:
+def _transfer_row(row: TransferRow, scored: bool) -> list[str]:
     tr = row.result
 
     def iv(key: str, fmt: str) -> str | None:
@@ -409,6 +483,7 @@ def _transfer_row(row: TransferRow) -> list[str]:
 
     return [
         f"{row.source} → {row.target}",
+        *([scale_label(tr.score_scale)] if scored else []),
         f"{tr.far:g}",
         f"{tr.threshold:.4f}",
         with_ci(f"{tr.target_far:.2e}", iv("target_far", ".2e")),
@@ -430,9 +505,11 @@ def transfer_section(ctx: ReportContext) -> list[str]:
         return []
     levels = {(v.ci, v.n_boot) for row in transfers for v in row.result.intervals.values()}
     methods = sorted({r.method for r in transfers})
+    scored = ctx.scored
+    scale = "on the row's score scale" if scored else "cosine similarity"
     note = (
         "The threshold t of global FAR f is calibrated on the source and applied to the target "
-        "(cosine similarity, accept when s ≥ t). FAR ratio = target FAR / f (1 = the calibration "
+        f"({scale}, accept when s ≥ t). FAR ratio = target FAR / f (1 = the calibration "
         "holds); TAR source → target at t (change); t_T = the threshold of FAR f on the target, "
         "offset = t − t_T (negative: t is too low for the target, more false accepts); classes "
         "over 2× = target classes with FAR_c > 2f. Computed with "
@@ -441,12 +518,13 @@ def transfer_section(ctx: ReportContext) -> list[str]:
     )
     if levels:
         note += f" [lo, hi]: {levels_text(levels)} of the target."
-    headers = ["source → target", "FAR target f", "threshold t (source)", "target FAR at t"]
+    headers = ["source → target", *(["score scale"] if scored else [])]
+    headers += ["FAR target f", "threshold t (source)", "target FAR at t"]
     headers += ["FAR ratio", "TAR source → target", "target threshold t_T", "offset t − t_T"]
     headers += ["target classes over 2×"]
     return [
         '<div class="scroll">'
-        + H.table(headers, [_transfer_row(r) for r in transfers])
+        + H.table(headers, [_transfer_row(r, scored) for r in transfers])
         + "</div>"
         + f'<p class="note">{H.esc(note)}</p>'
     ]
@@ -471,6 +549,7 @@ def _per_run(ctx: ReportContext, i: int, a: RunAnalysis) -> list[str]:
             threshold=a.threshold,
             grid_global_far=a.grid_global_far,
             color=color,
+            score_scale=a.score_scale,
         ),
     )
     s_png = ctx.figure_png(
@@ -482,6 +561,7 @@ def _per_run(ctx: ReportContext, i: int, a: RunAnalysis) -> list[str]:
             title=f"{a.name}: pair similarities",
             threshold=a.threshold,
             color=color,
+            score_scale=a.score_scale,
         ),
     )
     u_caption = (
@@ -489,8 +569,9 @@ def _per_run(ctx: ReportContext, i: int, a: RunAnalysis) -> list[str]:
         "classes, the black line their mean, the shaded band the 5%–95% range. Flat, "
         "tightly bunched curves mean one threshold suits every class."
     )
+    scores = "cosine similarities" if a.score_scale == "cosine" else f"{a.score_scale} scores"
     s_caption = (
-        "Density of cosine similarities of positive (same-class) and negative "
+        f"Density of {scores} of positive (same-class) and negative "
         "pairs; pairs right of the dashed threshold are accepted."
     )
     u_alt, s_alt = (
@@ -502,7 +583,8 @@ def _per_run(ctx: ReportContext, i: int, a: RunAnalysis) -> list[str]:
         f'<p class="meta">{a.num_samples:,} samples, {a.num_classes:,} classes '
         f"({a.num_excluded:,} with a single sample excluded from per-class statistics); "
         f"calibration thresholds t ∈ [{a.thresholds[0]:.4f}, {a.thresholds[-1]:.4f}] "
-        f"(global FAR {far_range[1]:g} → {far_range[0]:g}).</p>",
+        + ("" if a.score_scale == "cosine" else f"({H.esc(a.score_scale)}) ")
+        + f"(global FAR {far_range[1]:g} → {far_range[0]:g}).</p>",
         '<div class="grid">'
         + H.figure(u_png, alt=u_alt, filename=u_name, caption=u_caption)
         + H.figure(s_png, alt=s_alt, filename=s_name, caption=s_caption)
@@ -538,6 +620,7 @@ SECTIONS: tuple[Section, ...] = (
     Section("Metrics", metrics_section),
     Section("Accuracy vs. threshold consistency", accuracy_consistency_section),
     Section("Per-class FAR / FRR at the deployment threshold", far_frr_spread_section),
+    Section("DET curves and minDCF", det_section),
     Section("Groups (data distributions) at the deployment threshold", groups_section),
     Section("Calibration transfer", transfer_section),
     Section("Per-run utility curves and similarity distributions", per_run_section),
@@ -553,10 +636,11 @@ _FOOTER = (
 def _header(ctx: ReportContext) -> list[str]:
     now = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     lo, hi = ctx.far_range
+    scores = "cosine similarity or the run's score scale" if ctx.scored else "cosine similarity"
     return [
         f"<h1>{H.esc(ctx.title)}</h1>",
         f'<p class="meta">{len(ctx.analyses)} run(s) · calibration range: global FAR '
-        f"{lo:g} – {hi:g} · {H.esc(ctx.threshold_mode())} · cosine similarity, a pair is "
+        f"{lo:g} – {hi:g} · {H.esc(ctx.threshold_mode())} · {scores}, a pair is "
         f"accepted when s ≥ t · tcm {H.esc(tcm.__version__)} · {now}</p>",
     ]
 

@@ -23,7 +23,13 @@ from tcm.metrics.transfer import transfer_view
 from tcm.report.compute import interval_json
 from tcm.report.run import ReportRun
 
-__all__ = ["TransferRow", "TransferSpec", "check_transfer", "transfer_rows"]
+__all__ = [
+    "TransferRow",
+    "TransferSpec",
+    "check_same_scorer",
+    "check_transfer",
+    "transfer_rows",
+]
 
 #: One entry of ``write_report(transfer=...)``: ``(source_run_name, target_run_name)``, or
 #: ``(source_label, target_label, CalibrationTransfer)`` for a transfer computed beforehand.
@@ -174,6 +180,16 @@ def check_transfer(
     return out
 
 
+def check_same_scorer(source: ReportRun, target: ReportRun) -> None:
+    """ValueError unless both runs are scored by the same scorer (or both by cosine): a
+    threshold only transfers between scores on one scale."""
+    if source.scorer is not target.scorer:
+        raise ValueError(
+            "the two runs are scored differently (a scorer on one run only, or two scorers); "
+            "a threshold transfers between runs on one score scale"
+        )
+
+
 def _one_transfer(
     by_name: dict[str, ReportRun],
     ev_by_name: dict[str, ReportRun],
@@ -187,6 +203,7 @@ def _one_transfer(
     s_stats = None if s_ev is None else s_ev.stats
     t_stats = None if t_ev is None else t_ev.stats
     try:
+        check_same_scorer(by_name[src], by_name[tgt])
         if _stats_cover(s_stats, t_stats, far):
             assert s_stats is not None and t_stats is not None
             res = transfer_view(s_stats, t_stats, far, ci=ci, n_boot=n_boot)
@@ -213,6 +230,7 @@ def _one_transfer(
             target_groups=t_run.groups,
             ci=ci,
             n_boot=n_boot,
+            scorer=s_run.scorer,
         )
     except ValueError as exc:
         raise ValueError(f"transfer {src!r} -> {tgt!r}: {exc}") from exc

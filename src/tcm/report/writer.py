@@ -24,10 +24,16 @@ from tcm.metrics.bootstrap import check_bootstrap_args
 from tcm.report import html as H
 from tcm.report.compute import RunAnalysis, analyse_run
 from tcm.report.files import write_files
-from tcm.report.run import ReportRun, check_report_options
+from tcm.report.run import ReportRun, check_report_options, check_threshold_scale
 from tcm.report.sections import ReportContext, render_body
 from tcm.report.text import format_metric
-from tcm.report.transfer import TransferRow, TransferSpec, check_transfer, transfer_rows
+from tcm.report.transfer import (
+    TransferRow,
+    TransferSpec,
+    check_same_scorer,
+    check_transfer,
+    transfer_rows,
+)
 
 __all__ = ["TransferRow", "TransferSpec", "format_metric", "transfer_rows", "write_report"]
 
@@ -39,8 +45,10 @@ def _evaluated(
     far_range: tuple[float, float],
     ci: float | None = None,
     n_boot: int = 1000,
+    det: bool = False,
 ) -> ReportRun:
-    """``run`` itself if it carries an Evaluation, else it evaluated once (embeddings dropped)."""
+    """``run`` itself if it carries an Evaluation, else it evaluated once (embeddings dropped;
+    with ``det``, its DET data computed too)."""
     if run.evaluation is not None:
         return run
     assert run.embeddings is not None and run.labels is not None  # checked by ReportRun
@@ -56,6 +64,9 @@ def _evaluated(
         groups=run.groups,
         ci=ci,
         n_boot=n_boot,
+        scorer=run.scorer,
+        scorer_record=run.scorer_record,
+        det=det,
     )
 
 
@@ -88,12 +99,15 @@ def write_report(
     ci: float | None = None,
     n_boot: int = 1000,
     transfer: Sequence[TransferSpec] | None = None,
+    det: bool = False,
 ) -> Path:
     """Write a self-contained ``index.html``, the figures as PNGs and ``report.json`` to out_dir.
 
     Sections (:data:`tcm.report.sections.SECTIONS`, ``docs/report.md``): metrics and operating
-    point, R@1 vs OPIS, per-class FAR_c / FRR_c spread, groups (runs with groups), calibration
-    transfer (with ``transfer``), per-run utility curves and similarity distributions. A run
+    point, R@1 vs OPIS, per-class FAR_c / FRR_c spread, DET curves and minDCF (with ``det``),
+    groups (runs with groups), calibration transfer (with ``transfer``), per-run utility curves
+    and similarity distributions. A run with a ``scorer`` is evaluated on its scores (its
+    thresholds, histogram and DET on the scorer's ``score_scale``). A run
     given as embeddings + labels is evaluated once (:func:`~tcm.report.run.report_evaluation`);
     a run carrying an Evaluation is only read, and must have been computed with these options.
     Everything is computed before anything is written; the files are then put in place by
@@ -113,6 +127,8 @@ def write_report(
         transfer: ``[(source_run, target_run), ...]`` by run name (threshold of global FAR
             ``target_far`` calibrated on the source, evaluated on the target), or ``(source,
             target, CalibrationTransfer)`` computed beforehand (:func:`transfer_rows`).
+        det: add the DET section: every pair of each run given as embeddings is scored once
+            (:mod:`tcm.report.detection`; runs given as an Evaluation have no DET data).
 
     Returns:
         Path of the written ``index.html``.
@@ -120,7 +136,8 @@ def write_report(
     Raises:
         ValueError: no runs, a non-:class:`ReportRun` entry, duplicate names, mismatched lengths
             or bad embeddings/labels, an Evaluation lacking a section or computed with other
-            options (message names the run and the section), bad option values.
+            options (message names the run and the section), bad option values, a
+            ``threshold`` with a run whose scorer is off the cosine scale.
 
     Example:
         >>> import numpy as np, tempfile
@@ -140,12 +157,11 @@ def write_report(
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise ValueError(f"out_dir exists and is not a directory: {str(out)!r}")
-    if transfer is not None:  # validate the entries before any evaluation
-        check_transfer(transfer, [r.name for r in run_list])
+    _check_scoring(run_list, threshold, transfer)  # before any evaluation
     ctx = ReportContext([], title, threshold, target_far, far_range)
     ev_runs = []
     for run in run_list:
-        ev_run = _evaluated(run, threshold, target_far, far_range, ci, n_boot)
+        ev_run = _evaluated(run, threshold, target_far, far_range, ci, n_boot, det)
         ev_runs.append(ev_run)
         ctx.analyses.append(_analysed(run, ev_run, ctx, ci, n_boot))
     if transfer is not None:
@@ -154,6 +170,27 @@ def write_report(
         )
     write_files(out, _report_files(ctx, ci, n_boot), started)
     return out / "index.html"
+
+
+def _check_scoring(
+    runs: list[ReportRun], threshold: float | None, transfer: Sequence[TransferSpec] | None
+) -> None:
+    """Validate the transfer entries, and refuse a cosine-similarity ``threshold`` for a run
+    scored on another scale and a transfer between runs scored differently."""
+    for run in runs:
+        try:
+            check_threshold_scale(threshold, run.scorer)
+        except ValueError as exc:
+            raise ValueError(f"run {run.name!r}: {exc}") from exc
+    if transfer is None:
+        return
+    by_name = {r.name: r for r in runs}
+    for src, tgt, given in check_transfer(transfer, list(by_name)):
+        if given is None:
+            try:
+                check_same_scorer(by_name[src], by_name[tgt])
+            except ValueError as exc:
+                raise ValueError(f"transfer {src!r} -> {tgt!r}: {exc}") from exc
 
 
 def _analysed(
