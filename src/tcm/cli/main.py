@@ -631,38 +631,37 @@ def _cmd_embed(args: argparse.Namespace) -> int:
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
-    """``tcm report SOURCES... --out DIR [--groups] [--ci L --n-boot N] [--transfer S:T]``.
+    """``tcm report SOURCES... --out DIR [--groups] [--ci L --n-boot N] [--transfer S:T]
+    [--scorer NAME ...]``.
 
-    Each source is evaluated once. Sources named in ``--transfer`` keep their embeddings until
-    the transfer table is computed (``tcm.metrics.calibration_transfer``); the others are
-    evaluated right away and keep only their Evaluation."""
-    from tcm.report import ReportRun, write_report
+    Each source is evaluated once (twice with a scorer: the cosine run ``NAME`` and the
+    normalised run ``NAME · KIND``), its pairs scored once more for the DET section. Sources
+    named in ``--transfer`` keep their embeddings until the transfer table is computed
+    (``tcm.metrics.calibration_transfer``; with a scorer also between the normalised runs); the
+    others are evaluated right away and keep only their Evaluation."""
+    from tcm.report import write_report
 
+    sc = load_scorer_inputs(args)  # the cohort / fit file read before the sources
     run_names = _run_names(args.sources)
     transfer = [_split_transfer(spec, run_names) for spec in args.transfer or ()]
     loaded = []
     for src, name in zip(args.sources, run_names, strict=True):
         f = _load_source(src, args)
         groups = _require_groups(f.groups, src) if args.groups else None
-        loaded.append((name, f.embeddings, _labels(f), f.class_names, groups))
+        loaded.append((name, f, groups))
+    evaluated = [(src, f) for src, (_, f, _) in zip(args.sources, loaded, strict=True)]
+    scorer = sc.build(evaluated, _warner(args), args.save_scorer)
+    variants: list[tuple[str, Any, dict[str, Any] | None]] = [("{}", None, None)]
+    if scorer is not None:  # every source twice: cosine, then normalised
+        variants.append((f"{{}} · {sc.kind}", scorer, sc.record()))
+        transfer += [(f"{a} · {sc.kind}", f"{b} · {sc.kind}") for a, b in transfer]
     in_transfer = {n for pair in transfer for n in pair}
     runs = []
-    for name, emb, lab, names, groups in loaded:
-        if name in in_transfer:  # evaluated once by write_report; embeddings kept for transfer
-            runs.append(ReportRun(name, emb, lab, class_names=names, groups=groups))
-        else:  # one evaluation per source; the embeddings are not kept
-            runs.append(
-                ReportRun.from_embeddings(
-                    name,
-                    emb,
-                    lab,
-                    class_names=names,
-                    threshold=args.threshold,
-                    groups=groups,
-                    ci=args.ci,
-                    n_boot=args.n_boot,
-                )
-            )
+    for name, f, groups in loaded:
+        for pattern, run_scorer, record in variants:
+            run_name = pattern.format(name)
+            keep = run_name in in_transfer
+            runs.append(_report_run(args, run_name, f, groups, run_scorer, record, keep))
     index = write_report(
         args.out,
         runs,
@@ -670,9 +669,43 @@ def _cmd_report(args: argparse.Namespace) -> int:
         ci=args.ci,
         n_boot=args.n_boot,
         transfer=transfer or None,
+        det=True,
     )
     _out(f"report: {console_text(index)}")
     return EXIT_OK
+
+
+def _report_run(
+    args: argparse.Namespace,
+    name: str,
+    f: EmbeddingFile,
+    groups: np.ndarray | None,
+    scorer: Any,
+    record: dict[str, Any] | None,
+    keep: bool,
+) -> Any:
+    """One run of ``tcm report``: evaluated now (embeddings dropped), or, with ``keep`` (a
+    transfer run), kept as embeddings for ``write_report`` to evaluate."""
+    from tcm.report import ReportRun
+
+    common: dict[str, Any] = {
+        "class_names": f.class_names,
+        "groups": groups,
+        "scorer": scorer,
+        "scorer_record": record,
+    }
+    if keep:  # evaluated once by write_report; embeddings kept for transfer
+        return ReportRun(name, f.embeddings, _labels(f), **common)
+    return ReportRun.from_embeddings(
+        name,
+        f.embeddings,
+        _labels(f),
+        threshold=args.threshold,
+        ci=args.ci,
+        n_boot=args.n_boot,
+        det=True,
+        **common,
+    )
 
 
 def _run_names(sources: Sequence[str]) -> list[str]:
@@ -963,8 +996,10 @@ def _add_report_parser(sub: Any) -> None:
         action="append",
         metavar="SRC_NAME:TGT_NAME",
         help="calibration-transfer row: threshold of FAR 1e-3 on run SRC applied to run TGT "
-        "(run name = file stem or directory name; repeatable)",
+        "(run name = file stem or directory name; repeatable; with --scorer also between the "
+        "normalised runs)",
     )
+    add_scorer_args(r)
     r.set_defaults(func=_cmd_report)
 
 
@@ -1118,6 +1153,11 @@ def _check_options(args: argparse.Namespace) -> None:
         t = args.threshold
         if t is not None and not -1 <= t <= 1:  # NaN fails too
             raise ValueError(f"--threshold must be a cosine similarity in [-1, 1]; got {t}")
+        if t is not None and args.scorer not in (None, "cosine"):
+            raise ValueError(
+                f"--threshold is a cosine similarity; --scorer {args.scorer} scores are on "
+                "another scale: drop --threshold (each run is calibrated for FAR 1e-3)"
+            )
         names = _run_names(args.sources)
         for spec in args.transfer or ():
             _split_transfer(spec, names)

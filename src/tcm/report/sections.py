@@ -558,7 +558,7 @@ def _per_run(ctx: ReportContext, i: int, a: RunAnalysis) -> list[str]:
             a.hist_edges,
             a.hist_pos,
             a.hist_neg,
-            title=f"{a.name}: pair similarities",
+            title=f"{a.name}: pair {'similarities' if a.score_scale == 'cosine' else 'scores'}",
             threshold=a.threshold,
             color=color,
             score_scale=a.score_scale,
