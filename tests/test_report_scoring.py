@@ -202,3 +202,21 @@ def test_report_api_refuses_mismatched_scoring(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="scorer must be a fitted"):
         ReportRun("u", x, y, scorer=ASNorm(top_k=10))
     assert not (tmp_path / "index.html").exists()
+
+
+def test_group_rates_of_a_normalised_run_are_labelled_with_its_scale(tmp_path: Path) -> None:
+    from tcm.metrics import group_operating_point
+    from test_report_groups import make_data
+
+    x, y, g = make_data(seed=0)
+    sc = ASNorm(top_k=10).fit(np.random.default_rng(5).normal(size=(30, x.shape[1])))
+    runs = [ReportRun("raw", x, y, groups=g), ReportRun("raw · asnorm", x, y, groups=g, scorer=sc)]
+    index = write_report(tmp_path, runs, target_far=1e-2)
+    raw, norm = _json(tmp_path / "report.json")["runs"]
+    assert "score_scale" not in raw["groups"] and norm["groups"]["score_scale"] == "z-score"
+    want = group_operating_point(x, y, g, norm["threshold"], scorer=sc)
+    assert norm["groups"]["far"] == want.far.tolist()
+    assert norm["groups"]["frr"] == want.frr.tolist()
+    html = index.read_text(encoding="utf-8")
+    assert f"threshold t = {norm['threshold']:.4f} (z-score, accept when s ≥ t)" in html
+    assert f"threshold t = {raw['threshold']:.4f} (cosine similarity, accept when s ≥ t)" in html
