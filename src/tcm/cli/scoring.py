@@ -25,13 +25,14 @@ evaluated one is always refused.
 from __future__ import annotations
 
 import argparse
-import hashlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+from tcm._io import file_sha256
 
 if TYPE_CHECKING:
     from tcm.data.embedding_file import EmbeddingFile
@@ -180,15 +181,6 @@ def scale_label(scale: str) -> str:
     """How a threshold's scale is named on the console: ``"cosine similarity"`` for cosines,
     else the scorer's ``score_scale`` (``"z-score"``, ``"shifted-cosine"``, ``"probability"``)."""
     return "cosine similarity" if scale == "cosine" else scale
-
-
-def file_sha256(path: str | Path) -> str:
-    """SHA-256 of a file's bytes (read in 1 MiB chunks)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 @dataclass
