@@ -8,7 +8,10 @@ With a fitted scorer (``scorer=``, :mod:`tcm.scoring`; e.g. a contract's
 :meth:`~tcm.deploy.contract.Threshold.load_scorer`) each cosine block is mapped by
 ``scorer.score_block(cos, state_q, state_g)`` before the comparison, and ``t`` is on the
 scorer's scale: the gallery's per-sample state is prepared once (and split per gallery block),
-a query block's state once per query block; top-k and best rank by the score.
+a query block's state once per query block; top-k and best rank by the score. The map runs in
+float64 on the float32 cosines and is rounded to float32 (:func:`scored_block`): a pair's score
+then does not depend on where it falls in a block (torch's vectorised and scalar ``log`` /
+``exp`` can differ in the last float32 bit), so ties at ``t`` stay ties.
 
 Modes of :meth:`Matcher.match` / :meth:`Matcher.iter_matches`:
 
@@ -46,7 +49,7 @@ if TYPE_CHECKING:
     from tcm.deploy.contract import Threshold
     from tcm.scoring import Scorer, SideState
 
-__all__ = ["MODES", "MatchResult", "Matcher", "normalized_rows"]
+__all__ = ["MODES", "MatchResult", "Matcher", "normalized_rows", "scored_block"]
 
 MODES = ("range", "best")
 DEFAULT_QUERY_BLOCK = 256
@@ -57,6 +60,23 @@ def normalized_rows(x: ArrayLike, name: str) -> torch.Tensor:
     """Validated (finite, 2-D, no zero row), L2-normalised, contiguous float32 CPU rows."""
     t = l2_normalize(as_embeddings(x, name), name)
     return t.to(device="cpu", dtype=torch.float32).contiguous()
+
+
+def scored_block(scorer: Scorer, cos: torch.Tensor, a: SideState, b: SideState) -> torch.Tensor:
+    """``scorer``'s float32 scores of a float32 cosine block, computed in float64 and rounded
+    (module docstring); ``a`` / ``b``: the rows' and columns' states (:func:`float64_state`)."""
+    out: torch.Tensor = scorer.score_block(cos.to(torch.float64), a, b)
+    return out.to(torch.float32)
+
+
+def float64_state(state: SideState) -> SideState:
+    """``state`` with its floating tensors in float64 (converted once, not per block)."""
+    from tcm.scoring import SideState
+
+    return SideState(
+        state.n,
+        {k: v.to(torch.float64) if v.is_floating_point() else v for k, v in state.tensors.items()},
+    )
 
 
 @dataclass(frozen=True)
@@ -178,7 +198,7 @@ class Matcher:
             raise ValueError(
                 f"{scorer.kind} scorer needs per-sample groups, which the matcher does not pass"
             )
-        state = scorer.prepare(self.gallery)
+        state = float64_state(scorer.prepare(self.gallery))
         blocks = [
             state[g0 : g0 + self.gallery_block] for g0 in range(0, self.size, self.gallery_block)
         ]
@@ -217,7 +237,7 @@ class Matcher:
         q = self._queries(queries)
         for start in range(0, q.shape[0], self.query_block):
             qb = q[start : start + self.query_block]
-            qs = None if self.scorer is None else self.scorer.prepare(qb)
+            qs = None if self.scorer is None else float64_state(self.scorer.prepare(qb))
             if mode == "best":
                 part = self._topk_block(qb, qs, 1, -math.inf)
                 part = MatchResult(
@@ -238,10 +258,7 @@ class Matcher:
         if qs is None:
             return s
         assert self.scorer is not None
-        out: torch.Tensor = self.scorer.score_block(
-            s, qs, self._gallery_states[g0 // self.gallery_block]
-        )
-        return out
+        return scored_block(self.scorer, s, qs, self._gallery_states[g0 // self.gallery_block])
 
     def _range_block(self, qb: torch.Tensor, qs: SideState | None) -> MatchResult:
         qi_parts: list[np.ndarray] = []

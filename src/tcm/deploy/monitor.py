@@ -60,7 +60,13 @@ import torch
 
 from tcm._validation import ArrayLike, ceil_to_dtype, encode_labels
 from tcm.deploy.contract import Threshold
-from tcm.deploy.matcher import Matcher, MatchResult, normalized_rows
+from tcm.deploy.matcher import (
+    Matcher,
+    MatchResult,
+    float64_state,
+    normalized_rows,
+    scored_block,
+)
 
 if TYPE_CHECKING:
     from tcm.scoring import Scorer
@@ -125,8 +131,8 @@ def _top1_scored(sub: torch.Tensor, scorer: Scorer) -> np.ndarray:
     """Each row's best score among the other rows of ``sub`` (a small subset), by ``scorer``:
     the dense subset matrix without its diagonal (a row's score with itself need not be its
     largest on a scorer's scale, so it is left out by position, not by rank)."""
-    state = scorer.prepare(sub)
-    s = scorer.score_block(sub @ sub.T, state, state)
+    state = float64_state(scorer.prepare(sub))
+    s = scored_block(scorer, sub @ sub.T, state, state)
     s.fill_diagonal_(-math.inf)
     best: np.ndarray = s.max(dim=1).values.numpy()
     return best
