@@ -203,6 +203,8 @@ def test_contract_scorer_errors(scored, tmp_path) -> None:
     x4 = np.random.default_rng(0).normal(size=(10, 4))
     with pytest.raises(ContractError, match=r"'as-norm' but the gallery are scored with 'cosine'"):
         Matcher(x4, c)  # no scorer for a scorer contract
+    with pytest.raises(ContractError, match=r"'as-norm' but the new embeddings are scored with"):
+        monitor(c, x4)
     with pytest.raises(ContractError, match="fitted_on_sha256"):
         Matcher(x4, c, scorer=_fitted("asnorm", seed=99))  # another fitted AS-norm
     with pytest.raises(ContractError, match=r"'as-norm' but .* 'faircal'"):
