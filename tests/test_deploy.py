@@ -172,7 +172,7 @@ def test_contract_records_and_checks_a_fitted_scorer(contract, tmp_path) -> None
     assert c.score["kind"] == "as-norm" and c.score["scale"] == "z-score"
     c.check_applicable(8, scorer_file=path)  # the same file: accepted
     with pytest.raises(ContractError, match=r"'as-norm' but .* 'cosine'"):
-        Matcher(np.eye(8), c)  # the matcher scores by cosine
+        Matcher(np.eye(8), c)  # no scorer= for a contract on a scorer's scale
     ASNorm(top_k=3).fit(rng.normal(size=(10, 8))).save(path)  # refitted: another file
     with pytest.raises(ContractError, match="differs from the one the threshold was calibrated"):
         c.check_applicable(8, scorer_file=path)

@@ -73,7 +73,7 @@ def test_calibrate_save_option_errors(files, tmp_path, capsys) -> None:
     assert main(["calibrate", str(files["cal"]), "--far", "0.01", "--save", "x.txt"]) == 2
 
 
-def test_calibrate_save_refuses_a_scorer(tmp_path) -> None:
+def test_calibrate_save_with_a_fitted_scorer_needs_save_scorer(tmp_path) -> None:
     import argparse
 
     from tcm.cli.deploy import check_calibrate_args
@@ -81,10 +81,11 @@ def test_calibrate_save_refuses_a_scorer(tmp_path) -> None:
     args = argparse.Namespace(
         guarantee=False, save=str(tmp_path / "t.json"), far=1e-3, on=None, scorer="asnorm"
     )
-    with pytest.raises(ValueError, match="cosine-score contract"):
+    with pytest.raises(ValueError, match=r"needs --save-scorer OUT\.safetensors"):
         check_calibrate_args(args)
-    args.scorer = None
-    check_calibrate_args(args)
+    for scorer, save_scorer in ((None, None), ("cosine", None), ("asnorm", "s.safetensors")):
+        args.scorer, args.save_scorer = scorer, save_scorer
+        check_calibrate_args(args)
 
 
 def _rows(path: Path) -> list[list[str]]:

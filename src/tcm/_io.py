@@ -13,6 +13,7 @@ layer may use it: it is the bottom layer):
 * :func:`json_value` is the one JSON value convention of tcm's files: NaN -> ``null``,
   ``+inf`` / ``-inf`` -> ``"inf"`` / ``"-inf"``; :func:`json_bytes` / :func:`write_json`
   serialise strictly (``allow_nan=False``: a strict parser accepts every file).
+* :func:`file_sha256` hashes a file's bytes (the files a JSON record or contract names).
 * :func:`safe_torch_load` reads a torch file without running code (``weights_only=True``).
 * :func:`write_embeddings` writes an embeddings file (``tcm embed``, a training run's
   ``embeddings.npz``) in one go; :mod:`tcm.data.embedding_file` reads it.
@@ -30,6 +31,7 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import math
 import os
@@ -48,6 +50,7 @@ if TYPE_CHECKING:
 __all__ = [
     "EMBEDDING_STRING_KEYS",
     "atomic_write",
+    "file_sha256",
     "json_bytes",
     "json_value",
     "pid_alive",
@@ -87,6 +90,15 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[IO[bytes]], obje
             tmp.unlink()
         raise
     return target
+
+
+def file_sha256(path: str | os.PathLike[str]) -> str:
+    """SHA-256 of a file's bytes (read in 1 MiB chunks)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def pid_alive(pid: int) -> bool:

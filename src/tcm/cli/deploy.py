@@ -3,14 +3,18 @@
 * ``tcm calibrate SOURCE --far F --save threshold.json [--guarantee] [--ci L --n-boot N]``:
   writes the threshold contract (:mod:`tcm.deploy.contract`); with ``--guarantee`` the
   contract's threshold is the guaranteed-FAR one and the table of what the guarantee costs in
-  TAR is printed.
+  TAR is printed. With a fitted scorer (``--scorer NAME ... --save-scorer S.safetensors``, which
+  is then required, or ``--scorer-file S.safetensors``) the threshold is on the scorer's scale
+  and the contract names that file (relative to the contract's folder when it lies there).
 * ``tcm match --threshold threshold.json --gallery G --queries Q --out matches.csv`` writes, for
   each query, every gallery item with score ``>= t`` (``--top-k K``: at most K; ``--best``: the
   best item of every query with its decision); columns ``query,gallery,score,accepted`` (ids
   from the files, else row numbers). Exact blocked matching by default; ``--index ivf|hnsw``
   uses a faiss index after measuring its range recall against exact matching on a sample of
   queries (below ``--min-recall``: refused; below 1: a warning). The file is streamed to a
-  temporary next to it and renamed at the end: a killed run leaves no partial ``--out``.
+  temporary next to it and renamed at the end: a killed run leaves no partial ``--out``. A
+  contract on a scorer's scale: the scorer file it names (or ``--scorer-file``, a copy) is loaded
+  and verified by its SHA-256, and every pair is scored by it (exact matching only).
 * ``tcm monitor --threshold threshold.json NEW [--labels] [--window N]``: per-window signals of
   :func:`tcm.deploy.monitor` (``--json``, ``--report DIR`` with the drift plot); exit code 3
   when an alarm fires.
@@ -70,10 +74,11 @@ def check_calibrate_args(args: argparse.Namespace) -> None:
     if args.save:
         if args.far is None or args.on is not None:
             raise ValueError("--save needs --far F and no --on (the contract is for a target FAR)")
-        if getattr(args, "scorer", None) or getattr(args, "scorer_file", None):
+        kind = getattr(args, "scorer", None)
+        if kind not in (None, "cosine") and getattr(args, "save_scorer", None) is None:
             raise ValueError(
-                "--save writes a cosine-score contract (tcm match scores by cosine); it cannot "
-                "be combined with --scorer / --scorer-file yet"
+                f"--save with --scorer {kind} needs --save-scorer OUT.safetensors: the contract "
+                "names the scorer file that tcm match / tcm monitor load"
             )
         _check_output_file(args.save, "--save", (".json",))
 
@@ -84,6 +89,7 @@ def save_contract(args: argparse.Namespace, f: Any, labels: np.ndarray) -> Thres
     from tcm.deploy.guarantee import calibrate_threshold, tar_cost_lines
 
     ci = 0.95 if args.ci is None else float(args.ci)
+    scorer_path = getattr(args, "scorer_file", None) or getattr(args, "save_scorer", None)
     c = calibrate_threshold(
         f.embeddings,
         labels,
@@ -93,15 +99,16 @@ def save_contract(args: argparse.Namespace, f: Any, labels: np.ndarray) -> Thres
         ci=ci,
         n_boot=int(args.n_boot),
         source=str(args.source),
+        scorer=scorer_path,
     )
     c.save(args.save)
     _out("")
     for line in tar_cost_lines(c.guarantee, float(args.far)):
         _out(line)
-    _out(
-        f"contract threshold ({'upper bound' if c.method == 'upper_bound' else 'point estimate'})"
-        f": {c.threshold:.6f}; wrote {console_text(args.save)}"
-    )
+    rule = "upper bound" if c.method == "upper_bound" else "point estimate"
+    if c.uses_scorer:
+        rule += f", {c.score['scale']} scale of {console_text(str(c.score['file']))}"
+    _out(f"contract threshold ({rule}): {c.threshold:.6f}; wrote {console_text(args.save)}")
     return c
 
 
@@ -198,11 +205,19 @@ def _cmd_match(args: argparse.Namespace) -> int:
 
     remove_stale_temporaries(Path(args.out).parent)
     contract = Threshold.load(args.threshold)
+    if contract.uses_scorer and args.index != "exact":
+        raise ValueError(
+            f"--index {args.index} searches by cosine; the contract's threshold is on the "
+            f"{contract.score.get('scale')} scale of a {contract.score['kind']} scorer: use "
+            "exact matching (no --index)"
+        )
+    scorer = contract.load_scorer(args.scorer_path)
     g, q = _load(args.gallery, "gallery"), _load(args.queries, "queries")
     for what, f in (("the gallery", g), ("the queries", q)):
-        contract.check_applicable(int(f.embeddings.shape[1]), what=f"{what} ({f.path})")
+        dim = int(f.embeddings.shape[1])
+        contract.check_applicable(dim, scorer=scorer, what=f"{what} ({f.path})")
     start = time.perf_counter()
-    matcher = Matcher(g.embeddings, contract, ids=_ids(g))
+    matcher = Matcher(g.embeddings, contract, ids=_ids(g), scorer=scorer)
     qx = normalized_rows(q.embeddings, "queries")
     mode = "best" if args.best else "range"
     counts = np.zeros(qx.shape[0], np.int64)
@@ -239,8 +254,11 @@ def _cmd_match(args: argparse.Namespace) -> int:
 
     atomic_write(args.out, write)
     secs = time.perf_counter() - start
+    score = str(contract.score.get("kind"))
+    if contract.uses_scorer:
+        score += f", {contract.score.get('scale')} scale"
     _out(
-        f"threshold {contract.threshold:.6f} (score {contract.score.get('kind')}, accept if >=); "
+        f"threshold {contract.threshold:.6f} (score {score}, accept if >=); "
         f"gallery {matcher.size}, queries {qx.shape[0]}, mode "
         f"{mode if args.top_k is None else f'top-{args.top_k}'} ({args.index})"
     )
@@ -359,10 +377,13 @@ def _cmd_monitor(args: argparse.Namespace) -> int:
     from tcm.deploy.monitor import monitor
 
     contract = Threshold.load(args.threshold)
+    scorer = contract.load_scorer(args.scorer_path)
     f = _load(args.new, "new data")
     if args.labels and f.labels is None:
         raise ValueError(f"--labels: {args.new} has no array 'labels'")
-    contract.check_applicable(int(f.embeddings.shape[1]), what=f"the new data ({args.new})")
+    contract.check_applicable(
+        int(f.embeddings.shape[1]), scorer=scorer, what=f"the new data ({args.new})"
+    )
     gal = gl = None
     if args.gallery:
         gf = _load_source(args.gallery, labels=True)
@@ -379,14 +400,16 @@ def _cmd_monitor(args: argparse.Namespace) -> int:
         drift_alpha=args.drift_alpha,
         gallery=gal,
         gallery_labels=gl,
+        scorer=scorer,
     ).to_dict()
     res["new"] = str(args.new)
     if args.json:
         write_json(args.json, res)
     if args.report:
         _write_report(args.report, res, str(args.new))
+    scale = f" ({res['score']}, {res['score_scale']} scale)" if "score" in res else ""
     _out(
-        f"threshold {res['threshold']:.6f}, target FAR {res['target_far']:g}; "
+        f"threshold {res['threshold']:.6f}{scale}, target FAR {res['target_far']:g}; "
         f"{len(res['windows'])} window(s); drift tests at level {res['drift_test_level']:.2e}"
     )
     _out(f"{'window':>6} {'rows':>13} {'FAR':>10} {'FAR lo':>10} {'accept':>10} "
@@ -458,6 +481,7 @@ def add_parsers(sub: Any) -> None:
         metavar="N",
         help="with --index: queries matched exactly to measure the recall (default 200)",
     )
+    _add_scorer_file(m)
     m.set_defaults(func=_cmd_match)
 
     o = sub.add_parser("monitor", help="FAR drift of a deployed threshold on new data")
@@ -496,4 +520,16 @@ def add_parsers(sub: Any) -> None:
     )
     o.add_argument("--json", metavar="OUT.json", help="also write the result as JSON")
     o.add_argument("--report", metavar="DIR", help="write DIR/monitor.html with the drift plot")
+    _add_scorer_file(o)
     o.set_defaults(func=_cmd_monitor)
+
+
+def _add_scorer_file(p: argparse.ArgumentParser) -> None:
+    """``--scorer-file`` of ``tcm match`` / ``tcm monitor`` (the contract's scorer, moved)."""
+    p.add_argument(
+        "--scorer-file",
+        dest="scorer_path",
+        metavar="S.safetensors",
+        help="a contract on a scorer's scale: read its scorer from here instead of the file the "
+        "contract names (verified by its SHA-256)",
+    )

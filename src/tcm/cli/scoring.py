@@ -25,13 +25,14 @@ evaluated one is always refused.
 from __future__ import annotations
 
 import argparse
-import hashlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+from tcm._io import file_sha256
 
 if TYPE_CHECKING:
     from tcm.data.embedding_file import EmbeddingFile
@@ -173,15 +174,6 @@ def check_scorer_options(args: argparse.Namespace) -> None:
     _check_fraction(args.scorer_far, "--scorer-far")
     if args.save_scorer is not None:
         _check_output_file(args.save_scorer, "--save-scorer", (".safetensors",))
-
-
-def file_sha256(path: str | Path) -> str:
-    """SHA-256 of a file's bytes (read in 1 MiB chunks)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 @dataclass

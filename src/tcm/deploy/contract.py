@@ -4,7 +4,12 @@ came from (``tcm calibrate ... --save threshold.json``).
 Fields (format ``tcm-threshold``, version 1):
 
 * ``score``: how a pair is scored, ``{"kind": "cosine"}`` or a fitted scorer
-  ``{"kind", "file", "sha256", "scale"}`` (its :meth:`tcm.scoring.Scorer.save` file);
+  ``{"kind", "file", "sha256", "scale", "dimension", "params", "fitted_on_sha256"}`` (its
+  :meth:`tcm.scoring.Scorer.save` file, :func:`scorer_score`); the threshold is then on that
+  scorer's scale. A scorer file in the contract's folder (or below it) is written relative to
+  that folder, so the two can move together; another one by its absolute path.
+  :meth:`Threshold.load` resolves a relative ``file`` against the contract's folder;
+  :meth:`Threshold.load_scorer` reads it back, verified by its SHA-256;
 * ``comparison``: ``">="`` (a pair is accepted when ``score >= threshold``);
 * ``threshold``, ``target_far``, ``method`` (``"point"``: the empirical FAR quantile;
   ``"upper_bound"``: the smallest threshold whose class-bootstrap upper FAR bound is
@@ -36,9 +41,12 @@ import math
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tcm._io import json_bytes, write_json
+
+if TYPE_CHECKING:
+    from tcm.scoring import Scorer
 
 __all__ = [
     "COMPARISON",
@@ -47,6 +55,7 @@ __all__ = [
     "ContractError",
     "Threshold",
     "cosine_score",
+    "read_scorer_file",
     "scorer_score",
 ]
 
@@ -67,22 +76,45 @@ def cosine_score() -> dict[str, Any]:
 
 def scorer_score(path: str | os.PathLike[str]) -> dict[str, Any]:
     """The ``score`` field of a fitted scorer file (:meth:`tcm.scoring.Scorer.save`): its
-    ``kind``, ``file``, ``sha256`` (of the file's bytes), ``scale`` and ``dimension``.
+    ``kind``, ``file`` (absolute path), ``sha256`` (of the file's bytes), ``scale``,
+    ``dimension``, ``params`` and ``fitted_on_sha256``. A :class:`~tcm.scoring.Cosine` file (the
+    identity) gives :func:`cosine_score`.
 
     Raises:
-        ValueError: the file is not a readable scorer.
+        ValueError: the file is missing or not a readable scorer.
     """
+    return read_scorer_file(path)[1]
+
+
+def read_scorer_file(path: str | os.PathLike[str]) -> tuple[Scorer | None, dict[str, Any]]:
+    """The scorer in ``path`` (``None`` for a :class:`~tcm.scoring.Cosine` file) and its
+    :func:`scorer_score` field, from one read of the file.
+
+    Raises:
+        ValueError: the file is missing or not a readable scorer.
+    """
+    from tcm._io import file_sha256
     from tcm.scoring import load_scorer
 
-    p = Path(path)
+    p = Path(os.path.abspath(path))
+    sha = file_sha256(p) if p.is_file() else ""  # the bytes hashed are the bytes loaded
     sc = load_scorer(p)
-    return {
+    if sc.kind == "cosine":
+        return None, cosine_score()
+    return sc, {
         "kind": sc.kind,
         "file": str(p),
-        "sha256": hashlib.sha256(p.read_bytes()).hexdigest(),
+        "sha256": sha,
         "scale": sc.score_scale,
         "dimension": sc.dim,
+        "params": _plain(sc.params()),
+        "fitted_on_sha256": sc.fitted_on_sha256,
     }
+
+
+def _plain(value: Any) -> Any:
+    """``value`` as it reads back from the contract's JSON (tuples become lists, ...)."""
+    return json.loads(json_bytes(value))
 
 
 def _checksum(body: dict[str, Any]) -> str:
@@ -132,16 +164,19 @@ class Threshold:
 
     # ------------------------------------------------------------------ files
 
-    def to_dict(self) -> dict[str, Any]:
-        """The file's JSON object (with ``format``, ``version`` and ``checksum``)."""
+    def to_dict(self, base: str | os.PathLike[str] | None = None) -> dict[str, Any]:
+        """The file's JSON object (with ``format``, ``version`` and ``checksum``); ``base``: the
+        folder of the file, against which a scorer file in it (or below) is made relative."""
         raw = {"format": FORMAT, "version": VERSION, **asdict(self)}
+        if base is not None and isinstance(raw["score"].get("file"), str):
+            raw["score"]["file"] = _relative_file(raw["score"]["file"], base)
         body: dict[str, Any] = json.loads(json_bytes(raw))  # the exact values the file will hold
         body["checksum"] = _checksum(body)
         return body
 
     def save(self, path: str | os.PathLike[str]) -> Path:
         """Write the contract atomically as strict JSON; returns the path."""
-        return write_json(path, self.to_dict())
+        return write_json(path, self.to_dict(base=Path(os.path.abspath(path)).parent))
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> Threshold:
@@ -166,11 +201,18 @@ class Threshold:
                 f"{p} is not a valid threshold contract (not strict, complete JSON: {exc}); it "
                 "may be truncated or edited - write it again with `tcm calibrate ... --save`"
             ) from exc
-        return cls.from_dict(obj, str(p))
+        return cls.from_dict(obj, str(p), base=p.parent)
 
     @classmethod
-    def from_dict(cls, obj: Any, where: str = "threshold contract") -> Threshold:
-        """Verify and build from a :meth:`to_dict` object (see :meth:`load`)."""
+    def from_dict(
+        cls,
+        obj: Any,
+        where: str = "threshold contract",
+        base: str | os.PathLike[str] | None = None,
+    ) -> Threshold:
+        """Verify and build from a :meth:`to_dict` object (see :meth:`load`); a relative scorer
+        ``file`` is resolved against ``base`` (the contract's folder; default: the current
+        directory)."""
         if not isinstance(obj, dict):
             raise ContractError(f"{where}: expected a JSON object")
         if obj.get("format") != FORMAT:
@@ -194,6 +236,11 @@ class Threshold:
         if unknown:
             raise ContractError(f"{where}: unknown field(s) {unknown}")
         kwargs = {k: v for k, v in body.items() if k in names}
+        score = kwargs.get("score")
+        if isinstance(score, dict) and isinstance(score.get("file"), str):
+            f = Path(score["file"])
+            if not f.is_absolute():
+                kwargs["score"] = {**score, "file": os.path.abspath(Path(base or ".") / f)}
         try:
             return cls(**kwargs)
         except (TypeError, ValueError) as exc:
@@ -201,11 +248,57 @@ class Threshold:
 
     # ------------------------------------------------------------------ use
 
+    @property
+    def uses_scorer(self) -> bool:
+        """Whether pairs are scored by a fitted scorer (not the cosine)."""
+        return self.score.get("kind") != "cosine"
+
+    def load_scorer(self, path: str | os.PathLike[str] | None = None) -> Scorer | None:
+        """The fitted scorer the threshold is on (``None`` for a cosine contract): read from the
+        file the contract names, or from ``path`` (a copy of it somewhere else), after checking
+        that the file's SHA-256 is the recorded one.
+
+        Raises:
+            ContractError: a cosine contract given ``path``, a missing file, a file with another
+                SHA-256 (another or a refitted scorer), an unreadable file, a scorer of another
+                kind or dimension than recorded.
+        """
+        from tcm._io import file_sha256
+        from tcm.scoring import load_scorer
+
+        kind = self.score.get("kind")
+        if not self.uses_scorer:
+            if path is not None:
+                raise ContractError(
+                    f"the threshold contract's score is 'cosine' but a scorer file was given "
+                    f"({path}): a threshold only holds for the score it was calibrated on"
+                )
+            return None
+        p = Path(path if path is not None else str(self.score["file"]))
+        if not p.is_file():
+            raise ContractError(
+                f"the {kind} scorer file the threshold contract names is missing: {p} (pass "
+                "where it is now: --scorer-file / load_scorer(path))"
+            )
+        sha = file_sha256(p)
+        want = str(self.score.get("sha256"))
+        if sha != want:
+            raise ContractError(
+                f"the scorer file {p} is not the one the threshold was calibrated with (sha256 "
+                f"{sha[:12]}... vs {want[:12]}... in the contract): another or a refitted scorer"
+            )
+        try:
+            scorer = load_scorer(p)
+        except ValueError as exc:
+            raise ContractError(f"cannot read the scorer {p}: {exc}") from exc
+        self.check_applicable(self.dimension, scorer=scorer, what=f"the scorer file {p}")
+        return scorer
+
     def check_applicable(
         self,
         dimension: int,
         *,
-        scorer: Any = None,
+        scorer: Scorer | None = None,
         scorer_file: str | os.PathLike[str] | None = None,
         what: str = "the embeddings",
     ) -> None:
@@ -213,8 +306,9 @@ class Threshold:
 
         Args:
             dimension: ``D`` of the embeddings it is applied to.
-            scorer: ``None`` (cosine) or a :class:`tcm.scoring.Scorer` (its ``kind`` is
-                compared).
+            scorer: ``None`` (cosine) or a :class:`tcm.scoring.Scorer`: its ``kind`` is
+                compared, and for a fitted scorer its dimension, ``params`` and
+                ``fitted_on_sha256`` too (a :class:`~tcm.scoring.Cosine` scorer is the cosine).
             scorer_file: the scorer's file: its kind and SHA-256 must match the contract's.
 
         Raises:
@@ -233,7 +327,7 @@ class Threshold:
                 field_ = scorer_score(scorer_file)
             except (OSError, ValueError) as exc:
                 raise ContractError(f"cannot read the scorer {scorer_file}: {exc}") from exc
-            got, sha = str(field_["kind"]), str(field_["sha256"])
+            got, sha = str(field_["kind"]), field_.get("sha256")
         if kind != got:
             raise ContractError(
                 f"the threshold contract's score is {kind!r} but {what} are scored with "
@@ -245,6 +339,39 @@ class Threshold:
                 f"the {kind} scorer file {scorer_file} differs from the one the threshold was "
                 f"calibrated with (sha256 {sha[:12]}... vs {str(want)[:12]}...)"
             )
+        if scorer is not None and got != "cosine":
+            self._check_scorer(scorer)
+
+    def _check_scorer(self, scorer: Scorer) -> None:
+        """A fitted scorer object against the recorded one: dimension, params, fitted-on hash."""
+        kind = scorer.kind
+        dim = getattr(scorer, "dim", None)
+        if dim is not None and int(dim) != self.dimension:
+            raise ContractError(
+                f"the {kind} scorer was fitted on {dim}-dimensional embeddings; the threshold "
+                f"contract is for {self.dimension}-dimensional ones"
+            )
+        params = getattr(scorer, "params", None)
+        for key, value in (
+            ("params", None if params is None else _plain(params())),
+            ("fitted_on_sha256", getattr(scorer, "fitted_on_sha256", None)),
+        ):
+            want = self.score.get(key)
+            if want is not None and value is not None and value != want:
+                raise ContractError(
+                    f"the {kind} scorer is not the one the threshold was calibrated with "
+                    f"({key} {value!r} vs {want!r} in the contract)"
+                )
+
+
+def _relative_file(file: str, base: str | os.PathLike[str]) -> str:
+    """``file`` relative to ``base`` (POSIX separators) when it lies in that folder or below,
+    else its absolute path."""
+    a = Path(os.path.abspath(file))
+    try:
+        return a.relative_to(os.path.abspath(base)).as_posix()
+    except ValueError:
+        return str(a)
 
 
 def _refuse_constant(name: str) -> Any:
@@ -277,7 +404,15 @@ def _validate(d: dict[str, Any], where: str) -> None:
     for key in ("far_interval", "tar_interval", "guarantee", "calibration", "score", "reference"):
         if not isinstance(d[key], dict):
             raise ValueError(f"{key} must be a JSON object; got {type(d[key]).__name__}")
-    if not isinstance(d["score"].get("kind"), str):
+    score = d["score"]
+    if not isinstance(score.get("kind"), str):
         raise ValueError("score must name its kind, e.g. {'kind': 'cosine'}")
+    if score["kind"] != "cosine":
+        for key in ("file", "sha256", "scale"):
+            if not isinstance(score.get(key), str) or not score[key]:
+                raise ValueError(
+                    f"score of kind {score['kind']!r} must give its scorer's {key!r} "
+                    "(tcm.deploy.contract.scorer_score)"
+                )
     if not isinstance(d["tcm_version"], str):
         raise ValueError("tcm_version must be a string")

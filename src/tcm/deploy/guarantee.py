@@ -28,6 +28,7 @@ Example:
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -35,7 +36,7 @@ from typing import Any
 import numpy as np
 
 from tcm._validation import ArrayLike, encode_labels
-from tcm.deploy.contract import Threshold, cosine_score
+from tcm.deploy.contract import Threshold, cosine_score, read_scorer_file
 from tcm.metrics import PairIndex, bootstrap_ratio, pair_statistics
 
 __all__ = ["GRID_STEPS_PER_OCTAVE", "calibrate_threshold", "clopper_pearson_upper"]
@@ -198,6 +199,7 @@ def calibrate_threshold(
     seed: int = 0,
     source: str | None = None,
     reference: bool = True,
+    scorer: str | os.PathLike[str] | None = None,
 ) -> Threshold:
     """A :class:`~tcm.deploy.contract.Threshold` for target FAR ``far`` on a labelled
     calibration set (the point threshold, or with ``guarantee=True`` the class-bootstrap upper
@@ -212,14 +214,28 @@ def calibrate_threshold(
         n_boot, seed: the class bootstrap.
         source: where the calibration set came from (recorded).
         reference: also record the monitor's reference score samples.
+        scorer: the file of a fitted scorer (:meth:`tcm.scoring.Scorer.save`; save a fitted
+            scorer first): every pair is scored by it, so the threshold, rates, intervals,
+            guarantee and reference samples are on its scale; the contract's ``score`` names
+            the file, its SHA-256, kind, scale and dimension (:func:`~tcm.deploy.contract.
+            scorer_score`). ``None``: the cosine.
 
     Raises:
-        ValueError: bad input, too few classes, or a calibration set too small to guarantee
-            ``far`` (even the smallest candidate's upper bound is above it).
+        ValueError: bad input, too few classes, a calibration set too small to guarantee
+            ``far`` (even the smallest candidate's upper bound is above it), a scorer that is
+            not a readable scorer file, of another dimension or needing per-sample groups.
     """
     if isinstance(far, bool) or not isinstance(far, (int, float)) or not 0.0 < far < 1.0:
         raise ValueError(f"far must lie in (0, 1); got {far!r}")
-    index = PairIndex(embeddings, labels, groups)
+    sc, score = None, cosine_score()
+    if scorer is not None:
+        if not isinstance(scorer, (str, os.PathLike)):
+            raise ValueError(
+                "scorer must be the path of a saved scorer file (Scorer.save(path) first): the "
+                f"contract names the file that the matcher loads; got {type(scorer).__name__}"
+            )
+        sc, score = read_scorer_file(scorer)
+    index = PairIndex(embeddings, labels, groups, scorer=sc)
     if index.num_negative_pairs == 0 or index.num_positive_pairs == 0:
         raise ValueError(
             "the calibration set needs impostor and genuine pairs (>= 2 classes, one with >= 2 "
@@ -240,7 +256,7 @@ def calibrate_threshold(
     if reference:
         from tcm.deploy.monitor import calibration_reference
 
-        ref = calibration_reference(embeddings, labels, threshold=t, seed=seed)
+        ref = calibration_reference(embeddings, labels, threshold=t, seed=seed, scorer=sc)
     iv = {"ci": ci, "n_boot": n_boot, "method": "class_bootstrap"}
     return Threshold(
         threshold=t,
@@ -253,7 +269,7 @@ def calibrate_threshold(
         tar_interval={"lo": float(sw.tar_lo[i]), "hi": float(sw.tar_hi[i]), **iv},
         guarantee=rep,
         calibration=cal,
-        score=cosine_score(),
+        score=score,
         reference=ref,
     )
 

@@ -4,6 +4,15 @@ A query ``q`` matches gallery item ``g`` when ``cos(q, g) >= t``. The scores are
 by block: ``Q_b @ G_b.T`` in float32 on L2-normalised rows (``query_block x gallery_block``
 cells at a time), so memory stays bounded by the block sizes plus the results themselves.
 
+With a fitted scorer (``scorer=``, :mod:`tcm.scoring`; e.g. a contract's
+:meth:`~tcm.deploy.contract.Threshold.load_scorer`) each cosine block is mapped by
+``scorer.score_block(cos, state_q, state_g)`` before the comparison, and ``t`` is on the
+scorer's scale: the gallery's per-sample state is prepared once (and split per gallery block),
+a query block's state once per query block; top-k and best rank by the score. The map runs in
+float64 on the float32 cosines and is rounded to float32 (:func:`scored_block`): a pair's score
+then does not depend on where it falls in a block (torch's vectorised and scalar ``log`` /
+``exp`` can differ in the last float32 bit), so ties at ``t`` stay ties.
+
 Modes of :meth:`Matcher.match` / :meth:`Matcher.iter_matches`:
 
 * ``"range"`` (default): every gallery item with score ``>= t``;
@@ -38,8 +47,9 @@ from tcm._validation import ArrayLike, as_embeddings, ceil_to_dtype, l2_normaliz
 
 if TYPE_CHECKING:
     from tcm.deploy.contract import Threshold
+    from tcm.scoring import Scorer, SideState
 
-__all__ = ["MODES", "MatchResult", "Matcher", "normalized_rows"]
+__all__ = ["MODES", "MatchResult", "Matcher", "normalized_rows", "scored_block"]
 
 MODES = ("range", "best")
 DEFAULT_QUERY_BLOCK = 256
@@ -52,6 +62,23 @@ def normalized_rows(x: ArrayLike, name: str) -> torch.Tensor:
     return t.to(device="cpu", dtype=torch.float32).contiguous()
 
 
+def scored_block(scorer: Scorer, cos: torch.Tensor, a: SideState, b: SideState) -> torch.Tensor:
+    """``scorer``'s float32 scores of a float32 cosine block, computed in float64 and rounded
+    (module docstring); ``a`` / ``b``: the rows' and columns' states (:func:`float64_state`)."""
+    out: torch.Tensor = scorer.score_block(cos.to(torch.float64), a, b)
+    return out.to(torch.float32)
+
+
+def float64_state(state: SideState) -> SideState:
+    """``state`` with its floating tensors in float64 (converted once, not per block)."""
+    from tcm.scoring import SideState
+
+    return SideState(
+        state.n,
+        {k: v.to(torch.float64) if v.is_floating_point() else v for k, v in state.tensors.items()},
+    )
+
+
 @dataclass(frozen=True)
 class MatchResult:
     """Flat match arrays, grouped by query, best first (ties: smaller gallery index first).
@@ -59,7 +86,7 @@ class MatchResult:
     Attributes:
         query_index: ``(R,)`` int64 query rows (offset by the block start in streamed blocks).
         gallery_index: ``(R,)`` int64 gallery rows.
-        score: ``(R,)`` float32 cosine similarities.
+        score: ``(R,)`` float32 scores (cosine similarities, or the scorer's scores).
         accepted: ``(R,)`` bool, ``score >= threshold`` (all True except in ``"best"`` mode).
     """
 
@@ -104,14 +131,19 @@ class Matcher:
     Args:
         gallery: ``(M, D)`` embeddings (NumPy / torch / nested lists); validated (no NaN / inf,
             no all-zero row) and L2-normalised once.
-        threshold: the cosine threshold ``t`` or a :class:`~tcm.deploy.contract.Threshold`
-            contract (checked against the gallery: dimension and score kind).
+        threshold: the threshold ``t`` (on the scorer's scale with ``scorer``) or a
+            :class:`~tcm.deploy.contract.Threshold` contract (checked against the gallery and
+            the scorer: dimension and score).
         ids: optional ``M`` gallery ids (kept for the caller; results hold indices).
         query_block, gallery_block: rows per block of the blocked product.
+        scorer: a fitted :class:`~tcm.scoring.Scorer` scoring every pair (module docstring);
+            a contract on a scorer's scale needs it (``contract.load_scorer()``), a cosine
+            contract refuses one. ``None`` or :class:`~tcm.scoring.Cosine`: the cosine.
 
     Raises:
         ValueError: a bad gallery (NaN / inf, zero row, not 2-D, empty), a threshold that is
-            not a finite number, ids of the wrong length, a contract that does not fit.
+            not a finite number, ids of the wrong length, a contract that does not fit, a
+            scorer of another dimension, unfitted or needing per-sample groups.
     """
 
     def __init__(
@@ -122,6 +154,7 @@ class Matcher:
         *,
         query_block: int = DEFAULT_QUERY_BLOCK,
         gallery_block: int = DEFAULT_GALLERY_BLOCK,
+        scorer: Scorer | None = None,
     ) -> None:
         from tcm.deploy.contract import Threshold
 
@@ -129,7 +162,7 @@ class Matcher:
         self.size, self.dimension = (int(v) for v in self.gallery.shape)  # M rows, D
         self.contract: Threshold | None = None
         if isinstance(threshold, Threshold):
-            threshold.check_applicable(self.dimension, what="the gallery")
+            threshold.check_applicable(self.dimension, scorer=scorer, what="the gallery")
             self.contract = threshold
             t = threshold.threshold
         else:
@@ -150,6 +183,26 @@ class Matcher:
         # against the float32 rounding of t (a float32 score s satisfies s >= t exactly when
         # s >= the smallest float32 >= t)
         self._t32 = ceil_to_dtype(self.threshold, torch.float32)
+        self.scorer, self._gallery_states = self._prepare_scorer(scorer)
+
+    def _prepare_scorer(self, scorer: Scorer | None) -> tuple[Scorer | None, list[SideState]]:
+        """The scorer (``None`` for the cosine) and the gallery's state per gallery block."""
+        if scorer is None or scorer.kind == "cosine":
+            if scorer is not None:
+                scorer.check_compatible(self.dimension)
+            return None, []
+        if not scorer.fitted:
+            raise ValueError(f"{scorer.kind} scorer is not fitted; call fit(...) or load(...)")
+        scorer.check_compatible(self.dimension)
+        if scorer.uses_groups:
+            raise ValueError(
+                f"{scorer.kind} scorer needs per-sample groups, which the matcher does not pass"
+            )
+        state = float64_state(scorer.prepare(self.gallery))
+        blocks = [
+            state[g0 : g0 + self.gallery_block] for g0 in range(0, self.size, self.gallery_block)
+        ]
+        return scorer, blocks
 
     def _queries(self, queries: ArrayLike) -> torch.Tensor:
         q = normalized_rows(queries, "queries")
@@ -184,36 +237,45 @@ class Matcher:
         q = self._queries(queries)
         for start in range(0, q.shape[0], self.query_block):
             qb = q[start : start + self.query_block]
+            qs = None if self.scorer is None else float64_state(self.scorer.prepare(qb))
             if mode == "best":
-                part = self._topk_block(qb, 1, -math.inf)
+                part = self._topk_block(qb, qs, 1, -math.inf)
                 part = MatchResult(
                     part.query_index, part.gallery_index, part.score, part.score >= self._t32
                 )
             elif top_k is None:
-                part = self._range_block(qb)
+                part = self._range_block(qb, qs)
             else:
-                part = self._topk_block(qb, top_k, self._t32)
+                part = self._topk_block(qb, qs, top_k, self._t32)
             yield MatchResult(part.query_index + start, *_rest(part))
 
     # ------------------------------------------------------------------ blocks
 
-    def _scores(self, qb: torch.Tensor, g0: int) -> torch.Tensor:
-        return qb @ self.gallery[g0 : g0 + self.gallery_block].T
+    def _scores(self, qb: torch.Tensor, qs: SideState | None, g0: int) -> torch.Tensor:
+        """Scores of a query block against the gallery block at ``g0`` (``qs``: the query
+        block's scorer state, ``None`` for the cosine)."""
+        s = qb @ self.gallery[g0 : g0 + self.gallery_block].T
+        if qs is None:
+            return s
+        assert self.scorer is not None
+        return scored_block(self.scorer, s, qs, self._gallery_states[g0 // self.gallery_block])
 
-    def _range_block(self, qb: torch.Tensor) -> MatchResult:
-        qs: list[np.ndarray] = []
+    def _range_block(self, qb: torch.Tensor, qs: SideState | None) -> MatchResult:
+        qi_parts: list[np.ndarray] = []
         gs: list[np.ndarray] = []
         ss: list[np.ndarray] = []
         for g0 in range(0, self.size, self.gallery_block):
-            s = self._scores(qb, g0)
+            s = self._scores(qb, qs, g0)
             qi, gi = torch.nonzero(s >= self._t32, as_tuple=True)
             if qi.numel():
                 ss.append(s[qi, gi].numpy())
-                qs.append(qi.numpy())
+                qi_parts.append(qi.numpy())
                 gs.append(gi.numpy() + g0)
-        return _sorted(qs, gs, ss)
+        return _sorted(qi_parts, gs, ss)
 
-    def _topk_block(self, qb: torch.Tensor, k: int, floor: float) -> MatchResult:
+    def _topk_block(
+        self, qb: torch.Tensor, qs: SideState | None, k: int, floor: float
+    ) -> MatchResult:
         """The ``k`` best per row with score ``>= floor``; exact with ties (gallery blocks are
         visited in index order, so a later candidate equal to a row's current k-th best loses
         the tie and is skipped: rows that are full only take scores strictly above it)."""
@@ -224,7 +286,7 @@ class Matcher:
         g_all = np.empty(0, np.int64)
         s_all = np.empty(0, np.float32)
         for g0 in range(0, self.size, self.gallery_block):
-            s = self._scores(qb, g0)
+            s = self._scores(qb, qs, g0)
             keep = (s >= floor) & ~full[:, None]
             keep |= full[:, None] & (s > kth[:, None])
             qi, gi = torch.nonzero(keep, as_tuple=True)

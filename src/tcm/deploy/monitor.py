@@ -31,6 +31,10 @@ exceeds ``k x target_far``.
 
 With groups, the FAR / TAR / acceptance rate are also given per group (pairs within a group).
 
+With a contract on a fitted scorer's scale, every score above (pairs, tail, top-1, gallery
+matches) is that scorer's (``scorer=``, :meth:`~tcm.deploy.contract.Threshold.load_scorer`),
+like the contract's reference samples.
+
 Example:
     >>> import numpy as np
     >>> from tcm.deploy.guarantee import calibrate_threshold
@@ -49,14 +53,23 @@ from __future__ import annotations
 import math
 import warnings
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 from tcm._validation import ArrayLike, ceil_to_dtype, encode_labels
 from tcm.deploy.contract import Threshold
-from tcm.deploy.matcher import Matcher, MatchResult, normalized_rows
+from tcm.deploy.matcher import (
+    Matcher,
+    MatchResult,
+    float64_state,
+    normalized_rows,
+    scored_block,
+)
+
+if TYPE_CHECKING:
+    from tcm.scoring import Scorer
 
 __all__ = [
     "REFERENCE_SAMPLES",
@@ -87,14 +100,14 @@ def _stored(a: np.ndarray) -> list[float]:
     return [round(float(v), 6) for v in a.tolist()]
 
 
-def _self_pairs(x: Any, t: float) -> MatchResult:
+def _self_pairs(x: Any, t: float, scorer: Scorer | None = None) -> MatchResult:
     """Pairs ``i < j`` of rows of ``x`` with score ``>= t`` (blocked)."""
-    r = Matcher(x, t).match(x)
+    r = Matcher(x, t, scorer=scorer).match(x)
     keep = r.query_index < r.gallery_index
     return MatchResult(r.query_index[keep], r.gallery_index[keep], r.score[keep], r.accepted[keep])
 
 
-def _top1(x: Any, m: int, rng: np.random.Generator) -> np.ndarray:
+def _top1(x: Any, m: int, rng: np.random.Generator, scorer: Scorer | None = None) -> np.ndarray:
     """Best score of each sample among the other ``m - 1`` of its random subset (subsets of
     exactly ``m`` rows; the remainder is left out)."""
     n = int(x.shape[0])
@@ -102,6 +115,9 @@ def _top1(x: Any, m: int, rng: np.random.Generator) -> np.ndarray:
     out: list[np.ndarray] = []
     for a in range(0, n - m + 1, m):
         sub = x[perm[a : a + m]]
+        if scorer is not None and scorer.kind != "cosine":
+            out.append(_top1_scored(sub, scorer))
+            continue
         r = Matcher(sub, -1.0).match(sub, top_k=2)
         other = r.query_index != r.gallery_index
         q, s = r.query_index[other], r.score[other]
@@ -111,20 +127,37 @@ def _top1(x: Any, m: int, rng: np.random.Generator) -> np.ndarray:
     return np.concatenate(out) if out else np.empty(0, np.float32)
 
 
+def _top1_scored(sub: torch.Tensor, scorer: Scorer) -> np.ndarray:
+    """Each row's best score among the other rows of ``sub`` (a small subset), by ``scorer``:
+    the dense subset matrix without its diagonal (a row's score with itself need not be its
+    largest on a scorer's scale, so it is left out by position, not by rank)."""
+    state = float64_state(scorer.prepare(sub))
+    s = scored_block(scorer, sub @ sub.T, state, state)
+    s.fill_diagonal_(-math.inf)
+    best: np.ndarray = s.max(dim=1).values.numpy()
+    return best
+
+
 def calibration_reference(
-    embeddings: ArrayLike, labels: ArrayLike, *, threshold: float, seed: int = 0
+    embeddings: ArrayLike,
+    labels: ArrayLike,
+    *,
+    threshold: float,
+    seed: int = 0,
+    scorer: Scorer | None = None,
 ) -> dict[str, Any]:
     """The ``reference`` field of a contract: tail and top-1 score samples of the calibration
-    set, its acceptance rate at ``threshold`` and its share of genuine pairs."""
+    set, its acceptance rate at ``threshold`` and its share of genuine pairs (``scorer``: all
+    on its scale; ``threshold`` too)."""
     from tcm.metrics import PairIndex, pair_statistics
 
     x = normalized_rows(embeddings, "calibration embeddings")
     codes, _ = encode_labels(labels, int(x.shape[0]), "calibration labels")
-    index = PairIndex(x, codes)
+    index = PairIndex(x, codes, scorer=scorer)
     stats = pair_statistics(index, fars=[TAIL_FAR], far_range=None)
     t_tail = min(stats.threshold_at_far(TAIL_FAR), float(threshold))
     rng = np.random.default_rng(seed)
-    pairs = _self_pairs(x, t_tail)
+    pairs = _self_pairs(x, t_tail, scorer)
     imp = codes[pairs.query_index] != codes[pairs.gallery_index]
     n = int(x.shape[0])
     total = n * (n - 1) // 2
@@ -137,7 +170,7 @@ def calibration_reference(
         "impostor_tail": _stored(_subsample(pairs.score[imp], REFERENCE_SAMPLES, rng)),
         "pair_tail": _stored(_subsample(pairs.score, REFERENCE_SAMPLES, rng)),
         "top1_subset": m,
-        "top1": _stored(_subsample(_top1(x, m, rng), REFERENCE_SAMPLES, rng)),
+        "top1": _stored(_subsample(_top1(x, m, rng, scorer), REFERENCE_SAMPLES, rng)),
         "acceptance_rate": int(np.count_nonzero(pairs.score >= t32)) / total,
         "genuine_share": index.num_positive_pairs / total,
     }
@@ -215,12 +248,18 @@ def _ks_cvm(new: np.ndarray, ref: np.ndarray, min_size: int = 5) -> dict[str, An
 
 
 def _labelled_rates(
-    x: Any, codes: np.ndarray, t: float, ci: float, n_boot: int, seed: int
+    x: Any,
+    codes: np.ndarray,
+    t: float,
+    ci: float,
+    n_boot: int,
+    seed: int,
+    scorer: Scorer | None = None,
 ) -> dict[str, Any]:
     from tcm.deploy.guarantee import clopper_pearson_upper
     from tcm.metrics import PairIndex, bootstrap_ratio, pair_statistics
 
-    index = PairIndex(x, codes)
+    index = PairIndex(x, codes, scorer=scorer)
     stats = pair_statistics(index, thresholds=[t], far_range=None)
     col = stats.columns_of([t])
     pos_acc, neg_acc = stats.accepted()
@@ -260,13 +299,14 @@ def _window_signals(
     n_boot: int,
     seed: int,
     scores: bool,
+    scorer: Scorer | None = None,
 ) -> dict[str, Any]:
     ref = c.reference
     t = c.threshold
     t_tail = float(ref.get("tail_threshold", t))
     n = int(x.shape[0])
     total = n * (n - 1) // 2
-    pairs = _self_pairs(x, min(t_tail, t))
+    pairs = _self_pairs(x, min(t_tail, t), scorer)
     t32 = ceil_to_dtype(t, torch.float32)
     acc = int(np.count_nonzero(pairs.score >= t32))
     a = acc / total
@@ -278,7 +318,7 @@ def _window_signals(
         "far_upper_bound": None if pi is None or pi >= 1 else a / (1.0 - pi),
     }
     if codes is not None:
-        w.update(_labelled_rates(x, codes, t, ci, n_boot, seed))
+        w.update(_labelled_rates(x, codes, t, ci, n_boot, seed, scorer))
     if not scores or not ref:
         return w
     rng = np.random.default_rng(seed)
@@ -297,7 +337,7 @@ def _window_signals(
         w["impostor_tail"] = _ks_cvm(imp_tail, ref_imp)
     m = int(ref.get("top1_subset", 0))
     if m >= 2 and n >= m:
-        top1 = _top1(x, m, rng).astype(np.float64)
+        top1 = _top1(x, m, rng, scorer).astype(np.float64)
         w["top1"] = {"subset": m, **_ks_cvm(top1, np.asarray(ref.get("top1", []), np.float64))}
     else:
         w["top1"] = {"subset": m, "note": f"window smaller than the reference subset size {m}"}
@@ -323,6 +363,7 @@ def _group_signals(
     ci: float,
     n_boot: int,
     seed: int,
+    scorer: Scorer | None = None,
 ) -> dict[str, Any]:
     """Per-group signals of one window (``gw_codes``: the window's group codes)."""
     per: dict[str, Any] = {}
@@ -339,6 +380,7 @@ def _group_signals(
             n_boot=n_boot,
             seed=seed,
             scores=False,
+            scorer=scorer,
         )
     return per
 
@@ -389,6 +431,7 @@ def monitor(
     drift_alpha: float = 0.01,
     gallery: ArrayLike | None = None,
     gallery_labels: ArrayLike | None = None,
+    scorer: Scorer | None = None,
 ) -> MonitorResult:
     """Monitor a deployed threshold on new samples (module docstring).
 
@@ -402,17 +445,20 @@ def monitor(
         ci, n_boot, seed: the intervals.
         drift_alpha: family-wise level of the drift tests.
         gallery, gallery_labels: a labelled gallery for the ambiguity signal.
+        scorer: the contract's fitted scorer when its threshold is on a scorer's scale
+            (``contract.load_scorer()``); ``None`` for a cosine contract.
 
     Raises:
         ValueError / ContractError: empty data or window, NaN rows, another dimension, bad
-            options, labels / groups of the wrong length.
+            options, labels / groups of the wrong length, a scorer the contract does not name
+            (or none for a scorer contract).
     """
     if not (isinstance(k, (int, float)) and k > 0 and math.isfinite(k)):
         raise ValueError(f"k must be a number > 0; got {k!r}")
     if not 0.0 < drift_alpha < 1.0:
         raise ValueError(f"drift_alpha must lie in (0, 1); got {drift_alpha!r}")
     x = normalized_rows(embeddings, "new embeddings")
-    contract.check_applicable(int(x.shape[1]), what="the new embeddings")
+    contract.check_applicable(int(x.shape[1]), scorer=scorer, what="the new embeddings")
     n = int(x.shape[0])
     spans = windows(n, window)
     codes = None if labels is None else encode_labels(labels, n, "labels")[0]
@@ -425,19 +471,31 @@ def monitor(
     if gallery is not None:
         if gallery_labels is None:
             raise ValueError("the ambiguity signal needs the gallery's labels")
-        matcher = Matcher(gallery, contract)
+        matcher = Matcher(gallery, contract, scorer=scorer)
         glab = encode_labels(gallery_labels, matcher.size, "gallery labels")[0]
     out: list[dict[str, Any]] = []
     for i, (a, b) in enumerate(spans):
         xw = x[a:b]
         cw = None if codes is None else codes[a:b]
         w: dict[str, Any] = {"window": i, "start": a, "stop": b}
-        w.update(_window_signals(contract, xw, cw, ci=ci, n_boot=n_boot, seed=seed, scores=True))
+        w.update(
+            _window_signals(
+                contract, xw, cw, ci=ci, n_boot=n_boot, seed=seed, scores=True, scorer=scorer
+            )
+        )
         if matcher is not None and glab is not None:
             w["multi_identity_share"] = _multi_identity_share(matcher, glab, xw)
         if gcodes is not None and gnames is not None:
             w["groups"] = _group_signals(
-                contract, xw, cw, gcodes[a:b], gnames, ci=ci, n_boot=n_boot, seed=seed
+                contract,
+                xw,
+                cw,
+                gcodes[a:b],
+                gnames,
+                ci=ci,
+                n_boot=n_boot,
+                seed=seed,
+                scorer=scorer,
             )
         out.append(w)
     num_tests, level, any_alarm = _set_alarms(out, k * contract.target_far, drift_alpha)
@@ -469,6 +527,11 @@ def _monitor_settings(
     pi = contract.reference.get("genuine_share")
     return {
         "threshold": contract.threshold,
+        **(
+            {"score": contract.score["kind"], "score_scale": contract.score.get("scale")}
+            if contract.uses_scorer
+            else {}
+        ),
         "target_far": contract.target_far,
         "k": k,
         "far_alarm_level": k * contract.target_far,
