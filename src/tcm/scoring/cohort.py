@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from tcm._validation import ArrayLike, check_int
-from tcm.scoring.base import Scorer, fitted_on_hash, normalized
+from tcm.scoring.base import Scorer, SideState, fitted_on_hash, normalized
 
 __all__ = ["ASNorm", "Cosine"]
 
@@ -142,10 +142,75 @@ class ASNorm(Scorer):
     def _score(
         self, cos: torch.Tensor, a: Mapping[str, torch.Tensor], b: Mapping[str, torch.Tensor]
     ) -> torch.Tensor:
-        za = (cos - a["mu"][:, None]) / a["sd"][:, None]
+        return self._formula(cos, a["mu"][:, None], a["sd"][:, None], b["mu"], b["sd"])
+
+    def _formula(
+        self,
+        cos: torch.Tensor,
+        mu_a: torch.Tensor,
+        sd_a: torch.Tensor,
+        mu_b: torch.Tensor,
+        sd_b: torch.Tensor,
+    ) -> torch.Tensor:
+        """The scores of ``cos`` with both sides' statistics broadcast against it."""
+        za = (cos - mu_a) / sd_a
         if self.combine == "z":
             return za
-        zb = (cos - b["mu"][None, :]) / b["sd"][None, :]
+        zb = (cos - mu_b) / sd_b
         if self.combine == "t":
             return zb
         return 0.5 * (za + zb)
+
+    def _score_inplace(
+        self,
+        cos: torch.Tensor,
+        a: Mapping[str, torch.Tensor],
+        b: Mapping[str, torch.Tensor],
+        scratch: torch.Tensor | None,
+    ) -> bool:
+        # the operations of _formula, in place: sub, div per side, then add and halve
+        mu_a, sd_a, mu_b, sd_b = a["mu"][:, None], a["sd"][:, None], b["mu"], b["sd"]
+        if self.combine == "t":
+            cos.sub_(mu_b).div_(sd_b)
+            return True
+        if self.combine == "mean":
+            n = cos.numel()
+            if scratch is None or scratch.numel() < n or scratch.dtype != cos.dtype:
+                scratch = torch.empty(n, dtype=cos.dtype, device=cos.device)
+            zb = scratch[:n].view(cos.shape)
+            torch.sub(cos, mu_b, out=zb).div_(sd_b)
+        cos.sub_(mu_a).div_(sd_a)
+        if self.combine == "mean":
+            cos.add_(zb).mul_(0.5)
+        return True
+
+    def _score_pairs(
+        self,
+        cos: torch.Tensor,
+        a: Mapping[str, torch.Tensor],
+        b: Mapping[str, torch.Tensor],
+        cols: torch.Tensor,
+    ) -> torch.Tensor:
+        return self._formula(cos, a["mu"][:, None], a["sd"][:, None], b["mu"][cols], b["sd"][cols])
+
+    def symmetric(self) -> bool:
+        """``mean`` is symmetric: ``0.5 * (za + zb)`` with a commutative float sum."""
+        return self.combine == "mean"
+
+    def error_terms(
+        self, state_a: SideState, state_b: SideState
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Per side ``lip = 1 / sd`` and ``mag = k (1 + |mu|) / sd`` (``k = 2`` for ``mean``,
+        3 for the one side of ``z`` / ``t``, 0 for the side they ignore). Derivation: with
+        ``|cos' - cos| <= E`` and each operation rounded to ``u / 2``, ``(cos' - mu) / sd`` is
+        within ``(E + 1.02 u (1 + E + |mu|)) / sd`` of ``(cos - mu) / sd``; ``mean`` halves the
+        sum of both sides and adds one rounding of ``|za + zb| u / 2``; the bound covers the
+        computed and the exact score's errors together (each against the real value)."""
+
+        def terms(st: SideState, k: float) -> tuple[torch.Tensor, torch.Tensor]:
+            mu = st.tensors["mu"].to(torch.float64)
+            sd = st.tensors["sd"].to(torch.float64)
+            return (1.0 / sd) * (k > 0), k * (1.0 + mu.abs()) / sd
+
+        ka, kb = {"mean": (2.0, 2.0), "z": (3.0, 0.0), "t": (0.0, 3.0)}[self.combine]
+        return (*terms(state_a, ka), *terms(state_b, kb))
