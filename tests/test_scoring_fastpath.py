@@ -14,6 +14,7 @@ import torch
 
 from tcm.metrics import retrieval_metrics
 from tcm.metrics._knn import canonical_similarity
+from tcm.metrics._pairs import prepare
 from tcm.metrics.retrieval import (
     _scored_topk,
     _ScoredRanker,
@@ -21,7 +22,6 @@ from tcm.metrics.retrieval import (
     prepare_retrieval,
     with_scorer,
 )
-from tcm.metrics._pairs import prepare
 from tcm.scoring import FSN, ASNorm, Platt
 from tcm.scoring.base import Scorer
 
@@ -51,14 +51,17 @@ def test_score_block_inplace_is_bit_identical(kind: str, dtype: torch.dtype) -> 
         sc = FSN(n_clusters=3, far=0.1).fit(x, y)
     else:
         sc = Platt().fit(x, y)
-    xt = torch.nn.functional.normalize(torch.as_tensor(x, dtype=dtype), dim=1)
+    # 700 rows: a block of several 1 MiB row chunks (AS-norm maps it chunk by chunk)
+    big = np.random.default_rng(2).normal(size=(700, x.shape[1]))
+    xt = torch.nn.functional.normalize(torch.as_tensor(big, dtype=dtype), dim=1)
     st = sc.prepare(xt)
-    cos = xt[10:40] @ xt[5:].T
-    want = sc.score_block(cos.clone(), st[10:40], st[5:])
-    for scratch in (None, torch.empty(cos.numel() + 3, dtype=dtype)):
-        got = cos.clone()
-        assert sc.score_block_(got, st[10:40], st[5:], scratch) is got
-        assert torch.equal(got, want)
+    for r0, r1, c0 in ((10, 40, 5), (0, 700, 0)):
+        cos = xt[r0:r1] @ xt[c0:].T
+        want = sc.score_block(cos.clone(), st[r0:r1], st[c0:])
+        for scratch in (None, torch.empty(3, dtype=dtype), torch.empty(cos.numel(), dtype=dtype)):
+            got = cos.clone()
+            assert sc.score_block_(got, st[r0:r1], st[c0:], scratch) is got
+            assert torch.equal(got, want)
     with pytest.raises(ValueError, match="shape"):
         sc.score_block_(cos.clone(), st[:3], st)
 
@@ -198,6 +201,30 @@ def test_scored_retrieval_separate_gallery() -> None:
         sc = _asnorm(combine)
         order = _brute_order(sc, x, gal)
         rel = gy[order] == y[:, None]
-        m = retrieval_metrics(x, y, gal, gy, ks=(1, 3), scorer=sc, chunk_size=int(rng.integers(3, 9)))
+        m = retrieval_metrics(
+            x, y, gal, gy, ks=(1, 3), scorer=sc, chunk_size=int(rng.integers(3, 9))
+        )
         assert m.recall_at_k[1] == np.mean(rel[:, 0])
         assert m.recall_at_k[3] == np.mean(rel[:, :3].any(axis=1))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_top_values_equal_torch_topk(dtype: torch.dtype) -> None:
+    from tcm.scoring.cohort import top_values
+
+    rng = np.random.default_rng(5)
+    x = torch.as_tensor(rng.integers(-4, 5, size=(40, 30)) / 4, dtype=dtype)  # many ties
+    x[3] = 0.25
+    for k in (1, 7, 30):
+        assert torch.equal(top_values(x, k), torch.topk(x, k, dim=1).values)
+    # AS-norm's state is unchanged by it, bit for bit (same values in the same order)
+    import tcm.scoring.cohort as cohort_mod
+
+    sc = ASNorm(top_k=25).fit(rng.normal(size=(70, 6)).astype(np.float32))
+    xt = torch.as_tensor(rng.normal(size=(50, 6)), dtype=dtype)
+    st = sc.prepare(xt, block_size=16)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(cohort_mod, "top_values", lambda v, k: torch.topk(v, k, dim=1).values)
+        ref = sc.prepare(xt, block_size=16)
+    for key in ("mu", "sd"):
+        assert torch.equal(st.tensors[key], ref.tensors[key])

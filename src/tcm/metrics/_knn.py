@@ -235,8 +235,9 @@ def exact_topk(
         return canonical_similarity(q[rows], g, idx)
 
     tol0, tol = 2.0 * d2 * u0, 2.0 * d2 * searcher.unit_roundoff
-    return certified_topk(search, canon, q.shape[0], k, n_avail, tol, extra, initial, tol0,
-                          max_rows, q.device)  # fmt: skip
+    return certified_topk(
+        search, canon, q.shape[0], k, n_avail, tol, extra, initial, tol0, max_rows, q.device
+    )
 
 
 def certified_topk(
@@ -332,9 +333,9 @@ def _merge_lines(
     run_i[lo:hi] = ci.gather(1, pos)
 
 
-TileMap = Callable[[torch.Tensor, int, int, "torch.Tensor | None"], None]
-"""``tile_map(tile, i0, j0, scratch)``: replace the cosine tile ``S[i0:, j0:]`` in place by
-symmetric scores (``scratch``: a reusable buffer of the tile's size, or None)."""
+TileMap = Callable[[torch.Tensor, int, int], None]
+"""``tile_map(tile, i0, j0)``: replace the cosine tile ``S[i0:, j0:]`` in place by symmetric
+scores."""
 
 
 def symmetric_candidates(
@@ -430,7 +431,6 @@ def _symmetric_candidates_heap(
         heaps.heapify()  # all slots = -FLT_MAX; -inf (self) never enters
         buf = torch.empty(b * b, dtype=torch.float32)
         buf_t = torch.empty(b * min(b, max(0, n - b)), dtype=torch.float32)
-        scratch = None if tile_map is None else torch.empty(b * b, dtype=torch.float32)
         for t, (i0, j0) in enumerate(tiles):
             if t % w != widx:
                 continue
@@ -438,7 +438,7 @@ def _symmetric_candidates_heap(
             s = buf[: bi * bj].view(bi, bj)
             torch.mm(xc[i0 : i0 + bi], xc[j0 : j0 + bj].T, out=s)
             if tile_map is not None:
-                tile_map(s, i0, j0, scratch)
+                tile_map(s, i0, j0)
             if j0 == i0:
                 s.fill_diagonal_(-torch.inf)
             heaps.addn(bj, faiss.swig_ptr(s.numpy()), j0, i0, bi)
@@ -482,7 +482,7 @@ def _symmetric_candidates_torch(
         for (i0, j0), size in zip(mine, sizes, strict=True):
             s = x[i0 : i0 + block] @ x[j0 : j0 + block].T  # (bi, bj) cosine similarities
             if tile_map is not None:
-                tile_map(s, i0, j0, None)
+                tile_map(s, i0, j0)
             if j0 == i0:
                 s.fill_diagonal_(-torch.inf)
             _merge_lines(run_v, run_i, i0, s, j0, by_column=False)

@@ -111,20 +111,11 @@ class Prepared:
             )
         return replace(self, scorer=scorer, state=scorer.prepare(self.x))
 
-    def score_(
-        self,
-        s: torch.Tensor,
-        i0: int,
-        i1: int,
-        j0: int,
-        j1: int,
-        scratch: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        """Replace the cosines ``s = S[i0:i1, j0:j1]`` by their scores in place (no-op
-        without a scorer; ``scratch``: a reusable buffer, see
-        :meth:`~tcm.scoring.Scorer.score_block_`); returns ``s``."""
+    def score_(self, s: torch.Tensor, i0: int, i1: int, j0: int, j1: int) -> torch.Tensor:
+        """Replace the cosines ``s = S[i0:i1, j0:j1]`` by their scores in place
+        (:meth:`~tcm.scoring.Scorer.score_block_`; no-op without a scorer); returns ``s``."""
         if self.scorer is not None and self.state is not None:
-            self.scorer.score_block_(s, self.state[i0:i1], self.state[j0:j1], scratch)
+            self.scorer.score_block_(s, self.state[i0:i1], self.state[j0:j1])
         return s
 
     @property
@@ -320,12 +311,10 @@ def block_grid(n: int, block_size: int, shard: tuple[int, int] = (0, 1)) -> list
     return out
 
 
-def make_block(
-    prep: Prepared, spec: BlockSpec, buf: torch.Tensor, scratch: torch.Tensor | None = None
-) -> Block:
+def make_block(prep: Prepared, spec: BlockSpec, buf: torch.Tensor) -> Block:
     """Compute block ``spec = (i0, i1, j0, j1)`` into the flat buffer ``buf`` (``torch.mm(...,
-    out=)``: no allocation per block; a scorer maps it in place, with ``scratch`` from
-    :func:`scratch_buffer`) and describe its positive / excluded entries."""
+    out=)``: no allocation per block; a scorer maps it in place) and describe its positive /
+    excluded entries."""
     i0, i1, j0, j1 = spec
     x = prep.x
     codes = prep.codes
@@ -335,7 +324,7 @@ def make_block(
     s = buf[: h * w].view(h, w)
     torch.mm(x[i0:i1], x[j0:j1].T, out=s)
     if prep.scorer is not None:
-        prep.score_(s, i0, i1, j0, j1, scratch)
+        prep.score_(s, i0, i1, j0, j1)
     rect: tuple[int, int] | None = None
     cstart: np.ndarray | None = None
     if i0 == j0:
@@ -379,18 +368,12 @@ def _block_buffer(prep: Prepared, block_size: int) -> torch.Tensor:
     return torch.empty(min(prep.n, block_size) ** 2, dtype=prep.x.dtype, device=prep.x.device)
 
 
-def scratch_buffer(prep: Prepared, block_size: int) -> torch.Tensor | None:
-    """A second block buffer for a scorer's in-place map (None without a scorer)."""
-    return None if prep.scorer is None else _block_buffer(prep, block_size)
-
-
 def _serial_blocks(
     prep: Prepared, specs: list[BlockSpec], block_size: int, tick: Tick = no_tick
 ) -> Iterator[Block]:
     buf = _block_buffer(prep, block_size)
-    scratch = scratch_buffer(prep, block_size)
     for spec in specs:
-        yield make_block(prep, spec, buf, scratch)
+        yield make_block(prep, spec, buf)
         tick(tile_pairs(*spec))  # the consumer is done with the block
 
 
@@ -452,9 +435,8 @@ def map_blocks(
 
         def blocks() -> Iterator[Block]:
             buf = _block_buffer(prep, block_size)
-            scratch = scratch_buffer(prep, block_size)
             while (sp := pull()) is not None:
-                yield make_block(prep, sp, buf, scratch)
+                yield make_block(prep, sp, buf)
                 tick(tile_pairs(*sp))
 
         return run_single_threaded(nw, lambda _i: fn(blocks()))

@@ -606,11 +606,11 @@ class _ScoredRanker:
         """Top ``kt`` by computed scores of the queries ``qi`` (at most ``chunk`` of them)."""
         g = self.inp.gallery
         r, ng = int(qi.numel()), int(g.shape[0])
-        if self.buf is None:  # the block and the scorer's scratch, reused by every call
-            self.buf = torch.empty(2 * self.chunk * ng, dtype=g.dtype, device=g.device)
+        if self.buf is None:  # one block buffer, reused by every call
+            self.buf = torch.empty(self.chunk * ng, dtype=g.dtype, device=g.device)
         s = self.buf[: r * ng].view(r, ng)
         torch.mm(self.inp.queries.index_select(0, qi), g.T, out=s)
-        self.scorer.score_block_(s, self.qs[qi], self.gs, self.buf[self.chunk * ng :])
+        self.scorer.score_block_(s, self.qs[qi], self.gs)
         if self.inp.leave_one_out:
             s[torch.arange(r, device=s.device), qi] = -torch.inf
         vals, idx = torch.topk(s, kt, dim=1, sorted=True)
@@ -642,9 +642,9 @@ class _ScoredRanker:
         place once for both of its row blocks."""
         g, st = self.inp.gallery, self.gs
 
-        def tile_map(t: torch.Tensor, i0: int, j0: int, scratch: torch.Tensor | None) -> None:
+        def tile_map(t: torch.Tensor, i0: int, j0: int) -> None:
             h, w = t.shape
-            self.scorer.score_block_(t, st[i0 : i0 + h], st[j0 : j0 + w], scratch)
+            self.scorer.score_block_(t, st[i0 : i0 + h], st[j0 : j0 + w])
 
         block = chunk_size or _sym_block(g.device)
         v, i = symmetric_candidates(g, kk, block, tile_map=tile_map)

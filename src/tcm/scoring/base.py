@@ -255,8 +255,9 @@ class Scorer(ABC):
         scratch: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """:meth:`score_block` of a float32 / float64 tensor block written into ``cos`` itself
-        (bit-identical values); ``scratch``: an optional buffer of at least ``cos.numel()``
-        elements of its dtype that a scorer may use instead of allocating. Returns ``cos``.
+        (bit-identical values); ``scratch``: an optional buffer of ``cos``'s dtype (of
+        ``cos.numel()`` elements, or any size: a scorer uses it when it is large enough, else
+        allocates). Returns ``cos``.
         The default copies :meth:`score_block`; a scorer overrides :meth:`_score_inplace` to
         avoid the full-size temporaries."""
         self._check_fitted()

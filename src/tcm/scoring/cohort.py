@@ -16,6 +16,25 @@ __all__ = ["ASNorm", "Cosine"]
 COMBINES = ("mean", "z", "t")
 
 
+def top_values(x: torch.Tensor, k: int) -> torch.Tensor:
+    """The ``k`` largest values of each row of a finite 2-D ``x``, in decreasing order: the values
+    of ``torch.topk(x, k, dim=1)``, element for element. On CPU by NumPy (``partition``, then a
+    sort of the ``k`` kept), several times faster than ``torch.topk`` for a few hundred of a few
+    thousand; elsewhere ``torch.topk``.
+
+    Example:
+        >>> top_values(torch.tensor([[0.1, 0.9, 0.5, 0.9]]), 3).tolist()
+        [[0.8999999761581421, 0.8999999761581421, 0.5]]
+    """
+    if x.device.type != "cpu":
+        return torch.topk(x, k, dim=1).values
+    a = x.detach().numpy()
+    n = a.shape[1]
+    part = np.partition(a, n - k, axis=1)[:, n - k :]
+    part.sort(axis=1)
+    return torch.from_numpy(np.ascontiguousarray(part[:, ::-1]))
+
+
 class Cosine(Scorer):
     """The identity: the score is the cosine similarity (the default; needs no fit).
 
@@ -58,7 +77,8 @@ class ASNorm(Scorer):
       test side).
 
     The cohort must not contain evaluated samples (a sample's own cosine 1 would enter its
-    statistics). ``prepare`` computes ``block_size x cohort`` cosines at a time (``torch.topk``).
+    statistics). ``prepare`` computes ``block_size x cohort`` cosines at a time (top-k by
+    :func:`top_values`).
 
     Example:
         >>> import numpy as np
@@ -130,7 +150,7 @@ class ASNorm(Scorer):
     def _prepare_rows(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         dtype = torch.promote_types(x.dtype, self.cohort.dtype)
         cos = x.to(dtype) @ self.cohort.to(device=x.device, dtype=dtype).T
-        vals = cos if self.top_k is None else torch.topk(cos, self.top_k, dim=1).values
+        vals = cos if self.top_k is None else top_values(cos, self.top_k)
         mu = vals.mean(dim=1)
         sd = vals.std(dim=1, correction=self.std_ddof)
         if bool((sd <= 0).any()):
@@ -168,20 +188,30 @@ class ASNorm(Scorer):
         b: Mapping[str, torch.Tensor],
         scratch: torch.Tensor | None,
     ) -> bool:
-        # the operations of _formula, in place: sub, div per side, then add and halve
+        # _formula's operations, in place, over row chunks of about 1 MiB (each chunk's sub,
+        # div and add while it is in cache). ``mean`` divides by 2 sd instead of halving the
+        # sum: scaling by 2 is exact, so (s - mu) / (2 sd) is fl((s - mu) / sd) / 2 and the sum
+        # of the halves fl(za + zb) / 2, bit for bit (|s - mu| is 0 or far above underflow).
+        mean = self.combine == "mean"
         mu_a, sd_a, mu_b, sd_b = a["mu"][:, None], a["sd"][:, None], b["mu"], b["sd"]
-        if self.combine == "t":
-            cos.sub_(mu_b).div_(sd_b)
-            return True
-        if self.combine == "mean":
-            n = cos.numel()
-            if scratch is None or scratch.numel() < n or scratch.dtype != cos.dtype:
-                scratch = torch.empty(n, dtype=cos.dtype, device=cos.device)
-            zb = scratch[:n].view(cos.shape)
-            torch.sub(cos, mu_b, out=zb).div_(sd_b)
-        cos.sub_(mu_a).div_(sd_a)
-        if self.combine == "mean":
-            cos.add_(zb).mul_(0.5)
+        if mean:
+            sd_a, sd_b = sd_a * 2, sd_b * 2
+        h, w = cos.shape
+        rows = max(1, (1 << 20) // max(1, w * cos.element_size()))
+        if mean and (scratch is None or scratch.numel() < min(h, rows) * w):
+            scratch = torch.empty(min(h, rows) * w, dtype=cos.dtype, device=cos.device)
+        for r0 in range(0, h, rows):
+            c = cos[r0 : r0 + rows]
+            if self.combine == "t":
+                c.sub_(mu_b).div_(sd_b)
+                continue
+            if mean:
+                assert scratch is not None
+                zb = scratch[: c.numel()].view(c.shape)
+                torch.sub(c, mu_b, out=zb).div_(sd_b)
+            c.sub_(mu_a[r0 : r0 + rows]).div_(sd_a[r0 : r0 + rows])
+            if mean:
+                c.add_(zb)
         return True
 
     def _score_pairs(
