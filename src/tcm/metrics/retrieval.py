@@ -808,10 +808,12 @@ def retrieval_metrics(
             float32 CPU) or ``"auto"`` (torch). Both give identical results.
         chunk_size: queries per block; ``None`` picks it so the ``(B, Ng)`` similarity block
             is ~64 MiB (CPU) / 512 MiB (CUDA).
-        scorer: a fitted :class:`~tcm.scoring.Scorer`: neighbours are ranked by its score
-            (exact: every ``(B, Ng)`` block scored in float64; no cosine candidates, since a
-            scorer that normalises the gallery side can reorder them). ``None`` / ``Cosine``:
-            cosine similarity.
+        scorer: a fitted :class:`~tcm.scoring.Scorer`: neighbours are ranked exactly by its
+            float64 score of the canonical cosine (no cosine candidates, since a scorer that
+            normalises the gallery side can reorder them; with a rounding bound, e.g. AS-norm,
+            by certified candidates of scores in the embeddings' dtype, see
+            :class:`_ScoredRanker`; else every ``(B, Ng)`` block scored in float64).
+            ``None`` / ``Cosine``: cosine similarity.
 
     Returns:
         :class:`RetrievalMetrics`; similarities are cosine similarities, ranked descending,

@@ -9,6 +9,10 @@ maps the cosine similarities of any two sample sets to scores:
    similarities elementwise, so a blocked pair pass can apply it block by block;
 3. ``scorer.score(a, b)`` does both for small sets and returns the dense matrix.
 
+``score_block_`` writes ``score_block``'s values, bit for bit, into a tensor block itself (the
+metrics engine's form); ``score_pairs`` and ``error_terms`` (optional) let retrieval rank by
+rounded scores and recheck the candidates in float64 (docs/scoring.md, "Scores in the engine").
+
 Fitting never looks at evaluated data: it uses exactly what it is given, and the caller must pass
 data disjoint from what is evaluated (training classes, or the calibration half of a split).
 
@@ -78,7 +82,10 @@ class SideState:
         if isinstance(index, np.ndarray):
             index = torch.from_numpy(index)
         picked = {k: v[index] for k, v in self.tensors.items()}
-        n = int(torch.arange(self.n)[index].numel())
+        if isinstance(index, slice):  # (the engine's blocks) without an arange of all samples
+            n = len(range(self.n)[index])
+        else:
+            n = int(torch.arange(self.n)[index].numel())
         return SideState(n, picked)
 
 
