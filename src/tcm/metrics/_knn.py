@@ -22,6 +22,7 @@ the returned top ``k`` is always exactly the first ``k`` items of the gallery so
 from __future__ import annotations
 
 import importlib.util
+from collections.abc import Callable
 from typing import Any, Literal, Protocol
 
 import numpy as np
@@ -34,6 +35,7 @@ __all__ = [
     "FaissSearcher",
     "Searcher",
     "TorchSearcher",
+    "certified_topk",
     "exact_topk",
     "faiss_available",
     "symmetric_candidates",
@@ -133,10 +135,18 @@ def canonical_similarity(q: torch.Tensor, g: torch.Tensor, idx: torch.Tensor) ->
     return out
 
 
-def _order(q: torch.Tensor, g: torch.Tensor, idx: torch.Tensor, k: int) -> torch.Tensor:
-    """Sort candidate rows by ``(-s64, index)`` and keep the first ``k``; returns ``(B, k)``."""
+Canon = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+"""``canon(rows, idx)``: the exact float64 ranking scores ``(R, M)`` of the query rows ``rows``
+(positions in the batch) against the gallery items ``idx`` ``(R, M)``."""
+Search = Callable[[torch.Tensor, int], tuple[torch.Tensor, torch.Tensor]]
+"""``search(rows, kt)``: the top ``kt`` ``(scores, indices)`` of the query rows ``rows`` by the
+backend's rounded scores, descending, self excluded."""
+
+
+def _order(canon: Canon, rows: torch.Tensor, idx: torch.Tensor, k: int) -> torch.Tensor:
+    """Sort candidate rows by ``(-canonical score, index)`` and keep the first ``k``."""
     idx_sorted, _ = torch.sort(idx, dim=1)
-    s = canonical_similarity(q, g, idx_sorted)
+    s = canon(rows, idx_sorted)
     _, perm = torch.sort(s, dim=1, descending=True, stable=True)
     return idx_sorted.gather(1, perm)[:, :k]
 
@@ -144,34 +154,36 @@ def _order(q: torch.Tensor, g: torch.Tensor, idx: torch.Tensor, k: int) -> torch
 def _settle(
     out: torch.Tensor,
     rows: torch.Tensor,
-    q: torch.Tensor,
-    g: torch.Tensor,
+    canon: Canon,
     vals: torch.Tensor,
     idx: torch.Tensor,
     k: int,
     complete: bool,
-    tol: float,
+    tol: float | torch.Tensor,
 ) -> torch.Tensor:
     """Write the exact top-``k`` of the certified rows into ``out[rows]``; return the ok mask.
 
     ``vals``/``idx`` (``(R, kk)``, scores descending) are the candidates of the query rows
-    ``q[rows]``; ``complete``: they hold the whole gallery (nothing can be missing).
+    ``rows``; ``complete``: they hold the whole gallery (nothing can be missing). ``tol``: twice
+    the error bound of the scores, one for all rows or per row of the batch (``tol[rows]``).
     """
     kk = vals.shape[1]
+    t = tol if isinstance(tol, float) else tol[rows]
     if complete:
-        ok = torch.ones(rows.numel(), dtype=torch.bool, device=q.device)
+        ok = torch.ones(rows.numel(), dtype=torch.bool, device=out.device)
     else:
-        ok = (vals[:, k - 1].double() - vals[:, kk - 1].double()) > tol
+        ok = (vals[:, k - 1].double() - vals[:, kk - 1].double()) > t
     if bool(ok.any()):
         v, i = vals[ok], idx[ok]
+        t_ok = t if isinstance(t, float) else t[ok][:, None]
         # rows whose first k + 1 scores are separated by more than tol are already in the
         # exact (-s64, j) order; only rows with near-ties are re-sorted canonically (float64)
         m = min(k + 1, kk)
         gaps = v[:, : m - 1].double() - v[:, 1:m].double()
-        clear = (gaps > tol).all(dim=1)
+        clear = (gaps > t_ok).all(dim=1)
         res = i[:, :k].clone()
         if not bool(clear.all()):
-            res[~clear] = _order(q[rows[ok][~clear]], g, i[~clear], k)
+            res[~clear] = _order(canon, rows[ok][~clear], i[~clear], k)
         out[rows[ok]] = res
     return ok
 
@@ -212,32 +224,64 @@ def exact_topk(
         >>> exact_topk(TorchSearcher(g), g[:1], g, 2, torch.tensor([0])).tolist()
         [[1, 2]]
     """
-    b = q.shape[0]
     n_avail = g.shape[0] - int(self_idx is not None)
+    u0 = searcher.unit_roundoff if initial_unit_roundoff is None else initial_unit_roundoff
+    d2 = q.shape[1] + 2
+
+    def search(rows: torch.Tensor, kt: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return searcher.search(q[rows], kt, None if self_idx is None else self_idx[rows])
+
+    def canon(rows: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        return canonical_similarity(q[rows], g, idx)
+
+    tol0, tol = 2.0 * d2 * u0, 2.0 * d2 * searcher.unit_roundoff
+    return certified_topk(
+        search, canon, q.shape[0], k, n_avail, tol, extra, initial, tol0, max_rows, q.device
+    )
+
+
+def certified_topk(
+    search: Search,
+    canon: Canon,
+    b: int,
+    k: int,
+    n_avail: int,
+    tol: float | torch.Tensor,
+    extra: int = 8,
+    initial: tuple[torch.Tensor, torch.Tensor] | None = None,
+    initial_tol: float | torch.Tensor | None = None,
+    max_rows: int | None = None,
+    device: torch.device | None = None,
+) -> torch.Tensor:
+    """The loop of :func:`exact_topk` for any rounded ``search`` and exact ``canon`` scores:
+    the top ``k`` of ``b`` query rows by ``(-canon, index)``, ``(b, k)`` int64.
+
+    ``tol`` (``initial_tol`` for ``initial``'s scores): twice the largest difference between a
+    searched score and its canonical one, a float or a ``(b,)`` tensor (per row). A row whose
+    ``k``-th searched score beats the last candidate's by more than ``tol`` holds its exact top
+    ``k`` among the candidates; the others are searched again with twice the candidates (up to
+    the whole gallery)."""
     if not 1 <= k <= n_avail:
         raise ValueError(f"k must be in [1, {n_avail}]; got {k}")
-    out = torch.empty((b, k), dtype=torch.int64, device=q.device)
-    rows = torch.arange(b, device=q.device)
+    out = torch.empty((b, k), dtype=torch.int64, device=device)
+    rows = torch.arange(b, device=device)
     kk = min(k + extra, n_avail)
     if initial is not None:
         vals, idx = initial
         kk0 = vals.shape[1]
         if not k <= kk0 <= n_avail or vals.shape[0] != b:
             raise ValueError(f"initial candidates: need shape ({b}, kk), {k} <= kk <= {n_avail}")
-        u0 = searcher.unit_roundoff if initial_unit_roundoff is None else initial_unit_roundoff
-        tol0 = 2.0 * (q.shape[1] + 2) * u0
-        ok = _settle(out, rows, q, g, vals, idx, k, kk0 >= n_avail, tol0)
+        tol0 = tol if initial_tol is None else initial_tol
+        ok = _settle(out, rows, canon, vals, idx, k, kk0 >= n_avail, tol0)
         rows = rows[~ok]
         kk = min(2 * kk0, n_avail)
-    tol = 2.0 * (q.shape[1] + 2) * searcher.unit_roundoff
     step = max(1, max_rows or rows.numel())
     for lo in range(0, rows.numel(), step):
         todo = rows[lo : lo + step]
         kt = kk
         while todo.numel() > 0:
-            own = None if self_idx is None else self_idx[todo]
-            vals, idx = searcher.search(q[todo], kt, own)
-            ok = _settle(out, todo, q, g, vals, idx, k, kt >= n_avail, tol)
+            vals, idx = search(todo, kt)
+            ok = _settle(out, todo, canon, vals, idx, k, kt >= n_avail, tol)
             todo = todo[~ok]
             kt = min(2 * kt, n_avail)
     return out
@@ -289,8 +333,17 @@ def _merge_lines(
     run_i[lo:hi] = ci.gather(1, pos)
 
 
+TileMap = Callable[[torch.Tensor, int, int], None]
+"""``tile_map(tile, i0, j0)``: replace the cosine tile ``S[i0:, j0:]`` in place by symmetric
+scores."""
+
+
 def symmetric_candidates(
-    x: torch.Tensor, kk: int, block: int, shard: tuple[int, int] = (0, 1)
+    x: torch.Tensor,
+    kk: int,
+    block: int,
+    shard: tuple[int, int] = (0, 1),
+    tile_map: TileMap | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Leave-one-out top-``kk`` candidates of every row of ``x`` against all other rows.
 
@@ -312,6 +365,9 @@ def symmetric_candidates(
         ``(scores, indices)`` of shape ``(N, kk)`` in ``x.dtype``, scores descending (the top
         ``kk`` by the computed scores), self excluded; ties at the cut are arbitrary (pass them
         as ``initial`` to :func:`exact_topk`).
+
+    ``tile_map`` ranks by a symmetric score instead of the cosine: each tile is mapped in place
+    right after its matmul (e.g. by a scorer's ``score_block_``).
     """
     n = x.shape[0]
     if not 1 <= kk <= n - 1:
@@ -319,8 +375,8 @@ def symmetric_candidates(
     if block < 1:
         raise ValueError(f"block must be >= 1; got {block}")
     if x.device.type == "cpu" and x.dtype == torch.float32 and faiss_available():
-        return _symmetric_candidates_heap(x, kk, block, shard=shard)
-    return _symmetric_candidates_torch(x, kk, block, shard=shard)
+        return _symmetric_candidates_heap(x, kk, block, shard=shard, tile_map=tile_map)
+    return _symmetric_candidates_torch(x, kk, block, shard=shard, tile_map=tile_map)
 
 
 _THREADED_HEAP_BYTES = 256 << 20  # all workers' (N, kk) heaps together at most this large
@@ -332,6 +388,7 @@ def _symmetric_candidates_heap(
     block: int,
     workers: int | None = None,
     shard: tuple[int, int] = (0, 1),
+    tile_map: TileMap | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """:func:`symmetric_candidates` for float32 CPU ``x`` with faiss ``float_minheap_array_t``.
 
@@ -380,6 +437,8 @@ def _symmetric_candidates_heap(
             bi, bj = min(b, n - i0), min(b, n - j0)
             s = buf[: bi * bj].view(bi, bj)
             torch.mm(xc[i0 : i0 + bi], xc[j0 : j0 + bj].T, out=s)
+            if tile_map is not None:
+                tile_map(s, i0, j0)
             if j0 == i0:
                 s.fill_diagonal_(-torch.inf)
             heaps.addn(bj, faiss.swig_ptr(s.numpy()), j0, i0, bi)
@@ -403,7 +462,11 @@ def _symmetric_candidates_heap(
 
 
 def _symmetric_candidates_torch(
-    x: torch.Tensor, kk: int, block: int, shard: tuple[int, int] = (0, 1)
+    x: torch.Tensor,
+    kk: int,
+    block: int,
+    shard: tuple[int, int] = (0, 1),
+    tile_map: TileMap | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """:func:`symmetric_candidates` in torch (any device and float dtype)."""
     n = x.shape[0]
@@ -418,6 +481,8 @@ def _symmetric_candidates_torch(
     with stage("kNN", sum(sizes)) as tick:
         for (i0, j0), size in zip(mine, sizes, strict=True):
             s = x[i0 : i0 + block] @ x[j0 : j0 + block].T  # (bi, bj) cosine similarities
+            if tile_map is not None:
+                tile_map(s, i0, j0)
             if j0 == i0:
                 s.fill_diagonal_(-torch.inf)
             _merge_lines(run_v, run_i, i0, s, j0, by_column=False)

@@ -112,10 +112,10 @@ class Prepared:
         return replace(self, scorer=scorer, state=scorer.prepare(self.x))
 
     def score_(self, s: torch.Tensor, i0: int, i1: int, j0: int, j1: int) -> torch.Tensor:
-        """Replace the cosines ``s = S[i0:i1, j0:j1]`` by their scores in place (no-op
-        without a scorer); returns ``s``."""
+        """Replace the cosines ``s = S[i0:i1, j0:j1]`` by their scores in place
+        (:meth:`~tcm.scoring.Scorer.score_block_`; no-op without a scorer); returns ``s``."""
         if self.scorer is not None and self.state is not None:
-            s.copy_(self.scorer.score_block(s, self.state[i0:i1], self.state[j0:j1]))
+            self.scorer.score_block_(s, self.state[i0:i1], self.state[j0:j1])
         return s
 
     @property
@@ -313,7 +313,8 @@ def block_grid(n: int, block_size: int, shard: tuple[int, int] = (0, 1)) -> list
 
 def make_block(prep: Prepared, spec: BlockSpec, buf: torch.Tensor) -> Block:
     """Compute block ``spec = (i0, i1, j0, j1)`` into the flat buffer ``buf`` (``torch.mm(...,
-    out=)``: no allocation per block) and describe its positive / excluded entries."""
+    out=)``: no allocation per block; a scorer maps it in place) and describe its positive /
+    excluded entries."""
     i0, i1, j0, j1 = spec
     x = prep.x
     codes = prep.codes

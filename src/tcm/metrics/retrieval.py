@@ -56,6 +56,8 @@ from tcm.metrics._knn import (
     FaissSearcher,
     Searcher,
     TorchSearcher,
+    canonical_similarity,
+    certified_topk,
     exact_topk,
     faiss_available,
     symmetric_candidates,
@@ -527,16 +529,22 @@ def _score_queries(
     k_all = min(max(kmax, int(r_all.max())), n_avail)
     kk = min(k_all + 8, n_avail)
     cand = shared
+    ranker = _ScoredRanker.of(inp, chunk)
     if cand is None and loo and backend == "torch" and all_queries and inp.scorer is None:
         cand = _local_candidates(gn, kk, chunk_size) if _use_symmetric(ng, kk, device) else None
+    elif ranker is not None and ranker.symmetric and all_queries and _use_symmetric(ng, kk, device):
+        cand = ranker.symmetric_candidates(kk, chunk_size)
     pre: torch.Tensor | None = None
     if cand is not None:
         vq = torch.from_numpy(sel[valid_pos]).to(device)
         initial = (cand[0][vq], cand[1][vq])
-        pre = exact_topk(
-            searcher, qn[vq], gn, k_all, vq, initial=initial, initial_unit_roundoff=cand[2],
-            max_rows=chunk,
-        )  # fmt: skip
+        if ranker is not None:
+            pre = ranker.topk(vq, k_all, initial)
+        else:
+            pre = exact_topk(
+                searcher, qn[vq], gn, k_all, vq, initial=initial, initial_unit_roundoff=cand[2],
+                max_rows=chunk,
+            )  # fmt: skip
         del cand, initial
     # without candidates every query scans the gallery: (query, item) pairs as progress
     with stage("kNN", 0 if pre is not None else valid_pos.size * ng) as tick:
@@ -548,7 +556,9 @@ def _score_queries(
                 idx = pre[lo : lo + chunk]
             else:
                 k = min(max(kmax, int(rc.max())), n_avail)
-                if inp.scorer is not None:
+                if ranker is not None:
+                    idx = ranker.topk(qi, k)
+                elif inp.scorer is not None:
                     idx = _scored_topk(inp, qi, k)
                 else:
                     idx = exact_topk(searcher, qn[qi], gn, k, qi if loo else None, max_rows=chunk)
@@ -561,17 +571,98 @@ def _score_queries(
     return hits, map_r, r_prec
 
 
+class _ScoredRanker:
+    """Exact ranking by a scorer with a rounding bound (:meth:`~tcm.scoring.Scorer.error_terms`):
+    scores computed in the embeddings' dtype, block by block in place (``score_block_``), give
+    ``k + 8`` candidates per query; a query whose ``k``-th candidate score beats the last one by
+    more than twice the bound has its exact top ``k`` among them, which are then ordered by
+    ``(-score64, j)``, ``score64`` the scorer's float64 score of the canonical float64 cosine
+    (:func:`~tcm.metrics._knn.canonical_similarity`; :meth:`~tcm.scoring.Scorer.score_pairs`).
+    The other queries are searched again with twice the candidates (up to the whole gallery),
+    as in the cosine kNN (:func:`~tcm.metrics._knn.certified_topk`)."""
+
+    def __init__(self, inp: RetrievalInput, chunk: int, terms: tuple[torch.Tensor, ...]) -> None:
+        assert inp.scorer is not None and inp.query_state is not None
+        assert inp.gallery_state is not None
+        self.inp, self.scorer, self.chunk = inp, inp.scorer, chunk
+        self.qs, self.gs = inp.query_state, inp.gallery_state
+        g = inp.gallery
+        self.symmetric = inp.leave_one_out and self.scorer.symmetric()
+        u = float(torch.finfo(g.dtype).eps)
+        e = (g.shape[1] + 2) * u  # |computed cosine - canonical cosine| (see _knn)
+        lip_a, mag_a, lip_b, mag_b = (t.to(g.device) for t in terms)
+        self.tol = 2.0 * (e * (lip_a + lip_b.max()) + u * (mag_a + mag_b.max()))
+        self.buf: torch.Tensor | None = None
+
+    @classmethod
+    def of(cls, inp: RetrievalInput, chunk: int) -> _ScoredRanker | None:
+        """The ranker of ``inp``'s scorer; None without a scorer or a rounding bound."""
+        if inp.scorer is None or inp.query_state is None or inp.gallery_state is None:
+            return None
+        terms = inp.scorer.error_terms(inp.query_state, inp.gallery_state)
+        return None if terms is None else cls(inp, chunk, terms)
+
+    def _search(self, qi: torch.Tensor, kt: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Top ``kt`` by computed scores of the queries ``qi`` (at most ``chunk`` of them)."""
+        g = self.inp.gallery
+        r, ng = int(qi.numel()), int(g.shape[0])
+        if self.buf is None:  # one block buffer, reused by every call
+            self.buf = torch.empty(self.chunk * ng, dtype=g.dtype, device=g.device)
+        s = self.buf[: r * ng].view(r, ng)
+        torch.mm(self.inp.queries.index_select(0, qi), g.T, out=s)
+        self.scorer.score_block_(s, self.qs[qi], self.gs)
+        if self.inp.leave_one_out:
+            s[torch.arange(r, device=s.device), qi] = -torch.inf
+        vals, idx = torch.topk(s, kt, dim=1, sorted=True)
+        return vals, idx
+
+    def _canon(self, qi: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        c = canonical_similarity(self.inp.queries[qi], self.inp.gallery, idx)
+        out = self.scorer.score_pairs(c, self.qs[qi], self.gs, idx)
+        assert out is not None  # error_terms promised it
+        return out
+
+    def topk(
+        self,
+        qi: torch.Tensor,
+        k: int,
+        initial: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> torch.Tensor:
+        """Exact top ``k`` of the queries ``qi`` (``initial``: their symmetric candidates)."""
+        n_avail = int(self.inp.gallery.shape[0]) - int(self.inp.leave_one_out)
+        return certified_topk(
+            lambda rows, kt: self._search(qi[rows], kt),
+            lambda rows, idx: self._canon(qi[rows], idx),
+            int(qi.numel()), k, n_avail, self.tol[qi], initial=initial,
+            max_rows=self.chunk, device=qi.device,
+        )  # fmt: skip
+
+    def symmetric_candidates(self, kk: int, chunk_size: int | None) -> Candidates:
+        """Leave-one-out candidates of all rows by the (symmetric) score, each tile scored in
+        place once for both of its row blocks."""
+        g, st = self.inp.gallery, self.gs
+
+        def tile_map(t: torch.Tensor, i0: int, j0: int) -> None:
+            h, w = t.shape
+            self.scorer.score_block_(t, st[i0 : i0 + h], st[j0 : j0 + w])
+
+        block = chunk_size or _sym_block(g.device)
+        v, i = symmetric_candidates(g, kk, block, tile_map=tile_map)
+        return v, i, float(torch.finfo(g.dtype).eps)
+
+
 def _scored_topk(inp: RetrievalInput, qi: torch.Tensor, k: int) -> torch.Tensor:
-    """Exact top ``k`` gallery items of the queries ``qi`` by the scorer's score: the whole
-    ``(B, Ng)`` block scored in float64, ordered by ``(-score, j)`` (the cosine tie rule), the
-    query itself excluded in leave-one-out mode. A scorer that normalises the gallery side can
-    reorder neighbours, so cosine candidates are not used."""
+    """Exact top ``k`` gallery items of the queries ``qi`` by the scorer's score, for scorers
+    without a rounding bound: the whole ``(B, Ng)`` block scored in float64, ordered by
+    ``(-score, j)`` (the cosine tie rule), the query itself excluded in leave-one-out mode. A
+    scorer that normalises the gallery side can reorder neighbours, so cosine candidates are
+    not used."""
     assert inp.scorer is not None and inp.query_state is not None
     assert inp.gallery_state is not None
     q = inp.queries.index_select(0, qi).to(torch.float64)
     cos = q @ inp.gallery.to(torch.float64).T
     rows = qi.cpu().numpy()
-    s = inp.scorer.score_block(cos, inp.query_state[rows], inp.gallery_state)
+    s = inp.scorer.score_block_(cos, inp.query_state[rows], inp.gallery_state)
     if inp.leave_one_out:
         s[torch.arange(s.shape[0], device=s.device), qi] = -torch.inf
     n = int(s.shape[1])
@@ -717,10 +808,12 @@ def retrieval_metrics(
             float32 CPU) or ``"auto"`` (torch). Both give identical results.
         chunk_size: queries per block; ``None`` picks it so the ``(B, Ng)`` similarity block
             is ~64 MiB (CPU) / 512 MiB (CUDA).
-        scorer: a fitted :class:`~tcm.scoring.Scorer`: neighbours are ranked by its score
-            (exact: every ``(B, Ng)`` block scored in float64; no cosine candidates, since a
-            scorer that normalises the gallery side can reorder them). ``None`` / ``Cosine``:
-            cosine similarity.
+        scorer: a fitted :class:`~tcm.scoring.Scorer`: neighbours are ranked exactly by its
+            float64 score of the canonical cosine (no cosine candidates, since a scorer that
+            normalises the gallery side can reorder them; with a rounding bound, e.g. AS-norm,
+            by certified candidates of scores in the embeddings' dtype, see
+            :class:`_ScoredRanker`; else every ``(B, Ng)`` block scored in float64).
+            ``None`` / ``Cosine``: cosine similarity.
 
     Returns:
         :class:`RetrievalMetrics`; similarities are cosine similarities, ranked descending,

@@ -9,6 +9,10 @@ maps the cosine similarities of any two sample sets to scores:
    similarities elementwise, so a blocked pair pass can apply it block by block;
 3. ``scorer.score(a, b)`` does both for small sets and returns the dense matrix.
 
+``score_block_`` writes ``score_block``'s values, bit for bit, into a tensor block itself (the
+metrics engine's form); ``score_pairs`` and ``error_terms`` (optional) let retrieval rank by
+rounded scores and recheck the candidates in float64 (docs/scoring.md, "Scores in the engine").
+
 Fitting never looks at evaluated data: it uses exactly what it is given, and the caller must pass
 data disjoint from what is evaluated (training classes, or the calibration half of a split).
 
@@ -78,8 +82,19 @@ class SideState:
         if isinstance(index, np.ndarray):
             index = torch.from_numpy(index)
         picked = {k: v[index] for k, v in self.tensors.items()}
-        n = int(torch.arange(self.n)[index].numel())
+        if isinstance(index, slice):  # (the engine's blocks) without an arange of all samples
+            n = len(range(self.n)[index])
+        else:
+            n = int(torch.arange(self.n)[index].numel())
         return SideState(n, picked)
+
+
+def _on(t: Mapping[str, torch.Tensor], c: torch.Tensor) -> dict[str, torch.Tensor]:
+    """State tensors on ``c``'s device, floating ones in its dtype."""
+    return {
+        k: v.to(device=c.device, dtype=c.dtype) if v.is_floating_point() else v.to(c.device)
+        for k, v in t.items()
+    }
 
 
 def sha256_arrays(arrays: Mapping[str, Any]) -> str:
@@ -236,15 +251,81 @@ class Scorer(ABC):
             )
         if c.dtype != torch.float64:
             c = c.to(torch.float32)
-
-        def on(t: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-            return {
-                k: v.to(device=c.device, dtype=c.dtype) if v.is_floating_point() else v.to(c.device)
-                for k, v in t.items()
-            }
-
-        out = self._score(c, on(state_a.tensors), on(state_b.tensors))
+        out = self._score(c, _on(state_a.tensors, c), _on(state_b.tensors, c))
         return out.cpu().numpy() if is_np else out
+
+    def score_block_(
+        self,
+        cos: torch.Tensor,
+        state_a: SideState,
+        state_b: SideState,
+        scratch: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """:meth:`score_block` of a float32 / float64 tensor block written into ``cos`` itself
+        (bit-identical values); ``scratch``: an optional buffer of ``cos``'s dtype (of
+        ``cos.numel()`` elements, or any size: a scorer uses it when it is large enough, else
+        allocates). Returns ``cos``.
+        The default copies :meth:`score_block`; a scorer overrides :meth:`_score_inplace` to
+        avoid the full-size temporaries."""
+        self._check_fitted()
+        if cos.dtype not in (torch.float32, torch.float64):
+            raise ValueError(f"score_block_ needs a float32 or float64 block; got {cos.dtype}")
+        if cos.ndim != 2 or cos.shape != (len(state_a), len(state_b)):
+            raise ValueError(
+                f"cos block must have shape ({len(state_a)}, {len(state_b)}) (the two states' "
+                f"sizes); got {tuple(cos.shape)}"
+            )
+        a, b = _on(state_a.tensors, cos), _on(state_b.tensors, cos)
+        if not self._score_inplace(cos, a, b, scratch):
+            cos.copy_(self._score(cos, a, b))
+        return cos
+
+    def _score_inplace(
+        self,
+        cos: torch.Tensor,
+        a: Mapping[str, torch.Tensor],
+        b: Mapping[str, torch.Tensor],
+        scratch: torch.Tensor | None,
+    ) -> bool:
+        """Write :meth:`_score` into ``cos`` with the same operations in the same order (so
+        bit-identical); return False when the scorer has no in-place form (default)."""
+        return False
+
+    def score_pairs(
+        self, cos: torch.Tensor, state_a: SideState, state_b: SideState, cols: torch.Tensor
+    ) -> torch.Tensor | None:
+        """Scores of listed pairs: ``cos`` ``(B, M)`` float64, row ``r`` pairing sample ``r`` of
+        ``state_a`` with the samples ``cols[r]`` of ``state_b``; the value of each pair is the
+        one :meth:`score_block` gives it in float64 (same operations). None when the scorer
+        does not support it (then also :meth:`error_terms` is None)."""
+        self._check_fitted()
+        a, b = _on(state_a.tensors, cos), _on(state_b.tensors, cos)
+        return self._score_pairs(cos, a, b, cols.to(cos.device))
+
+    def _score_pairs(
+        self,
+        cos: torch.Tensor,
+        a: Mapping[str, torch.Tensor],
+        b: Mapping[str, torch.Tensor],
+        cols: torch.Tensor,
+    ) -> torch.Tensor | None:
+        return None
+
+    def symmetric(self) -> bool:
+        """Whether ``score(i, j) == score(j, i)`` (bitwise) for two samples of one state
+        (default False)."""
+        return False
+
+    def error_terms(
+        self, state_a: SideState, state_b: SideState
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor] | None:
+        """Rounding bound of :meth:`score_block_`: float64 ``(lip_a, mag_a, lip_b, mag_b)``
+        (per sample of ``state_a`` / ``state_b``) such that for cosines within ``E`` of the exact
+        ones, ``score_block_`` in a precision of machine epsilon ``u`` gives every score within
+        ``E * (lip_a[i] + lip_b[j]) + u * (mag_a[i] + mag_b[j])`` of the exact score (as
+        :meth:`score_pairs` computes it, in float64, up to float64 rounding). None (default):
+        no bound; retrieval then ranks whole rows of float64 scores."""
+        return None
 
     def score(self, a: ArrayLike, b: ArrayLike, **kwargs: Any) -> np.ndarray:
         """Dense ``(N, M)`` float64 score matrix of two small sample sets (``kwargs``:
