@@ -203,10 +203,12 @@ def deployment_view(
     *,
     scorer: Any = None,
     n_boot: int | None = None,
+    evaluation: np.ndarray | None = None,
     **eval_kw: Any,
 ) -> tuple[dict[str, Any], Any]:
     """One threshold for FAR ``far`` calibrated on the samples ``cal`` (the calibration half),
-    read on the others: ``(deployment block, the evaluation half's PairStats)``.
+    read on the samples ``evaluation`` (default: all others): ``(deployment block, the
+    evaluation samples' PairStats)``.
 
     ``scorer``: every pair of both halves scored by it (``None``: cosine); ``eval_kw``: more
     requests of the evaluation half's pass (an OPIS grid, a histogram), counted in the same
@@ -215,11 +217,10 @@ def deployment_view(
     from tcm.metrics.groups import group_operating_point_view
 
     n_boot = N_BOOT if n_boot is None else n_boot
+    ev = ~cal if evaluation is None else evaluation
     cal_stats = _stats(emb[cal], lab[cal], None, scorer, fars=[far])
     t = cal_stats.threshold_at_far(far)
-    ev_stats = _stats(
-        emb[~cal], lab[~cal], groups[~cal], scorer, fars=[far], thresholds=[t], **eval_kw
-    )
+    ev_stats = _stats(emb[ev], lab[ev], groups[ev], scorer, fars=[far], thresholds=[t], **eval_kw)
     op = ev_stats.operating_point(t, ci=CI, n_boot=n_boot)
     gop = group_operating_point_view(ev_stats, t, ci=CI, n_boot=n_boot)
     block = {
@@ -242,20 +243,22 @@ def transfer_block(
     *,
     scorer: Any = None,
     n_boot: int | None = None,
+    evaluation: np.ndarray | None = None,
 ) -> dict[str, Any]:
     """The distribution shift (module docstring): FAR ``far`` calibrated on the source domains
-    of ``cal``, read on the target domains of the other half, with the control (its source
-    domains); every pair scored by ``scorer`` (``None``: cosine); ``n_boot`` as in
-    :func:`deployment_view`."""
+    of ``cal``, read on the target domains of the samples ``evaluation`` (default: the other
+    half), with the control (their source domains); every pair scored by ``scorer`` (``None``:
+    cosine); ``n_boot`` as in :func:`deployment_view`."""
     from tcm.metrics.groups import group_operating_point_view
     from tcm.metrics.transfer import transfer_view
 
     n_boot = N_BOOT if n_boot is None else n_boot
+    ev = ~cal if evaluation is None else evaluation
     in_src, in_tgt = np.isin(groups, bench.source), np.isin(groups, bench.target)
     src = cal & in_src
     src_stats = _stats(emb[src], lab[src], None, scorer, fars=[far])
     t_src = src_stats.threshold_at_far(far)
-    control = ~cal & in_src
+    control = ev & in_src
     ctl_stats = _stats(emb[control], lab[control], None, scorer, fars=[far], thresholds=[t_src])
     ctl = transfer_view(src_stats, ctl_stats, far, ci=CI, n_boot=n_boot)
     transfer: dict[str, Any] = {
@@ -269,7 +272,7 @@ def transfer_block(
         "control_tar_change": ctl.tar_change,
     }
     if bench.mode == "within":
-        tgt = ~cal & in_tgt
+        tgt = ev & in_tgt
         tgt_stats = _stats(emb[tgt], lab[tgt], None, scorer, fars=[far], thresholds=[t_src])
         tr = transfer_view(src_stats, tgt_stats, far, ci=CI, n_boot=n_boot)
         transfer.update(
@@ -283,7 +286,7 @@ def transfer_block(
         )
     else:
         # target pairs: one target-domain image against one source-domain image (cross block)
-        both = ~cal & (in_src | in_tgt)
+        both = ev & (in_src | in_tgt)
         side = np.where(in_tgt[both], "target", "source")
         x_stats = _stats(emb[both], lab[both], side, scorer, fars=[far], thresholds=[t_src])
         xop = group_operating_point_view(x_stats, t_src, ci=CI, n_boot=n_boot)
