@@ -252,7 +252,7 @@ def plots(flat: list[dict[str, Any]], rows: list[dict[str, Any]], folder: Path) 
         ax.set_xticks(range(len(SCORER_ORDER)), [SCORER_LABEL[s] for s in SCORER_ORDER])
         ax.tick_params(axis="x", labelrotation=30, labelsize=7)
         ax.set_title(BENCH_LABEL[b])
-    axes[0][0].set_ylabel("OPIS (evaluation half; lower is more consistent)")
+    axes[0][0].set_ylabel("OPIS (evaluation half)")
     axes[0][-1].legend(
         handles=[
             plt.Line2D([], [], color=f"C{i + 6}", marker="s", ls="", label=LOSS_LABEL[lo])
