@@ -94,15 +94,18 @@ def _interval(iv: Any) -> list[float]:
     return [float(iv.lo), float(iv.hi)]
 
 
-def _retrieval_intervals(per_class: Any) -> dict[str, list[float]]:
-    """Class-bootstrap intervals of the query-averaged R@1 and MAP@R from per-class means."""
+def _retrieval_intervals(per_class: Any, n_boot: int | None = None) -> dict[str, list[float]]:
+    """Class-bootstrap intervals of the query-averaged R@1 and MAP@R from per-class means
+    (``n_boot`` resamples, default :data:`N_BOOT`)."""
     from tcm.metrics.bootstrap import bootstrap_ratio
+
+    n_boot = N_BOOT if n_boot is None else n_boot
 
     n = np.asarray(per_class.num_queries, dtype=np.float64)
     out = {}
     for key in ("recall_at_1", "map_at_r"):
         numer = n * np.asarray(getattr(per_class, key), dtype=np.float64)
-        out[key] = _interval(bootstrap_ratio(numer, n, ci=CI, n_boot=N_BOOT))
+        out[key] = _interval(bootstrap_ratio(numer, n, ci=CI, n_boot=n_boot))
     return out
 
 
@@ -115,10 +118,24 @@ def _halves(bench: Benchmark, labels: np.ndarray, names: np.ndarray) -> np.ndarr
     return np.asarray(is_cal_class[labels], dtype=bool)
 
 
-def _stats(emb: np.ndarray, lab: np.ndarray, groups: np.ndarray | None, **kw: Any) -> Any:
+def load_embeddings(npz: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """``(embeddings, labels, class_names, groups)`` of a run's embeddings file."""
+    with np.load(npz, allow_pickle=False) as f:
+        emb, lab, names = f["embeddings"], f["labels"], f["class_names"]
+        groups = np.asarray(f["groups"], dtype=str)
+    return emb, lab, names, groups
+
+
+def _stats(
+    emb: np.ndarray,
+    lab: np.ndarray,
+    groups: np.ndarray | None,
+    scorer: Any = None,
+    **kw: Any,
+) -> Any:
     from tcm.metrics import PairIndex, pair_statistics
 
-    return pair_statistics(PairIndex(emb, lab, groups), far_range=None, **kw)
+    return pair_statistics(PairIndex(emb, lab, groups, scorer=scorer), **{"far_range": None, **kw})
 
 
 def _op_block(op: Any, far: float) -> dict[str, Any]:
@@ -176,52 +193,74 @@ def _group_block(gop: Any, bench: Benchmark) -> dict[str, Any]:
     }
 
 
-def analyse(
-    npz: Path,
+def deployment_view(
+    emb: np.ndarray,
+    lab: np.ndarray,
+    groups: np.ndarray,
+    cal: np.ndarray,
     bench: Benchmark,
     far: float = TARGET_FAR,
-    calibration: np.ndarray | None = None,
-) -> dict[str, Any]:
-    """Every figure of the protocol from one run's test embeddings (module docstring).
+    *,
+    scorer: Any = None,
+    n_boot: int | None = None,
+    evaluation: np.ndarray | None = None,
+    **eval_kw: Any,
+) -> tuple[dict[str, Any], Any]:
+    """One threshold for FAR ``far`` calibrated on the samples ``cal`` (the calibration half),
+    read on the samples ``evaluation`` (default: all others): ``(deployment block, the
+    evaluation samples' PairStats)``.
 
-    ``calibration``: ``(N,)`` bool, the samples of the calibration half (default: the classes of
-    the dataset's ``calibration`` split, by name)."""
-    from tcm.metrics import evaluate
+    ``scorer``: every pair of both halves scored by it (``None``: cosine); ``eval_kw``: more
+    requests of the evaluation half's pass (an OPIS grid, a histogram), counted in the same
+    pass as the deployment threshold; ``n_boot``: class-bootstrap resamples (default
+    :data:`N_BOOT`)."""
     from tcm.metrics.groups import group_operating_point_view
-    from tcm.metrics.transfer import transfer_view
 
-    with np.load(npz, allow_pickle=False) as f:
-        emb, lab, names = f["embeddings"], f["labels"], f["class_names"]
-        groups = np.asarray(f["groups"], dtype=str)
-    ev = evaluate(emb, lab, ci=CI, n_boot=N_BOOT, calibration_far=None)
-    metrics = {k: float(v) for k, v in ev.metrics().items()}
-    intervals = {k: _interval(v) for k, v in ev.intervals.items()}
-    assert ev.retrieval is not None
-    intervals.update(_retrieval_intervals(ev.retrieval.per_class))
-
-    cal = _halves(bench, lab, names) if calibration is None else np.asarray(calibration, bool)
-    # deployment: one threshold for FAR `far` on the calibration half, used on the other half
-    cal_stats = _stats(emb[cal], lab[cal], None, fars=[far])
+    n_boot = N_BOOT if n_boot is None else n_boot
+    ev = ~cal if evaluation is None else evaluation
+    cal_stats = _stats(emb[cal], lab[cal], None, scorer, fars=[far])
     t = cal_stats.threshold_at_far(far)
-    ev_stats = _stats(emb[~cal], lab[~cal], groups[~cal], fars=[far], thresholds=[t])
-    op = ev_stats.operating_point(t, ci=CI, n_boot=N_BOOT)
-    gop = group_operating_point_view(ev_stats, t, ci=CI, n_boot=N_BOOT)
-    deployment = {
+    ev_stats = _stats(emb[ev], lab[ev], groups[ev], scorer, fars=[far], thresholds=[t], **eval_kw)
+    op = ev_stats.operating_point(t, ci=CI, n_boot=n_boot)
+    gop = group_operating_point_view(ev_stats, t, ci=CI, n_boot=n_boot)
+    block = {
         "target_far": far,
         "threshold": float(t),
         **_op_block(op, far),
         "groups": [str(g) for g in gop.groups],
         **_group_block(gop, bench),
     }
+    return block, ev_stats
 
-    # distribution shift: calibrate on the source domains of the calibration half
+
+def transfer_block(
+    emb: np.ndarray,
+    lab: np.ndarray,
+    groups: np.ndarray,
+    cal: np.ndarray,
+    bench: Benchmark,
+    far: float = TARGET_FAR,
+    *,
+    scorer: Any = None,
+    n_boot: int | None = None,
+    evaluation: np.ndarray | None = None,
+) -> dict[str, Any]:
+    """The distribution shift (module docstring): FAR ``far`` calibrated on the source domains
+    of ``cal``, read on the target domains of the samples ``evaluation`` (default: the other
+    half), with the control (their source domains); every pair scored by ``scorer`` (``None``:
+    cosine); ``n_boot`` as in :func:`deployment_view`."""
+    from tcm.metrics.groups import group_operating_point_view
+    from tcm.metrics.transfer import transfer_view
+
+    n_boot = N_BOOT if n_boot is None else n_boot
+    ev = ~cal if evaluation is None else evaluation
     in_src, in_tgt = np.isin(groups, bench.source), np.isin(groups, bench.target)
     src = cal & in_src
-    src_stats = _stats(emb[src], lab[src], None, fars=[far])
+    src_stats = _stats(emb[src], lab[src], None, scorer, fars=[far])
     t_src = src_stats.threshold_at_far(far)
-    control = ~cal & in_src
-    ctl_stats = _stats(emb[control], lab[control], None, fars=[far], thresholds=[t_src])
-    ctl = transfer_view(src_stats, ctl_stats, far, ci=CI, n_boot=N_BOOT)
+    control = ev & in_src
+    ctl_stats = _stats(emb[control], lab[control], None, scorer, fars=[far], thresholds=[t_src])
+    ctl = transfer_view(src_stats, ctl_stats, far, ci=CI, n_boot=n_boot)
     transfer: dict[str, Any] = {
         "shift": bench.shift,
         "mode": bench.mode,
@@ -233,9 +272,9 @@ def analyse(
         "control_tar_change": ctl.tar_change,
     }
     if bench.mode == "within":
-        tgt = ~cal & in_tgt
-        tgt_stats = _stats(emb[tgt], lab[tgt], None, fars=[far], thresholds=[t_src])
-        tr = transfer_view(src_stats, tgt_stats, far, ci=CI, n_boot=N_BOOT)
+        tgt = ev & in_tgt
+        tgt_stats = _stats(emb[tgt], lab[tgt], None, scorer, fars=[far], thresholds=[t_src])
+        tr = transfer_view(src_stats, tgt_stats, far, ci=CI, n_boot=n_boot)
         transfer.update(
             far_ratio=tr.far_ratio,
             far_ratio_ci95=_interval(tr.intervals["far_ratio"]),
@@ -247,10 +286,10 @@ def analyse(
         )
     else:
         # target pairs: one target-domain image against one source-domain image (cross block)
-        both = ~cal & (in_src | in_tgt)
+        both = ev & (in_src | in_tgt)
         side = np.where(in_tgt[both], "target", "source")
-        x_stats = _stats(emb[both], lab[both], side, fars=[far], thresholds=[t_src])
-        xop = group_operating_point_view(x_stats, t_src, ci=CI, n_boot=N_BOOT)
+        x_stats = _stats(emb[both], lab[both], side, scorer, fars=[far], thresholds=[t_src])
+        xop = group_operating_point_view(x_stats, t_src, ci=CI, n_boot=n_boot)
         i_s, i_t = [int(np.flatnonzero(xop.groups == g)[0]) for g in ("source", "target")]
         x_far = float(xop.far_matrix[i_t, i_s])
         x_tar = float(xop.tar_matrix[i_t, i_s])
@@ -263,6 +302,33 @@ def analyse(
             target_classes=len(np.unique(lab[both])),
             target_classes_over_2x=None,
         )
+    return transfer
+
+
+def analyse(
+    npz: Path,
+    bench: Benchmark,
+    far: float = TARGET_FAR,
+    calibration: np.ndarray | None = None,
+) -> dict[str, Any]:
+    """Every figure of the protocol from one run's test embeddings (module docstring).
+
+    ``calibration``: ``(N,)`` bool, the samples of the calibration half (default: the classes of
+    the dataset's ``calibration`` split, by name)."""
+    from tcm.metrics import evaluate
+
+    emb, lab, names, groups = load_embeddings(npz)
+    ev = evaluate(emb, lab, ci=CI, n_boot=N_BOOT, calibration_far=None)
+    metrics = {k: float(v) for k, v in ev.metrics().items()}
+    intervals = {k: _interval(v) for k, v in ev.intervals.items()}
+    assert ev.retrieval is not None
+    intervals.update(_retrieval_intervals(ev.retrieval.per_class))
+
+    cal = _halves(bench, lab, names) if calibration is None else np.asarray(calibration, bool)
+    # deployment: one threshold for FAR `far` on the calibration half, used on the other half
+    deployment, _ = deployment_view(emb, lab, groups, cal, bench, far)
+    # distribution shift: calibrate on the source domains of the calibration half
+    transfer = transfer_block(emb, lab, groups, cal, bench, far)
     return {
         "metrics": metrics,
         "intervals": intervals,

@@ -3,6 +3,10 @@
 
     python experiments/run.py evidence        # 0: 3 benchmarks x 4 losses x {off, on} x 5 seeds,
                                               #    + memory rows and the m+ check (evidence.py)
+    python experiments/run.py normalisers     # 0b: every post-hoc scorer on the evidence runs'
+                                              #    test embeddings (normalisers.py; no training)
+    python experiments/run.py normaliser_choices  # recompute the normalisers' top-k / K choices
+                                              #    and write them into experiments/choices.json
     python experiments/run.py tcm_on_off      # 1 + 4: base losses x {off, on} x 3 seeds
     python experiments/run.py pareto          # 2: many models (losses x dims x lengths x TCM)
     python experiments/run.py margins         # 3: m+ x m- grid (Smooth-AP + TCM)
@@ -36,6 +40,14 @@ result that counts as done.
 
 ``--shard I N`` (``N >= 1``, ``0 <= I < N``; anything else is a usage error, exit 2) runs every
 N-th run of the list starting at the I-th: the N shards split the list exactly, each run in one.
+``--runs DIR`` sets the folder of the training runs (default ``experiments/runs``).
+
+Experiment 0b (``normalisers``, ``experiments/normalisers.py``) trains nothing: for every main-grid
+evidence run of Smooth-AP, RS@k and Multi-Similarity whose ``embeddings.npz`` exists under
+``<runs>/evidence/``, it first keeps a compressed copy of the test embeddings in
+``experiments/results/normalisers/embeddings/<bench>/<run>.npz`` (committed), then analyses that
+copy into ``experiments/results/normalisers/<bench>/<run>.json``; a run without embeddings, or
+whose benchmark has no normaliser choices in choices.json yet, is skipped with a message.
 
 Deployment view (experiment 4): the test classes are split into two disjoint halves by the glyph
 dataset's own rule (``calibration`` / ``evaluation``); the threshold for a global FAR of 1e-3 is
@@ -173,6 +185,13 @@ EVIDENCE_EFFNET_LOSSES = ("smooth_ap",)
 
 
 CHOICE_KEYS = ("memory_loss", "proxy_anchor_recipe", "proxy_anchor_long_steps", "effnet_lr")
+# experiment 0b: choice key -> the scorer whose parameter it is (values per benchmark)
+NORMALISER_CHOICE_KEYS = {
+    "normaliser_asnorm_top_k": "asnorm",
+    "normaliser_fsn_k": "fsn",
+    "normaliser_faircal_k": "faircal",
+}
+NORMALISER_LOSSES = ("smooth_ap", "recall_surrogate", "multi_similarity")
 
 
 class ChoicesError(ValueError):
@@ -188,12 +207,21 @@ class Choices:
         proxy_anchor_recipe: overrides of every ProxyAnchor row (its schedule).
         proxy_anchor_long_steps: training steps of the long ProxyAnchor rows.
         effnet_lr: ``optim.lr`` of the EfficientNet-Lite0 rows.
+        normalisers: per scorer (``asnorm``, ``fsn``, ``faircal``), its parameter (AS-norm
+            top-k, k-means K) per benchmark; a benchmark without one has no choice yet.
     """
 
     memory_loss: str
     proxy_anchor_recipe: tuple[str, ...]
     proxy_anchor_long_steps: int
     effnet_lr: float
+    normalisers: dict[str, dict[str, int]] = field(default_factory=dict)
+
+    def normaliser_params(self, bench: str) -> dict[str, int] | None:
+        """``{"asnorm": top_k, "fsn": K, "faircal": K}`` of ``bench``, or ``None`` when one is
+        not chosen yet."""
+        out = {s: v[bench] for s, v in self.normalisers.items() if bench in v}
+        return out if len(out) == len(NORMALISER_CHOICE_KEYS) else None
 
 
 def _choice_value(path: Path, key: str, entry: Any) -> Any:
@@ -246,11 +274,26 @@ def load_choices(path: Path | None = None) -> Choices:
     v = values["effnet_lr"]
     if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v < float("inf"):
         raise ChoicesError(bad.format("effnet_lr", v, "a positive number"))
+    from evidence import BENCHMARKS
+
+    normalisers: dict[str, dict[str, int]] = {}
+    for key, scorer in NORMALISER_CHOICE_KEYS.items():
+        if key not in choices:
+            raise ChoicesError(f"{path}: choices.{key}: missing")
+        v = _choice_value(path, key, choices[key])
+        if not isinstance(v, dict) or not all(
+            b in BENCHMARKS and not isinstance(k, bool) and isinstance(k, int) and k > 0
+            for b, k in v.items()
+        ):
+            what = f"an object {{benchmark: positive integer}} (benchmarks {', '.join(BENCHMARKS)})"
+            raise ChoicesError(bad.format(key, v, what))
+        normalisers[scorer] = dict(v)
     return Choices(
         memory_loss=values["memory_loss"],
         proxy_anchor_recipe=tuple(values["proxy_anchor_recipe"]),
         proxy_anchor_long_steps=values["proxy_anchor_long_steps"],
         effnet_lr=float(values["effnet_lr"]),
+        normalisers=normalisers,
     )
 
 
@@ -332,15 +375,32 @@ def check_choices(path: Path | None = None) -> list[str]:
     ``memory_loss`` is recomputed (the highest mean validation score over its result files,
     which must all exist; the recorded means must match to their 4 decimals). The other choices
     compared settings whose probe runs were not kept: only their result files are checked to
-    exist."""
+    exist.
+
+    The normaliser choices: their files (compressed embeddings) must exist and each
+    benchmark's value must be the lowest of its recorded validation scores (ties: the smaller
+    value); ``python experiments/run.py normaliser_choices`` recomputes the scores themselves."""
     path = CHOICES if path is None else path
     chosen = load_choices(path)
     doc = json.loads(path.read_text(encoding="utf-8"))["choices"]
     diffs: list[str] = []
-    for key in CHOICE_KEYS:
+    for key in (*CHOICE_KEYS, *NORMALISER_CHOICE_KEYS):
         missing = [r for r in doc[key]["results"] if not (ROOT / r).is_file()]
         if missing:
             diffs.append(f"{key}: result file(s) missing: {', '.join(missing)}")
+    for key in NORMALISER_CHOICE_KEYS:
+        val = doc[key].get("validation", {})
+        for bench, value in doc[key]["value"].items():
+            scores = val.get(bench) if isinstance(val, dict) else None
+            if not isinstance(scores, dict) or not scores:
+                diffs.append(f"{key}: no validation scores recorded for {bench}")
+                continue
+            best = min(scores, key=lambda c: (scores[c], int(c)))
+            if int(best) != value:
+                diffs.append(
+                    f"{key}: choices.json says {value} for {bench}, its validation scores "
+                    f"give {best}"
+                )
     if any(d.startswith("memory_loss:") for d in diffs):
         return diffs
     means = base_loss_scores([ROOT / r for r in doc["memory_loss"]["results"]])
@@ -422,6 +482,124 @@ def runs_evidence(choices: Choices | None = None) -> list[Run]:
         for tcm in (False, True)
     ]
     return out
+
+
+def runs_normalisers(choices: Choices | None = None) -> list[Run]:
+    """Experiment 0b's run list: the main-grid evidence runs (small CNN, no memory, m+ 0.9,
+    default schedule) of :data:`NORMALISER_LOSSES`, in the evidence order (glyphs first,
+    seed-major)."""
+    return [
+        r
+        for r in runs_evidence(choices)
+        if r.tags["loss"] in NORMALISER_LOSSES
+        and not r.tags["memory"]
+        and r.tags["backbone"] == "small_cnn"
+        and not r.tags["steps"]
+        and r.tags["margin_pos"] in (None, 0.9)
+    ]
+
+
+def compressed_embeddings(run: Run) -> tuple[Path, int | None]:
+    """``(path, bytes)`` of the run's compressed test embeddings (experiment 0b), written from
+    ``<runs>/evidence/<run>/embeddings.npz`` when missing; ``bytes`` is ``None`` when neither
+    exists (training not finished)."""
+    from evidence import BENCHMARKS, _halves, load_embeddings
+    from normalisers import save_compressed
+
+    dst = RESULTS / "normalisers" / "embeddings" / f"{run.name}.npz"
+    if dst.is_file():
+        return dst, dst.stat().st_size
+    src = RUNS / "evidence" / run.name / "embeddings.npz"
+    if not src.is_file():
+        return dst, None
+    _, lab, names, _ = load_embeddings(src)
+    cal = _halves(BENCHMARKS[run.tags["dataset"]], lab, names)
+    return dst, save_compressed(src, dst, cal)
+
+
+def normaliser_one(exp: str, run: Run, force: bool = False) -> dict[str, Any] | str | None:
+    """Experiment 0b for one run: keep its compressed embeddings, analyse them with every
+    scorer (``normalisers.analyse``) and write the record atomically. Returns the record,
+    ``None`` when its JSON exists (and not ``force``), or why it was skipped (one line)."""
+    from evidence import BENCHMARKS
+    from normalisers import analyse
+
+    path = RESULTS / exp / f"{run.name}.json"
+    if path.exists() and not force:
+        return None
+    npz, size = compressed_embeddings(run)
+    if size is None:
+        return f"no embeddings yet ({RUNS / 'evidence' / run.name / 'embeddings.npz'} missing)"
+    bench = run.tags["dataset"]
+    params = load_choices().normaliser_params(bench)
+    if params is None:
+        return (
+            f"no normaliser choices for {bench} in {CHOICES.name} yet: "
+            "python experiments/run.py normaliser_choices"
+        )
+    rec = analyse(npz, BENCHMARKS[bench], params)
+    record: dict[str, Any] = {
+        "experiment": exp,
+        "run": run.name,
+        "tags": run.tags,
+        "embeddings": str(npz.relative_to(ROOT)),
+        "embeddings_bytes": size,
+        "params": params,
+        **rec,
+        "machine": _machine(),
+        "threads": torch.get_num_threads(),
+    }
+    _atomic_json(path, record)
+    return record
+
+
+def normaliser_choices(path: Path | None = None) -> int:
+    """``run.py normaliser_choices``: recompute the normaliser choices (``normalisers.choose``)
+    of every benchmark whose seed-0 base runs have embeddings, write them into choices.json
+    (atomically; other benchmarks' entries are kept) and print each with what changed."""
+    from evidence import BENCHMARKS
+    from normalisers import CHOICE_GRIDS, choose, load_compressed
+
+    from tcm._io import write_json
+
+    path = CHOICES if path is None else path
+    ch = load_choices(path)
+    doc = json.loads(path.read_text(encoding="utf-8"))
+    for bench in BENCHMARKS:
+        runs = [
+            r
+            for r in runs_normalisers(ch)
+            if r.tags["dataset"] == bench and not r.tags["tcm"] and r.tags["seed"] == 0
+        ]
+        files = {r.name: compressed_embeddings(r) for r in runs}
+        missing = [n for n, (_, size) in files.items() if size is None]
+        if missing:
+            print(f"{bench}: skipped, no embeddings yet for {', '.join(missing)}", flush=True)
+            continue
+        t0 = time.perf_counter()
+        res = choose({n: load_compressed(p) for n, (p, _) in files.items()}, BENCHMARKS[bench])
+        for key, r in res.items():
+            entry = doc["choices"][key]
+            old = entry["value"].get(bench)
+            entry["value"][bench] = r["value"]
+            entry.setdefault("validation", {})[bench] = {
+                str(c): v for c, v in r["validation"].items()
+            }
+            entry.setdefault("validation_per_run", {})[bench] = {
+                n: {str(c): v for c, v in s.items()} for n, s in r["per_run"].items()
+            }
+            rel = [str(p.relative_to(ROOT)) for p, _ in files.values()]
+            entry["results"] = sorted({*entry["results"], *rel})
+            grid = CHOICE_GRIDS[key][2]
+            print(
+                f"{key} {bench}: {r['value']} (was {old}; candidates {', '.join(map(str, grid))}; "
+                "minDCF " + ", ".join(f"{c}: {v:.4f}" for c, v in r["validation"].items()) + ")",
+                flush=True,
+            )
+        print(f"{bench}: chosen in {time.perf_counter() - t0:.0f} s", flush=True)
+    write_json(path, doc, indent=1)
+    load_choices(path)  # what was written reads back
+    return 0
 
 
 GPU_OVERRIDES = [
@@ -590,9 +768,11 @@ def run_many(
     only: str | None,
     force: bool,
     shard: tuple[int, int] = (0, 1),
+    one: Callable[[str, Run, bool], Any] | None = None,
 ) -> None:
     """Run ``runs`` (those whose name contains ``only``) in order; shard ``(I, N)`` takes the
-    I-th, (I+N)-th, ... of them, so the N shards split them exactly.
+    I-th, (I+N)-th, ... of them, so the N shards split them exactly. ``one`` does one run
+    (default :func:`run_one`); it returns the record, ``None`` (exists) or why it skipped.
 
     Raises:
         ValueError: an invalid shard (see :func:`shard_error`).
@@ -606,7 +786,7 @@ def run_many(
     for i, r in enumerate(todo, 1):
         t0 = time.perf_counter()
         try:
-            rec = run_one(exp, r, force)
+            rec = (run_one if one is None else one)(exp, r, force)
         except (KeyboardInterrupt, SystemExit):
             raise
         except Exception as exc:  # one broken run must not stop a night of others
@@ -615,6 +795,20 @@ def run_many(
             continue
         if rec is None:
             print(f"[{exp} {i}/{len(todo)}] {r.name}: exists, skipped", flush=True)
+            continue
+        if isinstance(rec, str):
+            print(f"[{exp} {i}/{len(todo)}] {r.name}: skipped: {rec}", flush=True)
+            continue
+        if "scorers" in rec:
+            print(
+                f"[{exp} {i}/{len(todo)}] {r.name}: "
+                + ", ".join(
+                    f"{k} OPIS {v['metrics']['opis']:.3g} shift x{v['transfer']['far_ratio']:.2f}"
+                    for k, v in rec["scorers"].items()
+                )
+                + f" ({time.perf_counter() - t0:.0f} s)",
+                flush=True,
+            )
             continue
         m = rec["metrics"]
         d = rec["deployment"]
@@ -736,6 +930,9 @@ def _report_choices() -> int:
     print(f"proxy_anchor_recipe: {' '.join(ch.proxy_anchor_recipe)}")
     print(f"proxy_anchor_long_steps: {ch.proxy_anchor_long_steps}")
     print(f"effnet_lr: {ch.effnet_lr!r}")
+    for key, scorer in NORMALISER_CHOICE_KEYS.items():
+        per = ch.normalisers.get(scorer, {})
+        print(f"{key}: " + (", ".join(f"{b} {v}" for b, v in per.items()) or "none yet"))
     diffs = check_choices()
     for d in diffs:
         print(f"DIFFERS: {d}")
@@ -750,13 +947,16 @@ EXPERIMENTS: dict[str, Callable[[], list[Run]]] = {
     "margins": runs_margins,
     "gpu": runs_gpu,
     "evidence": runs_evidence,
+    "normalisers": runs_normalisers,
 }
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument(
-        "experiment", nargs="+", choices=[*EXPERIMENTS, "cost", "all", "list", "choices"]
+        "experiment",
+        nargs="+",
+        choices=[*EXPERIMENTS, "cost", "all", "list", "choices", "normaliser_choices"],
     )
     p.add_argument("--only", help="run only runs whose name contains this")
     p.add_argument("--force", action="store_true", help="redo runs whose JSON exists")
@@ -770,6 +970,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         "machine; the N shards split the list exactly)",
     )
     p.add_argument("--threads", type=int, help="torch threads per process (default: torch's)")
+    p.add_argument(
+        "--runs",
+        type=Path,
+        help="folder of the training runs (default experiments/runs): where training writes "
+        "and where `normalisers` finds each run's embeddings.npz",
+    )
     a = p.parse_args(argv)
     err = shard_error(a.shard[0], a.shard[1])
     if err is not None:
@@ -777,14 +983,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     cpu_exps = [e for e in EXPERIMENTS if e != "gpu"]
     names = [*cpu_exps, "cost"] if "all" in a.experiment else list(a.experiment)
     try:  # the evidence grid's choices, before any work
-        if {"choices", "list", "evidence"} & set(names):
+        if {"choices", "list", "evidence", "normalisers", "normaliser_choices"} & set(names):
             load_choices()
     except ChoicesError as exc:
         print(f"run.py: error: {exc}", file=sys.stderr)
         return 2
     if "choices" in names:
         return _report_choices()
+    if a.runs is not None:
+        global RUNS
+        RUNS = a.runs.resolve()
     os.chdir(ROOT)  # data roots in the overrides (data/emoji/...) are relative to the checkout
+    if "normaliser_choices" in names:
+        return normaliser_choices()
     if a.threads:
         torch.set_num_threads(a.threads)
     if "list" in names:
@@ -797,7 +1008,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if exp == "cost":
             cost(force=a.force)
         else:
-            run_many(exp, EXPERIMENTS[exp](), a.only, a.force, (a.shard[0], a.shard[1]))
+            one = normaliser_one if exp == "normalisers" else run_one
+            run_many(exp, EXPERIMENTS[exp](), a.only, a.force, (a.shard[0], a.shard[1]), one)
     return 0
 
 

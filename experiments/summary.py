@@ -14,6 +14,20 @@ that finished:
 
 Non-finite values (a Max/GeoMean of a group with FAR 0 is infinite) are left out of a figure and
 counted in ``"nonfinite"``.
+
+Rows of the ``normalisers`` experiment (``python experiments/run.py normalisers``, after the
+evidence rows; the evidence rows have no ``scorer`` field: cosine on all test classes) carry
+``"experiment": "normalisers"`` and a ``scorer`` (``cosine``, ``snorm``, ``asnorm``, ``fsn``,
+``faircal``, ``gst_oracle``), one row per (dataset, loss, TCM, scorer), figures computed on the
+evaluation half (:data:`NORMALISER_FIGURES`, the evidence figures plus minDCF, deployment TAR and
+threshold, WERM, shift target TAR), each as above, plus ``needs`` (what the scorer keeps at
+deployment), ``score_scale`` (of the thresholds) and ``analysis_s`` (mean seconds per run, fit +
+figures), and
+
+* ``vs_cosine_base``: the seed-paired difference against cosine on the base model (same
+  dataset and loss), for every row but that one;
+* ``vs_base`` (TCM rows): against the base model with the same scorer: does TCM still add
+  something after normalisation?
 """
 
 from __future__ import annotations
@@ -74,6 +88,17 @@ FIGURES: dict[str, tuple[Getter, Getter | None]] = {
     ),
 }
 
+# the figures of the normalisers rows (the same record layout, per scorer)
+NORMALISER_FIGURES: dict[str, tuple[Getter, Getter | None]] = {
+    **FIGURES,
+    "min_dcf": (_get("metrics", "min_dcf"), None),
+    "deployment_tar": (_get("deployment", "global_tar"), _get("deployment", "tar_ci95")),
+    "deployment_threshold": (_get("deployment", "threshold"), None),
+    "group_werm": (_get("deployment", "werm"), None),
+    "transfer_target_tar": (_get("transfer", "target_tar"), None),
+}
+NORMALISER_KEYS = ("dataset", "loss", "tcm", "scorer")
+
 MODEL_KEYS = (
     "dataset",
     "loss",
@@ -107,9 +132,13 @@ def _finite(v: Any) -> bool:
     return v is not None and math.isfinite(float(v))
 
 
-def figure(recs: Sequence[dict[str, Any]], key: str) -> dict[str, Any] | None:
+def figure(
+    recs: Sequence[dict[str, Any]],
+    key: str,
+    figures: dict[str, tuple[Getter, Getter | None]] = FIGURES,
+) -> dict[str, Any] | None:
     """``{"mean", "ci95", "n", "bootstrap_ci95", "nonfinite"}`` of one figure over runs."""
-    get, get_iv = FIGURES[key]
+    get, get_iv = figures[key]
     vals = [get(r) for r in recs]
     finite = [float(v) for v in vals if _finite(v)]
     if not finite:
@@ -131,10 +160,13 @@ def figure(recs: Sequence[dict[str, Any]], key: str) -> dict[str, Any] | None:
 
 
 def paired(
-    tcm: Sequence[dict[str, Any]], base: Sequence[dict[str, Any]], key: str
+    tcm: Sequence[dict[str, Any]],
+    base: Sequence[dict[str, Any]],
+    key: str,
+    figures: dict[str, tuple[Getter, Getter | None]] = FIGURES,
 ) -> dict[str, Any] | None:
     """Mean and t-interval of the seed-paired difference ``tcm - base`` of one figure."""
-    get = FIGURES[key][0]
+    get = figures[key][0]
     by_seed = {r["tags"]["seed"]: get(r) for r in base}
     diffs, seeds = [], []
     for r in tcm:
@@ -183,15 +215,78 @@ def summarise(recs: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
     return rows
 
 
+def scorer_records(recs: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One record per (run, scorer) of the normalisers records, in the evidence record layout
+    (``tags`` with ``scorer`` added, ``metrics``, ``intervals``, ``deployment``, ``transfer``)."""
+    out = []
+    for r in recs:
+        for name, s in r["scorers"].items():
+            out.append(
+                {
+                    "tags": {**r["tags"], "scorer": name},
+                    **{k: s[k] for k in ("metrics", "intervals", "deployment", "transfer")},
+                    "needs": s.get("needs"),
+                    "score_scale": s.get("score_scale"),
+                    "wall_s": s.get("wall_s"),
+                }
+            )
+    return out
+
+
+def load_normaliser_records(folder: Path = RESULTS / "normalisers") -> list[dict[str, Any]]:
+    """The per-(run, scorer) records (:func:`scorer_records`) of ``folder/<bench>/<run>.json``."""
+    return scorer_records(json.loads(p.read_text()) for p in sorted(folder.glob("*/*.json")))
+
+
+def summarise_normalisers(recs: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The normalisers rows of summary.json (module docstring) from :func:`scorer_records`."""
+    groups: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
+    for r in recs:
+        groups.setdefault(tuple(r["tags"][k] for k in NORMALISER_KEYS), []).append(r)
+    rows = []
+    for model in sorted(groups, key=lambda m: tuple(str(v) for v in m)):
+        runs = sorted(groups[model], key=lambda r: r["tags"]["seed"])
+        row: dict[str, Any] = {"experiment": "normalisers"}
+        row.update(zip(NORMALISER_KEYS, model, strict=True))
+        row["seeds"] = [r["tags"]["seed"] for r in runs]
+        row["shift"] = runs[0].get("transfer", {}).get("shift")
+        for key in NORMALISER_FIGURES:
+            fig = figure(runs, key, NORMALISER_FIGURES)
+            if fig is not None:
+                row[key] = fig
+        needs = runs[0].get("needs") or {}
+        row["needs"] = {**needs, "samples": float(np.mean([r["needs"]["samples"] for r in runs]))}
+        row["score_scale"] = runs[0].get("score_scale")
+        row["analysis_s"] = float(np.mean([float(r.get("wall_s") or 0.0) for r in runs]))
+        dataset, loss, tcm, scorer = model
+        refs = {"vs_cosine_base": (dataset, loss, False, "cosine")}
+        if tcm:
+            refs["vs_base"] = (dataset, loss, False, scorer)
+        for name, ref in refs.items():
+            base = groups.get(ref, [])
+            if ref != model and base:
+                figs = NORMALISER_FIGURES
+                row[name] = {k: d for k in figs if (d := paired(runs, base, k, figs))}
+        rows.append(row)
+    return rows
+
+
 def write_summary(
-    rows: list[dict[str, Any]] | None = None, path: Path = RESULTS / "summary.json"
+    rows: list[dict[str, Any]] | None = None,
+    path: Path = RESULTS / "summary.json",
+    normaliser_rows: list[dict[str, Any]] | None = None,
 ) -> list[dict[str, Any]]:
-    """Write ``rows`` (default: :func:`summarise` of the raw records) atomically as JSON."""
+    """Write ``rows`` (default: :func:`summarise` of the raw records) and then
+    ``normaliser_rows`` (default: :func:`summarise_normalisers` of the normalisers records)
+    atomically as one JSON list; returns it."""
     from tcm._io import write_json
 
     rows = summarise(load_records()) if rows is None else rows
-    write_json(path, rows, indent=1)
-    return rows
+    if normaliser_rows is None:
+        normaliser_rows = summarise_normalisers(load_normaliser_records())
+    out = [*rows, *normaliser_rows]
+    write_json(path, out, indent=1)
+    return out
 
 
 if __name__ == "__main__":
