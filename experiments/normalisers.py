@@ -58,9 +58,9 @@ SCORERS = ("cosine", "snorm", "asnorm", "fsn", "faircal", "gst_oracle")
 LOSSES = ("smooth_ap", "recall_surrogate", "multi_similarity")
 # choice key of choices.json -> (scorer, its parameter, candidates)
 CHOICE_GRIDS: dict[str, tuple[str, str, tuple[int, ...]]] = {
-    "normaliser_asnorm_top_k": ("asnorm", "top_k", (10, 25, 50, 100, 200)),
-    "normaliser_fsn_k": ("fsn", "n_clusters", (5, 10, 20, 50)),
-    "normaliser_faircal_k": ("faircal", "n_clusters", (5, 10, 20, 50)),
+    "normaliser_asnorm_top_k": ("asnorm", "top_k", (5, 10, 25, 50, 100, 200)),
+    "normaliser_fsn_k": ("fsn", "n_clusters", (2, 3, 5, 10, 20, 50)),
+    "normaliser_faircal_k": ("faircal", "n_clusters", (2, 3, 5, 10, 20, 50)),
 }
 P_TARGET = 0.01
 C_MISS = 1.0
