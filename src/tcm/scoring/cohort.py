@@ -157,11 +157,18 @@ class ASNorm(Scorer):
             raise ValueError(
                 "a sample's top-k cohort cosines are all equal (std 0); AS-norm is undefined for it"
             )
-        return {"mu": mu, "sd": sd}
+        out = {"mu": mu, "sd": sd}
+        if self.combine == "mean":  # the affine form's coefficients, each rounded once
+            sd64 = sd.to(torch.float64)
+            out["a"] = (0.5 / sd64).to(sd.dtype)
+            out["b"] = (0.5 * mu.to(torch.float64) / sd64).to(sd.dtype)
+        return out
 
     def _score(
         self, cos: torch.Tensor, a: Mapping[str, torch.Tensor], b: Mapping[str, torch.Tensor]
     ) -> torch.Tensor:
+        if self.combine == "mean":
+            return cos * (a["a"][:, None] + b["a"]) - (a["b"][:, None] + b["b"])
         return self._formula(cos, a["mu"][:, None], a["sd"][:, None], b["mu"], b["sd"])
 
     def _formula(
@@ -172,14 +179,10 @@ class ASNorm(Scorer):
         mu_b: torch.Tensor,
         sd_b: torch.Tensor,
     ) -> torch.Tensor:
-        """The scores of ``cos`` with both sides' statistics broadcast against it."""
-        za = (cos - mu_a) / sd_a
+        """``z`` / ``t`` scores of ``cos`` with both sides' statistics broadcast against it."""
         if self.combine == "z":
-            return za
-        zb = (cos - mu_b) / sd_b
-        if self.combine == "t":
-            return zb
-        return 0.5 * (za + zb)
+            return (cos - mu_a) / sd_a
+        return (cos - mu_b) / sd_b
 
     def _score_inplace(
         self,
@@ -188,30 +191,38 @@ class ASNorm(Scorer):
         b: Mapping[str, torch.Tensor],
         scratch: torch.Tensor | None,
     ) -> bool:
-        # _formula's operations, in place, over row chunks of about 1 MiB (each chunk's sub,
-        # div and add while it is in cache). ``mean`` divides by 2 sd instead of halving the
-        # sum: scaling by 2 is exact, so (s - mu) / (2 sd) is fl((s - mu) / sd) / 2 and the sum
-        # of the halves fl(za + zb) / 2, bit for bit (|s - mu| is 0 or far above underflow).
-        mean = self.combine == "mean"
-        mu_a, sd_a, mu_b, sd_b = a["mu"][:, None], a["sd"][:, None], b["mu"], b["sd"]
-        if mean:
-            sd_a, sd_b = sd_a * 2, sd_b * 2
+        # _score's operations, in place, over row chunks of about 1 MiB (each chunk's
+        # operations while it is in cache). ``mean``: the sum of the two sides' ``a`` into
+        # a scratch chunk, a multiply, the sum of their ``b`` into it, a subtraction: each
+        # one correctly rounded elementwise operation, as in _score, so bit for bit the same.
         h, w = cos.shape
         rows = max(1, (1 << 20) // max(1, w * cos.element_size()))
-        if mean and (scratch is None or scratch.numel() < min(h, rows) * w):
+        if self.combine != "mean":
+            mu, sd = (a["mu"][:, None], a["sd"][:, None]) if self.combine == "z" else (None, None)
+            for r0 in range(0, h, rows):
+                c = cos[r0 : r0 + rows]
+                if mu is None or sd is None:
+                    c.sub_(b["mu"]).div_(b["sd"])
+                else:
+                    c.sub_(mu[r0 : r0 + rows]).div_(sd[r0 : r0 + rows])
+            return True
+        a_r, b_r, a_c, b_c = a["a"][:, None], a["b"][:, None], b["a"], b["b"]
+        if scratch is None or scratch.numel() < min(h, rows) * w:
             scratch = torch.empty(min(h, rows) * w, dtype=cos.dtype, device=cos.device)
+        if h <= rows:  # one chunk (the pair passes' blocks): no slicing
+            t = scratch[: h * w].view(h, w)
+            torch.add(a_r, a_c, out=t)
+            cos.mul_(t)
+            torch.add(b_r, b_c, out=t)
+            cos.sub_(t)
+            return True
         for r0 in range(0, h, rows):
             c = cos[r0 : r0 + rows]
-            if self.combine == "t":
-                c.sub_(mu_b).div_(sd_b)
-                continue
-            if mean:
-                assert scratch is not None
-                zb = scratch[: c.numel()].view(c.shape)
-                torch.sub(c, mu_b, out=zb).div_(sd_b)
-            c.sub_(mu_a[r0 : r0 + rows]).div_(sd_a[r0 : r0 + rows])
-            if mean:
-                c.add_(zb)
+            t = scratch[: c.numel()].view(c.shape)
+            torch.add(a_r[r0 : r0 + rows], a_c, out=t)
+            c.mul_(t)
+            torch.add(b_r[r0 : r0 + rows], b_c, out=t)
+            c.sub_(t)
         return True
 
     def _score_pairs(
@@ -221,6 +232,8 @@ class ASNorm(Scorer):
         b: Mapping[str, torch.Tensor],
         cols: torch.Tensor,
     ) -> torch.Tensor:
+        if self.combine == "mean":
+            return cos * (a["a"][:, None] + b["a"][cols]) - (a["b"][:, None] + b["b"][cols])
         return self._formula(cos, a["mu"][:, None], a["sd"][:, None], b["mu"][cols], b["sd"][cols])
 
     def symmetric(self) -> bool:
@@ -230,17 +243,31 @@ class ASNorm(Scorer):
     def error_terms(
         self, state_a: SideState, state_b: SideState
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Per side ``lip = 1 / sd`` and ``mag = k (1 + |mu|) / sd`` (``k = 2`` for ``mean``,
-        3 for the one side of ``z`` / ``t``, 0 for the side they ignore). Derivation: with
-        ``|cos' - cos| <= E`` and each operation rounded to ``u / 2``, ``(cos' - mu) / sd`` is
-        within ``(E + 1.02 u (1 + E + |mu|)) / sd`` of ``(cos - mu) / sd``; ``mean`` halves the
-        sum of both sides and adds one rounding of ``|za + zb| u / 2``; the bound covers the
-        computed and the exact score's errors together (each against the real value)."""
+        """Per side, for ``mean``: ``lip = 1.01 a`` and ``mag = 1.6 a + 1.01 |b|``. Derivation:
+        with ``|cos' - cos| <= E`` and each of the four operations rounded to ``u / 2``, the sum
+        ``A = a_i + a_j`` is within ``(u / 2) A``, the product ``cos' A`` within ``E A + u (1 +
+        E) A`` of ``cos (a_i + a_j)``, the sum of the ``b`` within ``(u / 2)(|b_i| + |b_j|)``,
+        and the final subtraction adds ``(u / 2)`` times ``(1 + E) A + |b_i| + |b_j|`` (to first
+        order): in all ``E A + 1.5 (1 + E) u A + u (|b_i| + |b_j|)``, covered by the constants
+        for ``E <= 0.06`` (``(D + 2) u`` for any practical ``D``), which also leave room for the
+        float64 score's own rounding. ``z`` / ``t``: ``lip = 1 / sd``, ``mag = 3 (1 + |mu|) /
+        sd`` on the side they use (0 on the other): ``(cos' - mu) / sd`` is within ``(E +
+        1.02 u (1 + E + |mu|)) / sd`` of ``(cos - mu) / sd``. The bound covers the computed and
+        the exact score's errors together (each against the real value of the formula with
+        the stored statistics)."""
+        if self.combine == "mean":
+
+            def affine(st: SideState) -> tuple[torch.Tensor, torch.Tensor]:
+                a = st.tensors["a"].to(torch.float64)
+                b = st.tensors["b"].to(torch.float64)
+                return 1.01 * a, 1.6 * a + 1.01 * b.abs()
+
+            return (*affine(state_a), *affine(state_b))
 
         def terms(st: SideState, k: float) -> tuple[torch.Tensor, torch.Tensor]:
             mu = st.tensors["mu"].to(torch.float64)
             sd = st.tensors["sd"].to(torch.float64)
             return (1.0 / sd) * (k > 0), k * (1.0 + mu.abs()) / sd
 
-        ka, kb = {"mean": (2.0, 2.0), "z": (3.0, 0.0), "t": (0.0, 3.0)}[self.combine]
+        ka, kb = {"z": (3.0, 0.0), "t": (0.0, 3.0)}[self.combine]
         return (*terms(state_a, ka), *terms(state_b, kb))
