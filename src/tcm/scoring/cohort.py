@@ -16,21 +16,25 @@ __all__ = ["ASNorm", "Cosine"]
 COMBINES = ("mean", "z", "t")
 
 
-def top_values(x: torch.Tensor, k: int) -> torch.Tensor:
+def top_values(x: torch.Tensor, k: int, *, ordered: bool = True) -> torch.Tensor:
     """The ``k`` largest values of each row of a finite 2-D ``x``, in decreasing order: the values
     of ``torch.topk(x, k, dim=1)``, element for element. On CPU by NumPy (``partition``, then a
     sort of the ``k`` kept), several times faster than ``torch.topk`` for a few hundred of a few
-    thousand; elsewhere ``torch.topk``.
+    thousand; elsewhere ``torch.topk``. ``ordered=False``: the same values of each row in an
+    unspecified order (deterministic for a row's values; no sort, on CPU a view of the
+    partitioned copy).
 
     Example:
         >>> top_values(torch.tensor([[0.1, 0.9, 0.5, 0.9]]), 3).tolist()
         [[0.8999999761581421, 0.8999999761581421, 0.5]]
     """
     if x.device.type != "cpu":
-        return torch.topk(x, k, dim=1).values
+        return torch.topk(x, k, dim=1, sorted=ordered).values
     a = x.detach().numpy()
     n = a.shape[1]
     part = np.partition(a, n - k, axis=1)[:, n - k :]
+    if not ordered:
+        return torch.from_numpy(part)
     part.sort(axis=1)
     return torch.from_numpy(np.ascontiguousarray(part[:, ::-1]))
 
@@ -150,18 +154,23 @@ class ASNorm(Scorer):
     def _prepare_rows(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         dtype = torch.promote_types(x.dtype, self.cohort.dtype)
         cos = x.to(dtype) @ self.cohort.to(device=x.device, dtype=dtype).T
-        vals = cos if self.top_k is None else top_values(cos, self.top_k)
-        mu = vals.mean(dim=1)
-        sd = vals.std(dim=1, correction=self.std_ddof)
+        vals = cos if self.top_k is None else top_values(cos, self.top_k, ordered=False)
+        # statistics in float64, two-pass (3x faster than torch.std's Welford), each stored
+        # value rounded once to the state's dtype; of the set: its order changes them by
+        # float64 roundings only
+        v64 = vals.to(torch.float64)
+        mu64 = v64.mean(dim=1)
+        d = v64.sub_(mu64[:, None])
+        sd64 = d.mul_(d).sum(dim=1).div_(v64.shape[1] - self.std_ddof).sqrt_()
+        mu, sd = mu64.to(dtype), sd64.to(dtype)
         if bool((sd <= 0).any()):
             raise ValueError(
                 "a sample's top-k cohort cosines are all equal (std 0); AS-norm is undefined for it"
             )
         out = {"mu": mu, "sd": sd}
         if self.combine == "mean":  # the affine form's coefficients, each rounded once
-            sd64 = sd.to(torch.float64)
-            out["a"] = (0.5 / sd64).to(sd.dtype)
-            out["b"] = (0.5 * mu.to(torch.float64) / sd64).to(sd.dtype)
+            out["a"] = (0.5 / sd64).to(dtype)
+            out["b"] = (0.5 * mu64 / sd64).to(dtype)
         return out
 
     def _score(
