@@ -21,8 +21,8 @@ def top_values(x: torch.Tensor, k: int, *, ordered: bool = True) -> torch.Tensor
     of ``torch.topk(x, k, dim=1)``, element for element. On CPU by NumPy (``partition``, then a
     sort of the ``k`` kept), several times faster than ``torch.topk`` for a few hundred of a few
     thousand; elsewhere ``torch.topk``. ``ordered=False``: the same values of each row in an
-    unspecified order (deterministic for a row's values; no sort, on CPU a view of the
-    partitioned copy).
+    unspecified order (deterministic for a row's values; no sort); on CPU it partitions ``x``
+    itself (each row's values permuted) and returns a view of it.
 
     Example:
         >>> top_values(torch.tensor([[0.1, 0.9, 0.5, 0.9]]), 3).tolist()
@@ -32,9 +32,10 @@ def top_values(x: torch.Tensor, k: int, *, ordered: bool = True) -> torch.Tensor
         return torch.topk(x, k, dim=1, sorted=ordered).values
     a = x.detach().numpy()
     n = a.shape[1]
-    part = np.partition(a, n - k, axis=1)[:, n - k :]
     if not ordered:
-        return torch.from_numpy(part)
+        a.partition(n - k, axis=1)
+        return x[:, n - k :]
+    part = np.partition(a, n - k, axis=1)[:, n - k :]
     part.sort(axis=1)
     return torch.from_numpy(np.ascontiguousarray(part[:, ::-1]))
 
@@ -153,16 +154,28 @@ class ASNorm(Scorer):
 
     def _prepare_rows(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         dtype = torch.promote_types(x.dtype, self.cohort.dtype)
-        cos = x.to(dtype) @ self.cohort.to(device=x.device, dtype=dtype).T
-        vals = cos if self.top_k is None else top_values(cos, self.top_k, ordered=False)
-        # statistics in float64, two-pass (3x faster than torch.std's Welford), each stored
-        # value rounded once to the state's dtype; of the set: its order changes them by
-        # float64 roundings only
-        v64 = vals.to(torch.float64)
-        mu64 = v64.mean(dim=1)
-        d = v64.sub_(mu64[:, None])
-        sd64 = d.mul_(d).sum(dim=1).div_(v64.shape[1] - self.std_ddof).sqrt_()
-        mu, sd = mu64.to(dtype), sd64.to(dtype)
+        xs, co = x.to(dtype), self.cohort.to(device=x.device, dtype=dtype)
+        n, m = int(xs.shape[0]), int(co.shape[0])
+        # sub-blocks of about 4 MiB of cosines computed into one buffer (a fresh output per
+        # block page-faults) and, on CPU, partitioned in place
+        sub = max(1, (4 << 20) // max(1, m * xs.element_size()))
+        buf = torch.empty(min(n, sub) * m, dtype=dtype, device=x.device)
+        mus: list[torch.Tensor] = []
+        sds: list[torch.Tensor] = []
+        for r0 in range(0, n, sub):
+            rows = min(sub, n - r0)
+            cos = buf[: rows * m].view(rows, m)
+            torch.mm(xs[r0 : r0 + rows], co.T, out=cos)
+            vals = cos if self.top_k is None else top_values(cos, self.top_k, ordered=False)
+            # statistics in float64, two-pass (3x faster than torch.std's Welford); of the
+            # set: its order changes them by float64 roundings only
+            v64 = vals.to(torch.float64, copy=True)
+            mu64 = v64.mean(dim=1)
+            d = v64.sub_(mu64[:, None])
+            mus.append(mu64)
+            sds.append(d.mul_(d).sum(dim=1).div_(v64.shape[1] - self.std_ddof).sqrt_())
+        mu64, sd64 = torch.cat(mus), torch.cat(sds)
+        mu, sd = mu64.to(dtype), sd64.to(dtype)  # each stored value rounded once
         if bool((sd <= 0).any()):
             raise ValueError(
                 "a sample's top-k cohort cosines are all equal (std 0); AS-norm is undefined for it"
