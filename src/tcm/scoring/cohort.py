@@ -75,7 +75,10 @@ class ASNorm(Scorer):
     cosines to the cohort (all cohort cosines when ``top_k`` is None). The score of a pair with
     cosine ``s`` is, by ``combine``:
 
-    * ``"mean"`` (default, symmetric AS-norm): ``0.5 * ((s - mu_i) / sd_i + (s - mu_j) / sd_j)``;
+    * ``"mean"`` (default, symmetric AS-norm): ``0.5 * ((s - mu_i) / sd_i + (s - mu_j) / sd_j)``,
+      computed as ``s * (a_i + a_j) - (b_i + b_j)`` with ``a = 0.5 / sd``, ``b = 0.5 * mu / sd``
+      (state tensors ``a``, ``b``; the same value for a pair from the same cosine by every
+      route);
     * ``"z"``: ``(s - mu_i) / sd_i``, the first (row) set's statistics only (Z-norm of the
       enrolment side);
     * ``"t"``: ``(s - mu_j) / sd_j``, the second (column) set's statistics only (T-norm of the
