@@ -14,7 +14,7 @@ import torch
 
 from tcm.metrics import retrieval_metrics
 from tcm.metrics._knn import canonical_similarity
-from tcm.metrics._pairs import prepare
+from tcm.metrics._pairs import iter_blocks, prepare
 from tcm.metrics.retrieval import (
     _scored_topk,
     _ScoredRanker,
@@ -216,15 +216,81 @@ def test_top_values_equal_torch_topk(dtype: torch.dtype) -> None:
     x = torch.as_tensor(rng.integers(-4, 5, size=(40, 30)) / 4, dtype=dtype)  # many ties
     x[3] = 0.25
     for k in (1, 7, 30):
-        assert torch.equal(top_values(x, k), torch.topk(x, k, dim=1).values)
-    # AS-norm's state is unchanged by it, bit for bit (same values in the same order)
-    import tcm.scoring.cohort as cohort_mod
-
-    sc = ASNorm(top_k=25).fit(rng.normal(size=(70, 6)).astype(np.float32))
+        want = torch.topk(x, k, dim=1).values
+        assert torch.equal(top_values(x, k), want)
+        # unordered (partitions its argument in place): the same values of each row
+        got = top_values(x.clone(), k, ordered=False)
+        assert torch.equal(torch.sort(got, dim=1, descending=True).values, want)
+    # AS-norm's state: float64 statistics of the top-k set, each rounded once to the dtype
+    sc = ASNorm(top_k=25, std_ddof=1).fit(rng.normal(size=(70, 6)).astype(np.float32))
     xt = torch.as_tensor(rng.normal(size=(50, 6)), dtype=dtype)
     st = sc.prepare(xt, block_size=16)
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(cohort_mod, "top_values", lambda v, k: torch.topk(v, k, dim=1).values)
-        ref = sc.prepare(xt, block_size=16)
-    for key in ("mu", "sd"):
-        assert torch.equal(st.tensors[key], ref.tensors[key])
+    xn = torch.nn.functional.normalize(xt.double(), dim=1)
+    cos = (xn @ sc.cohort.double().T).numpy()
+    top = -np.sort(-cos, axis=1)[:, :25]
+    mu, sd = top.mean(axis=1), top.std(axis=1, ddof=1)
+    # one rounding to dtype, plus the cohort cosines' own error (E = (D + 2) u each: the
+    # brute force normalises and multiplies in its own order), which moves mu and sd by E
+    u = float(torch.finfo(dtype).eps)
+    e = (6 + 2) * u
+    np.testing.assert_allclose(st.tensors["mu"].double().numpy(), mu, rtol=u, atol=e)
+    np.testing.assert_allclose(st.tensors["sd"].double().numpy(), sd, rtol=u, atol=e)
+    rel = 2 * u + e / sd  # a = 0.5 / sd and b = 0.5 mu / sd: relative error of sd, plus mu's
+    assert np.all(np.abs(st.tensors["a"].double().numpy() - 0.5 / sd) <= rel * 0.5 / sd)
+    b = 0.5 * mu / sd
+    assert np.all(np.abs(st.tensors["b"].double().numpy() - b) <= rel * np.abs(b) + 0.5 * e / sd)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_asnorm_pair_value_is_position_independent_and_near_float64_brute_force(
+    dtype: torch.dtype,
+) -> None:
+    # every route that scores a pair (any block shape / offset, in place in row chunks or
+    # not, the pair engine's blocks) gives one value; it is within a float-precision bound of
+    # the original formula 0.5 ((s - mu_i) / sd_i + (s - mu_j) / sd_j) in float64
+    rng = np.random.default_rng(11)
+    dim, n = 12, 700  # 700 columns: the in-place map works in several row chunks
+    sc = ASNorm(top_k=30).fit(rng.normal(size=(200, dim)))
+    xt = torch.nn.functional.normalize(torch.as_tensor(rng.normal(size=(n, dim)), dtype=dtype))
+    st = sc.prepare(xt)
+    cos = xt @ xt.T
+    full = sc.score_block_(cos.clone(), st, st)
+    assert torch.equal(full, sc.score_block(cos, st, st))
+    for r0, r1, c0, c1 in ((0, 1, 0, 1), (3, 10, 650, 700), (400, 700, 5, 600), (1, 699, 2, 3)):
+        sub = sc.score_block_(cos[r0:r1, c0:c1].clone(), st[r0:r1], st[c0:c1])
+        assert torch.equal(sub, full[r0:r1, c0:c1])
+    cols = torch.as_tensor(rng.integers(0, n, size=(n, 5)))
+    pairs = sc.score_pairs(torch.gather(cos, 1, cols), st, st, cols)
+    assert pairs is not None and torch.equal(pairs, torch.gather(full, 1, cols))
+    # symmetric (the value of (j, i) from the same cosine), as retrieval's tiles assume
+    assert torch.equal(sc.score_block_(cos.T.contiguous(), st, st), full.T)
+    # rows and columns shuffled: each pair at another position of the block, same value
+    pr, pc = torch.as_tensor(rng.permutation(n)), torch.as_tensor(rng.permutation(n))
+    shuffled = sc.score_block_(cos[pr][:, pc].contiguous(), st[pr.numpy()], st[pc.numpy()])
+    assert torch.equal(shuffled, full[pr][:, pc])
+    # the pair engine's blocks (sizes 64 and 100) hold the values of their own cosines
+    prep = prepare(xt, np.arange(n) // 7).with_scorer(sc)
+    assert prep.state is not None
+    for bs in (64, 100):
+        for blk in iter_blocks(prep, bs):
+            h, w = blk.sims.shape
+            r, q = slice(blk.row0, blk.row0 + h), slice(blk.col0, blk.col0 + w)
+            c_blk = torch.mm(prep.x[r], prep.x[q].T)
+            assert torch.equal(blk.sims, sc.score_block(c_blk, prep.state[r], prep.state[q]))
+    # independent float64 brute force of the original formula
+    xd = xt.double().numpy()
+    c = xd @ sc.cohort.double().numpy().T
+    top = -np.sort(-c, axis=1)[:, :30]
+    mu, sd = top.mean(axis=1), top.std(axis=1)
+    s64 = xd @ xd.T
+    za, zb = (s64 - mu[:, None]) / sd[:, None], (s64 - mu) / sd
+    brute = 0.5 * (za + zb)
+    # float error: cosines (the scored ones and the cohort ones) within E = (D + 2) u, so mu
+    # within E and sd within 2 E; a, b and the four operations each rounded to u / 2
+    u = float(torch.finfo(dtype).eps)
+    e = (dim + 2) * u
+    per = lambda z, d: (2 * e * (1 + np.abs(z)) + 2 * u * (1 + np.abs(z))) / d  # noqa: E731
+    tol = 0.5 * (per(za, sd[:, None]) + per(zb, sd)) + 2 * u * np.abs(brute)
+    err = np.abs(full.double().numpy() - brute)
+    assert np.all(err <= tol)
+    assert (err / tol).max() > 1e-3  # not vacuous

@@ -111,11 +111,20 @@ class Prepared:
             )
         return replace(self, scorer=scorer, state=scorer.prepare(self.x))
 
-    def score_(self, s: torch.Tensor, i0: int, i1: int, j0: int, j1: int) -> torch.Tensor:
+    def score_(
+        self,
+        s: torch.Tensor,
+        i0: int,
+        i1: int,
+        j0: int,
+        j1: int,
+        scratch: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """Replace the cosines ``s = S[i0:i1, j0:j1]`` by their scores in place
-        (:meth:`~tcm.scoring.Scorer.score_block_`; no-op without a scorer); returns ``s``."""
+        (:meth:`~tcm.scoring.Scorer.score_block_`, ``scratch`` its optional buffer; no-op
+        without a scorer); returns ``s``."""
         if self.scorer is not None and self.state is not None:
-            self.scorer.score_block_(s, self.state[i0:i1], self.state[j0:j1])
+            self.scorer.score_block_(s, self.state[i0:i1], self.state[j0:j1], scratch)
         return s
 
     @property
@@ -313,8 +322,8 @@ def block_grid(n: int, block_size: int, shard: tuple[int, int] = (0, 1)) -> list
 
 def make_block(prep: Prepared, spec: BlockSpec, buf: torch.Tensor) -> Block:
     """Compute block ``spec = (i0, i1, j0, j1)`` into the flat buffer ``buf`` (``torch.mm(...,
-    out=)``: no allocation per block; a scorer maps it in place) and describe its positive /
-    excluded entries."""
+    out=)``: no allocation per block; a scorer maps it in place, the rest of ``buf`` its
+    scratch) and describe its positive / excluded entries."""
     i0, i1, j0, j1 = spec
     x = prep.x
     codes = prep.codes
@@ -324,7 +333,7 @@ def make_block(prep: Prepared, spec: BlockSpec, buf: torch.Tensor) -> Block:
     s = buf[: h * w].view(h, w)
     torch.mm(x[i0:i1], x[j0:j1].T, out=s)
     if prep.scorer is not None:
-        prep.score_(s, i0, i1, j0, j1)
+        prep.score_(s, i0, i1, j0, j1, buf[h * w :])
     rect: tuple[int, int] | None = None
     cstart: np.ndarray | None = None
     if i0 == j0:
@@ -365,7 +374,9 @@ def make_block(prep: Prepared, spec: BlockSpec, buf: torch.Tensor) -> Block:
 
 
 def _block_buffer(prep: Prepared, block_size: int) -> torch.Tensor:
-    return torch.empty(min(prep.n, block_size) ** 2, dtype=prep.x.dtype, device=prep.x.device)
+    """One block's buffer (twice that with a scorer: the second half is its scratch)."""
+    e = min(prep.n, block_size) ** 2 * (1 if prep.scorer is None else 2)
+    return torch.empty(e, dtype=prep.x.dtype, device=prep.x.device)
 
 
 def _serial_blocks(

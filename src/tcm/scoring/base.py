@@ -90,9 +90,15 @@ class SideState:
 
 
 def _on(t: Mapping[str, torch.Tensor], c: torch.Tensor) -> dict[str, torch.Tensor]:
-    """State tensors on ``c``'s device, floating ones in its dtype."""
+    """State tensors on ``c``'s device, floating ones in its dtype (those already there as they
+    are: this runs once per block)."""
+    dev, dt = c.device, c.dtype
     return {
-        k: v.to(device=c.device, dtype=c.dtype) if v.is_floating_point() else v.to(c.device)
+        k: v
+        if v.device == dev and (v.dtype == dt or not v.is_floating_point())
+        else v.to(device=dev, dtype=dt)
+        if v.is_floating_point()
+        else v.to(dev)
         for k, v in t.items()
     }
 

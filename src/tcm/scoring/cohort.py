@@ -16,20 +16,25 @@ __all__ = ["ASNorm", "Cosine"]
 COMBINES = ("mean", "z", "t")
 
 
-def top_values(x: torch.Tensor, k: int) -> torch.Tensor:
+def top_values(x: torch.Tensor, k: int, *, ordered: bool = True) -> torch.Tensor:
     """The ``k`` largest values of each row of a finite 2-D ``x``, in decreasing order: the values
     of ``torch.topk(x, k, dim=1)``, element for element. On CPU by NumPy (``partition``, then a
     sort of the ``k`` kept), several times faster than ``torch.topk`` for a few hundred of a few
-    thousand; elsewhere ``torch.topk``.
+    thousand; elsewhere ``torch.topk``. ``ordered=False``: the same values of each row in an
+    unspecified order (deterministic for a row's values; no sort); on CPU it partitions ``x``
+    itself (each row's values permuted) and returns a view of it.
 
     Example:
         >>> top_values(torch.tensor([[0.1, 0.9, 0.5, 0.9]]), 3).tolist()
         [[0.8999999761581421, 0.8999999761581421, 0.5]]
     """
     if x.device.type != "cpu":
-        return torch.topk(x, k, dim=1).values
+        return torch.topk(x, k, dim=1, sorted=ordered).values
     a = x.detach().numpy()
     n = a.shape[1]
+    if not ordered:
+        a.partition(n - k, axis=1)
+        return x[:, n - k :]
     part = np.partition(a, n - k, axis=1)[:, n - k :]
     part.sort(axis=1)
     return torch.from_numpy(np.ascontiguousarray(part[:, ::-1]))
@@ -70,7 +75,10 @@ class ASNorm(Scorer):
     cosines to the cohort (all cohort cosines when ``top_k`` is None). The score of a pair with
     cosine ``s`` is, by ``combine``:
 
-    * ``"mean"`` (default, symmetric AS-norm): ``0.5 * ((s - mu_i) / sd_i + (s - mu_j) / sd_j)``;
+    * ``"mean"`` (default, symmetric AS-norm): ``0.5 * ((s - mu_i) / sd_i + (s - mu_j) / sd_j)``,
+      computed as ``s * (a_i + a_j) - (b_i + b_j)`` with ``a = 0.5 / sd``, ``b = 0.5 * mu / sd``
+      (state tensors ``a``, ``b``; the same value for a pair from the same cosine by every
+      route);
     * ``"z"``: ``(s - mu_i) / sd_i``, the first (row) set's statistics only (Z-norm of the
       enrolment side);
     * ``"t"``: ``(s - mu_j) / sd_j``, the second (column) set's statistics only (T-norm of the
@@ -149,19 +157,43 @@ class ASNorm(Scorer):
 
     def _prepare_rows(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         dtype = torch.promote_types(x.dtype, self.cohort.dtype)
-        cos = x.to(dtype) @ self.cohort.to(device=x.device, dtype=dtype).T
-        vals = cos if self.top_k is None else top_values(cos, self.top_k)
-        mu = vals.mean(dim=1)
-        sd = vals.std(dim=1, correction=self.std_ddof)
+        xs, co = x.to(dtype), self.cohort.to(device=x.device, dtype=dtype)
+        n, m = int(xs.shape[0]), int(co.shape[0])
+        # sub-blocks of about 4 MiB of cosines computed into one buffer (a fresh output per
+        # block page-faults) and, on CPU, partitioned in place
+        sub = max(1, (4 << 20) // max(1, m * xs.element_size()))
+        buf = torch.empty(min(n, sub) * m, dtype=dtype, device=x.device)
+        mus: list[torch.Tensor] = []
+        sds: list[torch.Tensor] = []
+        for r0 in range(0, n, sub):
+            rows = min(sub, n - r0)
+            cos = buf[: rows * m].view(rows, m)
+            torch.mm(xs[r0 : r0 + rows], co.T, out=cos)
+            vals = cos if self.top_k is None else top_values(cos, self.top_k, ordered=False)
+            # statistics in float64, two-pass (3x faster than torch.std's Welford); of the
+            # set: its order changes them by float64 roundings only
+            v64 = vals.to(torch.float64, copy=True)
+            mu64 = v64.mean(dim=1)
+            d = v64.sub_(mu64[:, None])
+            mus.append(mu64)
+            sds.append(d.mul_(d).sum(dim=1).div_(v64.shape[1] - self.std_ddof).sqrt_())
+        mu64, sd64 = torch.cat(mus), torch.cat(sds)
+        mu, sd = mu64.to(dtype), sd64.to(dtype)  # each stored value rounded once
         if bool((sd <= 0).any()):
             raise ValueError(
                 "a sample's top-k cohort cosines are all equal (std 0); AS-norm is undefined for it"
             )
-        return {"mu": mu, "sd": sd}
+        out = {"mu": mu, "sd": sd}
+        if self.combine == "mean":  # the affine form's coefficients, each rounded once
+            out["a"] = (0.5 / sd64).to(dtype)
+            out["b"] = (0.5 * mu64 / sd64).to(dtype)
+        return out
 
     def _score(
         self, cos: torch.Tensor, a: Mapping[str, torch.Tensor], b: Mapping[str, torch.Tensor]
     ) -> torch.Tensor:
+        if self.combine == "mean":
+            return cos * (a["a"][:, None] + b["a"]) - (a["b"][:, None] + b["b"])
         return self._formula(cos, a["mu"][:, None], a["sd"][:, None], b["mu"], b["sd"])
 
     def _formula(
@@ -172,14 +204,10 @@ class ASNorm(Scorer):
         mu_b: torch.Tensor,
         sd_b: torch.Tensor,
     ) -> torch.Tensor:
-        """The scores of ``cos`` with both sides' statistics broadcast against it."""
-        za = (cos - mu_a) / sd_a
+        """``z`` / ``t`` scores of ``cos`` with both sides' statistics broadcast against it."""
         if self.combine == "z":
-            return za
-        zb = (cos - mu_b) / sd_b
-        if self.combine == "t":
-            return zb
-        return 0.5 * (za + zb)
+            return (cos - mu_a) / sd_a
+        return (cos - mu_b) / sd_b
 
     def _score_inplace(
         self,
@@ -188,30 +216,38 @@ class ASNorm(Scorer):
         b: Mapping[str, torch.Tensor],
         scratch: torch.Tensor | None,
     ) -> bool:
-        # _formula's operations, in place, over row chunks of about 1 MiB (each chunk's sub,
-        # div and add while it is in cache). ``mean`` divides by 2 sd instead of halving the
-        # sum: scaling by 2 is exact, so (s - mu) / (2 sd) is fl((s - mu) / sd) / 2 and the sum
-        # of the halves fl(za + zb) / 2, bit for bit (|s - mu| is 0 or far above underflow).
-        mean = self.combine == "mean"
-        mu_a, sd_a, mu_b, sd_b = a["mu"][:, None], a["sd"][:, None], b["mu"], b["sd"]
-        if mean:
-            sd_a, sd_b = sd_a * 2, sd_b * 2
+        # _score's operations, in place, over row chunks of about 1 MiB (each chunk's
+        # operations while it is in cache). ``mean``: the sum of the two sides' ``a`` into
+        # a scratch chunk, a multiply, the sum of their ``b`` into it, a subtraction: each
+        # one correctly rounded elementwise operation, as in _score, so bit for bit the same.
         h, w = cos.shape
         rows = max(1, (1 << 20) // max(1, w * cos.element_size()))
-        if mean and (scratch is None or scratch.numel() < min(h, rows) * w):
+        if self.combine != "mean":
+            mu, sd = (a["mu"][:, None], a["sd"][:, None]) if self.combine == "z" else (None, None)
+            for r0 in range(0, h, rows):
+                c = cos[r0 : r0 + rows]
+                if mu is None or sd is None:
+                    c.sub_(b["mu"]).div_(b["sd"])
+                else:
+                    c.sub_(mu[r0 : r0 + rows]).div_(sd[r0 : r0 + rows])
+            return True
+        a_r, b_r, a_c, b_c = a["a"][:, None], a["b"][:, None], b["a"], b["b"]
+        if scratch is None or scratch.numel() < min(h, rows) * w:
             scratch = torch.empty(min(h, rows) * w, dtype=cos.dtype, device=cos.device)
+        if h <= rows:  # one chunk (the pair passes' blocks): no slicing
+            t = scratch[: h * w].view(h, w)
+            torch.add(a_r, a_c, out=t)
+            cos.mul_(t)
+            torch.add(b_r, b_c, out=t)
+            cos.sub_(t)
+            return True
         for r0 in range(0, h, rows):
             c = cos[r0 : r0 + rows]
-            if self.combine == "t":
-                c.sub_(mu_b).div_(sd_b)
-                continue
-            if mean:
-                assert scratch is not None
-                zb = scratch[: c.numel()].view(c.shape)
-                torch.sub(c, mu_b, out=zb).div_(sd_b)
-            c.sub_(mu_a[r0 : r0 + rows]).div_(sd_a[r0 : r0 + rows])
-            if mean:
-                c.add_(zb)
+            t = scratch[: c.numel()].view(c.shape)
+            torch.add(a_r[r0 : r0 + rows], a_c, out=t)
+            c.mul_(t)
+            torch.add(b_r[r0 : r0 + rows], b_c, out=t)
+            c.sub_(t)
         return True
 
     def _score_pairs(
@@ -221,6 +257,8 @@ class ASNorm(Scorer):
         b: Mapping[str, torch.Tensor],
         cols: torch.Tensor,
     ) -> torch.Tensor:
+        if self.combine == "mean":
+            return cos * (a["a"][:, None] + b["a"][cols]) - (a["b"][:, None] + b["b"][cols])
         return self._formula(cos, a["mu"][:, None], a["sd"][:, None], b["mu"][cols], b["sd"][cols])
 
     def symmetric(self) -> bool:
@@ -230,17 +268,31 @@ class ASNorm(Scorer):
     def error_terms(
         self, state_a: SideState, state_b: SideState
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Per side ``lip = 1 / sd`` and ``mag = k (1 + |mu|) / sd`` (``k = 2`` for ``mean``,
-        3 for the one side of ``z`` / ``t``, 0 for the side they ignore). Derivation: with
-        ``|cos' - cos| <= E`` and each operation rounded to ``u / 2``, ``(cos' - mu) / sd`` is
-        within ``(E + 1.02 u (1 + E + |mu|)) / sd`` of ``(cos - mu) / sd``; ``mean`` halves the
-        sum of both sides and adds one rounding of ``|za + zb| u / 2``; the bound covers the
-        computed and the exact score's errors together (each against the real value)."""
+        """Per side, for ``mean``: ``lip = 1.01 a`` and ``mag = 1.6 a + 1.01 |b|``. Derivation:
+        with ``|cos' - cos| <= E`` and each of the four operations rounded to ``u / 2``, the sum
+        ``A = a_i + a_j`` is within ``(u / 2) A``, the product ``cos' A`` within ``E A + u (1 +
+        E) A`` of ``cos (a_i + a_j)``, the sum of the ``b`` within ``(u / 2)(|b_i| + |b_j|)``,
+        and the final subtraction adds ``(u / 2)`` times ``(1 + E) A + |b_i| + |b_j|`` (to first
+        order): in all ``E A + 1.5 (1 + E) u A + u (|b_i| + |b_j|)``, covered by the constants
+        for ``E <= 0.06`` (``(D + 2) u`` for any practical ``D``), which also leave room for the
+        float64 score's own rounding. ``z`` / ``t``: ``lip = 1 / sd``, ``mag = 3 (1 + |mu|) /
+        sd`` on the side they use (0 on the other): ``(cos' - mu) / sd`` is within ``(E +
+        1.02 u (1 + E + |mu|)) / sd`` of ``(cos - mu) / sd``. The bound covers the computed and
+        the exact score's errors together (each against the real value of the formula with
+        the stored statistics)."""
+        if self.combine == "mean":
+
+            def affine(st: SideState) -> tuple[torch.Tensor, torch.Tensor]:
+                a = st.tensors["a"].to(torch.float64)
+                b = st.tensors["b"].to(torch.float64)
+                return 1.01 * a, 1.6 * a + 1.01 * b.abs()
+
+            return (*affine(state_a), *affine(state_b))
 
         def terms(st: SideState, k: float) -> tuple[torch.Tensor, torch.Tensor]:
             mu = st.tensors["mu"].to(torch.float64)
             sd = st.tensors["sd"].to(torch.float64)
             return (1.0 / sd) * (k > 0), k * (1.0 + mu.abs()) / sd
 
-        ka, kb = {"mean": (2.0, 2.0), "z": (3.0, 0.0), "t": (0.0, 3.0)}[self.combine]
+        ka, kb = {"z": (3.0, 0.0), "t": (0.0, 3.0)}[self.combine]
         return (*terms(state_a, ka), *terms(state_b, kb))
