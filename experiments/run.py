@@ -48,6 +48,9 @@ evidence run of Smooth-AP, RS@k and Multi-Similarity whose ``embeddings.npz`` ex
 ``experiments/results/normalisers/embeddings/<bench>/<run>.npz`` (committed), then analyses that
 copy into ``experiments/results/normalisers/<bench>/<run>.json``; a run without embeddings, or
 whose benchmark has no normaliser choices in choices.json yet, is skipped with a message.
+With ``--train-missing`` a run without embeddings is first trained into its evidence folder
+(``<runs>/evidence/<run>``; the committed evidence record is neither needed nor rewritten), so a
+fresh checkout rebuilds the whole grid: ``python experiments/run.py normalisers --train-missing``.
 
 Deployment view (experiment 4): the test classes are split into two disjoint halves by the glyph
 dataset's own rule (``calibration`` / ``evaluation``); the threshold for a global FAR of 1e-3 is
@@ -517,6 +520,9 @@ def compressed_embeddings(run: Run) -> tuple[Path, int | None]:
     return dst, save_compressed(src, dst, cal)
 
 
+TRAIN_MISSING = False  # set by --train-missing (normalisers)
+
+
 def normaliser_one(exp: str, run: Run, force: bool = False) -> dict[str, Any] | str | None:
     """Experiment 0b for one run: keep its compressed embeddings, analyse them with every
     scorer (``normalisers.analyse``) and write the record atomically. Returns the record,
@@ -528,6 +534,9 @@ def normaliser_one(exp: str, run: Run, force: bool = False) -> dict[str, Any] | 
     if path.exists() and not force:
         return None
     npz, size = compressed_embeddings(run)
+    if size is None and TRAIN_MISSING:  # --train-missing: the evidence run's folder, no record
+        train_folder(run, RUNS / "evidence" / run.name)
+        npz, size = compressed_embeddings(run)
     if size is None:
         return f"no embeddings yet ({RUNS / 'evidence' / run.name / 'embeddings.npz'} missing)"
     bench = run.tags["dataset"]
@@ -697,23 +706,17 @@ def _analysis(run: Run, npz: Path) -> dict[str, Any]:
     return {"deployment": deployment_view(npz)}
 
 
-def run_one(exp: str, run: Run, force: bool = False) -> dict[str, Any] | None:
-    """Train + evaluate one run unless its JSON exists; returns the record (or None: skipped).
-
-    The run's folder under ``RUNS``: with a ``last.pt`` (and no JSON, no ``force``) the run
+def train_folder(run: Run, out_dir: Path, force: bool = False) -> tuple[Any, Any, float, bool]:
+    """Train ``run`` into ``out_dir`` (checkpoints, log, test ``embeddings.npz``); returns
+    ``(result, config, wall seconds, resumed)``. With a ``last.pt`` (and no ``force``) the run
     continues from it (``train(..., resume=True)``, which refuses a checkpoint of other
-    settings: ``--force`` starts over); otherwise a leftover folder is stale and is deleted
-    before the run starts from step 0. The record says ``"resumed": true`` for a resumed run
-    (its ``wall_s`` is then the last leg's)."""
+    settings); otherwise a leftover folder is stale and is deleted before the run starts from
+    step 0."""
     import shutil
 
     from tcm.train import loop
     from tcm.train.config import load_config
 
-    path = RESULTS / exp / f"{run.name}.json"
-    if path.exists() and not force:
-        return None
-    out_dir = RUNS / exp / run.name
     resume = not force and (out_dir / "last.pt").is_file()
     if not resume and out_dir.exists():
         shutil.rmtree(out_dir)  # half-made (killed before its first checkpoint) or --force
@@ -731,6 +734,22 @@ def run_one(exp: str, run: Run, force: bool = False) -> dict[str, Any] | None:
     wall = time.perf_counter() - t0
     if res.interrupted:
         raise KeyboardInterrupt
+    return res, cfg, wall, resume
+
+
+def run_one(exp: str, run: Run, force: bool = False) -> dict[str, Any] | None:
+    """Train + evaluate one run unless its JSON exists; returns the record (or None: skipped).
+
+    The run's folder under ``RUNS``: with a ``last.pt`` (and no JSON, no ``force``) the run
+    continues from it (``train(..., resume=True)``, which refuses a checkpoint of other
+    settings: ``--force`` starts over); otherwise a leftover folder is stale and is deleted
+    before the run starts from step 0. The record says ``"resumed": true`` for a resumed run
+    (its ``wall_s`` is then the last leg's)."""
+    path = RESULTS / exp / f"{run.name}.json"
+    if path.exists() and not force:
+        return None
+    out_dir = RUNS / exp / run.name
+    res, cfg, wall, resume = train_folder(run, out_dir, force)
     record: dict[str, Any] = {
         "experiment": exp,
         "run": run.name,
@@ -976,6 +995,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="folder of the training runs (default experiments/runs): where training writes "
         "and where `normalisers` finds each run's embeddings.npz",
     )
+    p.add_argument(
+        "--train-missing",
+        action="store_true",
+        help="normalisers: train a run whose test embeddings are missing (into <runs>/evidence/, "
+        "the evidence run's folder; no evidence record is written) before analysing it",
+    )
     a = p.parse_args(argv)
     err = shard_error(a.shard[0], a.shard[1])
     if err is not None:
@@ -998,6 +1023,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return normaliser_choices()
     if a.threads:
         torch.set_num_threads(a.threads)
+    global TRAIN_MISSING
+    TRAIN_MISSING = a.train_missing
     if "list" in names:
         for exp, fn in EXPERIMENTS.items():
             for r in fn():

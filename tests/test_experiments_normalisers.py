@@ -241,6 +241,25 @@ def test_a_run_without_embeddings_is_skipped_with_a_message(
     assert not (tmp_path / "results").exists()
 
 
+def test_train_missing_trains_the_evidence_folder_then_analyses_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(run, "RESULTS", tmp_path / "results")
+    monkeypatch.setattr(run, "RUNS", tmp_path / "runs")
+    r = run.runs_normalisers()[0]
+    trained: list[Path] = []
+
+    def fake_train(run_: Any, out_dir: Path, force: bool = False) -> None:
+        trained.append(out_dir)  # no embeddings written: the run is still skipped after it
+
+    monkeypatch.setattr(run, "train_folder", fake_train)
+    assert "no embeddings yet" in str(run.normaliser_one("normalisers", r, False))
+    assert trained == []  # without --train-missing nothing is trained
+    monkeypatch.setattr(run, "TRAIN_MISSING", True)
+    assert "no embeddings yet" in str(run.normaliser_one("normalisers", r, False))
+    assert trained == [tmp_path / "runs" / "evidence" / r.name]
+
+
 # ----------------------------------------------------------------------------- saved embeddings
 
 
