@@ -165,16 +165,78 @@ def _xy(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     return rng.normal(size=(8, 16))[y] + 0.8 * rng.normal(size=(48, 16)), y
 
 
-def test_det_of_a_run_over_the_pair_limit_is_left_out(
+def test_det_of_a_run_over_the_pair_limit_is_streamed_and_labelled(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     x, y = _xy()
     monkeypatch.setattr(D, "DET_MAX_PAIRS", 48 * 47 // 2 - 1)
+    monkeypatch.setattr(D, "DET_BINS", 500)
     index = write_report(tmp_path, [ReportRun("big", x, y)], target_far=1e-2, det=True)
     d = _json(tmp_path / "report.json")["runs"][0]["detection"]
-    assert d["min_dcf"] is None and d["fmr"] == [] and d["num_impostor_pairs"] > 0
+    assert d["min_dcf_resolution"] == "bins" and d["num_bins"] == 500
+    assert d["min_dcf_lower_bound"] <= d["min_dcf"] and len(d["thresholds"]) == len(d["fmr"])
+    iu = np.triu_indices(len(y), 1)
+    same = (y[:, None] == y[None, :])[iu]
+    assert d["num_genuine_pairs"] == int(same.sum()) and d["fmr"][0] == 1.0
     html = index.read_text(encoding="utf-8")
-    assert "not computed" in html and not (tmp_path / "det.png").exists()
+    assert "not computed" not in html and (tmp_path / "det.png").exists()
+    assert f"{d['min_dcf']:.4f} (≤ 500 bins; exact ≥ {d['min_dcf_lower_bound']:.4f})" in html
+    assert "Runs with more than" in html
+
+
+def _dyadic(seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Unit rows of +-1/4 in 16 dimensions: every cosine is 1 - d/8 (d the Hamming distance),
+    exact in any dtype and summation order, so brute force and the engine see the same scores;
+    many ties, and with 32 bins over [-1, 1] every score lies on a histogram edge."""
+    rng = np.random.default_rng(seed)
+    proto = rng.choice([-1.0, 1.0], size=(12, 16))
+    y = np.repeat(np.arange(12), 8)
+    flip = rng.random((96, 16)) < 0.25
+    return (np.where(flip, -proto[y], proto[y]) / 4).astype(np.float32), y
+
+
+def _check_streamed(d: D.RunDetection, scores: np.ndarray, same: np.ndarray) -> None:
+    """Every point exact at its threshold (brute force, ``s >= t`` accepted); minDCF between
+    its stated lower bound and itself, the exact value inside."""
+    assert d.streamed and d.thresholds is not None and d.min_dcf_lower is not None
+    gen, imp = scores[same], scores[~same]
+    for t, fmr, fnmr in zip(d.thresholds, d.fmr, d.fnmr, strict=True):
+        assert fmr == np.count_nonzero(imp >= t) / imp.shape[0], t
+        assert fnmr == np.count_nonzero(gen < t) / gen.shape[0], t
+    assert (d.fmr[0], d.fnmr[0], d.fmr[-1], d.fnmr[-1]) == (1.0, 0.0, 0.0, 1.0)
+    exact = min_dcf(scores, same, p_target=D.DET_P_TARGET)
+    # the same count ratios, combined in a different order: a few ulps of a value <= 1
+    tol = 8 * np.finfo(np.float64).eps
+    assert d.min_dcf_lower - tol <= exact <= d.min_dcf + tol
+
+
+def test_streamed_det_points_are_exact_with_scores_on_the_bin_edges() -> None:
+    x, y = _dyadic(0)
+    d = D.run_detection(x, y, max_pairs=0, bins=32)
+    iu = np.triu_indices(len(y), 1)
+    scores = (x.astype(np.float64) @ x.T.astype(np.float64))[iu]
+    same = (y[:, None] == y[None, :])[iu]
+    on_edges = np.isin(d.thresholds, np.linspace(-1.0, 1.0, 33)[1:-1])
+    assert np.isin(scores, d.thresholds).any() and on_edges.sum() > 10  # ties at thresholds
+    _check_streamed(d, scores, same)
+    assert d.num_bins == 32 and d.to_dict()["num_bins"] == 32
+
+
+def test_streamed_det_with_a_scorer_and_the_low_far_end(monkeypatch: pytest.MonkeyPatch) -> None:
+    x, y = _xy(3)
+    sc = ASNorm(top_k=10).fit(np.random.default_rng(5).normal(size=(30, 16)))
+    iu = np.triu_indices(len(y), 1)
+    same = (y[:, None] == y[None, :])[iu]
+    m = int((~same).sum())
+    _check_streamed(D.run_detection(x, y, sc, max_pairs=0, bins=50), sc.score(x, x)[iu], same)
+    # no refining pass and 4 bins over the z-score range: only the FAR quantiles reach the
+    # low-FAR end (a point at each of DET_FARS >= 1/M, FAR at most 1.5 times it)
+    monkeypatch.setattr(D, "DET_REFINE_MAX", 0)
+    d = D.run_detection(x, y, sc, max_pairs=0, bins=4)
+    _check_streamed(d, sc.score(x, x)[iu], same)
+    assert d.score_scale == "z-score"
+    fars = [f for f in D.DET_FARS if f * m >= 1]
+    assert len(fars) >= 5 and all(np.any((d.fmr >= f / 1.5) & (d.fmr <= 1.5 * f)) for f in fars)
 
 
 def test_det_curve_thinning_keeps_both_ends_and_the_limit() -> None:
@@ -189,6 +251,7 @@ def test_det_curve_thinning_keeps_both_ends_and_the_limit() -> None:
     assert (d.fmr[0], d.fnmr[0], d.fmr[-1], d.fnmr[-1]) == (1.0, 0.0, 0.0, 1.0)
     assert np.all(np.diff(d.fmr) <= 0) and np.all(np.diff(d.fnmr) >= 0)
     assert d.min_dcf == min_dcf(scores, same, p_target=D.DET_P_TARGET)
+    assert not d.streamed and "num_bins" not in d.to_dict()  # the exact path, as before
 
 
 def test_report_api_refuses_mismatched_scoring(tmp_path: Path) -> None:
