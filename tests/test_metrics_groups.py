@@ -80,6 +80,36 @@ def test_group_rates_and_matrices_equal_brute_force(seed: int) -> None:
     np.testing.assert_array_equal(np.diag(gop.far_matrix), gop.far)
 
 
+@pytest.mark.parametrize("n", [3, 5_000])
+def test_count_into_counts_every_entry_by_either_route(n: int) -> None:
+    # 3 entries into 1,000 slots: index_add_; 5,000: a bincount of the table; repeats counted
+    idx = torch.as_tensor(np.random.default_rng(n).integers(0, 1000, size=n))
+    idx[1] = idx[0]
+    table = torch.full((1000,), 7, dtype=torch.int64)
+    passes._count_into(table, idx)
+    want = 7 + np.bincount(idx.numpy(), minlength=1000)
+    np.testing.assert_array_equal(table.numpy(), want)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_group_rates_with_many_classes_equal_brute_force(seed: int) -> None:
+    # 120 classes x 3 groups x a 101-threshold OPIS grid: per-(class, group) tables far
+    # larger than a block's tail, so the sweep counts them with index_add_
+    rng = np.random.default_rng(seed)
+    y = np.repeat(np.arange(120), 3)
+    x = rng.normal(size=(360, 6)) + 0.8 * rng.normal(size=(120, 6))[y]
+    g = np.array(["a", "b", "c"])[rng.integers(0, 3, size=360)]
+    t = 0.5
+    stats = pair_statistics(PairIndex(x, y, g, block_size=32), thresholds=[t])
+    gop = group_operating_point_view(stats, t)
+    names, far, tar, fm, tm = _brute_group(x, y, g, t)
+    assert gop.groups.tolist() == names.tolist()
+    np.testing.assert_allclose(gop.far, far, rtol=1e-15)
+    np.testing.assert_allclose(gop.frr, 1 - tar, rtol=1e-15)
+    np.testing.assert_allclose(gop.far_matrix, fm, rtol=1e-15)
+    np.testing.assert_allclose(gop.tar_matrix, tm, rtol=1e-15)
+
+
 def test_torch_path_groups_equal_numpy_path() -> None:
     x, y, g = _data(3)
     x = x.astype(np.float32)

@@ -22,7 +22,7 @@ from tcm.metrics.retrieval import (
     prepare_retrieval,
     with_scorer,
 )
-from tcm.scoring import FSN, ASNorm, Platt
+from tcm.scoring import FSN, ASNorm, GroupThresholds, Platt
 from tcm.scoring.base import Scorer
 
 COMBINES = ["mean", "z", "t"]
@@ -41,7 +41,7 @@ def _asnorm(combine: str, dim: int = 8, top_k: int | None = 10) -> ASNorm:
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-@pytest.mark.parametrize("kind", [*COMBINES, "fsn", "platt"])
+@pytest.mark.parametrize("kind", [*COMBINES, "fsn", "groups", "platt"])
 def test_score_block_inplace_is_bit_identical(kind: str, dtype: torch.dtype) -> None:
     x, y = _data()
     sc: Scorer
@@ -49,12 +49,15 @@ def test_score_block_inplace_is_bit_identical(kind: str, dtype: torch.dtype) -> 
         sc = _asnorm(kind)
     elif kind == "fsn":
         sc = FSN(n_clusters=3, far=0.1).fit(x, y)
+    elif kind == "groups":
+        sc = GroupThresholds(far=0.1).fit(x, y, np.array(["a", "b", "c"])[np.arange(len(y)) % 3])
     else:
         sc = Platt().fit(x, y)
     # 700 rows: a block of several 1 MiB row chunks (AS-norm maps it chunk by chunk)
     big = np.random.default_rng(2).normal(size=(700, x.shape[1]))
     xt = torch.nn.functional.normalize(torch.as_tensor(big, dtype=dtype), dim=1)
-    st = sc.prepare(xt)
+    groups = np.array(["a", "b", "c"])[np.arange(700) % 3] if kind == "groups" else None
+    st = sc.prepare(xt, groups=groups)
     for r0, r1, c0 in ((10, 40, 5), (0, 700, 0)):
         cos = xt[r0:r1] @ xt[c0:].T
         want = sc.score_block(cos.clone(), st[r0:r1], st[c0:])

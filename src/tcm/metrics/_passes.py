@@ -757,6 +757,20 @@ class GroupSpec(NamedTuple):
     """The thresholds of the cross-group tables (float64)."""
 
 
+def _count_into(table: torch.Tensor, idx: torch.Tensor) -> None:
+    """``table[i] += 1`` for every entry ``i`` of ``idx`` (repeats counted; int64, exact).
+
+    On CPU, with fewer entries than an eighth of the table, one ``index_add_`` over the
+    entries: a ``bincount`` of the table's length would allocate, zero and add a whole table
+    per block, which dominates a grouped sweep over thousands of classes (the per-(class,
+    group) tables hold ``C G (K + 1)`` counts). Otherwise (and on other devices) a
+    ``bincount``; both count the same."""
+    if table.device.type == "cpu" and 8 * idx.shape[0] < table.shape[0]:
+        table.index_add_(0, idx, torch.ones_like(idx))
+    else:
+        table += torch.bincount(idx, minlength=table.shape[0])
+
+
 class _GroupCounter:
     """Accumulates one worker's :class:`GroupState` block by block (torch ops, any device;
     comparisons in float64 against float64 thresholds, hence exact)."""
@@ -795,8 +809,8 @@ class _GroupCounter:
         if both_classes:
             within.append((cj[m] * ng + gi[m]) * kp1 + b[m])
         gt, xt = (self.gneg, self.xneg) if both_classes else (self.gpos, self.xpos)
-        gt += torch.bincount(torch.cat(within), minlength=gt.shape[0])
-        xt += torch.bincount(torch.cat(cross), minlength=xt.shape[0])
+        _count_into(gt, torch.cat(within))
+        _count_into(xt, torch.cat(cross))
 
     def add(self, blk: Block, mbuf: np.ndarray | None) -> None:
         """Count one block (``mbuf``: the CPU mask buffer, or None on the torch path)."""

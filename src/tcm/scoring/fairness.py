@@ -85,6 +85,30 @@ class _Shift(Scorer):
         tb = t[b["id"]][None, :]
         return cos - 0.5 * (ta + tb) + self.global_threshold
 
+    def _score_inplace(
+        self,
+        cos: torch.Tensor,
+        a: Mapping[str, torch.Tensor],
+        b: Mapping[str, torch.Tensor],
+        scratch: torch.Tensor | None,
+    ) -> bool:
+        # _score's operations in place, over row chunks of about 1 MiB: the two thresholds'
+        # sum into a scratch chunk, halved, subtracted from the cosines, then the global
+        # threshold added; each a correctly rounded elementwise operation, as in _score, so
+        # bit for bit the same (and no full-size temporaries)
+        t = self.thresholds.to(device=cos.device, dtype=cos.dtype)
+        ta, tb = t[a["id"]][:, None], t[b["id"]][None, :]
+        h, w = cos.shape
+        rows = max(1, (1 << 20) // max(1, w * cos.element_size()))
+        if scratch is None or scratch.numel() < min(h, rows) * w:
+            scratch = torch.empty(min(h, rows) * w, dtype=cos.dtype, device=cos.device)
+        for r0 in range(0, h, rows):
+            c = cos[r0 : r0 + rows]
+            s = scratch[: c.numel()].view(c.shape)
+            torch.add(ta[r0 : r0 + rows], tb, out=s)
+            c.sub_(s.mul_(0.5)).add_(self.global_threshold)
+        return True
+
     def _shift_tensors(self) -> dict[str, np.ndarray]:
         return {
             "thresholds": self.thresholds.numpy(),
