@@ -22,7 +22,7 @@ from tcm.metrics.retrieval import (
     prepare_retrieval,
     with_scorer,
 )
-from tcm.scoring import FSN, ASNorm, GroupThresholds, Platt
+from tcm.scoring import FSN, ASNorm, FairCal, GroupThresholds, Platt
 from tcm.scoring.base import Scorer
 
 COMBINES = ["mean", "z", "t"]
@@ -41,7 +41,7 @@ def _asnorm(combine: str, dim: int = 8, top_k: int | None = 10) -> ASNorm:
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-@pytest.mark.parametrize("kind", [*COMBINES, "fsn", "groups", "platt"])
+@pytest.mark.parametrize("kind", [*COMBINES, "fsn", "faircal", "groups", "platt"])
 def test_score_block_inplace_is_bit_identical(kind: str, dtype: torch.dtype) -> None:
     x, y = _data()
     sc: Scorer
@@ -49,6 +49,8 @@ def test_score_block_inplace_is_bit_identical(kind: str, dtype: torch.dtype) -> 
         sc = _asnorm(kind)
     elif kind == "fsn":
         sc = FSN(n_clusters=3, far=0.1).fit(x, y)
+    elif kind == "faircal":
+        sc = FairCal(n_clusters=3).fit(x, y)
     elif kind == "groups":
         sc = GroupThresholds(far=0.1).fit(x, y, np.array(["a", "b", "c"])[np.arange(len(y)) % 3])
     else:

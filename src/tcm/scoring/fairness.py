@@ -25,6 +25,7 @@ from tcm.scoring.base import (
     pair_cosines,
 )
 from tcm.scoring.calibrators import (
+    BETA_CLIP,
     balanced_weights,
     beta_apply,
     calibration_pairs,
@@ -339,6 +340,46 @@ class FairCal(_Clustered):
         wa = w[a["id"]][:, None]
         wb = w[b["id"]][None, :]
         return (wa * pa + wb * pb) / (wa + wb)
+
+    def _score_inplace(
+        self,
+        cos: torch.Tensor,
+        a: Mapping[str, torch.Tensor],
+        b: Mapping[str, torch.Tensor],
+        scratch: torch.Tensor | None,
+    ) -> bool:
+        # _score's operations (beta_apply's for each side) in the same order into whole-block
+        # buffers, with ln q and ln(1 - q) computed once for both sides (the values _score
+        # computes twice). Whole blocks, not row chunks: a transcendental kernel may round the
+        # vectorised body and the tail of a contiguous block differently, so the layout of
+        # every such operation is _score's (a non-contiguous block takes _score itself).
+        if not cos.is_contiguous():
+            return False
+        abc = torch.as_tensor(self.abc, dtype=cos.dtype, device=cos.device)
+        w = torch.as_tensor(self.weights, dtype=cos.dtype, device=cos.device)
+        pa_, pb_ = abc[a["id"]], abc[b["id"]]
+        n = cos.numel()
+        if scratch is None or scratch.numel() < n:
+            scratch = torch.empty(n, dtype=cos.dtype, device=cos.device)
+        lq = scratch[:n].view(cos.shape)
+        l1q = torch.empty_like(cos)
+        t = torch.empty_like(cos)
+        q = cos.add_(1.0).div_(2.0).clamp_(BETA_CLIP, 1.0 - BETA_CLIP)
+        torch.log(q, out=lq)
+        torch.neg(q, out=l1q).log1p_()
+        # side a into cos (q is no longer needed), side b into lq
+        torch.mul(pa_[:, 0, None], lq, out=cos)
+        torch.mul(pa_[:, 1, None], l1q, out=t)
+        cos.sub_(t).add_(pa_[:, 2, None]).sigmoid_()
+        lq.mul_(pb_[None, :, 0])
+        l1q.mul_(pb_[None, :, 1])
+        lq.sub_(l1q).add_(pb_[None, :, 2]).sigmoid_()
+        wa = w[a["id"]][:, None]
+        wb = w[b["id"]][None, :]
+        cos.mul_(wa).add_(lq.mul_(wb))
+        torch.add(wa, wb, out=t)
+        cos.div_(t)
+        return True
 
 
 class GroupThresholds(_Shift):
