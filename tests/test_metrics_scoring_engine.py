@@ -10,7 +10,7 @@ import pytest
 
 from tcm.metrics import evaluate, operating_point, retrieval_metrics, threshold_consistency
 from tcm.metrics.statistics import PairIndex, pair_statistics
-from tcm.scoring import FSN, ASNorm, Cosine, Platt
+from tcm.scoring import FSN, ASNorm, Cosine, FairCal, Platt
 from tcm.scoring.base import Scorer
 
 RTOL = 64 * np.finfo(np.float64).eps  # float64 matmuls of different shapes: a few ulps apart
@@ -31,10 +31,12 @@ def _scorer(kind: str) -> Scorer:
         return ASNorm(top_k=20).fit(np.random.default_rng(7).normal(size=(200, 16)))
     if kind == "fsn":
         return FSN(n_clusters=3, far=0.05).fit(xc, yc)
+    if kind == "faircal":
+        return FairCal(n_clusters=3).fit(xc, yc)
     return Platt().fit(xc, yc)
 
 
-KINDS = ["asnorm", "asnorm_topk", "fsn", "platt"]
+KINDS = ["asnorm", "asnorm_topk", "fsn", "faircal", "platt"]
 
 
 def _brute(scorer: Scorer, x: Any, y: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -311,9 +311,15 @@ def score_range(
                 lo = min(lo, float(blk.pos_sims.min()))
                 hi = max(hi, float(blk.pos_sims.max()))
             s = blk.mask_non_negatives_()
-            v = s[s > -math.inf]
-            if v.numel():
-                lo, hi = min(lo, float(v.min())), max(hi, float(v.max()))
+            if not s.numel():
+                continue
+            b_lo, b_hi = torch.aminmax(s)
+            if float(b_lo) == -math.inf:  # masked entries: the min of the others (a copy)
+                v = s[s > -math.inf]
+                if not v.numel():
+                    continue
+                b_lo = v.min()
+            lo, hi = min(lo, float(b_lo)), max(hi, float(b_hi))
         return lo, hi
 
     parts = map_blocks(prep, block_size, shard, work, desc="pairs: score range")
