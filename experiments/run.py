@@ -61,6 +61,7 @@ evaluation half (classes never used for choosing it).
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import platform
@@ -520,10 +521,9 @@ def compressed_embeddings(run: Run) -> tuple[Path, int | None]:
     return dst, save_compressed(src, dst, cal)
 
 
-TRAIN_MISSING = False  # set by --train-missing (normalisers)
-
-
-def normaliser_one(exp: str, run: Run, force: bool = False) -> dict[str, Any] | str | None:
+def normaliser_one(
+    exp: str, run: Run, force: bool = False, train_missing: bool = False
+) -> dict[str, Any] | str | None:
     """Experiment 0b for one run: keep its compressed embeddings, analyse them with every
     scorer (``normalisers.analyse``) and write the record atomically. Returns the record,
     ``None`` when its JSON exists (and not ``force``), or why it was skipped (one line)."""
@@ -534,7 +534,7 @@ def normaliser_one(exp: str, run: Run, force: bool = False) -> dict[str, Any] | 
     if path.exists() and not force:
         return None
     npz, size = compressed_embeddings(run)
-    if size is None and TRAIN_MISSING:  # --train-missing: the evidence run's folder, no record
+    if size is None and train_missing:  # --train-missing: the evidence run's folder, no record
         train_folder(run, RUNS / "evidence" / run.name)
         npz, size = compressed_embeddings(run)
     if size is None:
@@ -1023,8 +1023,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         return normaliser_choices()
     if a.threads:
         torch.set_num_threads(a.threads)
-    global TRAIN_MISSING
-    TRAIN_MISSING = a.train_missing
     if "list" in names:
         for exp, fn in EXPERIMENTS.items():
             for r in fn():
@@ -1035,7 +1033,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         if exp == "cost":
             cost(force=a.force)
         else:
-            one = normaliser_one if exp == "normalisers" else run_one
+            one = (
+                functools.partial(normaliser_one, train_missing=a.train_missing)
+                if exp == "normalisers"
+                else run_one
+            )
             run_many(exp, EXPERIMENTS[exp](), a.only, a.force, (a.shard[0], a.shard[1]), one)
     return 0
 

@@ -255,8 +255,7 @@ def test_train_missing_trains_the_evidence_folder_then_analyses_it(
     monkeypatch.setattr(run, "train_folder", fake_train)
     assert "no embeddings yet" in str(run.normaliser_one("normalisers", r, False))
     assert trained == []  # without --train-missing nothing is trained
-    monkeypatch.setattr(run, "TRAIN_MISSING", True)
-    assert "no embeddings yet" in str(run.normaliser_one("normalisers", r, False))
+    assert "no embeddings yet" in str(run.normaliser_one("normalisers", r, False, True))
     assert trained == [tmp_path / "runs" / "evidence" / r.name]
 
 
